@@ -1,0 +1,80 @@
+"""The ``cloudlab`` command line: ``cloudlab info``, ``cloudlab demo`` and one group per workflow."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMAND_MODULES = (
+    "cloudlab.commands.demo",
+    "cloudlab.commands.simulate",
+    "cloudlab.commands.cutouts",
+    "cloudlab.commands.timelag",
+    "cloudlab.commands.backdrop",
+    "cloudlab.commands.dre",
+    "cloudlab.commands.astronet",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every sub-command registered."""
+    parser = argparse.ArgumentParser(
+        prog="cloudlab",
+        description="Archive-scale astronomy on dask clusters: lazy FITS, cutouts, timelags, "
+        "backgrounds, galaxy fits and AstroNet.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    info = subparsers.add_parser("info", help="versions, the cluster connect() would pick, GPU")
+    info.set_defaults(func=_info)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def _info(args: argparse.Namespace) -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from cloudlab.backend import gpu_available
+    from cloudlab.cluster import describe_target
+
+    packages = (
+        "cloudlab", "numpy", "dask", "distributed", "dask-gateway", "xarray", "astropy",
+        "fsspec", "s3fs", "gcsfs", "zarr", "sunpy", "sunkit-image", "tensorflow-cpu", "cupy",
+    )  # fmt: skip
+    print(f"python        {sys.version.split()[0]}")
+    for name in packages:
+        try:
+            print(f"{name:<13} {version(name)}")
+        except PackageNotFoundError:
+            print(f"{name:<13} not installed")
+    print(f"connect()     -> {describe_target()}")
+    print(f"GPU           {'available' if gpu_available() else 'not available'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cloudlab`` command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The process exit status.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as err:
+        print(f"cloudlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

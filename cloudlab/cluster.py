@@ -1,0 +1,220 @@
+"""Where work runs: one call, :func:`connect`, for a laptop, a dask-gateway hub or a scheduler.
+
+``connect()`` with no argument joins the dask-gateway configured for the session (dask config
+``gateway.address``, as daskhub/Pangeo/TIKE hubs set it) and otherwise starts an embedded
+``LocalCluster`` sized to the machine. Storage settings (endpoints, credentials and emulator
+variables from the environment) are forwarded to the workers of every cluster kind.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any
+
+import dask
+from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
+
+GPU_RESOURCES = {"GPU": 1}
+
+
+def gpu_resources() -> dict[str, int]:
+    """Resources that every GPU task asks for (``{"GPU": 1}``)."""
+    return dict(GPU_RESOURCES)
+
+
+@contextmanager
+def gpu_tasks():
+    """Annotate the graph built inside the block so its tasks run on GPU workers only."""
+    with dask.annotate(resources=gpu_resources()):
+        yield
+
+
+class _OwningClient(Client):
+    """A Client that shuts down the cluster :func:`connect` started for it when closed."""
+
+    _owned_cluster: Any = None
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().close(*args, **kwargs)
+        cluster, self._owned_cluster = self._owned_cluster, None
+        if cluster is not None:
+            cluster.close()
+        return result
+
+
+class EnvironmentPlugin(WorkerPlugin):
+    """Set environment variables on every worker (storage endpoints, emulator hosts)."""
+
+    name = "cloudlab-environment"
+
+    def __init__(self, environment: dict[str, str]):
+        self.environment = dict(environment)
+
+    def setup(self, worker: Any) -> None:
+        os.environ.update(self.environment)
+
+
+def describe_target(cluster: str | None = None) -> str:
+    """Say which kind of cluster :func:`connect` would use, without starting anything.
+
+    Parameters
+    ----------
+    cluster : str, optional
+        The same argument as for :func:`connect`.
+
+    Returns
+    -------
+    str
+        e.g. ``"dask-gateway at http://…"``, ``"LocalCluster (2 workers x 1 thread)"``.
+    """
+    kind, address = _choose(cluster)
+    if kind == "gateway":
+        return f"dask-gateway at {address}"
+    if kind == "scheduler":
+        return f"existing scheduler at {address}"
+    n_workers, threads = _local_size(None)
+    return f"embedded LocalCluster ({n_workers} workers x {threads} threads)"
+
+
+def connect(
+    cluster: str | None = None,
+    *,
+    gpu: bool = False,
+    n_workers: int | None = None,
+    **options: Any,
+) -> Client:
+    """Connect to the place where cloudlab graphs run and return a ``distributed.Client``.
+
+    Parameters
+    ----------
+    cluster : str, optional
+        ``None``: the configured dask-gateway (dask config ``gateway.address``) if any, otherwise an
+        embedded ``LocalCluster``. ``"local"``: always a ``LocalCluster``. ``"http(s)://…"``: a
+        dask-gateway at that address. ``"tcp://…"`` (or ``tls://``, ``ucx://``, ``inproc://``): an
+        existing scheduler.
+    gpu : bool
+        Ask for GPU workers: a gateway cluster option (``worker_gpus`` when the gateway exposes it,
+        and the worker resource ``{"GPU": n}``), or locally a ``LocalCUDACluster`` (needs
+        ``dask-cuda``). GPU tasks carry ``resources={"GPU": 1}`` (see :func:`gpu_tasks`).
+    n_workers : int, optional
+        Number of workers (local) or the size the gateway cluster is scaled to (default 2).
+    **options
+        Gateway cluster options (``worker_memory``, ``worker_cores``, ``image``,
+        ``environment`` …) or extra ``LocalCluster`` keyword arguments.
+
+    Returns
+    -------
+    distributed.Client
+        Closing it also shuts down any cluster that ``connect`` started.
+    """
+    from cloudlab.storage import worker_environment
+
+    environment = worker_environment()
+    kind, address = _choose(cluster)
+    if kind == "gateway":
+        client = _connect_gateway(address, gpu=gpu, n_workers=n_workers, env=environment, **options)
+    elif kind == "scheduler":
+        if gpu or options:
+            raise ValueError(
+                f"cannot set gpu=True or cluster options on an existing scheduler ({address}); "
+                "configure its workers where they are started"
+            )
+        client = Client(address)
+    else:
+        client = _connect_local(gpu=gpu, n_workers=n_workers, **options)
+    if environment:
+        client.register_plugin(EnvironmentPlugin(environment))
+    return client
+
+
+def _choose(cluster: str | None) -> tuple[str, str | None]:
+    if cluster is None:
+        address = dask.config.get("gateway.address", None)
+        return ("gateway", address) if address else ("local", None)
+    if cluster == "local":
+        return "local", None
+    if cluster.startswith(("http://", "https://")):
+        return "gateway", cluster
+    if "://" in cluster:
+        return "scheduler", cluster
+    raise ValueError(
+        f"connect(cluster={cluster!r}): expected None, 'local', a gateway URL (http[s]://…) "
+        "or a scheduler address (tcp://…)"
+    )
+
+
+def _local_size(n_workers: int | None) -> tuple[int, int]:
+    cores = os.cpu_count() or 1
+    if n_workers is None:
+        n_workers = min(cores, 8)
+    return n_workers, max(1, cores // n_workers)
+
+
+def _connect_local(*, gpu: bool, n_workers: int | None, **options: Any) -> Client:
+    if gpu:
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError as err:
+            raise RuntimeError(
+                "connect('local', gpu=True) needs dask-cuda and a CUDA GPU: "
+                "pip install dask-cuda cloudlab[gpu]"
+            ) from err
+        cluster = LocalCUDACluster(
+            ip="127.0.0.1", dashboard_address="127.0.0.1:0", resources=gpu_resources(), **options
+        )
+    else:
+        workers, threads = _local_size(n_workers)
+        options.setdefault("threads_per_worker", threads)
+        cluster = LocalCluster(
+            n_workers=workers,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            **options,
+        )
+    client = _OwningClient(cluster)
+    client._owned_cluster = cluster
+    return client
+
+
+def _connect_gateway(
+    address: str | None,
+    *,
+    gpu: bool,
+    n_workers: int | None,
+    env: dict[str, str],
+    **options: Any,
+) -> Client:
+    from dask_gateway import Gateway
+
+    gateway = Gateway(address) if address else Gateway()
+    cluster_options = gateway.cluster_options()
+    names = set(cluster_options)
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ValueError(
+            f"the dask-gateway at {gateway.address} does not offer the cluster option(s) "
+            f"{unknown}; it offers {sorted(names)}"
+        )
+    for key, value in options.items():
+        cluster_options[key] = value
+    environment = dict(env)
+    if gpu:
+        environment["DASK_DISTRIBUTED__WORKER__RESOURCES"] = repr(gpu_resources())
+        if "worker_gpus" in names:
+            cluster_options["worker_gpus"] = max(1, int(options.get("worker_gpus", 1)))
+        elif "environment" not in names:
+            raise RuntimeError(
+                f"the dask-gateway at {gateway.address} offers neither a 'worker_gpus' nor an "
+                "'environment' option, so GPU workers cannot be requested; ask its admin"
+            )
+    if "environment" in names and environment:
+        merged = dict(cluster_options["environment"] or {})
+        merged.update(environment)
+        cluster_options["environment"] = merged
+    cluster = gateway.new_cluster(cluster_options, shutdown_on_close=True)
+    cluster.scale(n_workers or 2)
+    client = _OwningClient(cluster, set_as_default=True)
+    client._owned_cluster = cluster
+    return client

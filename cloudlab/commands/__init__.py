@@ -1,0 +1,1 @@
+"""Sub-commands of the ``cloudlab`` command line, one module per group."""
