@@ -1,0 +1,514 @@
+"""FITS header walking with ranged reads: locate an HDU and describe its data layout.
+
+Only header blocks are read: a few 2880-byte blocks per request until the END card, then a jump
+over the data of each HDU before the one asked for.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from dask.base import tokenize
+
+from cloudlab import storage
+
+__all__ = ["BLOCK", "FITSError", "HDUInfo", "clear_cache", "hdu_info"]
+
+#: FITS block size in bytes.
+BLOCK = 2880
+_CARD = 80
+_FIRST_BLOCKS = 4  # blocks per request at the start of a header
+_MAX_BLOCKS = 64  # the request size doubles up to this many blocks
+_CACHE_SIZE = 8192
+
+BITPIX_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+_FINGERPRINT_KEYS = ("mtime", "LastModified", "ETag", "etag", "generation", "updated", "created")
+
+
+class FITSError(ValueError):
+    """A FITS file is malformed or does not hold what was asked for; the message names the file."""
+
+
+@dataclass
+class HDUInfo:
+    """Where an HDU's data lives in its file and how to interpret it.
+
+    Attributes
+    ----------
+    url : str
+        The file.
+    index : int
+        HDU index (0 = primary).
+    name : str
+        EXTNAME (``"PRIMARY"`` for the primary HDU, ``""`` when absent).
+    header : astropy.io.fits.Header
+        The header (for tile-compressed HDUs: the image header astropy derives).
+    header_offset, data_offset, data_size : int
+        Byte offsets of header and data, and the data size without padding (compressed HDUs:
+        size of the binary table and heap).
+    shape : tuple of int
+        numpy order (slowest axis first).
+    raw_dtype : numpy.dtype
+        Big-endian on-disk dtype.
+    dtype : numpy.dtype
+        dtype after scaling exactly as astropy returns it (native byte order).
+    bscale, bzero : float
+        Scaling (``1`` and ``0`` when absent).
+    blank : int or None
+        BLANK of integer images as astropy honours it.
+    compressed : bool
+        Tile-compressed image (``ZIMAGE = T``).
+    kind : str
+        ``"image"``, ``"table"`` or ``"compressed"``.
+    storage_options : dict or None
+        Filesystem options used to read the file.
+    file_size : int or None
+        Size of the file (``None`` when unknown).
+    gzip : bool
+        The whole file is gzip-compressed (data read by decompressing the stream).
+    tile_shape : tuple of int or None
+        Tile shape of compressed HDUs (numpy order).
+    fingerprint : tuple
+        Size and modification marker of the file when it was read (cache validation).
+    """
+
+    url: str
+    index: int
+    name: str
+    header: fits.Header
+    header_offset: int
+    data_offset: int
+    data_size: int
+    shape: tuple[int, ...]
+    raw_dtype: np.dtype
+    dtype: np.dtype
+    bscale: float = 1
+    bzero: float = 0
+    blank: int | None = None
+    compressed: bool = False
+    kind: str = "image"
+    storage_options: dict | None = None
+    file_size: int | None = None
+    gzip: bool = False
+    tile_shape: tuple[int, ...] | None = None
+    fingerprint: tuple = field(default=(), repr=False)
+
+    @property
+    def bitpix(self) -> int:
+        """BITPIX of the stored pixels (ZBITPIX for compressed HDUs)."""
+        return int(self.header["BITPIX"])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the uncompressed pixel data."""
+        return int(np.prod(self.shape, dtype=np.int64)) * self.raw_dtype.itemsize
+
+    def light(self) -> HDUInfo:
+        """A copy without the header, cheap to ship to workers inside a graph."""
+        return replace(self, header=fits.Header())
+
+
+def padded(nbytes: int) -> int:
+    """``nbytes`` rounded up to whole FITS blocks."""
+    return -(-nbytes // BLOCK) * BLOCK
+
+
+def _fingerprint(finfo: dict[str, Any]) -> tuple:
+    size = finfo.get("size")
+    marks = tuple(str(finfo[k]) for k in _FINGERPRINT_KEYS if finfo.get(k) is not None)
+    return (size, *marks)
+
+
+# --------------------------------------------------------------------------------------------
+# byte sources
+# --------------------------------------------------------------------------------------------
+
+
+class _RangedSource:
+    """Ranged reads of a plain file with a small read-ahead buffer."""
+
+    def __init__(self, url: str, storage_options: dict | None, size: int):
+        self.url = url
+        self.storage_options = storage_options
+        self.size = size
+        self._start = 0
+        self._buf = b""
+
+    def read(self, start: int, end: int, readahead: int = 0) -> bytes:
+        """Bytes ``[start, end)`` (short at end of file); fetches at least ``readahead`` bytes."""
+        end = min(end, self.size)
+        if start >= end:
+            return b""
+        if self._start <= start and end <= self._start + len(self._buf):
+            return self._buf[start - self._start : end - self._start]
+        stop = min(max(end, start + readahead), self.size)
+        (data,) = storage.cat_ranges(self.url, [start], [stop], self.storage_options)
+        self._start, self._buf = start, data
+        return data[: end - start]
+
+
+class _GzipSource:
+    """Sequential reads of a gzip-compressed file (decompressed offsets)."""
+
+    def __init__(self, url: str, storage_options: dict | None):
+        self.url = url
+        self.storage_options = storage_options
+        self.size: int | None = None
+        self._file = None
+        self._raw = None
+
+    def read(self, start: int, end: int, readahead: int = 0) -> bytes:
+        if self._file is None or self._file.tell() > start:
+            self.close()
+            fs, path = storage.resolve(self.url, self.storage_options)
+            self._raw = fs.open(path, "rb")
+            self._file = gzip.GzipFile(fileobj=self._raw)
+        try:
+            self._file.seek(start)
+            return self._file.read(end - start)
+        except (OSError, EOFError) as exc:
+            raise FITSError(f"{self.url}: corrupt gzip stream: {exc}") from exc
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._raw.close()
+        self._file = self._raw = None
+
+
+# --------------------------------------------------------------------------------------------
+# header parsing
+# --------------------------------------------------------------------------------------------
+
+
+def _find_end(block: bytes) -> int:
+    """Index of the END card within ``block`` (a whole number of cards), or -1."""
+    for pos in range(0, len(block) - _CARD + 1, _CARD):
+        if block[pos : pos + 3] == b"END" and block[pos + 3 : pos + _CARD].strip(b" ") == b"":
+            return pos
+    return -1
+
+
+def _read_header(src, url: str, offset: int, index: int) -> tuple[fits.Header, int]:
+    """Parse the header starting at ``offset``; return it and the offset where data starts."""
+    chunks = []
+    pos = offset
+    nblocks = _FIRST_BLOCKS
+    while True:
+        data = src.read(pos, pos + nblocks * BLOCK, readahead=nblocks * BLOCK)
+        whole = len(data) - len(data) % BLOCK
+        if whole == 0:
+            where = f"header of HDU {index} starting at byte {offset}"
+            if not chunks and not data:
+                raise FITSError(f"{url}: {where}: file ends there")
+            raise FITSError(f"{url}: {where} has no END card (file truncated or not a FITS header)")
+        data = data[:whole]
+        end = _find_end(data)
+        if end >= 0:
+            chunks.append(data[: end + _CARD])
+            header_len = pos - offset + padded(end + _CARD)
+            break
+        chunks.append(data)
+        pos += whole
+        nblocks = min(nblocks * 2, _MAX_BLOCKS)
+    raw = b"".join(chunks)
+    try:
+        text = raw.decode("ascii")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = fits.Header.fromstring(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FITSError(f"{url}: header of HDU {index} at byte {offset} is invalid: {exc}") from exc
+    return header, offset + header_len
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def scaled_dtype(bitpix: int, bscale: float, bzero: float, blank: int | None) -> np.dtype:
+    """dtype astropy gives an image with these scaling keywords (``uint=True``, the default)."""
+    raw = np.dtype(BITPIX_DTYPES[bitpix]).newbyteorder("=")
+    if bzero == 0 and bscale == 1 and blank is None:
+        return raw
+    converted = _pseudo_dtype(bitpix, bscale, bzero)
+    return converted if converted is not None else raw
+
+
+def _pseudo_dtype(bitpix: int, bscale: float, bzero: float) -> np.dtype | None:
+    """astropy's ``_dtype_for_bitpix``: the dtype integer data is converted to when scaled."""
+    if bscale == 1:
+        if bitpix == 8 and bzero == -128:
+            return np.dtype("int8")
+        for bits, name in ((16, "uint16"), (32, "uint32"), (64, "uint64")):
+            if bitpix == bits and bzero == 1 << (bits - 1):
+                return np.dtype(name)
+    if bitpix > 16:
+        return np.dtype("float64")
+    if bitpix > 0:
+        return np.dtype("float32")
+    return None
+
+
+def _info_from_header(
+    header: fits.Header, url: str, index: int, header_offset: int, data_offset: int
+) -> HDUInfo:
+    """Describe the HDU whose header is ``header``."""
+    xtension = str(header.get("XTENSION", "PRIMARY")).strip().upper()
+    try:
+        bitpix = int(header["BITPIX"])
+        naxis = int(header["NAXIS"])
+        axes = [int(header[f"NAXIS{i}"]) for i in range(1, naxis + 1)]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise FITSError(
+            f"{url}: HDU {index}: missing or invalid BITPIX/NAXIS keyword: {exc}"
+        ) from exc
+    if bitpix not in BITPIX_DTYPES:
+        raise FITSError(f"{url}: HDU {index}: invalid BITPIX = {bitpix}")
+    if any(n < 0 for n in axes):
+        raise FITSError(f"{url}: HDU {index}: negative NAXISn in {axes}")
+    gcount = int(header.get("GCOUNT", 1))
+    pcount = int(header.get("PCOUNT", 0))
+    groups = bool(header.get("GROUPS", False)) and naxis > 0 and axes[0] == 0
+    npix = math.prod(axes[1:] if groups else axes) if naxis else 0
+    data_size = abs(bitpix) // 8 * gcount * (pcount + npix) if naxis else 0
+    name = str(header.get("EXTNAME", "PRIMARY" if index == 0 else "")).strip()
+    common = dict(
+        url=url,
+        index=index,
+        name=name,
+        header=header,
+        header_offset=header_offset,
+        data_offset=data_offset,
+        data_size=data_size,
+    )
+    if xtension == "BINTABLE" and header.get("ZIMAGE", False) is True:
+        return _compressed_info(header, common)
+    if xtension in ("BINTABLE", "TABLE") or groups:
+        return HDUInfo(
+            **common,
+            shape=tuple(reversed(axes)),
+            raw_dtype=np.dtype("u1"),
+            dtype=np.dtype("u1"),
+            kind="table",
+        )
+    bscale = header.get("BSCALE", 1)
+    bzero = header.get("BZERO", 0)
+    blank = header.get("BLANK")
+    if not _is_int(blank) or bitpix < 0:
+        blank = None
+    return HDUInfo(
+        **common,
+        shape=tuple(reversed(axes)),
+        raw_dtype=np.dtype(BITPIX_DTYPES[bitpix]),
+        dtype=scaled_dtype(bitpix, bscale, bzero, blank),
+        bscale=bscale,
+        bzero=bzero,
+        blank=blank,
+    )
+
+
+def _compressed_info(bintable_header: fits.Header, common: dict) -> HDUInfo:
+    """Describe a tile-compressed image HDU from its binary-table header."""
+    from astropy.io.fits.hdu.compressed.header import _bintable_header_to_image_header
+
+    url, index = common["url"], common["index"]
+    try:
+        zbitpix = int(bintable_header["ZBITPIX"])
+        znaxis = int(bintable_header["ZNAXIS"])
+        axes = [int(bintable_header[f"ZNAXIS{i}"]) for i in range(1, znaxis + 1)]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise FITSError(f"{url}: compressed HDU {index}: invalid Z keywords: {exc}") from exc
+    if zbitpix not in BITPIX_DTYPES:
+        raise FITSError(f"{url}: compressed HDU {index}: invalid ZBITPIX = {zbitpix}")
+    tiles = [
+        int(bintable_header.get(f"ZTILE{i}", axes[0] if i == 1 else 1))
+        for i in range(1, znaxis + 1)
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        header = _bintable_header_to_image_header(bintable_header)
+    bscale = header.get("BSCALE", 1)
+    bzero = header.get("BZERO", 0)
+    blank = header.get("BLANK")
+    if not _is_int(blank) or zbitpix < 0:
+        blank = None
+    common = dict(common, header=header)
+    common["name"] = str(header.get("EXTNAME", bintable_header.get("EXTNAME", ""))).strip()
+    return HDUInfo(
+        **common,
+        shape=tuple(reversed(axes)),
+        raw_dtype=np.dtype(BITPIX_DTYPES[zbitpix]),
+        dtype=scaled_dtype(zbitpix, bscale, bzero, blank),
+        bscale=bscale,
+        bzero=bzero,
+        blank=blank,
+        compressed=True,
+        kind="compressed",
+        tile_shape=tuple(reversed(tiles)),
+    )
+
+
+def _matches(target: int | str | tuple, info: HDUInfo) -> bool:
+    if isinstance(target, tuple):
+        name, ver = target
+        return info.name.upper() == str(name).upper() and int(info.header.get("EXTVER", 1)) == ver
+    if isinstance(target, str):
+        return info.name.upper() == target.upper()
+    return info.index == target
+
+
+def _describe(target: int | str | tuple) -> str:
+    return f"HDU {target}" if isinstance(target, int) else f"HDU named {target!r}"
+
+
+def _walk(
+    url: str, target: int | str | tuple, storage_options: dict | None, finfo: dict
+) -> HDUInfo:
+    """Walk the headers of ``url`` up to the HDU ``target``."""
+    size = finfo.get("size")
+    if size == 0:
+        raise FITSError(f"{url}: not a FITS file (empty file)")
+    src: Any = _RangedSource(url, storage_options, size if size is not None else 2**62)
+    magic = src.read(0, 9, readahead=_FIRST_BLOCKS * BLOCK)
+    is_gzip = magic[:2] == b"\x1f\x8b"
+    if is_gzip:
+        src = _GzipSource(url, storage_options)
+        magic = src.read(0, 9)
+    if magic != b"SIMPLE  =":
+        kind = "gzip stream " if is_gzip else ""
+        raise FITSError(
+            f"{url}: not a FITS file ({kind}starts with {bytes(magic[:9])!r}, expected SIMPLE =)"
+        )
+    names: list[str] = []
+    offset = 0
+    index = 0
+    try:
+        while True:
+            if index > 0:
+                start = src.read(offset, offset + 9, readahead=_FIRST_BLOCKS * BLOCK)
+                if start != b"XTENSION=":
+                    extra = "" if not start else " (followed by bytes that are not an HDU)"
+                    raise FITSError(
+                        f"{url}: {_describe(target)} out of range: the file has {index} HDU(s)"
+                        f" {names}{extra}"
+                    )
+            header, data_offset = _read_header(src, url, offset, index)
+            info = _info_from_header(header, url, index, offset, data_offset)
+            names.append(info.name)
+            data_end = data_offset + info.data_size
+            if _matches(target, info):
+                if not is_gzip and size is not None and data_end > size:
+                    raise FITSError(
+                        f"{url}: truncated: HDU {index} data (shape {info.shape}, "
+                        f"{info.data_size} bytes from byte {data_offset}) ends at byte "
+                        f"{data_end}, but the file has {size} bytes"
+                    )
+                info.storage_options = storage_options
+                info.file_size = None if is_gzip else size
+                info.gzip = is_gzip
+                info.fingerprint = _fingerprint(finfo)
+                return info
+            offset = data_offset + padded(info.data_size)
+            if not is_gzip and size is not None and offset >= size:
+                if data_end > size:
+                    raise FITSError(
+                        f"{url}: truncated: HDU {index} data ends at byte {data_end}, but the "
+                        f"file has {size} bytes"
+                    )
+                raise FITSError(
+                    f"{url}: {_describe(target)} out of range: the file has {index + 1} HDU(s) "
+                    f"{names}"
+                )
+            index += 1
+    finally:
+        if is_gzip:
+            src.close()
+
+
+# --------------------------------------------------------------------------------------------
+# cached entry point
+# --------------------------------------------------------------------------------------------
+
+_cache: OrderedDict[tuple, HDUInfo] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget all cached header information."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _normalize_target(hdu: int | str | tuple) -> int | str | tuple:
+    if isinstance(hdu, (bool, np.bool_)):
+        raise TypeError(f"hdu must be an index or an EXTNAME, not {hdu!r}")
+    if isinstance(hdu, (int, np.integer)):
+        if hdu < 0:
+            raise ValueError(f"hdu index must be >= 0, got {hdu}")
+        return int(hdu)
+    if isinstance(hdu, str):
+        return hdu
+    if isinstance(hdu, tuple) and len(hdu) == 2:
+        return (str(hdu[0]), int(hdu[1]))
+    raise TypeError(f"hdu must be an index, an EXTNAME or (EXTNAME, EXTVER), not {hdu!r}")
+
+
+def hdu_info(
+    url: str,
+    hdu: int | str | tuple = 0,
+    storage_options: dict | None = None,
+    *,
+    file_info: dict | None = None,
+) -> HDUInfo:
+    """Locate an HDU by reading header blocks only.
+
+    Parameters
+    ----------
+    url : str
+        Any fsspec URL or local path.
+    hdu : int, str or (str, int)
+        HDU index, EXTNAME (case-insensitive), or (EXTNAME, EXTVER).
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+    file_info : dict, optional
+        ``fs.info`` of the file when already known (saves a request).
+
+    Returns
+    -------
+    HDUInfo
+        Cached per (url, hdu, storage options) and revalidated against the file's size and
+        modification marker.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    FITSError
+        Not FITS, truncated, header without END, HDU out of range, data larger than the file.
+    """
+    url = str(url)
+    target = _normalize_target(hdu)
+    finfo = file_info if file_info is not None else storage.file_info(url, storage_options)
+    key = (url, target, tokenize(storage_options))
+    fingerprint = _fingerprint(finfo)
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached is not None and cached.fingerprint == fingerprint:
+            _cache.move_to_end(key)
+            return cached
+    info = _walk(url, target, storage_options, finfo)
+    with _cache_lock:
+        _cache[key] = info
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return info
