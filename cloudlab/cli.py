@@ -1,4 +1,4 @@
-"""The ``cloudlab`` command line: ``cloudlab info``, ``cloudlab demo`` and one group per workflow."""
+"""The ``cloudlab`` command line: ``info``, ``demo`` and one group of sub-commands per workflow."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import dask
+from dask_gateway import Gateway  # importing registers the gateway.* dask config defaults
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -186,8 +187,6 @@ def _connect_gateway(
     env: dict[str, str],
     **options: Any,
 ) -> Client:
-    from dask_gateway import Gateway
-
     gateway = Gateway(address) if address else Gateway()
     cluster_options = gateway.cluster_options()
     names = set(cluster_options)

@@ -1,0 +1,121 @@
+"""connect(): local clusters, dask-gateway (password auth), GPU requests and worker faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from cloudlab import _tasks
+from cloudlab.cluster import connect, describe_target, gpu_tasks
+
+
+def test_describe_target_follows_gateway_config():
+    with dask.config.set({"gateway.address": "http://127.0.0.1:1"}):
+        assert describe_target() == "dask-gateway at http://127.0.0.1:1"
+    with dask.config.set({"gateway.address": None}):
+        assert describe_target().startswith("embedded LocalCluster")
+    assert describe_target("tcp://10.0.0.1:8786") == "existing scheduler at tcp://10.0.0.1:8786"
+
+
+def test_bad_cluster_argument_names_it():
+    with pytest.raises(ValueError, match="nonsense"):
+        connect("nonsense")
+
+
+def test_local_gpu_without_dask_cuda_says_what_to_install():
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="dask-cuda"):
+            connect("local", gpu=True)
+    else:
+        pytest.skip("dask-cuda installed: the error path does not apply")
+
+
+def test_local_cluster_computes_and_closes_with_client():
+    client = connect("local", n_workers=1)
+    cluster = client.cluster
+    x = da.arange(1000, chunks=100)
+    assert client.compute(x.sum()).result() == 499500
+    client.close()
+    assert cluster.status.name == "closed"
+
+
+def test_connect_picks_configured_gateway(gateway, s3_server, gcs_server):
+    with dask.config.set(gateway.dask_config()):
+        client = connect(n_workers=1, worker_memory=1.0)
+    try:
+        assert "gateway" in type(client.cluster).__name__.lower()
+        client.wait_for_workers(1, timeout=120)
+        x = da.random.default_rng(0).random((400, 400), chunks=100)
+        expected = (x + x.T).mean().compute(scheduler="sync")
+        assert client.compute((x + x.T).mean()).result() == pytest.approx(expected)
+        # storage settings reach the gateway workers
+        seen = client.submit(_tasks.worker_environment_value, "AWS_ENDPOINT_URL_S3").result()
+        assert seen == s3_server.endpoint_url
+        seen = client.submit(_tasks.worker_environment_value, "STORAGE_EMULATOR_HOST").result()
+        assert seen == gcs_server["endpoint_url"]
+    finally:
+        name = client.cluster.name
+        client.close()
+    from dask_gateway import Gateway
+
+    with dask.config.set(gateway.dask_config()):
+        running = [report.name for report in Gateway().list_clusters()]
+    assert name not in running
+
+
+def test_gateway_gpu_workers_carry_the_gpu_resource(gateway):
+    with dask.config.set(gateway.dask_config()):
+        client = connect(gpu=True, n_workers=1)
+    try:
+        client.wait_for_workers(1, timeout=120)
+        resources = [w["resources"] for w in client.scheduler_info()["workers"].values()]
+        assert resources == [{"GPU": 1}]
+        with gpu_tasks():
+            total = da.ones(100, chunks=10).sum()
+        assert client.compute(total).result() == 100
+    finally:
+        client.close()
+
+
+def test_gateway_rejects_unknown_option_by_name(gateway):
+    with dask.config.set(gateway.dask_config()), pytest.raises(ValueError, match="warp_drive"):
+        connect(warp_drive=9)
+
+
+def test_gateway_password_is_never_logged(gateway, gateway_client):
+    assert gateway.password not in gateway.log.read_text(errors="replace")
+    assert gateway.password not in repr(gateway_client)
+    assert gateway.password not in repr(gateway_client.cluster)
+
+
+def test_killed_worker_mid_computation_gives_exact_result():
+    client = connect("local", n_workers=2)
+    try:
+        rng = np.random.default_rng(1)
+        planes = rng.normal(size=(24, 64, 64))
+        stack = da.from_array(planes, chunks=(1, 64, 64))
+        sums = stack.map_blocks(_tasks.slow_plane_sum, 0.15, chunks=(1, 1, 1), dtype="f8").ravel()
+        future = client.compute(sums)
+        pids = list(client.run(os.getpid).values())
+
+        def kill_one():
+            time.sleep(0.6)
+            os.kill(pids[0], signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_one)
+        killer.start()
+        result = future.result(timeout=120)
+        killer.join()
+        np.testing.assert_array_equal(result, planes.sum(axis=(1, 2)))
+        assert pids[0] not in client.run(os.getpid).values()
+    finally:
+        client.close()
