@@ -1,0 +1,290 @@
+"""Views and predictions for catalogs of TCEs as lazy, blockwise dask graphs.
+
+Light curves are an xarray Dataset with a ``target`` dimension: either ``flux`` (target, time) with
+a 1-D ``time`` coordinate (the cutouts / aperture-photometry layout), or ``time`` and ``flux`` both
+(target, cadence), NaN-padded (the layout of :func:`cloudlab.io.lightcurves.read_lightcurves`).
+TCEs are a table with one row per TCE; by default the columns of the reference's ``tces.csv``
+after :func:`read_tces` (``tic_id``, ``Period``, ``Epoc``, ``Duration`` in days).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from functools import lru_cache
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cloudlab import storage
+from cloudlab.astronet.views import batch_views, num_bins
+
+REASON_DTYPE = "<U96"
+REFERENCE_COLUMNS = [0, 1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 18]
+
+
+def read_tces(
+    url: str, *, clean: bool = True, vetting: bool = False, storage_options: dict | None = None
+) -> pd.DataFrame:
+    """Read an AstroNet TCE table (``tces.csv``, CR-only line endings allowed).
+
+    Parameters
+    ----------
+    url : str
+        CSV URL.
+    clean : bool
+        Apply the reference's ``create_input_list`` steps: keep the used columns, drop rows with
+        missing values and duplicates, keep ``Transit_Depth > 0``, convert ``Duration`` from
+        hours to days, and relabel IS and V (Vetting: also O) as J.
+    vetting : bool
+        Keep Vetting's extra columns (``Tmag``, ``Qingress``).
+    storage_options : dict, optional
+        fsspec options.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    text = storage.read_bytes(url, storage_options=storage_options).decode("latin-1")
+    table = pd.read_csv(io.StringIO(text.replace("\r\n", "\n").replace("\r", "\n")))
+    if not clean:
+        return table
+    needed = ["tic_id", "Epoc", "Period", "Duration", "Transit_Depth", "Disposition"]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ValueError(f"{url}: TCE table lacks columns {missing}; has {list(table.columns)}")
+    columns = list(table.columns[REFERENCE_COLUMNS])
+    if vetting:
+        columns += [c for c in ("Tmag", "Qingress") if c in table.columns]
+    table = table[columns].dropna().drop_duplicates()
+    table = table[table["Transit_Depth"] > 0].copy()
+    table["Duration"] = table["Duration"] / 24
+    junk = ["IS", "V", "O"] if vetting else ["IS", "V"]
+    table["Disposition"] = table["Disposition"].replace(junk, "J")
+    return table.reset_index(drop=True)
+
+
+def _light_curve_arrays(lightcurves: xr.Dataset) -> tuple[object, object, np.ndarray]:
+    """(time, flux, target labels) as 2-D (target, n) arrays, dask or numpy, without computing."""
+    if "flux" not in lightcurves or "target" not in lightcurves["flux"].dims:
+        raise ValueError("lightcurves needs a 'flux' variable with a 'target' dimension")
+    flux = lightcurves["flux"]
+    if flux.ndim != 2:
+        raise ValueError(f"lightcurves 'flux' must be 2-D (target, time); got dims {flux.dims}")
+    other = next(d for d in flux.dims if d != "target")
+    flux = flux.transpose("target", other)
+    if "time" not in lightcurves.variables:
+        raise ValueError("lightcurves needs a 'time' coordinate or variable")
+    time = lightcurves["time"]
+    if time.dims == (other,):
+        time = time.expand_dims(target=flux.sizes["target"]).transpose("target", other)
+    else:
+        time = time.transpose("target", other)
+    targets = (
+        lightcurves["target"].values
+        if "target" in lightcurves.coords
+        else np.arange(flux.sizes["target"])
+    )
+    return time.data, flux.data, np.asarray(targets)
+
+
+def _block(time, flux, rows, period, t0, duration, kind, max_epoch_distance):
+    time = np.asarray(time, float)[rows]
+    flux = np.asarray(flux, float)[rows]
+    return batch_views(
+        time, flux, period, t0, duration, kind=kind, max_epoch_distance=max_epoch_distance
+    )
+
+
+def views(
+    lightcurves: xr.Dataset,
+    tces: pd.DataFrame,
+    *,
+    kind: str = "triage",
+    batch_size: int = 1000,
+    target: str = "tic_id",
+    period: str = "Period",
+    t0: str = "Epoc",
+    duration: str = "Duration",
+    max_epoch_distance: float = 1000.0,
+) -> xr.Dataset:
+    """Views of many TCEs, lazily, one dask task per batch of TCEs.
+
+    Parameters
+    ----------
+    lightcurves : xarray.Dataset
+        Light curves with a ``target`` dimension (see the module docstring).
+    tces : pandas.DataFrame
+        One row per TCE; ``target`` values must match ``lightcurves.target``.
+    kind : {"triage", "vetting", "kepler"}
+        View algorithm (see :func:`cloudlab.astronet.views_for`).
+    batch_size : int
+        TCEs per task.
+    target, period, t0, duration : str
+        Column names (period, epoch and duration in days, epoch in the light curves' time
+        system).
+    max_epoch_distance : float
+        Epochs further than this (days) outside a light curve are skipped with a reason.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``tce``, ``global_bin``, ``local_bin`` (and ``secondary_bin``): ``global_view``,
+        ``local_view`` (``secondary_view``), ``valid``, ``reason`` (why a TCE was skipped),
+        and every column of ``tces`` as a ``tce`` variable.  Nothing is computed.
+    """
+    missing = [c for c in (target, period, t0, duration) if c not in tces.columns]
+    if missing:
+        raise ValueError(f"TCE table lacks columns {missing}; has {list(tces.columns)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    time, flux, labels = _light_curve_arrays(lightcurves)
+    lookup = pd.Index(labels)
+    if not lookup.is_unique:
+        raise ValueError("lightcurves 'target' labels must be unique")
+    row_of = lookup.get_indexer(tces[target].to_numpy())
+    tce_p = tces[period].to_numpy(float)
+    tce_t0 = tces[t0].to_numpy(float)
+    tce_d = tces[duration].to_numpy(float)
+    sizes = num_bins(kind)
+    n = len(tces)
+    pieces: dict[str, list] = {name: [] for name in [*sizes, "valid", "reason"]}
+    for lo in range(0, n, batch_size):
+        sl = slice(lo, min(n, lo + batch_size))
+        rows = row_of[sl]
+        found = rows >= 0
+        need = np.unique(rows[found])
+        local = np.full(rows.size, 0)
+        local[found] = np.searchsorted(need, rows[found])
+        pick = need if need.size else np.array([0])
+        p_batch = np.where(found, tce_p[sl], np.nan)
+        block = dask.delayed(_block, pure=True)(
+            time[pick],
+            flux[pick],
+            local,
+            p_batch,
+            tce_t0[sl],
+            tce_d[sl],
+            kind,
+            max_epoch_distance,
+        )
+        m = rows.size
+        for name, bins in sizes.items():
+            pieces[name].append(da.from_delayed(block[name], (m, bins), dtype=float))
+        pieces["valid"].append(da.from_delayed(block["valid"], (m,), dtype=bool))
+        reason = dask.delayed(_reasons, pure=True)(block["reason"], found, tces[target].iloc[sl])
+        pieces["reason"].append(da.from_delayed(reason, (m,), dtype=REASON_DTYPE))
+    data = {}
+    for name, bins in sizes.items():
+        dim = name.replace("_view", "_bin")
+        data[name] = (("tce", dim), _concat(pieces[name], (0, bins), float))
+    data["valid"] = ("tce", _concat(pieces["valid"], (0,), bool))
+    data["reason"] = ("tce", _concat(pieces["reason"], (0,), REASON_DTYPE))
+    ds = xr.Dataset(data)
+    for column in tces.columns:
+        values = tces[column].to_numpy()
+        if values.dtype == object:
+            values = values.astype(str)
+        ds[column] = ("tce", values)
+    ds.attrs.update(kind=kind, period=period, t0=t0, duration=duration, target=target)
+    return ds
+
+
+def _concat(parts: Sequence, empty_shape: tuple, dtype) -> da.Array:
+    if not parts:
+        return da.zeros(empty_shape, dtype=dtype)
+    return da.concatenate(parts, axis=0)
+
+
+def _reasons(reason: np.ndarray, found: np.ndarray, targets: pd.Series) -> np.ndarray:
+    out = np.asarray(reason, dtype=object).copy()
+    for i in np.flatnonzero(~found):
+        out[i] = f"no light curve for target {targets.iloc[i]!r}"
+    return out.astype(REASON_DTYPE)
+
+
+@lru_cache(maxsize=8)
+def _cached_models(checkpoints: tuple[str, ...]):
+    from cloudlab.astronet.train import load
+
+    return [load(url) for url in checkpoints]
+
+
+def _predict_block(global_view, local_view, valid, checkpoints, batch_size):
+    from cloudlab.astronet.train import predict
+
+    out = np.full(len(valid), np.nan)
+    if valid.any():
+        ds = xr.Dataset(
+            {
+                "global_view": (("tce", "global_bin"), global_view[valid]),
+                "local_view": (("tce", "local_bin"), local_view[valid]),
+            }
+        )
+        out[valid] = predict(_cached_models(tuple(checkpoints)), ds, batch_size=batch_size)
+    return out
+
+
+def predict_catalog(
+    lightcurves: xr.Dataset,
+    tces: pd.DataFrame,
+    checkpoints: str | Sequence[str],
+    *,
+    kind: str = "triage",
+    batch_size: int = 1000,
+    **columns: str,
+) -> xr.Dataset:
+    """Ensemble predictions for a TCE catalog as one lazy graph.
+
+    Views are made on the workers, batch by batch, and each batch's inference runs in the same
+    worker (the models are loaded once per worker process and cached).
+
+    Parameters
+    ----------
+    lightcurves, tces
+        As for :func:`views`.
+    checkpoints : str or sequence of str
+        Model checkpoint URLs; their mean probability is returned.
+    kind : str
+        View algorithm.
+    batch_size : int
+        TCEs per task (views and inference).
+    **columns
+        Column names passed to :func:`views` (``target``, ``period``, ``t0``, ``duration``).
+
+    Returns
+    -------
+    xarray.Dataset
+        The views Dataset plus ``prediction`` (tce): NaN for skipped TCEs.  Nothing is computed.
+    """
+    if kind not in ("triage", "kepler"):
+        raise ValueError("predict_catalog supports the global/local models (triage, kepler)")
+    checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
+    if not checkpoints:
+        raise ValueError("predict_catalog needs at least one checkpoint")
+    missing = [url for url in checkpoints if not storage.resolve(url)[0].exists(url)]
+    if missing:
+        raise FileNotFoundError(f"AstroNet checkpoints not found: {missing}")
+    ds = views(lightcurves, tces, kind=kind, batch_size=batch_size, **columns)
+    prediction = da.blockwise(
+        _predict_block,
+        "i",
+        ds["global_view"].data,
+        "ij",
+        ds["local_view"].data,
+        "ik",
+        ds["valid"].data,
+        "i",
+        tuple(checkpoints),
+        None,
+        batch_size,
+        None,
+        concatenate=True,
+        dtype=float,
+        meta=np.array((), dtype=float),
+    )
+    ds["prediction"] = ("tce", prediction)
+    return ds

@@ -1,0 +1,295 @@
+"""Light-curve readers: QLP HDF5 (Astronet-Triage), Kepler/TESS SPOC FITS, cutout photometry.
+
+``read_qlp`` and ``read_kepler`` return ``(time, flux)`` for one target.  ``read_lightcurves``
+opens many targets as one lazy Dataset (target, cadence), one dask task per batch of targets.
+``aperture_photometry`` sums a cutouts Dataset (target, time, row, column) inside its aperture.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from astropy.units import UnitsWarning
+
+from cloudlab import storage
+from cloudlab.fits import hdu_info, read_table
+
+MAD_SCALE = 0.6745  # statsmodels' normalised MAD: median|x - median(x)| / 0.6745
+
+
+class LightCurveError(ValueError):
+    """A light-curve file is missing, truncated or not in the expected layout."""
+
+
+def clean_qlp_magnitudes(time: np.ndarray, mag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's QLP cleaning after the quality cut: drop non-finite magnitudes, clip
+    bright outliers one-sidedly (keep mag > median − 5·MAD) and convert to relative flux.
+
+    Parameters
+    ----------
+    time, mag : numpy.ndarray
+        Times and KSP magnitudes.
+
+    Returns
+    -------
+    (time, flux)
+        Flux = 10^(−(m − median(m))/2.5) of the kept points (median 1).
+    """
+    keep = np.isfinite(mag) & np.isfinite(time)
+    time, mag = time[keep], mag[keep]
+    if mag.size == 0:
+        return time, mag
+    median = np.median(mag)
+    mad = np.median(np.abs(mag - median)) / MAD_SCALE
+    keep = mag > median - 5 * mad
+    time, mag = time[keep], mag[keep]
+    flux = 10.0 ** (-(mag - np.median(mag)) / 2.5)
+    return time, flux
+
+
+def read_qlp(
+    url: str,
+    *,
+    flux_key: str = "KSPMagnitude",
+    aperture: int | None = None,
+    storage_options: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a QLP HDF5 light curve as Astronet-Triage does.
+
+    Layout: ``LightCurve/BJD`` (BTJD days), ``LightCurve/QFLAG`` (optional),
+    ``LightCurve/AperturePhotometry`` with attribute ``bestap`` = *k* and the magnitudes in
+    ``Aperture_%03d(k)/KSPMagnitude``.  Cadences with QFLAG ≠ 0 and non-finite magnitudes are
+    dropped, bright outliers clipped and magnitudes converted to relative flux
+    (:func:`clean_qlp_magnitudes`).
+
+    Parameters
+    ----------
+    url : str
+        File URL (any fsspec URL).
+    flux_key : str
+        Magnitude dataset inside the aperture group.
+    aperture : int, optional
+        Aperture index; the file's ``bestap`` by default.
+    storage_options : dict, optional
+        fsspec options.
+
+    Returns
+    -------
+    (time, flux)
+        float64 arrays.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    LightCurveError
+        The file is not an HDF5 file or lacks the QLP datasets.
+    """
+    import h5py
+
+    fs, path = storage.resolve(url, storage_options)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"QLP light curve not found: {url}")
+    try:
+        with fs.open(path, "rb") as handle, h5py.File(handle, "r") as h5:
+            lc = h5["LightCurve"]
+            phot = lc["AperturePhotometry"]
+            k = int(phot.attrs["bestap"]) if aperture is None else int(aperture)
+            mag = np.asarray(phot[f"Aperture_{k:03d}"][flux_key][()], float)
+            time = np.asarray(lc["BJD"][()], float)
+            quality = np.asarray(lc["QFLAG"][()]) if "QFLAG" in lc else None
+    except (OSError, KeyError) as err:
+        raise LightCurveError(f"{url}: not a readable QLP light curve ({err})") from err
+    if time.shape != mag.shape:
+        raise LightCurveError(f"{url}: BJD has {time.size} cadences but {flux_key} {mag.size}")
+    if quality is not None:
+        if quality.shape != time.shape:
+            raise LightCurveError(f"{url}: QFLAG length {quality.size} != {time.size} cadences")
+        good = quality == 0
+        time, mag = time[good], mag[good]
+    return clean_qlp_magnitudes(time, mag)
+
+
+def read_kepler(
+    urls: str | Sequence[str],
+    *,
+    flux_column: str = "PDCSAP_FLUX",
+    storage_options: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read Kepler/TESS SPOC light-curve FITS files, quarters/sectors concatenated in time order.
+
+    Non-finite times and fluxes are dropped (upstream ``kepler_io.read_kepler_light_curve``).
+    Each file's flux stays in its own units (PDCSAP electrons/s); the Kepler pipeline's spline
+    detrending normalises each segment.
+
+    Parameters
+    ----------
+    urls : str or sequence of str
+        One file, several files or a glob.
+    flux_column : str
+        Flux column of the ``LIGHTCURVE`` HDU.
+    storage_options : dict, optional
+        fsspec options.
+
+    Returns
+    -------
+    (time, flux)
+        float64 arrays sorted by time.
+    """
+    files = storage.expand(urls, storage_options=storage_options)
+    if not files:
+        raise FileNotFoundError(f"no light-curve files match {urls!r}")
+    times, fluxes = [], []
+    for url in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnitsWarning)
+                table = read_table(url, "LIGHTCURVE", storage_options)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # astropy/FITS errors of many kinds
+            raise LightCurveError(f"{url}: not a readable light-curve FITS file ({err})") from err
+        for column in ("TIME", flux_column):
+            if column not in table.colnames:
+                raise LightCurveError(f"{url}: LIGHTCURVE HDU has no {column} column")
+        time = np.asarray(table["TIME"], float)
+        flux = np.asarray(table[flux_column], float)
+        keep = np.isfinite(time) & np.isfinite(flux)
+        times.append(time[keep])
+        fluxes.append(flux[keep])
+    time, flux = np.concatenate(times), np.concatenate(fluxes)
+    order = np.argsort(time, kind="stable")
+    return time[order], flux[order]
+
+
+def _cadences(urls: Sequence[str], reader: str, storage_options: dict | None) -> int:
+    """Raw number of cadences of a target's files (metadata only)."""
+    if reader == "kepler":
+        return sum(int(hdu_info(u, "LIGHTCURVE", storage_options).shape[0]) for u in urls)
+    import h5py
+
+    total = 0
+    for url in urls:
+        fs, path = storage.resolve(url, storage_options)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"QLP light curve not found: {url}")
+        try:
+            with fs.open(path, "rb") as handle, h5py.File(handle, "r") as h5:
+                total += int(h5["LightCurve"]["BJD"].shape[0])
+        except (OSError, KeyError) as err:
+            raise LightCurveError(f"{url}: not a readable QLP light curve ({err})") from err
+    return total
+
+
+def _read_batch(groups, reader, length, storage_options):
+    time = np.full((len(groups), length), np.nan)
+    flux = np.full((len(groups), length), np.nan)
+    for i, urls in enumerate(groups):
+        if reader == "kepler":
+            t, f = read_kepler(list(urls), storage_options=storage_options)
+        else:
+            parts = [read_qlp(u, storage_options=storage_options) for u in urls]
+            t = np.concatenate([p[0] for p in parts])
+            f = np.concatenate([p[1] for p in parts])
+        time[i, : t.size], flux[i, : f.size] = t, f
+    return np.stack([time, flux])
+
+
+def read_lightcurves(
+    urls: Mapping[object, str | Sequence[str]] | Sequence[str],
+    *,
+    reader: str = "qlp",
+    batch_size: int = 64,
+    storage_options: dict | None = None,
+) -> xr.Dataset:
+    """Open many light curves lazily as a (target, cadence) Dataset, one task per batch.
+
+    Parameters
+    ----------
+    urls : mapping or sequence
+        ``{target: url or [urls]}`` (several files of one target are concatenated), or a list
+        of files whose stems become the targets (integers where they are numeric, e.g. TIC IDs).
+    reader : {"qlp", "kepler"}
+        File layout (:func:`read_qlp` or :func:`read_kepler`).
+    batch_size : int
+        Targets per task.
+    storage_options : dict, optional
+        fsspec options.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``time`` and ``flux`` (target, cadence), NaN-padded to the longest raw file; only
+        file metadata is read now.
+    """
+    if reader not in ("qlp", "kepler"):
+        raise ValueError(f"reader must be 'qlp' or 'kepler', got {reader!r}")
+    if not isinstance(urls, Mapping):
+        stems = [PurePosixPath(str(u)).name.split(".")[0] for u in urls]
+        keys = [int(s) if s.isdigit() else s for s in stems]
+        urls = dict(zip(keys, urls, strict=True))
+    targets = list(urls)
+    if not targets:
+        raise ValueError("read_lightcurves needs at least one file")
+    groups = [[u] if isinstance(u, str) else list(u) for u in urls.values()]
+    length = max(_cadences(g, reader, storage_options) for g in groups)
+    blocks = []
+    for lo in range(0, len(groups), batch_size):
+        part = groups[lo : lo + batch_size]
+        task = dask.delayed(_read_batch, pure=True)(part, reader, length, storage_options)
+        blocks.append(da.from_delayed(task, (2, len(part), length), dtype=float))
+    data = da.concatenate(blocks, axis=1)
+    return xr.Dataset(
+        {"time": (("target", "cadence"), data[0]), "flux": (("target", "cadence"), data[1])},
+        coords={"target": np.asarray(targets)},
+        attrs={"reader": reader},
+    )
+
+
+def aperture_photometry(
+    cutouts: xr.Dataset, *, relative: bool = True, aperture: xr.DataArray | None = None
+) -> xr.Dataset:
+    """Simple aperture photometry of a cutouts Dataset, lazily.
+
+    Parameters
+    ----------
+    cutouts : xarray.Dataset
+        Dims ``target, time, row, column`` with ``flux`` and a boolean ``aperture``
+        (target, row, column) (the layout of :mod:`cloudlab.cutouts`).
+    relative : bool
+        Divide each target's light curve by its median.
+    aperture : xarray.DataArray, optional
+        Aperture to use instead of ``cutouts["aperture"]``.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``flux`` (target, time) with the ``time`` coordinate and ``npix`` (pixels per aperture).
+        Cadences where every aperture pixel is NaN are NaN.
+    """
+    if "flux" not in cutouts:
+        raise ValueError("cutouts has no 'flux' variable")
+    mask = cutouts["aperture"] if aperture is None and "aperture" in cutouts else aperture
+    if mask is None:
+        raise ValueError("cutouts has no 'aperture' variable; pass aperture=")
+    flux = cutouts["flux"]
+    missing = {"target", "time", "row", "column"} - set(flux.dims)
+    if missing:
+        raise ValueError(f"cutouts 'flux' lacks dims {sorted(missing)}; has {flux.dims}")
+    mask = mask.astype(bool)
+    inside = flux.where(mask)
+    total = inside.sum(("row", "column"), skipna=True, min_count=1)
+    if relative:
+        if total.chunks:
+            total = total.chunk({"time": -1})
+        total = total / total.median("time", skipna=True)
+    out = xr.Dataset({"flux": total, "npix": mask.sum(("row", "column"))})
+    if "time" in cutouts.coords:
+        out = out.assign_coords(time=cutouts["time"])
+    return out
