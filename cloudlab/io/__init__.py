@@ -1,0 +1,1 @@
+"""Domain readers: TESS cubes and FFIs, AIA stacks, catalogs, light curves → xarray / pandas."""

@@ -1,0 +1,341 @@
+"""Catalogs: the TESS TCE bulk CSV (``*_dvr-tcestats.csv``), filters, and target coordinates.
+
+The TCE file has no target coordinates. :func:`add_coordinates` takes them from ``ra``/``dec``
+columns already present, from a TIC coordinate table (CSV, FITS or Parquet) joined on ``ticid``,
+or from a resolver function (:func:`resolve_tic_mast`, online only, needs astroquery).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cloudlab import storage
+
+TCE_UNITS = {
+    "tce_period": "d",
+    "tce_time0bt": "BTJD (BJD - 2457000)",
+    "tce_time0": "BJD",
+    "tce_duration": "h",
+    "tce_depth": "ppm",
+    "tce_ingress": "h",
+    "tce_prad": "Earth radii",
+    "tce_sma": "AU",
+    "tce_eqt": "K",
+    "tce_insol": "Earth flux",
+    "tce_sradius": "solar radii",
+    "tce_steff": "K",
+    "tce_slogg": "log10(cm s-2)",
+    "tce_smet": "dex",
+    "tce_sdensity": "g cm-3",
+    "tce_dicco_mra": "arcsec",
+    "tce_dicco_mdec": "arcsec",
+    "tce_dicco_msky": "arcsec",
+    "tce_ditco_mra": "arcsec",
+    "tce_ditco_mdec": "arcsec",
+    "tce_ditco_msky": "arcsec",
+    "ra": "deg",
+    "dec": "deg",
+}
+"""Units of the TCE columns (inferred from the data: see docs/cutouts.md)."""
+
+OLD_TCE_NAMES = {
+    "orbitalPeriodDays": "tce_period",
+    "transitEpochBtjd": "tce_time0bt",
+    "transitDurationHours": "tce_duration",
+    "transitDepthPpm": "tce_depth",
+    "starRadiusSolarRadii": "tce_sradius",
+    "planetNumber": "tce_plnt_num",
+    "planetRadiusEarthRadii": "tce_prad",
+    "mes": "tce_max_mult_ev",
+}
+"""Column names of early-sector TCE files mapped to the current ``tce_*`` names."""
+
+_STRING_COLUMNS = {"tceid": str, "tce_sectors": str, "sectors": str}
+_TIC_NAMES = ("ticid", "tic_id", "tic", "id", "ticid_int")
+_RA_NAMES = ("ra", "ra_deg", "raj2000", "ra_j2000")
+_DEC_NAMES = ("dec", "dec_deg", "dej2000", "decj2000", "dec_j2000")
+
+
+def _text(url: str, storage_options: dict | None) -> str:
+    raw = storage.read_bytes(url, storage_options)
+    # normalise CR-only and CRLF line endings (some team CSVs use CR only)
+    return raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").decode("utf-8", errors="replace")
+
+
+def read_tce(url: str | os.PathLike, storage_options: dict | None = None) -> pd.DataFrame:
+    """Read a TESS TCE bulk CSV (``*_dvr-tcestats.csv``).
+
+    Parameters
+    ----------
+    url : str or path
+        Local path or any fsspec URL.
+    storage_options : dict, optional
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per TCE, all columns of the file (123 in sector 55); ``tceid``, ``sectors`` and
+        ``tce_sectors`` (a bit string) kept as str, ``ticid`` int64. Early-sector column names
+        are renamed to the ``tce_*`` ones (:data:`OLD_TCE_NAMES`). ``attrs``: ``units`` (see
+        :data:`TCE_UNITS`: period d, time0bt BTJD, duration h, depth ppm), ``comments`` (the
+        ``#`` header lines as a dict), ``source``.
+
+    Raises
+    ------
+    ValueError
+        Empty file or no ``ticid`` column (the message names the file).
+    """
+    url = os.fspath(url)
+    text = _text(url, storage_options)
+    comments = {}
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        key, sep, value = line[1:].partition("=")
+        if sep:
+            comments[key.strip()] = value.strip()
+    try:
+        df = pd.read_csv(io.StringIO(text), comment="#", dtype=_STRING_COLUMNS)
+    except pd.errors.EmptyDataError as exc:
+        raise ValueError(f"{url}: empty TCE file") from exc
+    df = df.rename(columns={k: v for k, v in OLD_TCE_NAMES.items() if k in df.columns})
+    if "ticid" not in df.columns:
+        raise ValueError(f"{url}: not a TCE file: no 'ticid' column (columns: {list(df)[:8]} ...)")
+    df["ticid"] = df["ticid"].astype(np.int64)
+    df.attrs = {
+        "units": {k: v for k, v in TCE_UNITS.items() if k in df.columns},
+        "comments": comments,
+        "source": url,
+    }
+    return df
+
+
+def _between(values: pd.Series, bounds: tuple[float | None, float | None] | None) -> pd.Series:
+    ok = pd.Series(True, index=values.index)
+    if bounds is None:
+        return ok
+    lo, hi = bounds
+    if lo is not None:
+        ok &= values > lo
+    if hi is not None:
+        ok &= values <= hi
+    return ok
+
+
+def filter_tces(
+    df: pd.DataFrame,
+    *,
+    depth: tuple[float | None, float | None] | None = None,
+    snr: tuple[float | None, float | None] | None = None,
+    period: tuple[float | None, float | None] | None = None,
+    duration: tuple[float | None, float | None] | None = None,
+) -> pd.DataFrame:
+    """Keep TCEs inside ranges ``(low, high]`` (``None`` = open) of depth, SNR, period, duration.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        From :func:`read_tce`.
+    depth : (float, float), optional
+        ``tce_depth`` in ppm; ``(1e6, None)`` is the TIKE notebook's ``tce_depth > 1e6``.
+    snr : (float, float), optional
+        ``tce_model_snr``.
+    period : (float, float), optional
+        ``tce_period`` in days.
+    duration : (float, float), optional
+        ``tce_duration`` in hours.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows kept (attrs preserved).
+    """
+    keep = pd.Series(True, index=df.index)
+    for column, bounds in (
+        ("tce_depth", depth),
+        ("tce_model_snr", snr),
+        ("tce_period", period),
+        ("tce_duration", duration),
+    ):
+        if bounds is not None:
+            if column not in df.columns:
+                raise ValueError(f"filter_tces: the catalog has no {column!r} column")
+            keep &= _between(df[column], bounds)
+    out = df[keep]
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def one_per_tic(df: pd.DataFrame, *, keep: str = "first") -> pd.DataFrame:
+    """One row per TIC.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+    keep : {"first", "deepest", "snr"}
+        The first row of each TIC in file order (as the TIKE notebook's ``drop_duplicates``),
+        the deepest TCE, or the one with the highest ``tce_model_snr``.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    if keep == "first":
+        out = df.drop_duplicates("ticid", keep="first")
+    elif keep in ("deepest", "snr"):
+        column = "tce_depth" if keep == "deepest" else "tce_model_snr"
+        order = df.sort_values(column, ascending=False, kind="stable")
+        out = order.drop_duplicates("ticid", keep="first").sort_index()
+    else:
+        raise ValueError(f"one_per_tic: keep must be 'first', 'deepest' or 'snr', got {keep!r}")
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def _pick(columns: Sequence[str], names: Sequence[str], what: str, source: str) -> str:
+    lower = {c.lower(): c for c in columns}
+    for name in names:
+        if name in lower:
+            return lower[name]
+    raise ValueError(f"{source}: no {what} column (looked for {', '.join(names)})")
+
+
+def read_coordinate_table(
+    url: str | os.PathLike, storage_options: dict | None = None
+) -> pd.DataFrame:
+    """Read a TIC coordinate table (CSV, FITS or Parquet) as ``ticid``, ``ra``, ``dec``.
+
+    Column names are matched case-insensitively: ``ticid``/``tic_id``/``tic``/``id``,
+    ``ra``/``ra_deg``/``raj2000``, ``dec``/``dec_deg``/``dej2000``.
+
+    Parameters
+    ----------
+    url : str or path
+        ``.csv``/``.txt`` (CR, LF or CRLF line ends), ``.fits``/``.fit``, ``.parquet``/``.pq``.
+    storage_options : dict, optional
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    url = os.fspath(url)
+    lower = url.lower()
+    if lower.endswith((".parquet", ".pq")):
+        df = pd.read_parquet(io.BytesIO(storage.read_bytes(url, storage_options)))
+    elif lower.endswith((".fits", ".fit", ".fits.gz")):
+        from astropy.table import Table
+
+        table = Table.read(io.BytesIO(storage.read_bytes(url, storage_options)), format="fits")
+        names = [n for n in table.colnames if len(table[n].shape) <= 1]
+        df = table[names].to_pandas()
+    else:
+        df = pd.read_csv(io.StringIO(_text(url, storage_options)), comment="#")
+    tic = _pick(df.columns, _TIC_NAMES, "TIC id", url)
+    ra = _pick(df.columns, _RA_NAMES, "RA", url)
+    dec = _pick(df.columns, _DEC_NAMES, "Dec", url)
+    out = pd.DataFrame(
+        {
+            "ticid": df[tic].astype(np.int64),
+            "ra": df[ra].astype(float),
+            "dec": df[dec].astype(float),
+        }
+    )
+    return out.drop_duplicates("ticid")
+
+
+def resolve_tic_mast(ticids: Sequence[int]) -> pd.DataFrame:
+    """Coordinates of TIC ids from MAST's TIC (online; needs astroquery).
+
+    Parameters
+    ----------
+    ticids : sequence of int
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``ticid``, ``ra``, ``dec`` (deg, J2000 at epoch 2000) of the ids MAST knows.
+    """
+    try:
+        from astroquery.mast import Catalogs
+    except ImportError as exc:
+        raise ImportError("resolve_tic_mast needs astroquery: pip install astroquery") from exc
+    ids = [int(t) for t in ticids]
+    result = Catalogs.query_criteria(catalog="Tic", ID=ids)
+    return pd.DataFrame(
+        {
+            "ticid": np.asarray(result["ID"]).astype(np.int64),
+            "ra": np.asarray(result["ra"], dtype=float),
+            "dec": np.asarray(result["dec"], dtype=float),
+        }
+    )
+
+
+def add_coordinates(
+    df: pd.DataFrame,
+    *,
+    coords: str | os.PathLike | pd.DataFrame | None = None,
+    resolver: Callable[[Sequence[int]], pd.DataFrame] | None = None,
+    storage_options: dict | None = None,
+) -> pd.DataFrame:
+    """Give every target ``ra`` and ``dec`` (deg).
+
+    Sources, in order: ``ra``/``dec`` columns already in ``df`` (kept where finite), then the
+    ``coords`` table joined on ``ticid``, then ``resolver`` for the TICs still missing.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        With ``ticid``.
+    coords : str, path or pandas.DataFrame, optional
+        A TIC coordinate table (see :func:`read_coordinate_table`) or a DataFrame with
+        ``ticid``, ``ra``, ``dec``.
+    resolver : callable, optional
+        ``resolver(ticids) -> DataFrame(ticid, ra, dec)``, e.g. :func:`resolve_tic_mast`.
+    storage_options : dict, optional
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``df`` with float ``ra`` and ``dec`` columns, same rows and order.
+
+    Raises
+    ------
+    ValueError
+        Some targets still have no (finite) coordinates; the message lists their TIC ids.
+    """
+    if "ticid" not in df.columns:
+        raise ValueError("add_coordinates: the targets have no 'ticid' column")
+    out = df.copy()
+    out.attrs = dict(df.attrs)
+    ra = out["ra"].astype(float) if "ra" in out.columns else pd.Series(np.nan, index=out.index)
+    dec = out["dec"].astype(float) if "dec" in out.columns else pd.Series(np.nan, index=out.index)
+
+    def fill(table: pd.DataFrame) -> None:
+        lookup = table.drop_duplicates("ticid").set_index("ticid")
+        missing = ~(np.isfinite(ra) & np.isfinite(dec))
+        ids = out.loc[missing, "ticid"]
+        ra.loc[missing] = ids.map(lookup["ra"]).astype(float).to_numpy()
+        dec.loc[missing] = ids.map(lookup["dec"]).astype(float).to_numpy()
+
+    if coords is not None:
+        table = (
+            coords
+            if isinstance(coords, pd.DataFrame)
+            else read_coordinate_table(coords, storage_options)
+        )
+        fill(table)
+    missing = ~(np.isfinite(ra) & np.isfinite(dec))
+    if resolver is not None and missing.any():
+        fill(resolver(sorted(set(out.loc[missing, "ticid"].tolist()))))
+    out["ra"], out["dec"] = ra, dec
+    bad = out.loc[~(np.isfinite(ra) & np.isfinite(dec)), "ticid"].tolist()
+    if bad:
+        shown = ", ".join(str(t) for t in bad[:20])
+        more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise ValueError(f"no coordinates for {len(bad)} target(s): TIC {shown}{more}")
+    return out

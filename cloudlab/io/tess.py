@@ -1,0 +1,313 @@
+"""TESS cutout cubes (astrocut/MAST layout) as lazy xarray datasets.
+
+A cube has HDU 1 = big-endian float32 ``(rows, columns, frames, 2)`` (``[..., 0]`` calibrated
+flux in e-/s, ``[..., 1]`` its uncertainty) and HDU 2 = one table row per FFI with that FFI's
+ext-1 header cards (TSTART/TSTOP in BTJD, BARYCORR, DQUALITY, the WCS, ...) and FFI_FILE.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from cloudlab import fits as lfits
+
+CUBE_BASE = "s3://stpubdata/tess/public/mast"
+"""MAST's public bucket of SPOC cutout cubes."""
+
+FULL_SCIENCE = {"col_start": 44, "col_stop": 2092, "row_start": 0, "row_stop": 2048}
+"""0-based science region of a full-size SPOC FFI (columns 45–2092, rows 1–2048, 1-based)."""
+
+
+def cube_url(sector: int, camera: int, ccd: int, base: str | None = None) -> str:
+    """URL of the cutout cube of (sector, camera, CCD) under ``base`` (default MAST's bucket).
+
+    Parameters
+    ----------
+    sector, camera, ccd : int
+    base : str, optional
+        Directory URL holding ``tess-s{sector:04d}-{camera}-{ccd}-cube.fits`` files.
+
+    Returns
+    -------
+    str
+    """
+    if not (1 <= int(camera) <= 4 and 1 <= int(ccd) <= 4) or int(sector) < 1:
+        raise ValueError(f"bad sector/camera/ccd: {sector}/{camera}/{ccd}")
+    base = (base or CUBE_BASE).rstrip("/")
+    return f"{base}/tess-s{int(sector):04d}-{int(camera)}-{int(ccd)}-cube.fits"
+
+
+@dataclass(frozen=True)
+class CubeMeta:
+    """Everything about a cube except its pixels (read once per cube: headers and HDU 2).
+
+    Attributes
+    ----------
+    url : str
+    data_offset : int
+        Byte offset of HDU 1's data.
+    n_rows, n_cols, n_frames : int
+    tstart, tstop, barycorr : numpy.ndarray
+        Per frame (BTJD, BTJD, days).
+    quality : numpy.ndarray
+        DQUALITY per frame.
+    ffi_file : numpy.ndarray
+        FFI file name per frame.
+    wcs_header : str
+        The WCS astrocut uses (see :func:`cube_wcs_header`), as header text.
+    wcs_row : int
+        Table row the WCS comes from.
+    primary_header : str
+        The cube's primary header text.
+    science : dict
+        0-based science region ``col_start``, ``col_stop``, ``row_start``, ``row_stop``.
+    sector, camera, ccd : int
+    """
+
+    url: str
+    data_offset: int
+    n_rows: int
+    n_cols: int
+    n_frames: int
+    tstart: np.ndarray
+    tstop: np.ndarray
+    barycorr: np.ndarray
+    quality: np.ndarray
+    ffi_file: np.ndarray
+    wcs_header: str
+    wcs_row: int
+    primary_header: str
+    science: dict
+    sector: int
+    camera: int
+    ccd: int
+    file_size: int | None = None
+
+    @property
+    def time(self) -> np.ndarray:
+        """Mid-exposure times (BTJD)."""
+        return 0.5 * (self.tstart + self.tstop)
+
+    @property
+    def wcs(self) -> WCS:
+        return _wcs_from_text(self.wcs_header)
+
+    def header(self) -> fits.Header:
+        """The WCS header as an astropy Header."""
+        return fits.Header.fromstring(self.wcs_header, sep="\n")
+
+
+@functools.lru_cache(maxsize=64)
+def _wcs_from_text(text: str) -> WCS:
+    return WCS(fits.Header.fromstring(text, sep="\n"), relax=True)
+
+
+def cube_wcs_header(
+    table, key: str = "CTYPE2", value: str = "DEC--TAN-SIP"
+) -> tuple[fits.Header, int]:
+    """The WCS astrocut uses for a cube: the first row at or after ``len(table) // 2`` (wrapping
+    to row 0) whose ``CTYPE2`` is ``DEC--TAN-SIP``; NaN values are skipped.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        HDU 2 of the cube.
+
+    Returns
+    -------
+    (astropy.io.fits.Header, int)
+        The header built from that row, and the row index.
+    """
+    n = len(table)
+    if key not in table.colnames:
+        raise ValueError(f"cube table has no {key} column: no WCS")
+    for k in range(n):
+        i = (n // 2 + k) % n
+        cell = table[key][i]
+        cell = cell.decode() if isinstance(cell, bytes) else str(cell)
+        if cell.strip() == value:
+            break
+    else:
+        raise ValueError(f"no row of the cube table has {key} = {value!r}: no WCS")
+    header = fits.Header()
+    row = table[i]
+    for name in table.colnames:
+        val = row[name]
+        if isinstance(val, bytes):
+            val = val.decode()
+        elif isinstance(val, np.generic):
+            val = val.item()
+        if not isinstance(val, str) and np.isnan(val):
+            continue
+        header[name] = val
+    return header, i
+
+
+def _science_region(table, n_rows: int, n_cols: int) -> dict:
+    """0-based science region from the SPOC collateral keywords, or the full-size default."""
+    names = set(table.colnames)
+    if {"SCCSA", "SCCED", "SCIROWE"} <= names:
+        row_start = int(table["SCIROWS"][0]) - 1 if "SCIROWS" in names else 0
+        return {
+            "col_start": int(table["SCCSA"][0]) - 1,
+            "col_stop": int(table["SCCED"][0]),
+            "row_start": row_start,
+            "row_stop": int(table["SCIROWE"][0]),
+        }
+    if (n_rows, n_cols) == (2078, 2136):
+        return dict(FULL_SCIENCE)
+    return {"col_start": 0, "col_stop": n_cols, "row_start": 0, "row_stop": n_rows}
+
+
+@functools.lru_cache(maxsize=128)
+def _cube_meta_cached(url: str, options_key: str) -> CubeMeta:
+    storage_options = json.loads(options_key) or None
+    primary = lfits.hdu_info(url, 0, storage_options)
+    info = lfits.hdu_info(url, 1, storage_options)
+    if info.kind != "image" or len(info.shape) != 4 or info.shape[3] != 2:
+        raise ValueError(
+            f"{url}: HDU 1 is not a cutout cube (expected (rows, columns, frames, 2), "
+            f"got {info.kind} {info.shape})"
+        )
+    if info.raw_dtype != np.dtype(">f4"):
+        raise ValueError(f"{url}: HDU 1 must be big-endian float32, got {info.raw_dtype}")
+    n_rows, n_cols, n_frames, _ = info.shape
+    if info.file_size is not None and info.data_offset + info.data_size > info.file_size:
+        raise ValueError(f"{url}: truncated cube: data end beyond the end of the file")
+    table = lfits.read_table(url, 2, storage_options)
+    if len(table) != n_frames:
+        raise ValueError(f"{url}: HDU 2 has {len(table)} rows for {n_frames} frames")
+    for col in ("TSTART", "TSTOP"):
+        if col not in table.colnames:
+            raise ValueError(f"{url}: HDU 2 lacks the {col} column")
+    wcs_header, wcs_row = cube_wcs_header(table)
+
+    def column(name, default, dtype):
+        if name in table.colnames:
+            return np.asarray(table[name]).astype(dtype)
+        return np.full(n_frames, default, dtype=dtype)
+
+    ffi = column("FFI_FILE", "", str)
+    ph = primary.header
+    return CubeMeta(
+        url=url,
+        data_offset=int(info.data_offset),
+        n_rows=int(n_rows),
+        n_cols=int(n_cols),
+        n_frames=int(n_frames),
+        tstart=column("TSTART", np.nan, float),
+        tstop=column("TSTOP", np.nan, float),
+        barycorr=column("BARYCORR", np.nan, float),
+        quality=column("DQUALITY", 0, np.int32),
+        ffi_file=np.array([s.strip() for s in ffi]),
+        wcs_header=wcs_header.tostring(sep="\n"),
+        wcs_row=int(wcs_row),
+        primary_header=ph.tostring(sep="\n"),
+        science=_science_region(table, n_rows, n_cols),
+        sector=int(ph.get("SECTOR", 0)),
+        camera=int(ph.get("CAMERA", wcs_header.get("CAMERA", 0))),
+        ccd=int(ph.get("CCD", wcs_header.get("CCD", 0))),
+        file_size=info.file_size,
+    )
+
+
+def cube_meta(url: str, storage_options: dict | None = None) -> CubeMeta:
+    """Headers, per-frame table and WCS of a cube, read once and cached per URL.
+
+    Parameters
+    ----------
+    url : str
+        Cube URL (any fsspec URL or local path).
+    storage_options : dict, optional
+
+    Returns
+    -------
+    CubeMeta
+
+    Raises
+    ------
+    FileNotFoundError
+        The cube does not exist (the message names it).
+    ValueError
+        Not a cutout cube, truncated, or no WCS.
+    """
+    key = json.dumps(storage_options or {}, sort_keys=True, default=str)
+    return _cube_meta_cached(str(url), key)
+
+
+def open_cube(
+    url: str | None = None,
+    *,
+    sector: int | None = None,
+    camera: int | None = None,
+    ccd: int | None = None,
+    base: str | None = None,
+    chunks: int | str = "auto",
+    storage_options: dict | None = None,
+) -> xr.Dataset:
+    """Open a TESS cutout cube lazily.
+
+    Parameters
+    ----------
+    url : str, optional
+        Cube URL; or give ``sector``, ``camera``, ``ccd`` (and optionally ``base``) to use MAST's
+        layout ``{base}/tess-s{sector:04d}-{camera}-{ccd}-cube.fits``.
+    chunks : int or "auto", optional
+        Rows per dask chunk (each chunk is one contiguous byte range of the file).
+    storage_options : dict, optional
+
+    Returns
+    -------
+    xarray.Dataset
+        ``flux`` and ``flux_err`` (``time, row, column``, float32, e-/s), coordinates ``time``
+        (BTJD mid-exposure), ``quality``, ``barycorr``, ``ffi_file``, ``row``, ``column``
+        (0-based); attrs ``wcs`` (header text of the WCS astrocut uses), ``wcs_row``,
+        ``primary_header``, ``url``, ``sector``, ``camera``, ``ccd``. Only headers and HDU 2
+        are read now.
+    """
+    if url is None:
+        if None in (sector, camera, ccd):
+            raise ValueError("open_cube: give url, or sector, camera and ccd")
+        url = cube_url(sector, camera, ccd, base)
+    meta = cube_meta(url, storage_options)
+    pixels = lfits.open_hdu(
+        url,
+        1,
+        chunks="auto" if chunks == "auto" else (int(chunks), -1, -1, -1),
+        dims=("row", "column", "time", "plane"),
+        storage_options=storage_options,
+    )
+    flux = pixels.isel(plane=0).transpose("time", "row", "column")
+    err = pixels.isel(plane=1).transpose("time", "row", "column")
+    units = {"units": "electron / s"}
+    ds = xr.Dataset(
+        {
+            "flux": (flux.dims, flux.data, units),
+            "flux_err": (err.dims, err.data, units),
+        },
+        coords={
+            "time": ("time", meta.time, {"units": "BTJD (BJD - 2457000), TDB, mid-exposure"}),
+            "quality": ("time", meta.quality),
+            "barycorr": ("time", meta.barycorr, {"units": "d"}),
+            "ffi_file": ("time", meta.ffi_file),
+            "row": ("row", np.arange(meta.n_rows)),
+            "column": ("column", np.arange(meta.n_cols)),
+        },
+        attrs={
+            "url": url,
+            "sector": meta.sector,
+            "camera": meta.camera,
+            "ccd": meta.ccd,
+            "wcs": meta.wcs_header,
+            "wcs_row": meta.wcs_row,
+            "primary_header": meta.primary_header,
+        },
+    )
+    return ds
