@@ -1,0 +1,114 @@
+"""Chunk planning: spatial chunk sizes that keep one task's memory under a worker's limit."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import psutil
+
+#: fraction of a worker's memory (per thread) that one task may use
+DEFAULT_MEMORY_FRACTION = 0.5
+
+
+def worker_memory_limit(client=None) -> int:
+    """Memory in bytes available to one task on a worker.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        Cluster to ask. Without one, the current default client is used if there is one,
+        else this machine's total memory divided by its cores.
+
+    Returns
+    -------
+    int
+        The smallest ``memory_limit / nthreads`` over the workers (or the local estimate).
+    """
+    if client is None:
+        try:
+            from distributed import default_client
+
+            client = default_client()
+        except (ImportError, ValueError):
+            client = None
+    if client is not None:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        limits = [w["memory_limit"] / max(w["nthreads"], 1) for w in workers if w["memory_limit"]]
+        if limits:
+            return int(min(limits))
+    return int(psutil.virtual_memory().total / max(psutil.cpu_count() or 1, 1))
+
+
+def plan_spatial_chunks(
+    spatial_shape: Sequence[int],
+    bytes_per_pixel: float,
+    *,
+    memory_limit: int | None = None,
+    fraction: float = DEFAULT_MEMORY_FRACTION,
+) -> tuple[int, ...]:
+    """Pick spatial chunk sizes so that one task fits in a worker's memory.
+
+    The time axis is always one chunk; this picks near-square spatial chunks whose pixel count
+    times ``bytes_per_pixel`` stays under ``fraction * memory_limit``. Chunks are spread evenly
+    so that no chunk is much smaller than the others.
+
+    Parameters
+    ----------
+    spatial_shape : sequence of int
+        Shape of the spatial axes, e.g. ``(ny, nx)``.
+    bytes_per_pixel : float
+        Peak memory one task needs per spatial pixel (all its inputs, intermediates and outputs).
+    memory_limit : int, optional
+        Bytes one task may use; default :func:`worker_memory_limit`.
+    fraction : float
+        Share of ``memory_limit`` to plan for (headroom for the worker itself).
+
+    Returns
+    -------
+    tuple of int
+        Chunk size along each spatial axis.
+
+    Raises
+    ------
+    ValueError
+        If even a single pixel does not fit, or the arguments are not positive.
+    """
+    if bytes_per_pixel <= 0 or not 0 < fraction <= 1:
+        raise ValueError("bytes_per_pixel must be > 0 and 0 < fraction <= 1")
+    if any(n <= 0 for n in spatial_shape):
+        raise ValueError(f"empty spatial shape {tuple(spatial_shape)}")
+    limit = worker_memory_limit() if memory_limit is None else memory_limit
+    budget = int(fraction * limit // bytes_per_pixel)
+    if budget < 1:
+        raise ValueError(
+            f"one pixel needs {bytes_per_pixel / 2**20:.1f} MiB but a task may use only "
+            f"{fraction * limit / 2**20:.1f} MiB: shorten the time series or give workers "
+            "more memory"
+        )
+    shape = list(spatial_shape)
+    if not shape:
+        return ()
+    chunks = list(shape)
+    # halve the longest axis until the chunk fits, then even the chunks out
+    while math.prod(chunks) > budget:
+        axis = max(range(len(chunks)), key=lambda i: chunks[i])
+        chunks[axis] = math.ceil(chunks[axis] / 2)
+    return tuple(math.ceil(n / math.ceil(n / c)) for n, c in zip(shape, chunks, strict=True))
+
+
+def timelag_bytes_per_pixel(n_time: int, n_channels: int, input_itemsize: int = 8) -> float:
+    """Peak bytes per pixel of one cross-correlation task over ``n_channels`` channels.
+
+    Counts the channel blocks, their float64 standardised copies and spectra, and one pair's
+    product, circular correlation and selected lags (``(2N - 1) x 8`` bytes and friends).
+    """
+    from cloudlab.timelag.kernels import fft_length
+
+    nfft = fft_length(n_time)
+    spectrum_bytes = 16 * (nfft // 2 + 1)
+    inputs = n_channels * n_time * input_itemsize
+    standardised = 2 * n_time * 8
+    spectra = n_channels * spectrum_bytes
+    pair = spectrum_bytes + 8 * nfft + 8 * (2 * n_time - 1)
+    return float(inputs + standardised + spectra + pair)

@@ -1,0 +1,186 @@
+"""Pure array kernels of the FFT cross-correlation (numpy or CuPy blocks, time on axis 0).
+
+The maths is sunkit-image's ``time_lag``: each pixel's light curve is standardised with the
+population standard deviation, signal A is reversed, both are zero-padded to at least ``2N - 1``
+samples, multiplied in Fourier space, transformed back and divided by ``N``. Reversing A and
+padding is the same as multiplying by the complex conjugate of A's spectrum and reading the
+circular result at the right offsets, which lets each channel's spectrum be computed once and
+reused for every pair it belongs to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.fft
+
+from cloudlab.backend import array_module
+
+#: a pixel whose standard deviation is below this fraction of its mean is called flat
+FLAT_TOLERANCE = 64 * np.finfo(np.float64).eps
+
+
+def fft_length(n_time: int) -> int:
+    """Return the FFT length used for ``n_time`` samples: the next fast size ``>= 2 n_time - 1``.
+
+    Parameters
+    ----------
+    n_time : int
+        Number of time samples ``N``.
+
+    Returns
+    -------
+    int
+        A 5-smooth length at least ``2N - 1`` (any such length gives the same linear correlation).
+    """
+    return scipy.fft.next_fast_len(2 * n_time - 1, real=True)
+
+
+def standardize(x):
+    """Standardise each pixel's light curve (time on axis 0, ``ddof=0``) in float64.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or cupy.ndarray
+        Block of shape ``(N, ...)``.
+
+    Returns
+    -------
+    z : array
+        ``(x - mean) / std`` per pixel, with zeros where the pixel is invalid.
+    valid : array of bool
+        False where the pixel has a NaN/inf sample or is flat (std ~ 0).
+    """
+    xp = array_module(x)
+    x = x.astype(xp.float64, copy=False)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    std = xp.sqrt((centred * centred).mean(axis=0))
+    valid = xp.isfinite(std) & (std > FLAT_TOLERANCE * xp.abs(mean))
+    safe_std = xp.where(valid, std, 1.0)
+    z = xp.where(valid, centred / safe_std, 0.0)
+    return z, valid
+
+
+def spectrum(z, nfft: int):
+    """Return the real FFT of standardised light curves, zero-padded to ``nfft`` samples."""
+    xp = array_module(z)
+    return xp.fft.rfft(z, n=nfft, axis=0)
+
+
+def lag_indices(n_time: int, start: int, stop: int, nfft: int) -> np.ndarray:
+    """Map lag positions ``start..stop-1`` of the ``2N - 1`` lags to circular-correlation indices.
+
+    Lag position ``j`` is the lag ``(j - (N - 1)) * dt``; the circular correlation of length
+    ``nfft`` holds lag ``k`` at index ``k mod nfft``.
+    """
+    return (np.arange(start, stop) - (n_time - 1)) % nfft
+
+
+def correlate_spectra(spec_a, spec_b, n_time: int, nfft: int, start: int, stop: int):
+    """Cross-correlation at lag positions ``start..stop-1`` from two channels' spectra.
+
+    Parameters
+    ----------
+    spec_a, spec_b : array
+        ``rfft`` of the standardised light curves of A and B (see :func:`spectrum`).
+    n_time : int
+        Number of time samples ``N``.
+    nfft : int
+        FFT length the spectra were computed with.
+    start, stop : int
+        Range of lag positions (``0 .. 2N - 1``) to return.
+
+    Returns
+    -------
+    array
+        Shape ``(stop - start, ...)``: ``C[j] = (1/N) sum_m zA[m] zB[m + j - (N - 1)]``.
+    """
+    xp = array_module(spec_a)
+    circular = xp.fft.irfft(xp.conj(spec_a) * spec_b, n=nfft, axis=0)
+    index = xp.asarray(lag_indices(n_time, start, stop, nfft))
+    return xp.take(circular, index, axis=0) / n_time
+
+
+def cross_correlation_block(a, b, start: int, stop: int):
+    """Cross-correlation of two blocks (time on axis 0) at lag positions ``start..stop-1``.
+
+    Invalid pixels (any NaN, or flat) are NaN at every lag.
+    """
+    xp = array_module(a)
+    n_time = a.shape[0]
+    nfft = fft_length(n_time)
+    za, valid_a = standardize(a)
+    zb, valid_b = standardize(b)
+    cc = correlate_spectra(spectrum(za, nfft), spectrum(zb, nfft), n_time, nfft, start, stop)
+    return xp.where(valid_a & valid_b, cc, xp.nan)
+
+
+def peak_from_correlation(cc, lags, valid):
+    """Time lag (first maximum) and maximum of a cross-correlation block.
+
+    Parameters
+    ----------
+    cc : array
+        Shape ``(L, ...)``, the correlation at ``L`` lags.
+    lags : array
+        The ``L`` lags in seconds (host or device array).
+    valid : array of bool
+        Pixels to report; the others are NaN in both outputs.
+
+    Returns
+    -------
+    array
+        Shape ``(2, ...)``: the lag in seconds at the first maximum, and the maximum.
+    """
+    xp = array_module(cc)
+    lags = xp.asarray(lags, dtype=xp.float64)
+    lag = lags[xp.argmax(cc, axis=0)]
+    peak = cc.max(axis=0)
+    return xp.stack([xp.where(valid, lag, xp.nan), xp.where(valid, peak, xp.nan)])
+
+
+def pairs_block(
+    *blocks,
+    pairs: Sequence[tuple[int, int]],
+    lags,
+    start: int,
+    stop: int,
+):
+    """Time lag and maximum correlation of several channel pairs over one spatial block.
+
+    Every channel is standardised and Fourier-transformed once; each pair then costs one
+    product and one inverse FFT.
+
+    Parameters
+    ----------
+    *blocks : array
+        One block per channel, all of shape ``(N, ...)``.
+    pairs : sequence of (int, int)
+        Indices into ``blocks`` of signal A and signal B for each pair.
+    lags : array
+        The ``stop - start`` selected lags in seconds.
+    start, stop : int
+        Selected lag positions among the ``2N - 1``.
+
+    Returns
+    -------
+    array
+        Shape ``(len(pairs), 2, ...)``: time lag (s) and maximum cross-correlation per pair.
+    """
+    xp = array_module(blocks[0])
+    n_time = blocks[0].shape[0]
+    nfft = fft_length(n_time)
+    used = sorted({i for pair in pairs for i in pair})
+    spectra, valid = {}, {}
+    for i in used:
+        z, valid[i] = standardize(blocks[i])
+        spectra[i] = spectrum(z, nfft)
+        del z
+    out = []
+    for ia, ib in pairs:
+        cc = correlate_spectra(spectra[ia], spectra[ib], n_time, nfft, start, stop)
+        out.append(peak_from_correlation(cc, lags, valid[ia] & valid[ib]))
+        del cc
+    return xp.stack(out)
