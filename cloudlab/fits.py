@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import dask.array as da
+import dask.base
 import dask.config
 import numpy as np
 import pandas as pd
@@ -210,12 +211,18 @@ def read_infos(
 
 
 def _get_client():
+    """The distributed client when it is the active dask scheduler, else ``None``."""
     try:
         from distributed import get_client
 
-        return get_client()
+        client = get_client()
     except (ImportError, ValueError):
         return None
+    try:
+        active = dask.base.get_scheduler()
+    except ValueError:
+        return None
+    return client if active == client.get else None
 
 
 def _local_hosts() -> set[str]:

@@ -1,0 +1,617 @@
+"""cloudlab.fits against astropy.io.fits on local files: every BITPIX, scaling, BLANK,
+multi-extension, tile compression, gzip, stacks, tables, byte budgets and bad input."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import shutil
+import threading
+from pathlib import Path
+
+import dask
+import fsspec
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from fsspec.implementations.local import LocalFileSystem
+
+from cloudlab import fits as cf
+from cloudlab.fits_header import BLOCK
+
+RNG = np.random.default_rng(42)
+
+
+# ------------------------------------------------------------------------------------ helpers
+class CountingFileSystem(LocalFileSystem):
+    """Local files under ``countfile://``, counting the bytes and calls of every ranged read."""
+
+    protocol = "countfile"
+    lock = threading.Lock()
+    bytes_read = 0
+    cat_ranges_calls = 0
+    ranges: list[tuple[int, int]] = []
+
+    @classmethod
+    def reset(cls) -> None:
+        with cls.lock:
+            cls.bytes_read = 0
+            cls.cat_ranges_calls = 0
+            cls.ranges = []
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        data = super().cat_file(path, start=start, end=end, **kwargs)
+        with self.lock:
+            type(self).bytes_read += len(data)
+            type(self).ranges.append((start, end))
+        return data
+
+    def cat_ranges(self, paths, starts, ends, max_gap=None, on_error="return", **kwargs):
+        with self.lock:
+            type(self).cat_ranges_calls += 1
+        return super().cat_ranges(paths, starts, ends, max_gap, on_error, **kwargs)
+
+
+fsspec.register_implementation("countfile", CountingFileSystem, clobber=True)
+
+
+@pytest.fixture(autouse=True)
+def _in_process_scheduler():
+    """These tests count reads in this process: keep dask (and header reads) here."""
+    with dask.config.set(scheduler="sync"):
+        cf.clear_cache()
+        yield
+
+
+def write(path: Path, *hdus: fits.hdu.base.ExtensionHDU) -> str:
+    hdus = list(hdus)
+    if not isinstance(hdus[0], fits.PrimaryHDU):
+        hdus.insert(0, fits.PrimaryHDU())
+    fits.HDUList(hdus).writeto(path)
+    return str(path)
+
+
+def image_hdu(data: np.ndarray, primary: bool = True, **cards) -> fits.hdu.base.ExtensionHDU:
+    hdu = fits.PrimaryHDU(data) if primary else fits.ImageHDU(data)
+    for key, value in cards.items():
+        hdu.header[key] = value
+    return hdu
+
+
+def assert_same(got: np.ndarray, ref: np.ndarray) -> None:
+    """Same values (NaN where astropy has NaN) and the same dtype up to byte order."""
+    assert got.dtype == ref.dtype.newbyteorder("="), (got.dtype, ref.dtype)
+    assert got.shape == ref.shape
+    np.testing.assert_array_equal(got, ref)
+
+
+REGIONS = [
+    (slice(None), slice(None)),
+    (slice(3, 9), slice(5, 17)),
+    (slice(10, 11), slice(0, 1)),
+    (4, slice(2, 30, 3)),
+    (slice(None, None, -2), 7),
+    ([1, 5, 2], slice(4, 8)),
+]
+
+
+def _integer_image(dtype: str, shape=(23, 37)) -> np.ndarray:
+    info = np.iinfo(dtype)
+    lo, hi = max(info.min, -(2**40)), min(info.max, 2**40)
+    return RNG.integers(lo, hi, shape, endpoint=True).astype(dtype)
+
+
+# ------------------------------------------------------------------------ values vs astropy
+BITPIX_CASES = {
+    "bitpix8": lambda: image_hdu(_integer_image("u1")),
+    "bitpix16": lambda: image_hdu(_integer_image("i2")),
+    "bitpix32": lambda: image_hdu(_integer_image("i4")),
+    "bitpix64": lambda: image_hdu(_integer_image("i8")),
+    "bitpix-32": lambda: image_hdu(RNG.normal(size=(23, 37)).astype("f4")),
+    "bitpix-64": lambda: image_hdu(RNG.normal(size=(23, 37))),
+}
+
+
+def _scaled(dtype: str, bscale, bzero, blank=None, put_blank=True) -> fits.PrimaryHDU:
+    data = _integer_image(dtype)
+    if blank is not None and put_blank:
+        data[2, 3] = blank
+        data[7, ::5] = blank
+    hdu = fits.PrimaryHDU(data)
+    hdu.header["BSCALE"] = bscale
+    hdu.header["BZERO"] = bzero
+    if blank is not None:
+        hdu.header["BLANK"] = blank
+    return hdu
+
+
+SCALED_CASES = {
+    "int16-scaled": lambda: _scaled("i2", 0.25, -3.5),
+    "int32-scaled": lambda: _scaled("i4", 1.5e-3, 10.0),
+    "int64-scaled": lambda: _scaled("i8", 2.0, 1.0),
+    "uint8-scaled": lambda: _scaled("u1", 0.5, 100.0),
+    "int16-blank-scaled": lambda: _scaled("i2", 0.1, 5.0, blank=-999),
+    "int16-blank-unscaled": lambda: _scaled("i2", 1, 0, blank=-32768),
+    "int32-blank-unscaled": lambda: _scaled("i4", 1, 0, blank=12345),
+    "int16-blank-zero": lambda: _scaled("i2", 1.0, 2.0, blank=0),
+    "uint16-bzero": lambda: _scaled("i2", 1, 32768),
+    "uint32-bzero": lambda: _scaled("i4", 1, 2**31),
+    "uint64-bzero": lambda: _scaled("i8", 1, 2**63),
+    "int8-bzero": lambda: _scaled("u1", 1, -128),
+    "uint16-bzero-blank": lambda: _scaled("i2", 1, 32768, blank=-1),
+    "float32-scaled": lambda: _float_scaled("f4"),
+    "float64-scaled": lambda: _float_scaled("f8"),
+}
+
+
+def _float_scaled(dtype: str) -> fits.PrimaryHDU:
+    hdu = fits.PrimaryHDU(RNG.normal(size=(23, 37)).astype(dtype))
+    hdu.header["BSCALE"] = 3.0
+    hdu.header["BZERO"] = -1.25
+    return hdu
+
+
+@pytest.mark.parametrize("case", sorted({**BITPIX_CASES, **SCALED_CASES}))
+def test_open_hdu_equals_astropy(tmp_path: Path, case: str) -> None:
+    make = {**BITPIX_CASES, **SCALED_CASES}[case]
+    # write raw header+data with astropy without rescaling (keeps BSCALE/BZERO/BLANK as given)
+    path = write(tmp_path / f"{case}.fits", make())
+    ref = fits.getdata(path)
+    for chunks in ("auto", 5, (7, 11)):
+        arr = cf.open_hdu(path, chunks=chunks)
+        assert arr.dims == ("y", "x")
+        assert arr.dtype == ref.dtype.newbyteorder("=")
+        assert_same(arr.values, ref)
+        for region in REGIONS:
+            assert_same(arr[region].values, ref[region])
+    if "blank" in case and ref.dtype.kind == "f" and "zero" not in case:
+        assert np.isnan(ref).sum() > 0  # the case really exercises BLANK -> NaN
+        assert np.isnan(arr.values).sum() == np.isnan(ref).sum()
+
+
+def test_uint16_written_by_astropy(tmp_path: Path) -> None:
+    data = RNG.integers(0, 65535, (40, 50), endpoint=True).astype("u2")
+    path = write(tmp_path / "u16.fits", fits.PrimaryHDU(data))
+    arr = cf.open_hdu(path)
+    assert arr.dtype == np.uint16
+    np.testing.assert_array_equal(arr.values, data)
+    np.testing.assert_array_equal(arr[5:9, 40:].values, data[5:9, 40:])
+
+
+def test_multi_extension_by_index_and_name(tmp_path: Path) -> None:
+    sci = RNG.normal(size=(4, 6, 9)).astype("f4")
+    err = RNG.normal(size=(6, 9))
+    table = fits.BinTableHDU.from_columns([fits.Column("flux", "E", array=np.arange(5.0))])
+    table.name = "TAB"
+    path = write(
+        tmp_path / "mef.fits",
+        fits.PrimaryHDU(),
+        fits.ImageHDU(sci, name="SCI"),
+        table,
+        fits.ImageHDU(err, name="ERR"),
+        fits.ImageHDU(err * 2, name="ERR", ver=2),
+        fits.ImageHDU(RNG.integers(0, 9, (3, 2, 2, 5)).astype("i2")),
+    )
+    assert_same(cf.open_hdu(path, 1).values, fits.getdata(path, 1))
+    assert_same(cf.open_hdu(path, "sci").values, sci)
+    assert_same(cf.open_hdu(path, "ERR").values, err)
+    assert_same(cf.open_hdu(path, ("ERR", 2)).values, err * 2)
+    assert_same(cf.open_hdu(path, 5).values, fits.getdata(path, 5))
+    arr = cf.open_hdu(path, "SCI")
+    assert arr.dims == ("z", "y", "x")
+    assert arr.attrs["hdu"] == 1 and arr.attrs["extname"] == "SCI"
+    assert fits.Header.fromstring(arr.attrs["fits_header"], sep="\n")["EXTNAME"] == "SCI"
+    assert cf.open_hdu(path, 5).dims == ("dim_0", "dim_1", "dim_2", "dim_3")
+    info = cf.hdu_info(path, "ERR")
+    assert info.index == 3 and info.kind == "image" and info.raw_dtype == np.dtype(">f8")
+    with fits.open(path) as hdul:
+        assert info.data_offset == hdul[3].fileinfo()["datLoc"]
+        assert info.header_offset == hdul[3].fileinfo()["hdrLoc"]
+
+
+def test_dims_and_chunks_by_name(tmp_path: Path) -> None:
+    data = RNG.normal(size=(10, 12)).astype("f4")
+    path = write(tmp_path / "a.fits", fits.PrimaryHDU(data))
+    arr = cf.open_hdu(path, dims=("row", "column"), chunks={"row": 3})
+    assert arr.dims == ("row", "column") and arr.chunks == ((3, 3, 3, 1), (12,))
+    assert_same(arr.values, data)
+    with pytest.raises(ValueError, match="dims"):
+        cf.open_hdu(path, dims=("a",))
+
+
+def test_auto_chunks_keep_fast_axes_whole(tmp_path: Path) -> None:
+    data = RNG.normal(size=(40, 30, 20)).astype("f4")
+    path = write(tmp_path / "cube.fits", fits.PrimaryHDU(data))
+    with dask.config.set({"array.chunk-size": "10kB"}):
+        arr = cf.open_hdu(path)
+    assert arr.chunks[1:] == ((30,), (20,)) or arr.chunks[2] == (20,)
+    assert len(arr.chunks[0]) > 1
+    assert_same(arr.values, data)
+
+
+def test_graph_is_deterministic_and_picklable(tmp_path: Path) -> None:
+    data = RNG.normal(size=(16, 16)).astype("f4")
+    path = write(tmp_path / "a.fits", fits.PrimaryHDU(data))
+    a = cf.open_hdu(path, chunks=8)
+    cf.clear_cache()
+    b = cf.open_hdu(path, chunks=8)
+    assert a.data.name == b.data.name
+    assert cf.open_hdu(path, chunks=4).data.name != a.data.name
+    graph = pickle.loads(pickle.dumps(dict(a.data.__dask_graph__())))
+    restored = dask.get(graph, a.data.__dask_keys__())
+    np.testing.assert_array_equal(np.block([list(row) for row in restored]), data)
+    # a rewritten file gets new keys
+    write(tmp_path / "b.fits", fits.PrimaryHDU(data[:, :8]))
+    shutil.move(tmp_path / "b.fits", path)
+    assert cf.open_hdu(path, chunks=8).data.name != a.data.name
+
+
+# ------------------------------------------------------------------------------ compression
+@pytest.mark.parametrize("algorithm", ["RICE_1", "GZIP_1", "GZIP_2", "HCOMPRESS_1"])
+def test_tile_compressed_equals_astropy(tmp_path: Path, algorithm: str) -> None:
+    data = RNG.integers(-2000, 2000, (64, 48)).astype("i2")
+    hdu = fits.CompImageHDU(data, compression_type=algorithm, tile_shape=(8, 48), name="SCI")
+    path = write(tmp_path / f"{algorithm}.fits", fits.PrimaryHDU(), hdu)
+    ref = fits.getdata(path, "SCI")
+    info = cf.hdu_info(path, "SCI")
+    assert info.kind == "compressed" and info.compressed and info.tile_shape == (8, 48)
+    with dask.config.set({"array.chunk-size": "2kB"}):
+        arr = cf.open_hdu(path, "SCI")
+    assert all(c % 8 == 0 for c in arr.chunks[0][:-1])  # whole tile rows
+    assert_same(arr.values, ref)
+    assert_same(arr[5:30, 7:20].values, ref[5:30, 7:20])
+    assert_same(cf.open_hdu(path, 1, chunks=(13, 20)).values, ref)
+
+
+def test_tile_compressed_float_quantized(tmp_path: Path) -> None:
+    data = RNG.normal(100, 5, (32, 40)).astype("f4")
+    hdu = fits.CompImageHDU(data, compression_type="RICE_1", quantize_level=16.0)
+    path = write(tmp_path / "q.fits", fits.PrimaryHDU(), hdu)
+    ref = fits.getdata(path, 1)
+    assert_same(cf.open_hdu(path, 1).values, ref)
+    assert_same(cf.open_hdu(path, 1)[3:9, ::4].values, ref[3:9, ::4])
+
+
+def test_gzip_whole_file(tmp_path: Path) -> None:
+    data = RNG.normal(size=(6, 30, 40)).astype("f4")
+    plain = write(tmp_path / "a.fits", fits.PrimaryHDU(), fits.ImageHDU(data, name="SCI"))
+    with open(plain, "rb") as src, gzip.open(tmp_path / "a.fits.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    path = str(tmp_path / "a.fits.gz")
+    arr = cf.open_hdu(path, "SCI")
+    assert arr.data.npartitions == 1  # read whole, once
+    assert cf.hdu_info(path, "SCI").gzip
+    assert_same(arr.values, fits.getdata(path, "SCI"))
+    assert_same(cf.open_hdu(path, 1, chunks=(2, 10, 40))[1:4, 5:25, 3].values, data[1:4, 5:25, 3])
+
+
+# -------------------------------------------------------------------------------- byte budget
+def test_region_reads_only_its_bytes(tmp_path: Path) -> None:
+    data = RNG.normal(size=(300, 500)).astype("f4")  # rows of 2000 bytes: gaps never merged
+    path = write(tmp_path / "big.fits", fits.PrimaryHDU(data))
+    url = f"countfile://{path}"
+    CountingFileSystem.reset()
+    arr = cf.open_hdu(url, chunks=(100, 250))
+    header_bytes = CountingFileSystem.bytes_read
+    assert header_bytes <= 4 * BLOCK
+    CountingFileSystem.reset()
+    np.testing.assert_array_equal(arr[10:20, 30:40].values, data[10:20, 30:40])
+    assert CountingFileSystem.bytes_read == 10 * 10 * 4
+    assert CountingFileSystem.cat_ranges_calls == 1
+    # a region across 4 chunks: one batched call per chunk, still exactly the region's bytes
+    CountingFileSystem.reset()
+    np.testing.assert_array_equal(arr[95:105, 245:255].values, data[95:105, 245:255])
+    assert CountingFileSystem.bytes_read == 10 * 10 * 4
+    assert CountingFileSystem.cat_ranges_calls == 4
+    # whole rows are one contiguous range
+    rows = cf.open_hdu(url, chunks=(100, 500))
+    CountingFileSystem.reset()
+    np.testing.assert_array_equal(rows[7:9].values, data[7:9])
+    assert CountingFileSystem.ranges == [(BLOCK + 7 * 2000, BLOCK + 9 * 2000)]
+
+
+def test_close_ranges_are_merged(tmp_path: Path) -> None:
+    data = RNG.normal(size=(50, 100)).astype("f4")  # rows of 400 bytes
+    path = write(tmp_path / "a.fits", fits.PrimaryHDU(data))
+    arr = cf.open_hdu(f"countfile://{path}")
+    CountingFileSystem.reset()
+    np.testing.assert_array_equal(arr[10:15, 20:30].values, data[10:15, 20:30])
+    # 5 runs of 40 bytes, 360-byte gaps < merge gap: one range from first to last run
+    assert CountingFileSystem.ranges == [(2880 + 10 * 400 + 80, 2880 + 14 * 400 + 120)]
+    with dask.config.set({"cloudlab.fits.merge-gap": 0}):
+        CountingFileSystem.reset()
+        np.testing.assert_array_equal(arr[10:15, 20:30].values, data[10:15, 20:30])
+    assert CountingFileSystem.bytes_read == 5 * 40 and len(CountingFileSystem.ranges) == 5
+
+
+def test_cube_cutout_byte_ratio(tmp_path: Path) -> None:
+    """astrocut layout (rows, columns, frames, 2): a 3x3 cutout over all frames."""
+    cube = RNG.normal(size=(20, 30, 17, 2)).astype("f4")
+    path = write(tmp_path / "cube.fits", fits.PrimaryHDU(), fits.ImageHDU(cube))
+    arr = cf.open_hdu(f"countfile://{path}", 1)
+    CountingFileSystem.reset()
+    np.testing.assert_array_equal(arr[4:7, 10:13].values, cube[4:7, 10:13])
+    needed = 3 * 3 * 17 * 2 * 4
+    assert CountingFileSystem.bytes_read == needed
+    assert CountingFileSystem.cat_ranges_calls == 1
+
+
+def test_header_scan_reads_header_blocks_only(tmp_path: Path) -> None:
+    big = np.zeros((500, 600), "f4")
+    path = write(
+        tmp_path / "m.fits",
+        fits.PrimaryHDU(big),
+        fits.ImageHDU(big, name="A"),
+        fits.ImageHDU(np.ones((3, 3), "f4"), name="B"),
+    )
+    CountingFileSystem.reset()
+    info = cf.hdu_info(f"countfile://{path}", "B")
+    assert info.index == 2
+    assert CountingFileSystem.bytes_read <= 3 * 4 * BLOCK  # ~ header blocks of 3 HDUs
+    assert CountingFileSystem.bytes_read < big.nbytes / 10
+
+
+def test_header_cache(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.fits", fits.PrimaryHDU(np.ones((4, 4), "f4")))
+    url = f"countfile://{path}"
+    cf.hdu_info(url)
+    CountingFileSystem.reset()
+    cf.hdu_info(url)
+    assert CountingFileSystem.bytes_read == 0
+
+
+def test_long_header(tmp_path: Path) -> None:
+    hdu = fits.PrimaryHDU(np.arange(12, dtype="i4").reshape(3, 4))
+    for i in range(600):  # ~17 blocks of header: several growing requests
+        hdu.header[f"KEY{i}"] = i
+    path = write(tmp_path / "long.fits", hdu)
+    arr = cf.open_hdu(path)
+    assert fits.Header.fromstring(arr.attrs["fits_header"], sep="\n")["KEY599"] == 599
+    assert_same(arr.values, fits.getdata(path))
+
+
+# ------------------------------------------------------------------------------------ stacks
+def _stack_files(tmp_path: Path, n: int = 5, shape=(12, 15)) -> list[str]:
+    paths = []
+    for i in range(n):
+        hdu = fits.ImageHDU(RNG.normal(size=shape).astype("f4"), name="SCI")
+        hdu.header["TSTART"] = 1000.0 + i
+        hdu.header["CAMERA"] = i % 2 + 1
+        hdu.header["OBJECT"] = f"frame{i}"
+        paths.append(write(tmp_path / f"f{i:03d}.fits", fits.PrimaryHDU(), hdu))
+    return paths
+
+
+def test_open_stack_equals_astropy(tmp_path: Path) -> None:
+    paths = _stack_files(tmp_path)
+    ref = np.stack([fits.getdata(p, "SCI") for p in paths])
+    stack = cf.open_stack(
+        str(tmp_path / "f*.fits"), "SCI", dim="time", keys=["TSTART", "CAMERA", "OBJECT"]
+    )
+    assert stack.dims == ("time", "y", "x")
+    assert stack.chunks[0] == (1,) * 5
+    assert_same(stack.values, ref)
+    assert_same(stack[1:4, 2:5, 7].values, ref[1:4, 2:5, 7])
+    np.testing.assert_array_equal(stack["TSTART"].values, 1000.0 + np.arange(5))
+    np.testing.assert_array_equal(stack["CAMERA"].values, [1, 2, 1, 2, 1])
+    assert list(stack["OBJECT"].values) == [f"frame{i}" for i in range(5)]
+    assert list(stack["url"].values) == paths
+    assert stack.attrs["missing"] == []
+    # explicit lists keep their order
+    rev = cf.open_stack(paths[::-1], 1, keys="TSTART")
+    np.testing.assert_array_equal(rev["TSTART"].values, 1004.0 - np.arange(5))
+    assert_same(rev.values, ref[::-1])
+    # chunked planes
+    tiles = cf.open_stack(paths, 1, chunks={"y": 5})
+    assert tiles.chunks == ((1,) * 5, (5, 5, 2), (15,))
+    assert_same(tiles.values, ref)
+
+
+def test_open_stack_one_read_per_file(tmp_path: Path) -> None:
+    _stack_files(tmp_path, n=4)
+    CountingFileSystem.reset()
+    cf.open_stack(f"countfile://{tmp_path}/f*.fits", "SCI")
+    assert len(CountingFileSystem.ranges) == 4  # primary + SCI header in one read each
+
+
+def test_open_stack_missing_files(tmp_path: Path) -> None:
+    paths = _stack_files(tmp_path, n=3)
+    gone = [str(tmp_path / "gone1.fits"), str(tmp_path / "gone2.fits")]
+    urls = [paths[0], gone[0], paths[1], gone[1], paths[2]]
+    with pytest.raises(FileNotFoundError) as err:
+        cf.open_stack(urls, 1)
+    assert gone[0] in str(err.value) and gone[1] in str(err.value)
+    assert paths[0] not in str(err.value)
+    stack = cf.open_stack(urls, 1, on_missing="nan", keys=["TSTART"])
+    assert stack.attrs["missing"] == gone
+    values = stack.values
+    assert np.isnan(values[[1, 3]]).all()
+    np.testing.assert_array_equal(values[[0, 2, 4]], [fits.getdata(p, 1) for p in paths])
+    assert np.isnan(stack["TSTART"].values[1]) and stack["TSTART"].values[2] == 1001.0
+    with pytest.raises(ValueError, match="on_missing"):
+        cf.open_stack(urls, 1, on_missing="skip")
+
+
+def test_open_stack_missing_int_files_become_float(tmp_path: Path) -> None:
+    p = write(tmp_path / "a.fits", fits.PrimaryHDU(np.arange(6, dtype="i2").reshape(2, 3)))
+    stack = cf.open_stack([p, str(tmp_path / "b.fits")], on_missing="nan")
+    assert stack.dtype == np.float32
+    np.testing.assert_array_equal(stack.values[0], np.arange(6).reshape(2, 3))
+
+
+def test_open_stack_mismatch_names_files(tmp_path: Path) -> None:
+    paths = _stack_files(tmp_path, n=3)
+    odd_shape = write(tmp_path / "odd.fits", fits.PrimaryHDU(), fits.ImageHDU(np.ones((5, 5))))
+    with pytest.raises(cf.FITSError, match="shape") as err:
+        cf.open_stack([*paths, odd_shape], 1)
+    assert odd_shape in str(err.value) and paths[0] not in str(err.value)
+    odd_dtype = write(
+        tmp_path / "odd2.fits", fits.PrimaryHDU(), fits.ImageHDU(np.ones((12, 15), "i4"))
+    )
+    with pytest.raises(cf.FITSError, match="dtype") as err:
+        cf.open_stack([*paths, odd_dtype], 1)
+    assert odd_dtype in str(err.value)
+
+
+def test_open_stack_bad_file_named(tmp_path: Path) -> None:
+    paths = _stack_files(tmp_path, n=2)
+    junk = tmp_path / "junk.fits"
+    junk.write_bytes(b"hello world" * 400)
+    with pytest.raises(cf.FITSError, match="not a FITS file") as err:
+        cf.open_stack([*paths, str(junk)], 1)
+    assert str(junk) in str(err.value)
+
+
+def test_open_stack_glob_matching_nothing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no files match"):
+        cf.open_stack(str(tmp_path / "none*.fits"))
+
+
+def test_read_headers(tmp_path: Path) -> None:
+    paths = _stack_files(tmp_path, n=4)
+    df = cf.read_headers(str(tmp_path / "f*.fits"), "SCI")
+    assert list(df.index) == paths
+    assert df.index.name == "url"
+    np.testing.assert_array_equal(df["TSTART"].to_numpy(), 1000.0 + np.arange(4))
+    assert list(df["OBJECT"]) == [f"frame{i}" for i in range(4)]
+    assert (df["NAXIS1"] == 15).all()
+    with pytest.raises(FileNotFoundError, match="nope"):
+        cf.read_headers([paths[0], str(tmp_path / "nope.fits")])
+
+
+def test_open_stack_on_local_cluster(tmp_path: Path, local_client) -> None:
+    """Headers read by the cluster's workers, chunks computed there (graph is picklable)."""
+    paths = _stack_files(tmp_path, n=6)
+    ref = np.stack([fits.getdata(p, 1) for p in paths])
+    with dask.config.set(scheduler=local_client.get):
+        assert cf._get_client() is local_client
+        stack = cf.open_stack(str(tmp_path / "f*.fits"), 1, keys=["TSTART"])
+        got = local_client.compute(stack.data).result()
+        cut = local_client.compute(stack.data[:, 3:5, 2:9]).result()
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(cut, ref[:, 3:5, 2:9])
+    np.testing.assert_array_equal(stack["TSTART"].values, 1000.0 + np.arange(6))
+
+
+# ------------------------------------------------------------------------------------- tables
+def test_read_table_equals_astropy(tmp_path: Path) -> None:
+    cols = [
+        fits.Column("TIME", "D", array=np.linspace(0, 1, 50), unit="d"),
+        fits.Column("FLUX", "E", array=RNG.normal(size=50).astype("f4")),
+        fits.Column("Q", "J", array=np.arange(50)),
+        fits.Column("NAME", "8A", array=[f"s{i}" for i in range(50)]),
+        fits.Column("VEC", "3E", array=RNG.normal(size=(50, 3)).astype("f4")),
+    ]
+    tab = fits.BinTableHDU.from_columns(cols, name="LC")
+    big = fits.ImageHDU(np.zeros((300, 300), "f4"), name="IMG")
+    path = write(tmp_path / "t.fits", fits.PrimaryHDU(), big, tab)
+    ref = Table.read(path, hdu="LC")
+    CountingFileSystem.reset()
+    got = cf.read_table(f"countfile://{path}", "LC")
+    assert got.colnames == ref.colnames
+    for name in ref.colnames:
+        np.testing.assert_array_equal(got[name], ref[name])
+    assert got["TIME"].unit == ref["TIME"].unit
+    assert CountingFileSystem.bytes_read < big.data.nbytes / 4  # the image was skipped
+    with pytest.raises(cf.FITSError, match="not a table"):
+        cf.read_table(path, "IMG")
+
+
+# ---------------------------------------------------------------------------------- bad input
+def _good_bytes(tmp_path: Path) -> bytes:
+    path = write(tmp_path / "good.fits", fits.PrimaryHDU(np.ones((40, 40), "f4")))
+    return Path(path).read_bytes()
+
+
+def test_not_fits(tmp_path: Path) -> None:
+    path = tmp_path / "notes.fits"
+    path.write_text("this is not a FITS file\n" * 300)
+    with pytest.raises(cf.FITSError, match="not a FITS file") as err:
+        cf.open_hdu(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.fits"
+    path.write_bytes(b"")
+    with pytest.raises(cf.FITSError, match="empty") as err:
+        cf.open_hdu(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_truncated_data(tmp_path: Path) -> None:
+    path = tmp_path / "cut.fits"
+    path.write_bytes(_good_bytes(tmp_path)[: 2880 + 3000])
+    with pytest.raises(cf.FITSError, match="truncated") as err:
+        cf.open_hdu(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_truncated_header(tmp_path: Path) -> None:
+    path = tmp_path / "cut.fits"
+    path.write_bytes(_good_bytes(tmp_path)[:1000])
+    with pytest.raises(cf.FITSError, match="no END") as err:
+        cf.open_hdu(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_header_without_end(tmp_path: Path) -> None:
+    cards = [f"{'SIMPLE':8}= {'T':>20}", f"{'BITPIX':8}= {-32:>20}", f"{'NAXIS':8}= {0:>20}"]
+    text = "".join(c.ljust(80) for c in cards).ljust(5 * 2880)
+    path = tmp_path / "noend.fits"
+    path.write_bytes(text.encode("ascii"))
+    with pytest.raises(cf.FITSError, match="no END card") as err:
+        cf.open_hdu(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_hdu_out_of_range(tmp_path: Path) -> None:
+    path = write(tmp_path / "two.fits", fits.PrimaryHDU(), fits.ImageHDU(np.ones((3, 3))))
+    with pytest.raises(cf.FITSError, match="out of range") as err:
+        cf.open_hdu(path, 2)
+    assert path in str(err.value) and "2 HDU" in str(err.value)
+    with pytest.raises(cf.FITSError, match="'NOPE' out of range"):
+        cf.open_hdu(path, "NOPE")
+    with pytest.raises(ValueError, match=">= 0"):
+        cf.open_hdu(path, -1)
+    with pytest.raises(TypeError):
+        cf.open_hdu(path, 1.5)
+
+
+def test_naxis_larger_than_file(tmp_path: Path) -> None:
+    hdu = fits.PrimaryHDU(np.ones((10, 10), "f4"))
+    path = write(tmp_path / "a.fits", hdu)
+    data = bytearray(Path(path).read_bytes())
+    card = data.find(b"NAXIS2  =")
+    data[card : card + 80] = f"{'NAXIS2':8}= {100000:>20}".ljust(80).encode("ascii")
+    bad = tmp_path / "big.fits"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(cf.FITSError, match="truncated") as err:
+        cf.open_hdu(str(bad))
+    assert str(bad) in str(err.value) and "100000" in str(err.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing.fits"):
+        cf.open_hdu(str(tmp_path / "nothing.fits"))
+
+
+def test_table_and_empty_hdu_are_not_images(tmp_path: Path) -> None:
+    tab = fits.BinTableHDU.from_columns([fits.Column("a", "E", array=np.arange(3.0))])
+    path = write(tmp_path / "t.fits", fits.PrimaryHDU(), tab)
+    with pytest.raises(cf.FITSError, match="read_table"):
+        cf.open_hdu(path, 1)
+    with pytest.raises(cf.FITSError, match="no data"):
+        cf.open_hdu(path, 0)
+
+
+def test_corrupt_gzip(tmp_path: Path) -> None:
+    data = np.ones((50, 50), "f4")
+    plain = write(tmp_path / "a.fits", fits.PrimaryHDU(data))
+    blob = gzip.compress(Path(plain).read_bytes())
+    path = tmp_path / "a.fits.gz"
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(cf.FITSError, match="gzip") as err:
+        cf.open_hdu(str(path)).compute()
+    assert str(path) in str(err.value)
