@@ -23,7 +23,20 @@ from cloudlab import storage
 from cloudlab.astronet.views import batch_views, num_bins
 
 REASON_DTYPE = "<U96"
-REFERENCE_COLUMNS = [0, 1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 18]
+REFERENCE_COLUMNS = [  # the columns generate_input_records keeps (usecols 0-3, 7-13, 18)
+    "row_id",
+    "tic_id",
+    "toi_id",
+    "Disposition",
+    "Epoc",
+    "Period",
+    "Duration",
+    "Transit_Depth",
+    "Sectors",
+    "camera",
+    "ccd",
+    "SN",
+]
 
 
 def read_tces(
@@ -56,7 +69,7 @@ def read_tces(
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise ValueError(f"{url}: TCE table lacks columns {missing}; has {list(table.columns)}")
-    columns = list(table.columns[REFERENCE_COLUMNS])
+    columns = [c for c in REFERENCE_COLUMNS if c in table.columns]
     if vetting:
         columns += [c for c in ("Tmag", "Qingress") if c in table.columns]
     table = table[columns].dropna().drop_duplicates()

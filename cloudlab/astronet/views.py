@@ -526,7 +526,7 @@ def batch_views(
         out["secondary_phase"] = centre
         reason = np.where(reason == "", view.reason, reason)
     valid = reason == ""
-    for name, values in out.items():
+    for values in out.values():
         values[~valid] = np.nan
     out["valid"] = valid
     out["reason"] = reason.astype(str)
