@@ -1,0 +1,54 @@
+"""DRE galaxy fitting: SExtractor/PSFEx preprocessing, model grids, χ² fits and summaries.
+
+Typical use::
+
+    from cloudlab import dre
+    from cloudlab.io.galaxies import open_cuts
+
+    sex = dre.sextract("Tiles/t.fits", "Sextracted/t")
+    psf = dre.psfex(sex.catalog, "PSF/t.psf")
+    cuts = open_cuts("Tiles/t.fits", sex, max_stellarity=1.0)
+    result = dre.fit(cuts, dre.load_models("modelbulge.fits"), psf.url)
+    table = dre.summarize(result)
+"""
+
+from cloudlab.dre.fit import FLAGS, convolve_models, fit, read_psf
+from cloudlab.dre.io import (
+    mosaics,
+    read_chi_hdf5,
+    read_cuts_hdf5,
+    write_chi_hdf5,
+    write_chi_zarr,
+    write_cuts_hdf5,
+    write_mosaics,
+    write_summary,
+)
+from cloudlab.dre.models import load_models, model_grid, write_models
+from cloudlab.dre.psfex import PSFModel, psfex
+from cloudlab.dre.sextractor import Sextracted, sextract
+from cloudlab.dre.summary import summarize
+from cloudlab.dre.tools import ToolError
+
+__all__ = [
+    "FLAGS",
+    "PSFModel",
+    "Sextracted",
+    "ToolError",
+    "convolve_models",
+    "fit",
+    "load_models",
+    "model_grid",
+    "mosaics",
+    "psfex",
+    "read_chi_hdf5",
+    "read_cuts_hdf5",
+    "read_psf",
+    "sextract",
+    "summarize",
+    "write_chi_hdf5",
+    "write_chi_zarr",
+    "write_cuts_hdf5",
+    "write_models",
+    "write_mosaics",
+    "write_summary",
+]

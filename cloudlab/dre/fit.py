@@ -1,0 +1,254 @@
+"""PSF handling, model convolution and the blockwise χ² fit of galaxy cuts against a model grid."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import scipy.fft
+import xarray as xr
+from astropy.io import fits
+
+from cloudlab.backend import array_module
+from cloudlab.dre.kernels import chi_block
+from cloudlab.dre.models import AXES
+from cloudlab.storage import read_bytes
+
+#: Bits of the per-galaxy ``flag``: why a galaxy has no usable χ.
+FLAGS = {1: "nan_in_cut", 2: "empty_mask", 4: "chi_all_nan"}
+MODEL_DIMS = tuple(AXES)
+
+
+def flag_reasons(flag: int) -> str:
+    """Return the comma-separated reasons encoded in a ``flag`` value ('' when 0)."""
+    return ",".join(reason for bit, reason in FLAGS.items() if int(flag) & bit)
+
+
+def _psf_from_fits(url: str, storage_options: dict | None) -> np.ndarray:
+    import io
+
+    with fits.open(io.BytesIO(read_bytes(url, storage_options))) as hdul:
+        tables = [
+            h for h in hdul[1:] if isinstance(h, fits.BinTableHDU) and "PSF_MASK" in h.columns.names
+        ]
+        if not tables:
+            if hdul[0].data is None:
+                raise ValueError(f"{url}: no PSF image in the primary HDU and no PSFEx table")
+            return np.asarray(hdul[0].data)
+        for h in tables:
+            if h.header.get("ACCEPTED", 0) != 0:
+                return np.asarray(h.data["PSF_MASK"][0][0])
+        raise ValueError(f"{url}: no PSFEx extension with ACCEPTED != 0 (PSFEx kept no star)")
+
+
+def read_psf(
+    psf: Any, *, boxsize: int | None = None, storage_options: dict | None = None
+) -> np.ndarray:
+    """Load and clean a PSF as DRE does: negative pixels set to 0, normalised to unit sum.
+
+    Parameters
+    ----------
+    psf : array-like or str
+        A 2-D array, or the URL of a PSFEx ``.psf`` file (the order-0 component of the first
+        extension with ``ACCEPTED != 0``) or of a FITS image (primary HDU).
+    boxsize : int, optional
+        Model stamp size; a PSF larger than it is rejected.
+    storage_options : dict, optional
+        fsspec options for URLs.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 2-D PSF of unit sum.
+
+    Raises
+    ------
+    ValueError
+        For a PSF that is not 2-D, larger than the stamps, contains NaN/inf or sums to ≤ 0.
+    """
+    name = psf if isinstance(psf, str) else "PSF array"
+    if isinstance(psf, str):
+        psf = _psf_from_fits(psf, storage_options)
+    psf = np.asarray(psf, dtype=np.float64)
+    if psf.ndim != 2 or min(psf.shape) < 1:
+        raise ValueError(f"{name}: a PSF must be a 2-D image, got shape {psf.shape}")
+    if boxsize is not None and max(psf.shape) > boxsize:
+        raise ValueError(f"{name}: PSF of shape {psf.shape} is larger than the {boxsize}-px stamps")
+    if not np.all(np.isfinite(psf)):
+        raise ValueError(f"{name}: PSF contains NaN or infinite pixels")
+    psf = np.where(psf < 0, 0.0, psf)
+    total = psf.sum()
+    if not total > 0:
+        raise ValueError(f"{name}: PSF sums to {total} after clipping negative pixels")
+    return psf / total
+
+
+def _convolve_block(block, psf, out_dtype):
+    xp = array_module(block)
+    fft = scipy.fft if xp is np else xp.fft
+    b = block.shape[-1]
+    p = np.asarray(psf.shape)
+    full = b + p - 1
+    fshape = [scipy.fft.next_fast_len(int(n), real=True) for n in full]
+    kernel = fft.rfft2(xp.asarray(psf), s=fshape)
+    spec = fft.rfft2(block.astype(xp.float64), s=fshape, axes=(-2, -1))
+    out = fft.irfft2(spec * kernel, s=fshape, axes=(-2, -1))
+    y0, x0 = (p - 1) // 2
+    return out[..., y0 : y0 + b, x0 : x0 + b].astype(out_dtype)
+
+
+def convolve_models(models: xr.DataArray, psf: Any, **kwargs: Any) -> xr.DataArray:
+    """Convolve every model stamp with the PSF (lazily, chunk by chunk).
+
+    Linear (zero-padded) FFT convolution with ``mode='same'`` semantics: the central window
+    of the full convolution starting at ``(P - 1) // 2``, no clipping, computed in float64 and
+    stored in the cube's dtype.
+
+    Parameters
+    ----------
+    models : xarray.DataArray
+        Cube with dims ``(..., y, x)`` (numpy or CuPy chunks).
+    psf : array-like or str
+        PSF or its URL (see :func:`read_psf`).
+    **kwargs
+        Passed to :func:`read_psf` (``storage_options``).
+
+    Returns
+    -------
+    xarray.DataArray
+        The convolved cube, same dims, coordinates and chunks.
+    """
+    psf = read_psf(psf, boxsize=models.sizes["x"], **kwargs)
+    data = models.data if isinstance(models.data, da.Array) else da.asarray(models.data)
+    conv = data.map_blocks(
+        _convolve_block, psf=psf, out_dtype=models.dtype, dtype=models.dtype, meta=data._meta
+    )
+    out = models.copy(data=conv)
+    out.name = "convolved_models"
+    out.attrs["psf_shape"] = list(psf.shape)
+    return out
+
+
+def _fit_block(obj, seg, rms, flag, models):
+    g, b = obj.shape[0], obj.shape[-1]
+    xp = array_module(obj)
+    shape = models.shape[:-2]
+    flat = models.reshape(-1, b * b)
+    seg = seg.reshape(g, b * b) & (flag == 0)[:, None]
+    chi = chi_block(flat, obj.reshape(g, b * b), seg, rms.reshape(g, b * b))
+    return xp.asarray(chi).reshape((g, *shape))
+
+
+def _flag_block(chi, seg, flag):
+    xp = array_module(chi)
+    empty = ~seg.reshape(seg.shape[0], -1).any(axis=1)
+    all_nan = xp.isnan(chi.reshape(chi.shape[0], -1)).all(axis=1)
+    out = flag.astype(np.uint8) | (empty * np.uint8(2)).astype(np.uint8)
+    return out | ((all_nan & (out == 0)) * np.uint8(4)).astype(np.uint8)
+
+
+def _check_cuts(cuts: xr.Dataset, boxsize: int) -> None:
+    missing = [v for v in ("obj", "seg", "rms") if v not in cuts]
+    if missing:
+        raise ValueError(f"cuts lack the variable(s) {missing}; use cloudlab.io.galaxies.open_cuts")
+    for name in ("obj", "seg", "rms"):
+        if cuts[name].dims != ("galaxy", "y", "x"):
+            raise ValueError(f"cuts[{name!r}] must have dims (galaxy, y, x), got {cuts[name].dims}")
+    if (cuts.sizes["y"], cuts.sizes["x"]) != (boxsize, boxsize):
+        raise ValueError(
+            f"cuts are {cuts.sizes['y']}×{cuts.sizes['x']} but the model stamps are "
+            f"{boxsize}×{boxsize} (BOXSIZE)"
+        )
+
+
+def fit(
+    cuts: xr.Dataset,
+    models: xr.DataArray,
+    psf: Any | None,
+    *,
+    storage_options: dict | None = None,
+) -> xr.Dataset:
+    """Fit every galaxy cut against every PSF-convolved model with DRE's χ² (lazily).
+
+    The grid is convolved with the PSF once (one task per Sérsic index value) and each
+    convolved chunk is shared by all galaxy chunks; χ is evaluated blockwise over galaxy chunks
+    by a fused kernel (numba on CPU, a CUDA kernel when the cuts hold CuPy arrays).
+
+    Parameters
+    ----------
+    cuts : xarray.Dataset
+        ``obj``, ``seg``, ``rms`` with dims ``(galaxy, y, x)`` and optionally ``flag``
+        ``(galaxy)`` (as made by :func:`cloudlab.io.galaxies.open_cuts`).
+    models : xarray.DataArray
+        Model cube ``(index, ax_ratio, angle, log_r, y, x)``.
+    psf : array-like, str or None
+        PSF (array or PSFEx/FITS URL); None when ``models`` is already convolved.
+    storage_options : dict, optional
+        fsspec options for a PSF URL.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``chi`` (float32, dims ``galaxy, index, ax_ratio, angle, log_r``), ``flag`` (uint8
+        bitmask, see :data:`FLAGS`) and ``models`` (the convolved cube), with the galaxy
+        coordinates of ``cuts`` and the model axes as coordinates.
+    """
+    if tuple(models.dims) != (*MODEL_DIMS, "y", "x"):
+        raise ValueError(f"models must have dims {(*MODEL_DIMS, 'y', 'x')}, got {models.dims}")
+    boxsize = models.sizes["x"]
+    _check_cuts(cuts, boxsize)
+    conv = models if psf is None else convolve_models(models, psf, storage_options=storage_options)
+    conv = conv.chunk({"index": 1, "ax_ratio": -1, "angle": -1, "log_r": -1, "y": -1, "x": -1})
+    obj, seg, rms = (
+        cuts[v].chunk({"y": -1, "x": -1}).data for v in ("obj", "seg", "rms")
+    )  # one chunk per galaxy block
+    if "flag" in cuts:
+        flag = cuts["flag"].data
+    else:
+        flag = da.zeros(cuts.sizes["galaxy"], dtype=np.uint8, chunks=obj.chunks[0])
+    flag = da.asarray(flag).rechunk((obj.chunks[0],))
+    chi = da.blockwise(
+        _fit_block,
+        "gnqtr",
+        obj,
+        "gyx",
+        seg,
+        "gyx",
+        rms,
+        "gyx",
+        flag,
+        "g",
+        conv.data,
+        "nqtryx",
+        dtype=np.float32,
+        concatenate=True,
+        meta=obj._meta.astype(np.float32).reshape((0,) * 5),
+    )
+    flags = da.blockwise(
+        _flag_block,
+        "g",
+        chi,
+        "gnqtr",
+        seg,
+        "gyx",
+        flag,
+        "g",
+        dtype=np.uint8,
+        concatenate=True,
+        meta=flag._meta.astype(np.uint8),
+    )
+    galaxy_coords = {k: c for k, c in cuts.coords.items() if c.dims == ("galaxy",)}
+    model_coords = {k: conv.coords[k] for k in (*MODEL_DIMS, "y", "x")}
+    result = xr.Dataset(
+        {
+            "chi": (("galaxy", *MODEL_DIMS), chi),
+            "flag": ("galaxy", flags),
+            "models": conv.variable,
+        },
+        coords={**galaxy_coords, **model_coords},
+        attrs={"dre_header": dict(models.attrs.get("dre_header", {}))},
+    )
+    result["chi"].attrs["long_name"] = "DRE chi: mean over the mask of (D - sM)^2 / (sM + rms^2)"
+    result["flag"].attrs["flag_meanings"] = ", ".join(f"{b}: {r}" for b, r in FLAGS.items())
+    return result

@@ -1,0 +1,351 @@
+"""DRE products on any fsspec URL: Summary FITS, χ cubes (zarr, DRE's HDF5), cuts, mosaics.
+
+Every writer goes through :func:`cloudlab.storage.atomic_write`, so an error never leaves a
+half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from astropy.io import fits
+from astropy.table import Table
+
+from cloudlab.backend import asnumpy
+from cloudlab.dre.fit import MODEL_DIMS
+from cloudlab.storage import atomic_write, resolve
+
+#: DRE's HDF5 compression levels.
+COMPRESSION: dict[str, dict[str, Any]] = {
+    "none": {},
+    "low": {"compression": "lzf"},
+    "medium": {"compression": "gzip", "compression_opts": 4},
+    "high": {"compression": "gzip", "compression_opts": 9},
+}
+
+
+def _compression(level: str) -> dict[str, Any]:
+    if level not in COMPRESSION:
+        raise ValueError(f"compression must be one of {sorted(COMPRESSION)}, got {level!r}")
+    return COMPRESSION[level]
+
+
+def write_summary(table: Table, url: str, *, storage_options: dict | None = None) -> None:
+    """Write a Summary table as a FITS binary table (DRE: ``Summary/{tile}_dre.fits``)."""
+    with atomic_write(url, storage_options=storage_options) as path:
+        table.write(path, format="fits")
+
+
+def write_chi_hdf5(
+    result: xr.Dataset,
+    url: str,
+    *,
+    compression: str = "medium",
+    storage_options: dict | None = None,
+) -> int:
+    """Write χ cubes in DRE's HDF5 layout (DRE: ``Chi/{tile}_chi.h5``).
+
+    One float32 dataset ``(N_n, N_q, N_t, N_r)`` per galaxy at the file root, named ``EE_NNNN``
+    (the ``name`` coordinate). Galaxies with a non-zero ``flag`` are left out, as DRE writes
+    nothing for failed cuts. χ is computed one galaxy chunk at a time.
+
+    Parameters
+    ----------
+    result : xarray.Dataset
+        Output of :func:`cloudlab.dre.fit`.
+    url : str
+        Destination URL.
+    compression : {'none', 'low', 'medium', 'high'}
+        DRE's levels: none, lzf, gzip 4, gzip 9.
+    storage_options : dict, optional
+        fsspec options.
+
+    Returns
+    -------
+    int
+        Number of datasets written.
+    """
+    import h5py
+
+    options = _compression(compression)
+    names = np.asarray(result["name"].values)
+    written = 0
+    chi = result["chi"].data
+    flag = result["flag"].data
+    with atomic_write(url, storage_options=storage_options) as path, h5py.File(path, "w") as h5:
+        start = 0
+        for size in chi.chunks[0]:
+            block = asnumpy(np.asarray(chi[start : start + size].compute()))
+            block_flag = asnumpy(np.asarray(flag[start : start + size].compute()))
+            for i in range(size):
+                if block_flag[i] == 0:
+                    h5.create_dataset(
+                        str(names[start + i]), data=block[i].astype(np.float32), **options
+                    )
+                    written += 1
+            start += size
+    return written
+
+
+def read_chi_hdf5(url: str, *, storage_options: dict | None = None) -> dict[str, np.ndarray]:
+    """Read a DRE ``_chi.h5`` file as ``{EE_NNNN: χ cube}``."""
+    import h5py
+
+    fs, path = resolve(url, storage_options)
+    with fs.open(path, "rb") as f, h5py.File(f, "r") as h5:
+        return {name: np.asarray(h5[name]) for name in h5}
+
+
+def write_chi_zarr(result: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
+    """Write ``chi`` and ``flag`` (with all coordinates) to a zarr store.
+
+    The store is written under a temporary sibling name and moved into place when complete.
+    """
+    ds = result[["chi", "flag"]]
+    ds.attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)}
+    ds.attrs["dre_header"] = repr(result.attrs.get("dre_header", {}))
+    fs, path = resolve(url, storage_options)
+    partial = f"{path.rstrip('/')}.partial"
+    if fs.exists(partial):
+        fs.rm(partial, recursive=True)
+    protocol = url.split("://")[0] + "://" if "://" in url else ""
+    ds.to_zarr(protocol + partial, mode="w", storage_options=storage_options if protocol else None)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.mv(partial, path, recursive=True)
+
+
+def write_cuts_hdf5(
+    cuts: xr.Dataset,
+    url: str,
+    *,
+    compression: str = "medium",
+    storage_options: dict | None = None,
+) -> int:
+    """Write cuts in DRE's layout (DRE: ``Cuts/{tile}_cuts.h5``).
+
+    One group ``EE_NNNN`` per galaxy with ``obj`` (float32), ``seg`` (bool) and ``rms``
+    (float32). Cuts flagged by :func:`cloudlab.io.galaxies.open_cuts` (NaN in the science cut)
+    are left out, as DRE does. Returns the number of groups written.
+    """
+    import h5py
+
+    options = _compression(compression)
+    names = np.asarray(cuts["name"].values)
+    written = 0
+    with atomic_write(url, storage_options=storage_options) as path, h5py.File(path, "w") as h5:
+        start = 0
+        for size in cuts["obj"].data.chunks[0]:
+            block = cuts[["obj", "seg", "rms", "flag"]].isel(galaxy=slice(start, start + size))
+            block = block.compute()
+            for i in range(size):
+                if int(block["flag"][i]) != 0:
+                    continue
+                group = h5.create_group(str(names[start + i]))
+                group.create_dataset(
+                    "obj", data=block["obj"].values[i].astype(np.float32), **options
+                )
+                group.create_dataset("seg", data=block["seg"].values[i].astype(bool), **options)
+                group.create_dataset(
+                    "rms", data=block["rms"].values[i].astype(np.float32), **options
+                )
+                written += 1
+            start += size
+    return written
+
+
+def read_cuts_hdf5(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Read a DRE ``_cuts.h5`` file into the Dataset layout of ``open_cuts``.
+
+    ``EXT_NUMBER`` and ``NUMBER`` are parsed from the group names ``EE_NNNN``.
+    """
+    import h5py
+
+    fs, path = resolve(url, storage_options)
+    with fs.open(path, "rb") as f, h5py.File(f, "r") as h5:
+        names = sorted(h5)
+        arrays = {v: [np.asarray(h5[n][v]) for n in names] for v in ("obj", "seg", "rms")}
+    if not names:
+        raise ValueError(f"{url}: no cuts in the file")
+    dims = ("galaxy", "y", "x")
+    ext, number = zip(*(map(int, n.split("_")) for n in names), strict=True)
+    size = arrays["obj"][0].shape[-1]
+    return xr.Dataset(
+        {
+            "obj": (dims, np.stack(arrays["obj"]).astype(np.float32)),
+            "seg": (dims, np.stack(arrays["seg"]).astype(bool)),
+            "rms": (dims, np.stack(arrays["rms"]).astype(np.float32)),
+            "flag": ("galaxy", np.zeros(len(names), np.uint8)),
+        },
+        coords={
+            "name": ("galaxy", np.array(names)),
+            "EXT_NUMBER": ("galaxy", np.array(ext)),
+            "NUMBER": ("galaxy", np.array(number)),
+            "y": np.arange(size),
+            "x": np.arange(size),
+        },
+    ).chunk({"galaxy": 32})
+
+
+def mosaics(result: xr.Dataset, cuts: xr.Dataset) -> xr.DataArray:
+    """Build (data | mask | model | residual) mosaics for each galaxy (lazily).
+
+    Panels as DRE: the cut, ``seg · F_D / N_seg``, the best model ``s · M_best`` and
+    ``data − s · M_best`` over the full stamp (the flux scale comes from the mask). Unlike DRE,
+    the panels are not transposed.
+
+    Parameters
+    ----------
+    result : xarray.Dataset
+        Output of :func:`cloudlab.dre.fit` (``chi`` and the convolved ``models``).
+    cuts : xarray.Dataset
+        The cuts that were fitted.
+
+    Returns
+    -------
+    xarray.DataArray
+        float64 ``(galaxy, y, x)`` with ``x`` of length ``4 · BOXSIZE``; NaN for flagged galaxies.
+    """
+    import dask.array as da
+
+    b = cuts.sizes["x"]
+    obj, seg = (cuts[v].chunk({"y": -1, "x": -1}).data for v in ("obj", "seg"))
+    chi = result["chi"].data.rechunk({1: -1, 2: -1, 3: -1, 4: -1}).rechunk({0: obj.chunks[0]})
+    models = result["models"].data.rechunk(-1)
+    data = da.blockwise(
+        _mosaic_block,
+        "gyX",
+        chi,
+        "gnqtr",
+        obj,
+        "gyx",
+        seg,
+        "gyx",
+        models,
+        "nqtryx",
+        new_axes={"X": 4 * b},
+        dtype=np.float64,
+        concatenate=True,
+        meta=np.empty((0, 0, 0)),
+    )
+    return xr.DataArray(
+        data,
+        dims=("galaxy", "y", "x"),
+        coords={k: c for k, c in result.coords.items() if c.dims == ("galaxy",)},
+        name="mosaic",
+    )
+
+
+def _mosaic_block(chi, obj, seg, models):
+    chi, obj, seg, models = (asnumpy(a) for a in (chi, obj, seg, models))
+    g, b = obj.shape[0], obj.shape[-1]
+    flat = models.reshape(-1, b, b)
+    out = np.full((g, b, 4 * b), np.nan)
+    for i in range(g):
+        cube = chi[i].reshape(-1)
+        if np.all(np.isnan(cube)) or not seg[i].any():
+            continue
+        model = flat[np.nanargmin(cube)].astype(np.float64)
+        data = obj[i].astype(np.float64)
+        flux = np.nansum(data[seg[i]])
+        scaled = model * (flux / model[seg[i]].sum())
+        out[i] = np.hstack([data, seg[i] * flux / seg[i].sum(), scaled, data - scaled])
+    return out
+
+
+def write_mosaics(
+    mosaic: xr.DataArray,
+    directory: str,
+    *,
+    prefix: str = "",
+    png: bool = True,
+    storage_options: dict | None = None,
+) -> list[str]:
+    """Write each galaxy's mosaic as ``{prefix}{EE_NNNN}_mosaic.fits`` (and ``.png``).
+
+    Parameters
+    ----------
+    mosaic : xarray.DataArray
+        Output of :func:`mosaics`.
+    directory : str
+        Destination directory URL (DRE: ``Mosaics/{tile}``).
+    prefix : str
+        File name prefix (DRE: ``{tile}_``).
+    png : bool
+        Also write a PNG rendering (arcsinh stretch per panel row).
+    storage_options : dict, optional
+        fsspec options.
+
+    Returns
+    -------
+    list of str
+        URLs of the FITS files written (flagged galaxies are skipped).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = np.asarray(mosaic["name"].values)
+    written = []
+    start = 0
+    for size in mosaic.data.chunks[0]:
+        block = np.asarray(mosaic.data[start : start + size].compute())
+        for i in range(size):
+            if np.all(np.isnan(block[i])):
+                continue
+            base = f"{directory.rstrip('/')}/{prefix}{names[start + i]}_mosaic"
+            with atomic_write(base + ".fits", storage_options=storage_options) as path:
+                fits.PrimaryHDU(block[i]).writeto(path)
+            written.append(base + ".fits")
+            if png:
+                _write_png(plt, block[i], base + ".png", storage_options)
+        start += size
+    return written
+
+
+def _write_png(plt, image: np.ndarray, url: str, storage_options: dict | None) -> None:
+    b = image.shape[0]
+    scale = np.nanpercentile(np.abs(image[:, :b]), 99) or 1.0
+    fig, ax = plt.subplots(figsize=(8, 2.2))
+    ax.imshow(np.arcsinh(image / (0.05 * scale)), origin="lower", cmap="gray")
+    for k, label in enumerate(("data", "mask", "model", "residual")):
+        ax.text(k * b + 3, b - 10, label, color="yellow", fontsize=8)
+    ax.set_axis_off()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "mosaic.png")
+        fig.savefig(local, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        with atomic_write(url, storage_options=storage_options) as path:
+            os.replace(local, path)
+
+
+def chi_dataset(chi: dict[str, np.ndarray], axes: dict[str, np.ndarray]) -> xr.Dataset:
+    """Wrap χ cubes read from a DRE ``_chi.h5`` file as a fit-like Dataset (for ``summarize``).
+
+    Parameters
+    ----------
+    chi : dict
+        ``{EE_NNNN: cube}`` as returned by :func:`read_chi_hdf5`.
+    axes : dict
+        Model axis values (``index``, ``ax_ratio``, ``angle``, ``log_r``), e.g. from
+        :func:`cloudlab.dre.load_models`.
+    """
+    names = sorted(chi)
+    ext, number = zip(*(map(int, n.split("_")) for n in names), strict=True) if names else ((), ())
+    return xr.Dataset(
+        {
+            "chi": (("galaxy", *MODEL_DIMS), np.stack([chi[n] for n in names])),
+            "flag": ("galaxy", np.zeros(len(names), np.uint8)),
+        },
+        coords={
+            "name": ("galaxy", np.array(names)),
+            "EXT_NUMBER": ("galaxy", np.array(ext, dtype=int)),
+            "NUMBER": ("galaxy", np.array(number, dtype=int)),
+            **{dim: np.asarray(axes[dim]) for dim in MODEL_DIMS},
+        },
+    )

@@ -1,0 +1,92 @@
+"""Locating and running the external astromatic tools (SExtractor, PSFEx)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+#: Binary names, tried in order (Debian ships ``source-extractor``, others ``sex``).
+SEXTRACTOR_NAMES = ("source-extractor", "sex", "sextractor")
+PSFEX_NAMES = ("psfex",)
+#: Where distributions install SExtractor's star/galaxy neural network.
+NNW_CANDIDATES = (
+    "/usr/share/source-extractor/default.nnw",
+    "/usr/share/sextractor/default.nnw",
+    "/usr/local/share/source-extractor/default.nnw",
+    "/usr/local/share/sextractor/default.nnw",
+)
+
+
+class ToolError(RuntimeError):
+    """An external tool is missing or failed; the message carries the tool's own words."""
+
+
+def find_tool(names: tuple[str, ...], package: str) -> str:
+    """Return the path of the first of ``names`` found on ``PATH``.
+
+    Raises
+    ------
+    ToolError
+        Naming the Debian package to install when none is found.
+    """
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise ToolError(
+        f"none of {', '.join(names)} is on PATH; install the Debian/Ubuntu package "
+        f"'{package}' (apt-get install {package})"
+    )
+
+
+def find_nnw() -> str:
+    """Return the path of SExtractor's ``default.nnw`` (needed for ``CLASS_STAR``)."""
+    binary = Path(find_tool(SEXTRACTOR_NAMES, "source-extractor")).resolve()
+    prefix = binary.parent.parent / "share"
+    candidates = [
+        prefix / "source-extractor" / "default.nnw",
+        prefix / "sextractor" / "default.nnw",
+    ]
+    for path in [*candidates, *map(Path, NNW_CANDIDATES)]:
+        if path.is_file():
+            return str(path)
+    raise ToolError(
+        "SExtractor's default.nnw (star/galaxy network for CLASS_STAR) was not found; "
+        "reinstall the 'source-extractor' package or pass options={'STARNNW_NAME': path}"
+    )
+
+
+def config_file(name: str) -> str:
+    """Return the path of a shipped DRE configuration file (``default.sex`` …)."""
+    path = resources.files("cloudlab") / "data" / "dre" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"cloudlab ships no DRE configuration file {name!r}")
+    return str(path)
+
+
+def run_tool(tool: str, args: list[str], cwd: str) -> str:
+    """Run an external tool and return its standard error (the tools log there).
+
+    Raises
+    ------
+    ToolError
+        When the tool exits with a non-zero status; the message quotes the tool's error lines.
+    """
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "error" in ln.lower()] or lines[-5:]
+        raise ToolError(f"{tool} failed (exit status {proc.returncode}): " + " | ".join(errors))
+    return proc.stderr
+
+
+def option_args(options: dict[str, object] | None) -> list[str]:
+    """Turn ``{"DETECT_THRESH": 3}`` into ``["-DETECT_THRESH", "3"]``."""
+    args: list[str] = []
+    for key, value in (options or {}).items():
+        if isinstance(value, list | tuple):
+            value = ",".join(str(v) for v in value)
+        args += [f"-{key.upper()}", str(value)]
+    return args
