@@ -1,0 +1,489 @@
+"""Batched cube cutouts: one task per batch of targets per cube, one batched ranged read per task.
+
+In a cube (numpy shape ``(rows, columns, frames, 2)``, big-endian float32) the pixels of one
+cutout row are contiguous over all frames and both planes, so a ``ny × nx`` cutout is ``ny`` byte
+ranges of ``8 · nx · n_frames`` bytes. A task collects the row ranges of all its targets, merges
+overlapping or adjacent ones, fetches them with a single ``cat_ranges`` call and slices the
+cutouts out of the buffers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+from astropy.io import fits
+from astropy.wcs import WCS
+from dask.base import tokenize
+
+from cloudlab import storage
+from cloudlab.cutouts.locate import check_targets, wcs_pixels
+from cloudlab.cutouts.pointing import radec_to_pixel, sector_geometry
+from cloudlab.io.tess import CubeMeta, cube_meta
+from cloudlab.io.tess import cube_url as make_cube_url
+
+BYTES_PER_PIXEL_FRAME = 8
+"""Flux and uncertainty, float32 each."""
+TARGET_BATCH_BYTES = 128 * 2**20
+"""Default upper bound on the pixel bytes one task reads."""
+
+
+def parse_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``size`` as (rows, columns) of positive ints.
+
+    Raises
+    ------
+    ValueError
+        Non-positive or non-integer sizes.
+    """
+    if np.ndim(size) == 0:
+        size = (size, size)
+    if len(size) != 2:
+        raise ValueError(f"size must be an int or (rows, columns), got {size!r}")
+    out = []
+    for s in size:
+        if isinstance(s, bool) or not float(s).is_integer() or int(s) <= 0:
+            raise ValueError(f"cutout size must be positive integers, got {size!r}")
+        out.append(int(s))
+    return out[0], out[1]
+
+
+def cutout_limits(
+    column: np.ndarray, row: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """First 0-based (column, row) of cutouts centred as astrocut centres them.
+
+    astrocut takes ``round(centre - n/2)`` and ``round(centre + n/2)`` per axis (numpy rounding,
+    pixel centres at integers); the cutout spans ``n`` pixels from the lower limit.
+
+    Parameters
+    ----------
+    column, row : numpy.ndarray
+        0-based pixel positions of the targets.
+    size : (int, int)
+        (rows, columns).
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        ``corner_column``, ``corner_row`` (int64; may be negative or beyond the image).
+    """
+    ny, nx = size
+    c0 = np.round(np.asarray(column, dtype=float) - nx / 2).astype(np.int64)
+    r0 = np.round(np.asarray(row, dtype=float) - ny / 2).astype(np.int64)
+    return c0, r0
+
+
+def plan_ranges(
+    corner_col: np.ndarray,
+    corner_row: np.ndarray,
+    size: tuple[int, int],
+    *,
+    n_rows: int,
+    n_cols: int,
+    n_frames: int,
+    data_offset: int,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int, int]], int]:
+    """Byte ranges for a batch of cutouts, merged.
+
+    Returns
+    -------
+    starts, ends : numpy.ndarray
+        Merged ranges ``[start, end)`` (sorted, disjoint, not adjacent).
+    pieces : list of (target, row in cutout, first col in cutout, n cols, byte start)
+        Where each cutout row comes from.
+    needed : int
+        Bytes the cutouts need (before merging; overlapping targets counted once each).
+    """
+    ny, nx = size
+    stride = n_frames * BYTES_PER_PIXEL_FRAME
+    pieces = []
+    raw_starts, raw_ends = [], []
+    for t, (c0, r0) in enumerate(zip(corner_col.tolist(), corner_row.tolist(), strict=True)):
+        cs, ce = max(c0, 0), min(c0 + nx, n_cols)
+        if cs >= ce:
+            continue
+        for r in range(max(r0, 0), min(r0 + ny, n_rows)):
+            start = data_offset + (r * n_cols + cs) * stride
+            pieces.append((t, r - r0, cs - c0, ce - cs, start))
+            raw_starts.append(start)
+            raw_ends.append(start + (ce - cs) * stride)
+    if not pieces:
+        return np.empty(0, np.int64), np.empty(0, np.int64), pieces, 0
+    starts = np.asarray(raw_starts, dtype=np.int64)
+    ends = np.asarray(raw_ends, dtype=np.int64)
+    needed = int((ends - starts).sum())
+    order = np.argsort(starts, kind="stable")
+    s_sorted, e_sorted = starts[order], ends[order]
+    run_end = np.maximum.accumulate(e_sorted)
+    new_run = np.ones(len(s_sorted), dtype=bool)
+    new_run[1:] = s_sorted[1:] > run_end[:-1]
+    idx = np.flatnonzero(new_run)
+    merged_starts = s_sorted[idx]
+    merged_ends = np.append(run_end[idx[1:] - 1], run_end[-1])
+    return merged_starts, merged_ends, pieces, needed
+
+
+def read_cutouts(
+    url: str,
+    corner_col: np.ndarray,
+    corner_row: np.ndarray,
+    size: tuple[int, int],
+    *,
+    n_rows: int,
+    n_cols: int,
+    n_frames: int,
+    data_offset: int,
+    storage_options: dict | None = None,
+) -> np.ndarray:
+    """Read a batch of cutouts from one cube with one batched ranged read.
+
+    Parameters
+    ----------
+    url : str
+        Cube URL.
+    corner_col, corner_row : numpy.ndarray
+        0-based first column and row of each cutout (may lie off the image).
+    size : (int, int)
+        (rows, columns).
+    n_rows, n_cols, n_frames, data_offset : int
+        The cube's geometry (:class:`cloudlab.io.tess.CubeMeta`).
+    storage_options : dict, optional
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(2, target, frame, row, column)``: flux then uncertainty; NaN off the image.
+    """
+    ny, nx = size
+    corner_col = np.asarray(corner_col, dtype=np.int64)
+    corner_row = np.asarray(corner_row, dtype=np.int64)
+    out = np.full((2, len(corner_col), n_frames, ny, nx), np.nan, dtype=np.float32)
+    starts, ends, pieces, _ = plan_ranges(
+        corner_col, corner_row, size, n_rows=n_rows, n_cols=n_cols, n_frames=n_frames,
+        data_offset=data_offset,
+    )  # fmt: skip
+    if not pieces:
+        return out
+    buffers = storage.cat_ranges(url, starts, ends, storage_options)
+    for b, s, e in zip(buffers, starts, ends, strict=True):
+        if len(b) != e - s:
+            raise ValueError(
+                f"{url}: truncated cube: asked bytes {s}–{e}, got {len(b)} bytes; "
+                "the file is shorter than its header says"
+            )
+    piece_starts = np.array([p[4] for p in pieces], dtype=np.int64)
+    seg = np.searchsorted(starts, piece_starts, side="right") - 1
+    for (t, ry, cx, width, start), k in zip(pieces, seg.tolist(), strict=True):
+        offset = int(start - starts[k])
+        raw = np.frombuffer(buffers[k], dtype=">f4", count=width * n_frames * 2, offset=offset)
+        block = raw.reshape(width, n_frames, 2)
+        out[:, t, :, ry, cx : cx + width] = block.transpose(2, 1, 0)
+    return out
+
+
+def _failures_message(failed: list[dict]) -> str:
+    shown = "; ".join(f"TIC {f['ticid']}: {f['reason']}" for f in failed[:10])
+    more = f"; and {len(failed) - 10} more" if len(failed) > 10 else ""
+    return f"{len(failed)} target(s) cannot be cut: {shown}{more}"
+
+
+def _assign_cubes(t, sector, cube_url, cube_base, failed):
+    """Cube URL per target (empty string where none)."""
+    urls = np.full(len(t), "", dtype=object)
+    if cube_url is not None:
+        urls[:] = str(cube_url)
+        return urls
+    if sector is None:
+        raise ValueError("make_cutouts: give sector (targets are grouped by cube) or cube_url")
+    sector_geometry(sector)
+    cam, ccd, _, _ = radec_to_pixel(t["ra"].to_numpy(), t["dec"].to_numpy(), sector)
+    for i in np.flatnonzero(cam == 0):
+        failed.append(
+            {"index": int(i), "ticid": t["ticid"].iloc[i],
+             "reason": f"not on a science pixel of any CCD in sector {sector}"}
+        )  # fmt: skip
+    for i in np.flatnonzero(cam > 0):
+        urls[i] = make_cube_url(sector, cam[i], ccd[i], cube_base)
+    return urls
+
+
+def make_cutouts(
+    targets: pd.DataFrame,
+    *,
+    sector: int | None = None,
+    size: int | tuple[int, int] = 10,
+    cube_url: str | None = None,
+    cube_base: str | None = None,
+    batch_size: int | None = None,
+    on_error: str = "raise",
+    storage_options: dict | None = None,
+) -> xr.Dataset:
+    """Cut every target out of its sector cube, lazily, as one dask graph.
+
+    Parameters
+    ----------
+    targets : pandas.DataFrame
+        With ``ticid``, ``ra``, ``dec`` (deg).
+    sector : int, optional
+        TESS sector: targets are grouped by (camera, CCD) with the offline pointing model and cut
+        from ``{cube_base}/tess-s{sector:04d}-{camera}-{ccd}-cube.fits``.
+    size : int or (int, int), optional
+        Cutout size in pixels, or (rows, columns). astrocut's ``cutout_size=(a, b)`` is (columns,
+        rows): pass ``size=(b, a)`` for the same cutout.
+    cube_url : str, optional
+        Cut all targets from this cube instead.
+    cube_base : str, optional
+        Directory of the cubes (default MAST's ``s3://stpubdata/tess/public/mast``).
+    batch_size : int, optional
+        Targets per task (default: as many as fit in 128 MiB of pixels, at most 512).
+    on_error : {"raise", "skip"}
+        What to do with targets that cannot be cut (off silicon, cube missing or unreadable,
+        coordinates outside the cube's WCS): raise one error listing them all, or leave them
+        out and list them in ``attrs["failed"]`` (JSON).
+    storage_options : dict, optional
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``target, time, row, column`` (and ``cube``), targets in input order:
+
+        - ``flux``, ``flux_err`` (float32, e-/s; NaN off the image), lazy;
+        - ``aperture`` (int32: 1 on the image, 0 off it);
+        - coords ``ticid``, ``ra``, ``dec``, ``camera``, ``ccd``, ``cube_index``,
+          ``center_column``/``center_row`` (0-based pixel of the target in the cube's WCS),
+          ``corner_column``/``corner_row`` (0-based CCD pixel of cutout pixel ``[0, 0]``),
+          ``time`` (BTJD mid-exposure of the first cube);
+        - per cube: ``cube_url``, ``cube_wcs`` (the WCS header astrocut uses), ``cube_primary``
+          (primary header), ``cube_time``, ``cube_quality``, ``cube_barycorr``, ``cube_ffi_file``
+          (``cube, time``).
+
+        :func:`cutout_wcs` gives a target's WCS. The values equal astrocut's ``TessCubeCutout``
+        for the same coordinates and size.
+
+    Raises
+    ------
+    ValueError
+        Bad size (≤ 0, larger than the CCD), bad coordinates, missing sector, cubes with
+        different frame counts, or (``on_error="raise"``) targets that cannot be cut.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    ny, nx = parse_size(size)
+    t = check_targets(targets)
+    failed: list[dict] = []
+    urls = _assign_cubes(t, sector, cube_url, cube_base, failed)
+    metas: dict[str, CubeMeta] = {}
+    center_col = np.full(len(t), np.nan)
+    center_row = np.full(len(t), np.nan)
+    ra, dec = t["ra"].to_numpy(), t["dec"].to_numpy()
+    for url in dict.fromkeys(u for u in urls if u):
+        members = np.flatnonzero(urls == url)
+        try:
+            meta = cube_meta(url, storage_options)
+        except (OSError, ValueError) as exc:
+            if cube_url is not None:
+                raise
+            for i in members:
+                failed.append({"index": int(i), "ticid": t["ticid"].iloc[i],
+                               "reason": f"cube {url}: {exc}"})  # fmt: skip
+            urls[members] = ""
+            continue
+        if ny > meta.n_rows or nx > meta.n_cols:
+            raise ValueError(
+                f"cutout size {ny}×{nx} is larger than the cube {url} ({meta.n_rows}×{meta.n_cols})"
+            )
+        metas[url] = meta
+        c, r = wcs_pixels(meta, ra[members], dec[members])
+        c0, r0 = cutout_limits(np.nan_to_num(c, nan=-1e9), np.nan_to_num(r, nan=-1e9), (ny, nx))
+        outside = ~np.isfinite(c) | (c0 + nx <= 0) | (c0 >= meta.n_cols) | (r0 + ny <= 0)
+        outside |= r0 >= meta.n_rows
+        for i in members[outside]:
+            failed.append({"index": int(i), "ticid": t["ticid"].iloc[i],
+                           "reason": f"outside the image of cube {url}"})  # fmt: skip
+        urls[members[outside]] = ""
+        center_col[members[~outside]] = c[~outside]
+        center_row[members[~outside]] = r[~outside]
+    if failed and on_error == "raise":
+        raise ValueError(_failures_message(failed))
+    if not metas or not (urls != "").any():
+        raise ValueError(_failures_message(failed) if failed else "make_cutouts: no targets")
+    frames = {m.n_frames for m in metas.values()}
+    if len(frames) > 1:
+        listing = ", ".join(f"{u} ({m.n_frames})" for u, m in metas.items())
+        raise ValueError(f"cubes have different numbers of frames: {listing}")
+    n_frames = frames.pop()
+    keep = np.flatnonzero(urls != "")
+    cube_list = [u for u in metas if (urls[keep] == u).any()]
+    cube_index = np.array([cube_list.index(u) for u in urls[keep]], dtype=np.int64)
+    corner_col, corner_row = cutout_limits(center_col[keep], center_row[keep], (ny, nx))
+    flux_err = _build_graph(
+        cube_list, metas, cube_index, corner_col, corner_row, center_row[keep], center_col[keep],
+        (ny, nx), n_frames, batch_size, storage_options,
+    )  # fmt: skip
+    aperture = _aperture(cube_list, metas, cube_index, corner_col, corner_row, (ny, nx))
+    kept = t.iloc[keep]
+    first = metas[cube_list[0]]
+    per_cube = [metas[u] for u in cube_list]
+    ds = xr.Dataset(
+        {
+            "flux": (("target", "time", "row", "column"), flux_err[0], {"units": "electron / s"}),
+            "flux_err": (
+                ("target", "time", "row", "column"),
+                flux_err[1],
+                {"units": "electron / s"},
+            ),  # fmt: skip
+            "aperture": (("target", "row", "column"), aperture),
+            "cube_url": ("cube", np.array(cube_list, dtype=str)),
+            "cube_wcs": ("cube", np.array([m.wcs_header for m in per_cube], dtype=str)),
+            "cube_primary": ("cube", np.array([m.primary_header for m in per_cube], dtype=str)),
+            "cube_time": (
+                ("cube", "time"),
+                np.stack([m.time for m in per_cube]),
+                {"units": "BTJD"},
+            ),  # fmt: skip
+            "cube_tstart": (("cube", "time"), np.stack([m.tstart for m in per_cube])),
+            "cube_tstop": (("cube", "time"), np.stack([m.tstop for m in per_cube])),
+            "cube_quality": (("cube", "time"), np.stack([m.quality for m in per_cube])),
+            "cube_barycorr": (
+                ("cube", "time"),
+                np.stack([m.barycorr for m in per_cube]),
+                {"units": "d"},
+            ),  # fmt: skip
+            "cube_ffi_file": (("cube", "time"), np.stack([m.ffi_file for m in per_cube])),
+            "cube_wcs_ffi": (
+                "cube",
+                np.array([m.ffi_file[m.wcs_row] for m in per_cube], dtype=str),
+            ),  # fmt: skip
+        },
+        coords={
+            "ticid": ("target", kept["ticid"].to_numpy()),
+            "ra": ("target", kept["ra"].to_numpy(), {"units": "deg"}),
+            "dec": ("target", kept["dec"].to_numpy(), {"units": "deg"}),
+            "sector": ("target", np.array([m.sector for m in per_cube])[cube_index]),
+            "camera": ("target", np.array([m.camera for m in per_cube])[cube_index]),
+            "ccd": ("target", np.array([m.ccd for m in per_cube])[cube_index]),
+            "cube_index": ("target", cube_index),
+            "center_column": ("target", center_col[keep]),
+            "center_row": ("target", center_row[keep]),
+            "corner_column": ("target", corner_col),
+            "corner_row": ("target", corner_row),
+            "time": ("time", first.time, {"units": "BTJD (BJD - 2457000), TDB, mid-exposure"}),
+        },
+        attrs={
+            "size": [ny, nx],
+            "failed": json.dumps(
+                [{"ticid": _jsonable(f["ticid"]), "reason": f["reason"]} for f in failed]
+            ),
+        },
+    )
+    return ds
+
+
+def _jsonable(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _aperture(cube_list, metas, cube_index, corner_col, corner_row, size):
+    ny, nx = size
+    n_rows = np.array([metas[u].n_rows for u in cube_list])[cube_index]
+    n_cols = np.array([metas[u].n_cols for u in cube_list])[cube_index]
+    rows = corner_row[:, None] + np.arange(ny)[None, :]
+    cols = corner_col[:, None] + np.arange(nx)[None, :]
+    in_r = (rows >= 0) & (rows < n_rows[:, None])
+    in_c = (cols >= 0) & (cols < n_cols[:, None])
+    return (in_r[:, :, None] & in_c[:, None, :]).astype(np.int32)
+
+
+def _build_graph(
+    cube_list, metas, cube_index, corner_col, corner_row, center_row, center_col, size,
+    n_frames, batch_size, storage_options,
+):  # fmt: skip
+    ny, nx = size
+    per_target = ny * nx * n_frames * BYTES_PER_PIXEL_FRAME
+    if batch_size is None:
+        batch_size = int(np.clip(TARGET_BATCH_BYTES // max(per_target, 1), 1, 512))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    blocks, order = [], []
+    for k, url in enumerate(cube_list):
+        meta = metas[url]
+        members = np.flatnonzero(cube_index == k)
+        # neighbours on the detector share a batch, so their row ranges can merge
+        members = members[np.lexsort((center_col[members], center_row[members]))]
+        for b in range(0, len(members), batch_size):
+            idx = members[b : b + batch_size]
+            task = dask.delayed(read_cutouts, pure=True)(
+                url, corner_col[idx], corner_row[idx], size, n_rows=meta.n_rows,
+                n_cols=meta.n_cols, n_frames=n_frames, data_offset=meta.data_offset,
+                storage_options=storage_options,
+                dask_key_name="cutouts-" + tokenize(url, corner_col[idx], corner_row[idx], size),
+            )  # fmt: skip
+            blocks.append(
+                da.from_delayed(task, shape=(2, len(idx), n_frames, ny, nx), dtype=np.float32)
+            )
+            order.append(idx)
+    stacked = da.concatenate(blocks, axis=1)
+    perm = np.concatenate(order)
+    if np.array_equal(perm, np.arange(len(perm))):
+        return stacked
+    return stacked[:, np.argsort(perm)]
+
+
+def cutout_wcs(ds: xr.Dataset, target: int) -> WCS:
+    """The full (SIP) WCS of one cutout: the cube's WCS shifted to the cutout's corner.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        From :func:`make_cutouts`.
+    target : int
+        Position along ``target``.
+
+    Returns
+    -------
+    astropy.wcs.WCS
+    """
+    return WCS(cutout_header(ds, target), relax=True)
+
+
+def cutout_header(ds: xr.Dataset, target: int) -> fits.Header:
+    """WCS header of one cutout (SIP WCS with CRPIX shifted, plus the physical RAWX/RAWY WCS
+    giving 1-based CCD pixels), as astrocut builds it before its linear fit."""
+    k = int(ds["cube_index"].values[target])
+    header = fits.Header.fromstring(str(ds["cube_wcs"].values[k]), sep="\n")
+    c0 = int(ds["corner_column"].values[target])
+    r0 = int(ds["corner_row"].values[target])
+    ny, nx = ds.sizes["row"], ds.sizes["column"]
+    out = fits.Header()
+    out["WCSAXES"] = 2
+    wcs_keys = ("RADESYS", "EQUINOX", "CTYPE1", "CTYPE2", "CUNIT1", "CUNIT2", "CRVAL1", "CRVAL2",
+                "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2", "PC1_1", "PC1_2", "PC2_1",
+                "PC2_2", "CDELT1", "CDELT2", "A_ORDER", "B_ORDER", "AP_ORDER", "BP_ORDER",
+                "A_DMAX", "B_DMAX")  # fmt: skip
+    for key in wcs_keys:
+        if key in header:
+            out[key] = header[key]
+    for key in header:
+        if key.split("_")[0] in ("A", "B", "AP", "BP") and key[-1].isdigit() and "_" in key:
+            out[key] = header[key]
+    out["NAXIS1"], out["NAXIS2"] = nx, ny
+    out["CRPIX1"] = header["CRPIX1"] - c0
+    out["CRPIX2"] = header["CRPIX2"] - r0
+    out["WCSNAMEP"] = ("PHYSICAL", "name of world coordinate system alternate P")
+    out["WCSAXESP"] = (2, "number of WCS physical axes")
+    out["CTYPE1P"] = ("RAWX", "physical WCS axis 1 type CCD col")
+    out["CUNIT1P"] = ("PIXEL", "physical WCS axis 1 unit")
+    out["CRPIX1P"] = (1, "reference CCD column")
+    out["CRVAL1P"] = (c0 + 1, "value at reference CCD column")
+    out["CDELT1P"] = (1.0, "physical WCS axis 1 step")
+    out["CTYPE2P"] = ("RAWY", "physical WCS axis 2 type CCD row")
+    out["CUNIT2P"] = ("PIXEL", "physical WCS axis 2 units")
+    out["CRPIX2P"] = (1, "reference CCD row")
+    out["CRVAL2P"] = (r0 + 1, "value at reference CCD row")
+    out["CDELT2P"] = (1.0, "physical WCS axis 2 step")
+    return out

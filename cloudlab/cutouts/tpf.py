@@ -1,0 +1,353 @@
+"""Target pixel files in astrocut's layout that ``lightkurve.read`` opens as TessTargetPixelFile.
+
+Differences from astrocut 1.4 (deliberate fixes):
+
+- the column-WCS keywords of the 2-D columns (``1CTYP5`` …, ``1CRV5P``/``2CRV5P``) are written,
+  so ``tpf.column``/``tpf.row`` give the 1-based CCD column/row of the cutout's first pixel;
+- ``WCS_MSEP``/``WCS_SIG`` compare the linear cutout WCS with the full SIP WCS (astrocut compares
+  the linear WCS with itself and always writes 0);
+- ``TICID``/``OBJECT`` come from the target list, ``CREATOR`` names a target-pixel exporter, and
+  ``BJDREFI``/``TIMESYS`` are in the PIXELS header where lightkurve reads them;
+- ``CADENCENO`` counts frames from 1 (astrocut writes zeros).
+"""
+
+from __future__ import annotations
+
+import re
+
+import dask
+import numpy as np
+import xarray as xr
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from cloudlab import storage
+from cloudlab.cutouts.cutout import cutout_header
+
+_PER_FFI_KEYWORDS = ("CHECKSUM", "DATASUM", "NEXTEND", "FFIINDEX", "SIMDATA")
+_INHERITED = (
+    "TELESCOP", "INSTRUME", "OBJECT", "TICID", "SECTOR", "CAMERA", "CCD", "RADESYS", "EQUINOX",
+    "RA_OBJ", "DEC_OBJ", "TIMEREF", "TASSIGN", "TIMESYS", "BJDREFI", "BJDREFF", "TIMEUNIT",
+    "TELAPSE", "TSTART", "TSTOP", "DATE-OBS", "DATE-END",
+)  # fmt: skip
+
+
+def tpf_name(ticid, sector: int, camera: int, ccd: int, size: tuple[int, int]) -> str:
+    """File name of a target's TPF: ``tic{ticid}_s{sector:04d}-{camera}-{ccd}_{ny}x{nx}_tpf.fits``,
+    with anything but letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
+    tic = re.sub(r"[^A-Za-z0-9._-]", "_", str(ticid).strip()) or "unknown"
+    return f"tic{tic}_s{int(sector):04d}-{int(camera)}-{int(ccd)}_{size[0]}x{size[1]}_tpf.fits"
+
+
+def linear_wcs(full: WCS, size: tuple[int, int]) -> tuple[fits.Header, float, float]:
+    """Linear TAN WCS of a cutout (tangent at its centre) and how far it departs from ``full``.
+
+    Parameters
+    ----------
+    full : astropy.wcs.WCS
+        The cutout's full (SIP) WCS.
+    size : (int, int)
+        (rows, columns).
+
+    Returns
+    -------
+    (astropy.io.fits.Header, float, float)
+        ``CTYPE``/``CRVAL``/``CRPIX``/``CDELT``/``PC`` cards; the maximum separation (deg) and
+        the root-sum-square of separations (deg) over all cutout pixels.
+    """
+    ny, nx = size
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    h = 0.5
+    pts = np.array([[cx, cy], [cx + h, cy], [cx - h, cy], [cx, cy + h], [cx, cy - h]])
+    world = full.all_pix2world(pts, 0)
+    ra0, dec0 = world[0]
+    tan = WCS(naxis=2)
+    tan.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    tan.wcs.crval = [ra0, dec0]
+    tan.wcs.crpix = [cx + 1, cy + 1]
+    tan.wcs.cdelt = [1.0, 1.0]
+    tan.wcs.pc = np.eye(2)
+    tan.wcs.set()
+    # intermediate world coordinates of the neighbours, via the unit-scale TAN about the centre
+    xy = tan.all_world2pix(world[1:], 0) - np.array([cx, cy])
+    cd = np.column_stack([(xy[0] - xy[1]) / (2 * h), (xy[2] - xy[3]) / (2 * h)])
+    scale = np.sqrt(abs(np.linalg.det(cd)))
+    cdelt = np.array([-scale, scale])
+    pc = cd / cdelt[:, None]
+    tan.wcs.cdelt = cdelt
+    tan.wcs.pc = pc
+    tan.wcs.set()
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    grid = np.column_stack([xx.ravel(), yy.ravel()]).astype(float)
+    a = np.radians(full.all_pix2world(grid, 0))
+    b = np.radians(tan.all_pix2world(grid, 0))
+    cosd = np.sin(a[:, 1]) * np.sin(b[:, 1]) + np.cos(a[:, 1]) * np.cos(b[:, 1]) * np.cos(
+        a[:, 0] - b[:, 0]
+    )
+    sep = np.degrees(np.arccos(np.clip(cosd, -1.0, 1.0)))
+    header = fits.Header()
+    header["WCSAXES"] = 2
+    header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    header["CUNIT1"], header["CUNIT2"] = "deg", "deg"
+    header["CRVAL1"], header["CRVAL2"] = float(ra0), float(dec0)
+    header["CRPIX1"], header["CRPIX2"] = cx + 1, cy + 1
+    header["CDELT1"], header["CDELT2"] = float(cdelt[0]), float(cdelt[1])
+    header["PC1_1"], header["PC1_2"] = float(pc[0, 0]), float(pc[0, 1])
+    header["PC2_1"], header["PC2_2"] = float(pc[1, 0]), float(pc[1, 1])
+    return header, float(sep.max()), float(np.sqrt((sep**2).sum()))
+
+
+def _column_wcs_cards(n: int, lin: fits.Header, corner: tuple[int, int]) -> list[tuple]:
+    """Column-WCS keywords of 2-D column ``n`` (the ones astrocut ≥ 1.0 forgets)."""
+    c0, r0 = corner
+    return [
+        (f"WCAX{n}", 2, "number of WCS axes"),
+        (f"1CTYP{n}", lin["CTYPE1"], "right ascension coordinate type"),
+        (f"2CTYP{n}", lin["CTYPE2"], "declination coordinate type"),
+        (f"1CRPX{n}", lin["CRPIX1"], "[pixel] reference pixel along image axis 1"),
+        (f"2CRPX{n}", lin["CRPIX2"], "[pixel] reference pixel along image axis 2"),
+        (f"1CRVL{n}", lin["CRVAL1"], "[deg] right ascension at reference pixel"),
+        (f"2CRVL{n}", lin["CRVAL2"], "[deg] declination at reference pixel"),
+        (f"1CUNI{n}", "deg", "physical unit in column dimension"),
+        (f"2CUNI{n}", "deg", "physical unit in row dimension"),
+        (f"1CDLT{n}", lin["CDELT1"], "[deg] pixel scale in RA dimension"),
+        (f"2CDLT{n}", lin["CDELT2"], "[deg] pixel scale in DEC dimension"),
+        (f"11PC{n}", lin["PC1_1"], "coordinate transformation matrix element"),
+        (f"12PC{n}", lin["PC1_2"], "coordinate transformation matrix element"),
+        (f"21PC{n}", lin["PC2_1"], "coordinate transformation matrix element"),
+        (f"22PC{n}", lin["PC2_2"], "coordinate transformation matrix element"),
+        (f"WCSN{n}P", "PHYSICAL", "table column WCS name"),
+        (f"WCAX{n}P", 2, "table column physical WCS dimensions"),
+        (f"1CTY{n}P", "RAWX", "table column physical WCS axis 1 type, CCD col"),
+        (f"2CTY{n}P", "RAWY", "table column physical WCS axis 2 type, CCD row"),
+        (f"1CUN{n}P", "PIXEL", "table column physical WCS axis 1 unit"),
+        (f"2CUN{n}P", "PIXEL", "table column physical WCS axis 2 unit"),
+        (f"1CRV{n}P", int(c0) + 1, "table column physical WCS ax 1 ref value"),
+        (f"2CRV{n}P", int(r0) + 1, "table column physical WCS ax 2 ref value"),
+        (f"1CDL{n}P", 1.0, "table column physical WCS a1 step"),
+        (f"2CDL{n}P", 1.0, "table column physical WCS a2 step"),
+        (f"1CRP{n}P", 1, "table column physical WCS a1 reference"),
+        (f"2CRP{n}P", 1, "table column physical WCS a2 reference"),
+    ]
+
+
+def build_tpf(
+    flux: np.ndarray,
+    flux_err: np.ndarray,
+    *,
+    meta: dict,
+) -> fits.HDUList:
+    """One target's TPF as an HDUList.
+
+    Parameters
+    ----------
+    flux, flux_err : numpy.ndarray
+        ``(time, row, column)`` e-/s.
+    meta : dict
+        From :func:`target_meta`.
+
+    Returns
+    -------
+    astropy.io.fits.HDUList
+        PRIMARY, PIXELS (12 columns, astrocut's order), APERTURE.
+    """
+    from cloudlab import __version__
+
+    n_t, ny, nx = flux.shape
+    primary = fits.Header.fromstring(meta["primary"], sep="\n")
+    for key in _PER_FFI_KEYWORDS:
+        primary.remove(key, ignore_missing=True, remove_all=True)
+    tstart, tstop = meta["tstart"], meta["tstop"]
+    ticid = meta["ticid"]
+    primary["EXTNAME"] = "PRIMARY"
+    primary.setdefault("TELESCOP", "TESS")
+    primary["CREATOR"] = (
+        "cloudlab TargetPixelExporter (cube cutout)",
+        "program that made this file",
+    )
+    primary["PROCVER"] = (str(__version__), "cloudlab version")
+    primary["FFI_TYPE"] = ("SPOC", "type of FFI the cube was made from")
+    primary["SECTOR"] = (int(meta["sector"]), "Observing sector")
+    primary["CAMERA"] = (int(meta["camera"]), "Camera number")
+    primary["CCD"] = (int(meta["ccd"]), "CCD chip number")
+    primary["OBJECT"] = (f"TIC {ticid}", "string version of target id")
+    primary["TICID"] = (_ticid_value(ticid), "unique TESS target identifier")
+    primary["RA_OBJ"] = (float(meta["ra"]), "[deg] right ascension")
+    primary["DEC_OBJ"] = (float(meta["dec"]), "[deg] declination")
+    primary["TIMEREF"] = ("SOLARSYSTEM", "barycentric correction applied to times")
+    primary["TASSIGN"] = ("SPACECRAFT", "where time is assigned")
+    primary["TIMESYS"] = ("TDB", "time system is Barycentric Dynamical Time (TDB)")
+    primary["BJDREFI"] = (2457000, "integer part of BTJD reference date")
+    primary["BJDREFF"] = (0.0, "fraction of the day in BTJD reference date")
+    primary["TIMEUNIT"] = ("d", "time unit for TIME, TSTART and TSTOP")
+    primary["TSTART"] = (float(tstart[0]), "observation start time in BTJD of first frame")
+    primary["TSTOP"] = (float(tstop[-1]), "observation stop time in BTJD of last frame")
+    primary["TELAPSE"] = (float(tstop[-1] - tstart[0]), "[d] TSTOP - TSTART")
+
+    full = WCS(meta["wcs"], relax=True)
+    lin, msep, sig = linear_wcs(full, (ny, nx))
+    corner = (meta["corner_column"], meta["corner_row"])
+    dim = f"({nx},{ny})"
+    n_pix = nx * ny
+    zeros = np.zeros((n_t, ny, nx), dtype=np.float32)
+    ffi = np.asarray(meta["ffi_file"]).astype(str)
+    width = max(1, max(len(s) for s in ffi))
+    columns = [
+        fits.Column("TIME", "D", unit="BJD - 2457000, days", array=meta["time"]),
+        fits.Column("TIMECORR", "E", unit="d", array=meta["barycorr"]),
+        fits.Column("CADENCENO", "J", array=np.arange(1, n_t + 1, dtype=np.int32)),
+        fits.Column(
+            "RAW_CNTS",
+            f"{n_pix}J",
+            unit="count",
+            dim=dim,
+            null=-1,
+            array=np.full((n_t, ny, nx), -1, dtype=np.int32),
+        ),  # fmt: skip
+        fits.Column("FLUX", f"{n_pix}E", unit="e-/s", dim=dim, array=flux.astype(np.float32)),
+        fits.Column(
+            "FLUX_ERR", f"{n_pix}E", unit="e-/s", dim=dim, array=flux_err.astype(np.float32)
+        ),  # fmt: skip
+        fits.Column("FLUX_BKG", f"{n_pix}E", unit="e-/s", dim=dim, array=zeros),
+        fits.Column("FLUX_BKG_ERR", f"{n_pix}E", unit="e-/s", dim=dim, array=zeros),
+        fits.Column("QUALITY", "J", disp="B16.16", array=meta["quality"].astype(np.int32)),
+        fits.Column("POS_CORR1", "E", unit="pixel", array=np.zeros(n_t, np.float32)),
+        fits.Column("POS_CORR2", "E", unit="pixel", array=np.zeros(n_t, np.float32)),
+        fits.Column("FFI_FILE", f"{width}A", unit="pixel", array=ffi),
+    ]
+    pixels = fits.BinTableHDU.from_columns(columns, name="PIXELS")
+    ph = pixels.header
+    ph["INHERIT"] = (True, "inherit the primary header")
+    for key in _INHERITED:
+        if key in primary:
+            ph[key] = (primary[key], primary.comments[key])
+    ph["WCS_FFI"] = (meta["wcs_ffi"], "FFI used for cutout WCS")
+    for n in range(4, 9):
+        for key, value, comment in _column_wcs_cards(n, lin, corner):
+            ph[key] = (value, comment)
+
+    aperture = fits.ImageHDU(meta["aperture"].astype(np.int32), name="APERTURE")
+    ah = aperture.header
+    ah["INHERIT"] = (True, "inherit the primary header")
+    ah.extend(lin.cards)
+    for key, value, comment in _physical_cards(meta["wcs"]):
+        ah[key] = (value, comment)
+    ah["NPIXMISS"] = (int((meta["aperture"] == 0).sum()), "number of pixels off the detector")
+    ah["NPIXSAP"] = (int(meta["aperture"].sum()), "number of pixels in the aperture")
+    ah["WCS_MSEP"] = (msep, "[deg] max offset between cutout WCS and FFI WCS")
+    ah["WCS_SIG"] = (sig, "[deg] error measurement of cutout WCS fit")
+    return fits.HDUList([fits.PrimaryHDU(header=primary), pixels, aperture])
+
+
+def _physical_cards(header: fits.Header) -> list[tuple]:
+    """The RAWX/RAWY physical WCS cards (1-based CCD pixels) of a cutout header."""
+    stems = ("WCSNAME", "WCSAXES", "CTYPE", "CUNIT", "CRPIX", "CRVAL", "CDELT")
+    return [
+        (k, header[k], header.comments[k])
+        for k in header
+        if k.endswith("P") and k.rstrip("P").rstrip("12").rstrip("P") in stems
+    ]
+
+
+def _ticid_value(ticid):
+    try:
+        return int(ticid)
+    except (TypeError, ValueError):
+        return str(ticid)
+
+
+def target_meta(ds: xr.Dataset, target: int) -> dict:
+    """Everything but the pixels that a target's TPF needs, from a :func:`make_cutouts` dataset."""
+    k = int(ds["cube_index"].values[target])
+    return {
+        "ticid": ds["ticid"].values[target].item(),
+        "ra": float(ds["ra"].values[target]),
+        "dec": float(ds["dec"].values[target]),
+        "sector": int(ds["sector"].values[target]),
+        "camera": int(ds["camera"].values[target]),
+        "ccd": int(ds["ccd"].values[target]),
+        "corner_column": int(ds["corner_column"].values[target]),
+        "corner_row": int(ds["corner_row"].values[target]),
+        "primary": str(ds["cube_primary"].values[k]),
+        "wcs": cutout_header(ds, target),
+        "wcs_ffi": str(ds["cube_wcs_ffi"].values[k]),
+        "time": ds["cube_time"].values[k],
+        "tstart": ds["cube_tstart"].values[k],
+        "tstop": ds["cube_tstop"].values[k],
+        "barycorr": ds["cube_barycorr"].values[k],
+        "quality": ds["cube_quality"].values[k],
+        "ffi_file": ds["cube_ffi_file"].values[k],
+        "aperture": ds["aperture"].values[target],
+    }
+
+
+def _write_group(flux, flux_err, metas, urls, storage_options):
+    written = []
+    for i, (meta, url) in enumerate(zip(metas, urls, strict=True)):
+        hdul = build_tpf(flux[i], flux_err[i], meta=meta)
+        with storage.atomic_write(url, storage_options) as path:
+            hdul.writeto(path)
+        written.append(url)
+    return written
+
+
+def write_tpfs(
+    ds: xr.Dataset,
+    dest: str,
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> list[str]:
+    """Write one TPF per target of ``ds`` under ``dest`` (a sink: computes the cutouts).
+
+    Each task computes one chunk of targets and writes their files from the worker, so on a
+    cluster the pixels never pass through the client.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        From :func:`cloudlab.cutouts.make_cutouts`.
+    dest : str
+        Directory URL or local path.
+    overwrite : bool, optional
+        Rewrite files that exist (default: skip them).
+    storage_options : dict, optional
+
+    Returns
+    -------
+    list of str
+        The TPF URL of every target, in ``ds.target`` order (existing ones included).
+    """
+    dest = str(dest).rstrip("/")
+    size = (ds.sizes["row"], ds.sizes["column"])
+    urls = [
+        f"{dest}/"
+        + tpf_name(
+            ds["ticid"].values[i].item(),
+            ds["sector"].values[i],
+            ds["camera"].values[i],
+            ds["ccd"].values[i],
+            size,
+        )  # fmt: skip
+        for i in range(ds.sizes["target"])
+    ]
+    if len(set(urls)) != len(urls):
+        dupes = sorted({u for u in urls if urls.count(u) > 1})
+        raise ValueError(f"write_tpfs: several targets map to the same file: {dupes[:5]}")
+    fs, _ = storage.resolve(urls[0], storage_options)
+    paths = [storage.resolve(u, storage_options)[1] for u in urls]
+    todo = [i for i, p in enumerate(paths) if overwrite or not fs.exists(p)]
+    if not todo:
+        return urls
+    sub = ds.isel(target=todo)
+    flux_blocks = sub["flux"].data.to_delayed().ravel()
+    err_blocks = sub["flux_err"].data.to_delayed().ravel()
+    bounds = np.cumsum((0, *sub["flux"].data.chunks[0]))
+    tasks = []
+    for b, (fb, eb) in enumerate(zip(flux_blocks, err_blocks, strict=True)):
+        idx = range(bounds[b], bounds[b + 1])
+        metas = [target_meta(sub, j) for j in idx]
+        group_urls = [urls[todo[j]] for j in idx]
+        tasks.append(dask.delayed(_write_group)(fb, eb, metas, group_urls, storage_options))
+    dask.compute(*tasks)
+    return urls
