@@ -1,0 +1,11 @@
+"""BackDrop: TESS FFI scattered-light background models (tess-backdrop's model, solved fast).
+
+``fit`` builds a lazy graph that fits every frame of an FFI stack; ``evaluate`` gives the
+background on any pixel grid; ``subtract`` removes it from cutouts; ``save``/``load`` write and
+read weights as tess-backdrop-layout FITS or zarr.
+"""
+
+from cloudlab.backdrop.evaluate import ccd_to_science, evaluate, frame_index, science_to_ccd
+from cloudlab.backdrop.fit import fit
+
+__all__ = ["ccd_to_science", "evaluate", "fit", "frame_index", "science_to_ccd"]

@@ -1,0 +1,329 @@
+"""Evaluate fitted BackDrop weights on any pixel grid, and subtract them from cutouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from cloudlab.backdrop import basis
+
+SCIENCE_ROW_OFFSET = 1
+"""1-based CCD row of science row 0."""
+SCIENCE_COLUMN_OFFSET = 45
+"""1-based CCD column of science column 0 (44 leading virtual columns)."""
+
+
+def ccd_to_science(ccd_row: Any, ccd_column: Any) -> tuple[np.ndarray, np.ndarray]:
+    """1-based CCD pixel coordinates (TPF ``2CRV5P``/``1CRV5P``) to 0-based science pixels."""
+    return (
+        np.asarray(ccd_row) - SCIENCE_ROW_OFFSET,
+        np.asarray(ccd_column) - SCIENCE_COLUMN_OFFSET,
+    )
+
+
+def science_to_ccd(row: Any, column: Any) -> tuple[np.ndarray, np.ndarray]:
+    """0-based science pixels to 1-based CCD pixel coordinates."""
+    return np.asarray(row) + SCIENCE_ROW_OFFSET, np.asarray(column) + SCIENCE_COLUMN_OFFSET
+
+
+def frame_index(weights: xr.Dataset, times: Any = None, *, strict: bool = True) -> np.ndarray:
+    """Frame positions for ``times``: ``None`` (all), integer indices, or BTJD times.
+
+    A time matches the frame whose exposure (``tstart``..``tstop``, else within half the median
+    cadence of ``time``) contains it.
+
+    Parameters
+    ----------
+    weights : xarray.Dataset
+        Fitted weights with a ``time`` coordinate.
+    times : array-like, optional
+        Frame indices (integers) or BTJD times (floats).
+    strict : bool
+        Raise for unmatched times (default), else return -1 for them.
+
+    Raises
+    ------
+    ValueError
+        An index out of range or (with ``strict``) a time outside every frame.
+    """
+    n_t = weights.sizes["time"]
+    if times is None:
+        return np.arange(n_t)
+    t = np.atleast_1d(np.asarray(times))
+    if np.issubdtype(t.dtype, np.integer):
+        if t.size and (t.min() < -n_t or t.max() >= n_t):
+            raise ValueError(f"frame index out of range 0..{n_t - 1}: {t[(t < -n_t) | (t >= n_t)]}")
+        return t % n_t
+    frame_t = weights["time"].values
+    if "tstart" in weights.coords and "tstop" in weights.coords:
+        lo, hi = weights["tstart"].values, weights["tstop"].values
+    else:
+        half = np.median(np.diff(frame_t)) / 2 if n_t > 1 else 0.0104
+        lo, hi = frame_t - half, frame_t + half
+    idx = (
+        np.clip(np.searchsorted(frame_t, t), 1, max(n_t - 1, 1))
+        if n_t > 1
+        else np.zeros(t.size, int)
+    )
+    if n_t > 1:
+        left = idx - 1
+        idx = np.where(np.abs(t - frame_t[left]) <= np.abs(t - frame_t[idx]), left, idx)
+    ok = (t >= lo[idx] - 1e-6) & (t <= hi[idx] + 1e-6) & np.isfinite(t)
+    if strict and not ok.all():
+        raise ValueError(f"times outside every fitted frame: {t[~ok][:10]}")
+    return np.where(ok, idx, -1)
+
+
+def _grid_block(
+    poly: np.ndarray,
+    spline: np.ndarray,
+    strap: np.ndarray,
+    *,
+    rows: np.ndarray,
+    columns: np.ndarray,
+    br: np.ndarray,
+    bc: np.ndarray,
+    npoly: int,
+    nrad: int,
+    ccd: int,
+) -> np.ndarray:
+    out = basis.poly_grid(poly, rows, columns, npoly, nrad, ccd)
+    out += np.einsum("ri,tji,cj->trc", br, spline, bc, optimize=True)
+    out += strap[:, None, :]
+    return out
+
+
+def evaluate(weights: xr.Dataset, rows: Any, columns: Any, *, times: Any = None) -> xr.DataArray:
+    """The fitted background on the grid ``rows x columns`` for every frame (or ``times``).
+
+    Parameters
+    ----------
+    weights : xarray.Dataset
+        From :func:`cloudlab.backdrop.fit` or :func:`cloudlab.backdrop.load`.
+    rows, columns : array-like
+        1-D 0-based science coordinates (use :func:`ccd_to_science` for 1-based CCD pixels).
+    times : array-like, optional
+        Integer frame indices or BTJD times; default every frame.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy ``(time, row, column)`` background in e/s.
+
+    Raises
+    ------
+    ValueError
+        Coordinates outside the fitted region, or times outside every frame.
+    """
+    rows = np.atleast_1d(np.asarray(rows))
+    columns = np.atleast_1d(np.asarray(columns))
+    if rows.ndim != 1 or columns.ndim != 1:
+        raise ValueError("rows and columns must be 1-D arrays")
+    fitted_cols = weights["column"].values
+    pos = np.searchsorted(fitted_cols, columns)
+    pos = np.clip(pos, 0, len(fitted_cols) - 1)
+    off = fitted_cols[pos] != columns
+    if off.any():
+        raise ValueError(
+            f"columns outside the fitted region {fitted_cols[0]}..{fitted_cols[-1]}: "
+            f"{columns[off][:10]}"
+        )
+    fitted_rows = weights["row"].values
+    if rows.min() < fitted_rows[0] or rows.max() > fitted_rows[-1]:
+        raise ValueError(
+            f"rows outside the fitted region {fitted_rows[0]}..{fitted_rows[-1]}: "
+            f"{rows[(rows < fitted_rows[0]) | (rows > fitted_rows[-1])][:10]}"
+        )
+    idx = frame_index(weights, times)
+    sel = weights.isel(time=idx)
+    a = weights.attrs
+    degree = int(a["degree"])
+    br = basis.spline_basis(rows, weights["row_knots"].values, degree)
+    bc = basis.spline_basis(columns, weights["column_knots"].values, degree)
+
+    def lazy(x: xr.DataArray) -> da.Array:
+        return (
+            x.data
+            if isinstance(x.data, da.Array)
+            else da.from_array(x.values, chunks=(64,) + x.shape[1:])
+        )
+
+    poly = lazy(sel["poly_w"])
+    spline = lazy(sel["spline_w"]).rechunk({0: poly.chunks[0]})
+    strap = lazy(sel["strap_w"]).rechunk({0: poly.chunks[0]})[:, pos].rechunk({1: -1})
+    poly = poly.rechunk({1: -1})
+    spline = spline.rechunk({1: -1, 2: -1})
+    model = da.blockwise(
+        _grid_block,
+        "trc",
+        poly,
+        "tp",
+        spline,
+        "tji",
+        strap,
+        "tc",
+        new_axes={"r": len(rows)},
+        concatenate=True,
+        dtype=np.float64,
+        rows=rows,
+        columns=columns,
+        br=br,
+        bc=bc,
+        npoly=int(a["npoly"]),
+        nrad=int(a["nrad"]),
+        ccd=int(a["ccd"]),
+    )
+    coords = {"time": sel["time"].values, "row": rows, "column": columns}
+    return xr.DataArray(
+        model, dims=("time", "row", "column"), coords=coords, name="background",
+        attrs={"units": "electrons/s"},
+    )  # fmt: skip
+
+
+CORNER_ROW_NAMES = ("corner_row", "ccd_row0", "row0", "row_corner")
+CORNER_COLUMN_NAMES = ("corner_column", "ccd_column0", "column0", "col0", "column_corner")
+
+
+def _find(ds: xr.Dataset, name: str | None, candidates: tuple[str, ...]) -> np.ndarray:
+    names = (name,) if name else candidates
+    for n in names:
+        if n in ds.variables and ds[n].dims == ("target",):
+            return np.asarray(ds[n].values)
+    raise ValueError(
+        f"subtract: the cutouts have no per-target corner variable among {names} "
+        "(1-based CCD row/column of pixel [0, 0], dims (target,)); pass corner_row=/corner_column="
+    )
+
+
+def _cutout_background(
+    rows0: np.ndarray,
+    cols0: np.ndarray,
+    w: dict,
+    *,
+    n_rows: int,
+    n_cols: int,
+    degree: int,
+    npoly: int,
+    nrad: int,
+    ccd: int,
+) -> np.ndarray:
+    """Background of a block of targets: ``(target, time, row, column)``."""
+    out = np.empty((len(rows0), len(w["poly"]), n_rows, n_cols))
+    for k, (r0, c0) in enumerate(zip(rows0.ravel(), cols0.ravel(), strict=True)):
+        rows = r0 + np.arange(n_rows)
+        cols = c0 + np.arange(n_cols)
+        br = basis.spline_basis(rows, w["row_knots"], degree)
+        bc = basis.spline_basis(cols, w["column_knots"], degree)
+        strap = w["strap"][:, cols - w["column0"]]
+        out[k] = _grid_block(
+            w["poly"], w["spline"], strap, rows=rows, columns=cols, br=br, bc=bc,
+            npoly=npoly, nrad=nrad, ccd=ccd,
+        )  # fmt: skip
+    out[:, w["unmatched"]] = np.nan
+    return out
+
+
+def _weights_for(weights: xr.Dataset, idx: np.ndarray) -> dict:
+    sel = weights.isel(time=np.maximum(idx, 0))
+    return {
+        "poly": np.asarray(sel["poly_w"].values, float),
+        "spline": np.asarray(sel["spline_w"].values, float),
+        "strap": np.asarray(sel["strap_w"].values, float),
+        "row_knots": np.asarray(weights["row_knots"].values, float),
+        "column_knots": np.asarray(weights["column_knots"].values, float),
+        "column0": int(weights["column"].values[0]),
+        "unmatched": idx < 0,
+    }
+
+
+def subtract(
+    cutouts: xr.Dataset,
+    weights: xr.Dataset,
+    *,
+    corner_row: str | None = None,
+    corner_column: str | None = None,
+    strict: bool = True,
+) -> xr.Dataset:
+    """Subtract the fitted background from a stack of cutouts (lazily).
+
+    Parameters
+    ----------
+    cutouts : xarray.Dataset
+        ``flux`` with dims ``(target, time, row, column)``, a BTJD ``time`` coordinate and
+        per-target 1-based CCD coordinates of each cutout's pixel ``[0, 0]`` (TPF
+        ``2CRV5P``/``1CRV5P``),
+        found under ``corner_row``/``corner_column`` or one of the usual names
+        (``corner_row``, ``ccd_row0``, ``row0`` / ``corner_column``, ``ccd_column0``, ``column0``).
+    weights : xarray.Dataset
+        Fitted weights of the same sector/camera/CCD.
+    corner_row, corner_column : str, optional
+        Names of the corner variables.
+    strict : bool
+        Raise when a cutout time has no fitted frame (default), else give NaN background there.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``cutouts`` with ``flux`` background-subtracted and a new ``background`` variable.
+
+    Raises
+    ------
+    ValueError
+        Missing corner variables, cutouts (named by target) outside the fitted region, times
+        outside every fitted frame, or a camera/CCD that differs from the weights'.
+    """
+    if "flux" not in cutouts or cutouts["flux"].dims != ("target", "time", "row", "column"):
+        raise ValueError("subtract: cutouts need flux with dims (target, time, row, column)")
+    for key in ("camera", "ccd"):
+        if key in cutouts.variables and key in weights.attrs:
+            values = np.unique(np.asarray(cutouts[key].values))
+            if len(values) and not np.all(values == int(weights.attrs[key])):
+                raise ValueError(
+                    f"subtract: cutouts from {key} {values.tolist()}, weights fitted on {key} "
+                    f"{weights.attrs[key]}"
+                )
+    rows0, cols0 = ccd_to_science(
+        _find(cutouts, corner_row, CORNER_ROW_NAMES),
+        _find(cutouts, corner_column, CORNER_COLUMN_NAMES),
+    )
+    n_rows, n_cols = cutouts.sizes["row"], cutouts.sizes["column"]
+    fr, fc = weights["row"].values, weights["column"].values
+    off = (rows0 < fr[0]) | (rows0 + n_rows - 1 > fr[-1]) | (cols0 < fc[0])
+    off |= cols0 + n_cols - 1 > fc[-1]
+    if off.any():
+        names = cutouts["target"].values[off] if "target" in cutouts.coords else np.flatnonzero(off)
+        raise ValueError(
+            f"subtract: cutouts outside the fitted science region: targets {names[:10]}"
+        )
+    idx = frame_index(weights, cutouts["time"].values, strict=strict)
+    flux = cutouts["flux"].data
+    if not isinstance(flux, da.Array):
+        flux = da.from_array(flux, chunks=(max(1, min(64, flux.shape[0])), -1, -1, -1))
+    tchunks = (flux.chunks[0],)
+    w = dask.delayed(_weights_for, pure=True)(weights, idx)
+    a = weights.attrs
+    bkg = da.map_blocks(
+        _cutout_background,
+        da.from_array(rows0.astype(int), chunks=tchunks),
+        da.from_array(cols0.astype(int), chunks=tchunks),
+        w,
+        n_rows=n_rows,
+        n_cols=n_cols,
+        degree=int(a["degree"]),
+        npoly=int(a["npoly"]),
+        nrad=int(a["nrad"]),
+        ccd=int(a["ccd"]),
+        new_axis=[1, 2, 3],
+        chunks=(tchunks[0], (len(idx),), (n_rows,), (n_cols,)),
+        dtype=np.float64,
+    )
+    bkg = bkg.rechunk(flux.chunks)
+    dims = ("target", "time", "row", "column")
+    out = cutouts.copy()
+    out["background"] = (dims, bkg, {"units": "electrons/s", "model": "cloudlab backdrop"})
+    out["flux"] = (dims, flux - bkg.astype(flux.dtype), cutouts["flux"].attrs)
+    return out

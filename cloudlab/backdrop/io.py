@@ -1,0 +1,248 @@
+"""Save and load BackDrop weights: FITS in tess-backdrop's HDU layout, or zarr.
+
+FITS layout (tess-backdrop 0.1.6, extended compatibly):
+
+====  ==========  ================================================================
+HDU   name        content
+====  ==========  ================================================================
+0     PRIMARY     ``ORIGIN``, ``AUTHOR``, ``VERSION``, ``SECTOR``, ``CAMERA``, ``CCD``,
+                  ``NKNOTS``, ``NPOLY``, ``NRAD``, ``DEGREE``; cloudlab adds ``ROW0``,
+                  ``COL0``, ``NROWS``, ``NCOLS`` (science region), ``BOREROW``/``BORECOL``
+1     (table)     ``T_START`` (primary-header TSTART, TJD), ``QUALITY``; cloudlab adds
+                  ``TIME`` (BTJD mid-exposure), ``TSTART``/``TSTOP`` (BTJD)
+2     (table)     ``KNOTS`` (column knots; tess-backdrop uses one vector for both axes)
+3     SPLINE_W    ``(time, column_knot, row_knot)`` float64
+4     STRAP_W     ``(time, column)`` float64
+5     POLY_W      ``(time, npoly**2 + nrad - 1)`` float64
+6     ROWKNOTS    (table, cloudlab) ``KNOTS`` along rows
+====  ==========  ================================================================
+
+The masks and the average image go to a separate file (``STARMASK``, ``SATMASK``, ``AVGIMG``), as
+tess-backdrop does.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import uuid
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from astropy.io import fits
+
+import cloudlab
+from cloudlab import storage
+
+WEIGHT_VARS = ("poly_w", "spline_w", "strap_w")
+HEADER_KEYS = ("sector", "camera", "ccd", "nknots", "npoly", "nrad", "degree")
+
+
+def default_name(weights: xr.Dataset, kind: str = "") -> str:
+    """tess-backdrop's file name ``tessbackdrop[_kind]_sector{S}_camera{C}_ccd{D}.fits``."""
+    a = weights.attrs
+    part = f"_{kind}" if kind else ""
+    return f"tessbackdrop{part}_sector{a['sector']}_camera{a['camera']}_ccd{a['ccd']}.fits"
+
+
+def _time_column(weights: xr.Dataset, name: str) -> np.ndarray:
+    if name in weights.coords:
+        return np.asarray(weights[name].values, dtype=float)
+    return np.full(weights.sizes["time"], np.nan)
+
+
+def save_fits(weights: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
+    """Write the weights as a tess-backdrop-layout FITS file (atomically).
+
+    Parameters
+    ----------
+    weights : xarray.Dataset
+        From :func:`cloudlab.backdrop.fit` (computed here if lazy).
+    url : str
+        Destination URL or path.
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+    """
+    w = weights[list(WEIGHT_VARS) + ["row_knots", "column_knots"]].compute()
+    a = weights.attrs
+    primary = fits.PrimaryHDU()
+    h = primary.header
+    h["ORIGIN"] = "cloudlab"
+    h["AUTHOR"] = "cloudlab backdrop"
+    h["VERSION"] = cloudlab.__version__
+    for key in HEADER_KEYS:
+        h[key.upper()] = int(a[key])
+    h["ROW0"] = (int(w["row"].values[0]), "first 0-based science row fitted")
+    h["COL0"] = (int(w["column"].values[0]), "first 0-based science column fitted")
+    h["NROWS"] = (w.sizes["row"], "science rows fitted")
+    h["NCOLS"] = (w.sizes["column"], "science columns fitted")
+    h["BOREROW"] = (float(a["bore_row"]), "boresight science row")
+    h["BORECOL"] = (float(a["bore_column"]), "boresight science column")
+    quality = _time_column(weights, "quality")
+    quality = np.where(np.isnan(quality), 0, quality)
+    times = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(
+                "T_START", "D", unit="BJD - 2457000", array=_time_column(weights, "tstart_tjd")
+            ),
+            fits.Column("QUALITY", "D", array=quality),
+            fits.Column("TIME", "D", unit="BTJD", array=np.asarray(w["time"].values, float)),
+            fits.Column("TSTART", "D", unit="BTJD", array=_time_column(weights, "tstart")),
+            fits.Column("TSTOP", "D", unit="BTJD", array=_time_column(weights, "tstop")),
+        ]
+    )
+    knots = fits.BinTableHDU.from_columns(
+        [fits.Column("KNOTS", "D", array=w["column_knots"].values)]
+    )
+    row_knots = fits.BinTableHDU.from_columns(
+        [fits.Column("KNOTS", "D", array=w["row_knots"].values)], name="ROWKNOTS"
+    )
+    hdul = fits.HDUList(
+        [
+            primary,
+            times,
+            knots,
+            fits.ImageHDU(w["spline_w"].values.astype(np.float64), name="SPLINE_W"),
+            fits.ImageHDU(w["strap_w"].values.astype(np.float64), name="STRAP_W"),
+            fits.ImageHDU(w["poly_w"].values.astype(np.float64), name="POLY_W"),
+            row_knots,
+        ]
+    )
+    buf = _io.BytesIO()
+    hdul.writeto(buf)
+    storage.write_bytes(url, buf.getvalue(), storage_options)
+
+
+def save_masks_fits(weights: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
+    """Write ``STARMASK``, ``SATMASK`` (uint8) and ``AVGIMG`` (float32) like tess-backdrop."""
+    m = weights[["star_mask", "sat_mask", "average_image"]].compute()
+    hdul = fits.HDUList(
+        [
+            fits.PrimaryHDU(),
+            fits.ImageHDU(m["star_mask"].values.astype(np.uint8), name="STARMASK"),
+            fits.ImageHDU(m["sat_mask"].values.astype(np.uint8), name="SATMASK"),
+            fits.ImageHDU(m["average_image"].values.astype(np.float32), name="AVGIMG"),
+        ]
+    )
+    buf = _io.BytesIO()
+    hdul.writeto(buf)
+    storage.write_bytes(url, buf.getvalue(), storage_options)
+
+
+def load_fits(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Read weights written by :func:`save_fits` (or by tess-backdrop itself).
+
+    tess-backdrop files carry no region keys: they load with rows ``0..2047`` and columns
+    ``0..n-1`` in *their* pixel grid (one column off from the true science columns), and with
+    ``time`` set to their ``T_START`` (TJD).
+
+    Raises
+    ------
+    ValueError
+        The file lacks one of the BackDrop HDUs or header keys.
+    """
+    data = storage.read_bytes(url, storage_options)
+    try:
+        hdul = fits.open(_io.BytesIO(data))
+    except OSError as exc:
+        raise ValueError(f"{url}: not a FITS file: {exc}") from exc
+    with hdul:
+        h = hdul[0].header
+        try:
+            attrs = {k: int(h[k.upper()]) for k in HEADER_KEYS}
+            table = hdul[1].data
+            col_knots = np.asarray(hdul[2].data["KNOTS"], float)
+            spline = np.asarray(hdul["SPLINE_W"].data, float)
+            strap = np.asarray(hdul["STRAP_W"].data, float)
+            poly = np.asarray(hdul["POLY_W"].data, float)
+        except (KeyError, IndexError, TypeError) as exc:
+            raise ValueError(f"{url}: not a BackDrop weights file ({exc})") from exc
+        names = [n.upper() for n in table.columns.names]
+        row_knots = (
+            np.asarray(hdul["ROWKNOTS"].data["KNOTS"], float) if "ROWKNOTS" in hdul else col_knots
+        )
+        row0, col0 = int(h.get("ROW0", 0)), int(h.get("COL0", 0))
+        n_rows = int(h.get("NROWS", round(row_knots[-1] - row_knots[0]) + 1))
+        n_cols = int(h.get("NCOLS", strap.shape[1]))
+
+        def col(name: str) -> np.ndarray:
+            return np.asarray(table[name], float) if name in names else np.full(len(table), np.nan)
+
+        time = col("TIME") if "TIME" in names else col("T_START")
+        coords = {
+            "time": time,
+            "quality": ("time", np.nan_to_num(col("QUALITY")).astype(np.int32)),
+            "tstart_tjd": ("time", col("T_START")),
+            "row": np.arange(row0, row0 + n_rows),
+            "column": np.arange(col0, col0 + n_cols),
+        }
+        if "TSTART" in names:
+            coords["tstart"] = ("time", col("TSTART"))
+            coords["tstop"] = ("time", col("TSTOP"))
+        attrs["origin"] = str(h.get("ORIGIN", ""))
+    from cloudlab.backdrop.basis import boresight
+
+    attrs["bore_row"], attrs["bore_column"] = boresight(attrs["ccd"])
+    return xr.Dataset(
+        {
+            "poly_w": (("time", "poly_term"), poly),
+            "spline_w": (("time", "column_knot", "row_knot"), spline),
+            "strap_w": (("time", "column"), strap),
+            "row_knots": ("row_knot_edge", row_knots),
+            "column_knots": ("column_knot_edge", col_knots),
+        },
+        coords=coords,
+        attrs=attrs,
+    )
+
+
+def save_zarr(weights: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
+    """Write the weights (and masks/average image, when present) as a zarr store.
+
+    The store is written under a temporary name and then moved into place, so an error never
+    leaves a half-written store at ``url``.
+    """
+    fs, path = storage.resolve(url, storage_options)
+    if fs.exists(path):
+        raise FileExistsError(f"{url} already exists; remove it first")
+    tmp = f"{path.rstrip('/')}.{uuid.uuid4().hex}.tmp"
+    ds = weights.copy()
+    for name, var in ds.variables.items():
+        if isinstance(var.data, da.Array):
+            ds[name].encoding = {}
+    ds.attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, (int, float, str))}
+    try:
+        ds.to_zarr(fs.get_mapper(tmp), mode="w")
+        fs.mv(tmp, path, recursive=True)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
+
+
+def load_zarr(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Open weights written by :func:`save_zarr` (lazily)."""
+    fs, path = storage.resolve(url, storage_options)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no weights store at {url}")
+    ds = xr.open_zarr(fs.get_mapper(path))
+    missing = [v for v in WEIGHT_VARS if v not in ds]
+    if missing:
+        raise ValueError(f"{url}: not a BackDrop weights store (missing {missing})")
+    return ds
+
+
+def save(weights: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
+    """Save weights as FITS (``.fits``) or zarr (``.zarr``), chosen by the URL's extension."""
+    if url.rstrip("/").endswith(".zarr"):
+        save_zarr(weights, url, storage_options=storage_options)
+    elif url.endswith((".fits", ".fits.gz", ".fit")):
+        save_fits(weights, url, storage_options=storage_options)
+    else:
+        raise ValueError(f"cannot tell the format of {url!r}: use a .fits or .zarr name")
+
+
+def load(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Load weights saved as FITS or zarr (chosen by the URL's extension)."""
+    if url.rstrip("/").endswith(".zarr"):
+        return load_zarr(url, storage_options=storage_options)
+    return load_fits(url, storage_options=storage_options)

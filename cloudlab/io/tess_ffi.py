@@ -1,0 +1,241 @@
+"""TESS calibrated full-frame images (``*_ffic.fits[.gz]``) as one lazy frame stack.
+
+Only the science region is exposed: 0-based image rows ``SCIROWS-1 .. SCIROWE-1`` and columns
+``SCCSA-1 .. SCCED-1`` (rows 0-2047, columns 44-2091 in a full frame), cut to the image actually
+stored (trimmed test files are smaller). Coordinates ``row`` and ``column`` are 0-based *science*
+pixels; ``ccd_row``/``ccd_column`` give the 1-based CCD pixels that TPF headers use
+(``ccd_column = column + SCCSA``, ``ccd_row = row + SCIROWS``).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from cloudlab import fits, storage
+
+SECTOR_RE = re.compile(r"-s(\d{4})-")
+FULL_SHAPE = (2078, 2136)
+DEFAULT_GEOMETRY = {"SCIROWS": 1, "SCIROWE": 2048, "SCCSA": 45, "SCCED": 2092}
+
+
+class FFIError(ValueError):
+    """A frame stack that cannot be opened (mixed CCDs, bad headers, unreadable frames)."""
+
+
+def _frame_meta(url: str, storage_options: dict | None) -> dict:
+    """Header information of one frame (primary, calibrated image, uncertainty image)."""
+    primary = fits.hdu_info(url, 0, storage_options)
+    cal = fits.hdu_info(url, 1, storage_options)
+    if cal.kind != "image" or len(cal.shape) != 2:
+        raise FFIError(f"{url}: HDU 1 is not a 2-D image (kind {cal.kind}, shape {cal.shape})")
+    try:
+        err = fits.hdu_info(url, 2, storage_options)
+    except fits.FITSError as exc:
+        if "range" not in str(exc).lower() and "no hdu" not in str(exc).lower():
+            raise
+        err = None
+    h = cal.header
+    missing = [k for k in ("CAMERA", "CCD", "TSTART", "TSTOP") if k not in h]
+    if missing:
+        raise FFIError(f"{url}: calibrated-image header lacks {', '.join(missing)}")
+    sector = primary.header.get("SECTOR")
+    if sector is None:
+        match = SECTOR_RE.search(url.rsplit("/", 1)[-1])
+        if match is None:
+            raise FFIError(f"{url}: no SECTOR in the primary header and none in the file name")
+        sector = int(match.group(1))
+    geometry = {k: h.get(k) for k in DEFAULT_GEOMETRY}
+    if any(v is None for v in geometry.values()):
+        if tuple(cal.shape) != FULL_SHAPE:
+            raise FFIError(
+                f"{url}: no science-region keys (SCIROWS/SCIROWE/SCCSA/SCCED) and a "
+                f"non-standard image shape {cal.shape}"
+            )
+        geometry = dict(DEFAULT_GEOMETRY)
+    return {
+        "url": url,
+        "sector": int(sector),
+        "camera": int(h["CAMERA"]),
+        "ccd": int(h["CCD"]),
+        "tstart": float(h["TSTART"]),
+        "tstop": float(h["TSTOP"]),
+        "tstart_tjd": float(primary.header.get("TSTART", np.nan)),
+        "quality": int(h.get("DQUALITY", 0)),
+        "shape": tuple(cal.shape),
+        "err_shape": None if err is None else tuple(err.shape),
+        "geometry": {k: int(v) for k, v in geometry.items()},
+    }
+
+
+def _read_all(
+    urls: list[str], storage_options: dict | None
+) -> tuple[list[dict], list[tuple[str, str]]]:
+    def one(url: str) -> dict | tuple[str, str]:
+        try:
+            return _frame_meta(url, storage_options)
+        except FileNotFoundError as exc:
+            return (url, f"missing ({exc})")
+        except (fits.FITSError, OSError, ValueError, KeyError, TypeError) as exc:
+            return (url, f"{type(exc).__name__}: {exc}")
+
+    threads = 4 if all(storage.is_local(u) for u in urls) else 16
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(urls)))) as pool:
+        results = list(pool.map(one, urls))
+    metas = [r for r in results if isinstance(r, dict)]
+    bad = [r for r in results if isinstance(r, tuple)]
+    return metas, bad
+
+
+def _science_box(meta: dict) -> tuple[slice, slice]:
+    g = meta["geometry"]
+    n_rows, n_cols = meta["shape"]
+    r0, r1 = g["SCIROWS"] - 1, min(g["SCIROWE"], n_rows)
+    c0, c1 = g["SCCSA"] - 1, min(g["SCCED"], n_cols)
+    if r1 <= r0 or c1 <= c0:
+        raise FFIError(f"{meta['url']}: the image {meta['shape']} holds no science pixels")
+    return slice(r0, r1), slice(c0, c1)
+
+
+def open_ffis(
+    urls_or_glob: str | Sequence[str],
+    *,
+    on_error: str = "raise",
+    storage_options: dict | None = None,
+) -> xr.Dataset:
+    """Open calibrated TESS FFIs of one sector/camera/CCD as a lazy frame stack.
+
+    Headers are read now (in threads); pixel data stay lazy, one chunk per frame, each reading
+    only the science-region bytes (``.fits.gz`` frames are decompressed whole).
+
+    Parameters
+    ----------
+    urls_or_glob : str or sequence of str
+        A glob, a URL or a list of URLs (any fsspec protocol).
+    on_error : {"raise", "skip"}
+        What to do with missing or corrupt frames: raise an error naming them, or warn and
+        leave them out.
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``flux`` and ``flux_err`` (float32, e/s) with dims ``(time, row, column)``; coordinates
+        ``time`` (BTJD mid-exposure), ``tstart``/``tstop`` (BTJD), ``tstart_tjd`` (primary-header
+        ``TSTART``, spacecraft TJD), ``quality`` (``DQUALITY``), ``url``, ``row``/``column``
+        (0-based science pixels) and ``ccd_row``/``ccd_column`` (1-based CCD pixels); attrs
+        ``sector``, ``camera``, ``ccd``. Frames are sorted by time.
+
+    Raises
+    ------
+    FileNotFoundError
+        A glob matching nothing, or missing frames with ``on_error="raise"``.
+    FFIError
+        Corrupt frames (with ``on_error="raise"``), frames from different sectors/cameras/CCDs
+        or with different shapes, or no readable frame at all.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    urls = storage.expand(urls_or_glob, storage_options)
+    if not urls:
+        raise FileNotFoundError(f"no frames given: {urls_or_glob!r}")
+    metas, bad = _read_all(urls, storage_options)
+    if bad:
+        listing = "\n".join(f"  {u}: {m}" for u, m in bad[:20])
+        if on_error == "raise":
+            if all(m.startswith("missing") for _, m in bad):
+                raise FileNotFoundError(f"{len(bad)} frame(s) not found:\n{listing}")
+            raise FFIError(f"{len(bad)} frame(s) could not be read:\n{listing}")
+        warnings.warn(f"skipping {len(bad)} unreadable frame(s):\n{listing}", stacklevel=2)
+    if not metas:
+        raise FFIError("no readable frames among " + ", ".join(urls[:5]))
+    ids = {(m["sector"], m["camera"], m["ccd"]) for m in metas}
+    if len(ids) > 1:
+        first = {}
+        for m in metas:
+            first.setdefault((m["sector"], m["camera"], m["ccd"]), m["url"])
+        listing = "\n".join(
+            f"  sector {s} camera {c} ccd {d}: e.g. {u}" for (s, c, d), u in first.items()
+        )
+        raise FFIError(f"frames of different sector/camera/CCD mixed:\n{listing}")
+    shapes = {(m["shape"], m["err_shape"], tuple(m["geometry"].items())) for m in metas}
+    if len(shapes) > 1:
+        odd = [m["url"] for m in metas if m["shape"] != metas[0]["shape"]][:5]
+        raise FFIError(f"frames differ in shape or science-region keys, e.g. {odd}")
+    metas.sort(key=lambda m: m["tstart"])
+    good_urls = [m["url"] for m in metas]
+    rows, cols = _science_box(metas[0])
+    g = metas[0]["geometry"]
+
+    cal = fits.open_stack(
+        good_urls, hdu=1, dim="time", dims=("y", "x"), storage_options=storage_options
+    )
+    flux = cal.data[:, rows, cols].astype(np.float32)
+    flux = flux.rechunk((1, *flux.shape[1:]))
+    flux_err = _uncertainty(metas[0], good_urls, rows, cols, storage_options)
+
+    sector, camera, ccd = next(iter(ids))
+    n_rows, n_cols = flux.shape[1:]
+    science_rows = np.arange(n_rows)
+    science_cols = np.arange(n_cols)
+    times = np.array([(m["tstart"] + m["tstop"]) / 2 for m in metas])
+    coords = {
+        "time": ("time", times, {"units": "BTJD (BJD - 2457000), mid-exposure"}),
+        "tstart": ("time", np.array([m["tstart"] for m in metas]), {"units": "BTJD"}),
+        "tstop": ("time", np.array([m["tstop"] for m in metas]), {"units": "BTJD"}),
+        "tstart_tjd": ("time", np.array([m["tstart_tjd"] for m in metas]), {"units": "TJD"}),
+        "quality": ("time", np.array([m["quality"] for m in metas], np.int32)),
+        "url": ("time", np.array(good_urls, dtype=str)),
+        "row": ("row", science_rows, {"units": "pixel", "description": "0-based science row"}),
+        "column": (
+            "column",
+            science_cols,
+            {"units": "pixel", "description": "0-based science column"},
+        ),
+        "ccd_row": ("row", science_rows + g["SCIROWS"], {"description": "1-based CCD row"}),
+        "ccd_column": ("column", science_cols + g["SCCSA"], {"description": "1-based CCD column"}),
+    }
+    attrs = {
+        "sector": sector,
+        "camera": camera,
+        "ccd": ccd,
+        "image_row_offset": rows.start,
+        "image_column_offset": cols.start,
+        "skipped": [u for u, _ in bad],
+    }
+    dims = ("time", "row", "column")
+    return xr.Dataset(
+        {
+            "flux": (dims, flux, {"units": "electrons/s"}),
+            "flux_err": (dims, flux_err, {"units": "electrons/s"}),
+        },
+        coords=coords,
+        attrs=attrs,
+    )
+
+
+def _uncertainty(
+    meta: dict, urls: list[str], rows: slice, cols: slice, storage_options: dict | None
+) -> da.Array:
+    """Uncertainty images on the science region (NaN where the stored image does not reach)."""
+    n_t = len(urls)
+    shape = (n_t, rows.stop - rows.start, cols.stop - cols.start)
+    if meta["err_shape"] is None:
+        return da.full(shape, np.nan, dtype=np.float32, chunks=(1, *shape[1:]))
+    err = fits.open_stack(urls, hdu=2, dim="time", dims=("y", "x"), storage_options=storage_options)
+    e_rows, e_cols = meta["err_shape"]
+    r1, c1 = min(rows.stop, e_rows), min(cols.stop, e_cols)
+    if r1 <= rows.start or c1 <= cols.start:
+        return da.full(shape, np.nan, dtype=np.float32, chunks=(1, *shape[1:]))
+    part = err.data[:, rows.start : r1, cols.start : c1].astype(np.float32)
+    pad = ((0, 0), (0, shape[1] - part.shape[1]), (0, shape[2] - part.shape[2]))
+    if pad[1][1] or pad[2][1]:
+        part = da.pad(part, pad, mode="constant", constant_values=np.nan)
+    return part.rechunk((1, *shape[1:]))
