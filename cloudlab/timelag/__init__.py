@@ -8,6 +8,7 @@ from cloudlab.timelag.maps import (
     timelag_map,
     timelag_maps,
 )
+from cloudlab.timelag.output import plot_maps, to_map, write_fits, write_zarr
 
 __all__ = [
     "HOT_TO_COOL",
@@ -16,4 +17,8 @@ __all__ = [
     "max_correlation_map",
     "timelag_map",
     "timelag_maps",
+    "plot_maps",
+    "to_map",
+    "write_fits",
+    "write_zarr",
 ]

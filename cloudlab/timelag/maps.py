@@ -45,7 +45,7 @@ def time_seconds(time: xr.DataArray | np.ndarray) -> np.ndarray:
         raise ValueError("the time coordinate must be one-dimensional and non-empty")
     if np.issubdtype(values.dtype, np.datetime64):
         ns = (values - values[0]).astype("timedelta64[ns]").astype(np.int64)
-        return ns * 1e-9
+        return ns / 1e9
     if not np.issubdtype(values.dtype, np.number):
         raise TypeError(f"time must be datetime64 or seconds, not {values.dtype}")
     return values.astype(np.float64) - float(values[0])
@@ -136,6 +136,19 @@ def _check_wcs(names: Sequence[Hashable], arrays: Sequence[xr.DataArray]) -> Non
                 )
 
 
+def _existing_chunks(
+    arrays: Sequence[xr.DataArray], spatial: tuple[Hashable, ...]
+) -> tuple[int, ...] | None:
+    """The spatial chunks the channels already share, if time is already one chunk."""
+    found = set()
+    for arr in arrays:
+        values = arr.transpose("time", *spatial).data
+        if not isinstance(values, da.Array) or len(values.chunks[0]) != 1:
+            return None
+        found.add(tuple(c[0] for c in values.chunks[1:]))
+    return found.pop() if len(found) == 1 else None
+
+
 def _inputs(
     names: Sequence[Hashable],
     arrays: Sequence[xr.DataArray],
@@ -168,6 +181,8 @@ def _inputs(
     _check_wcs(names, arrays)
     seconds = time_seconds(first["time"].values)
     shape = tuple(first.sizes[d] for d in spatial)
+    if chunks is None:
+        chunks = _existing_chunks(arrays, spatial)
     if chunks is None:
         itemsize = max(np.dtype(a.dtype).itemsize for a in arrays)
         per_pixel = timelag_bytes_per_pixel(seconds.size, len(arrays), itemsize)
@@ -234,7 +249,8 @@ def cross_correlation(
     lag_bounds : (lower, upper), optional
         Inclusive lag range in seconds (floats or astropy Quantities).
     chunks : sequence of int, optional
-        Spatial chunk sizes; default from :func:`cloudlab.chunking.plan_spatial_chunks`.
+        Spatial chunk sizes; default the chunks the inputs already share when their time axis
+        is one chunk, else planned by :func:`cloudlab.chunking.plan_spatial_chunks`.
 
     Returns
     -------
@@ -392,8 +408,8 @@ def timelag_maps(
     }
     dims = ("pair", *spatial)
     variables = {
-        name: xr.DataArray(peaks[:, which], dims=dims, attrs=attrs)
+        name: xr.DataArray(peaks[:, which], dims=dims, attrs={**template.attrs, **attrs})
         for which, (name, attrs) in enumerate(_OUTPUTS)
     }
-    attrs = {**template.attrs, "lag_bounds_s": [float(lags[start]), float(lags[stop - 1])]}
+    attrs = {"lag_bounds_s": [float(lags[start]), float(lags[stop - 1])]}
     return xr.Dataset(variables, coords=coords, attrs=attrs)
