@@ -46,7 +46,8 @@ def train(
     config : str or Config
         Model configuration; ``overrides`` replace its fields (e.g. ``learning_rate``).
     steps : int, optional
-        Training steps (batches); the configuration's ``train_steps`` (14,000) by default.
+        Training steps (batches); the configuration's ``train_steps`` (14,000) by default,
+        rounded up to a whole number of evaluation intervals.
     eval_every : int, optional
         Steps between validation passes; one epoch of ``train_views`` by default (207 steps
         for the Triage training set, as in the reference).
@@ -55,7 +56,7 @@ def train(
     checkpoint : str, optional
         URL to save the model to (``.keras``) after every validation pass and at the end.
     verbose : int
-        Keras verbosity (1 shows a progress bar).
+        0: silent; 1: a tqdm progress bar over steps; 2: one JSON line per validation pass.
 
     Returns
     -------
@@ -90,9 +91,21 @@ def train(
     history: dict[str, list] = {"step": [], "seconds": []}
     start = time.perf_counter()
 
+    bar = None
+    if verbose == 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="training", unit="step")
+
     class _Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if bar is not None:
+                bar.update(1)
+                if logs and batch % 50 == 0:
+                    bar.set_postfix(loss=f"{float(logs.get('loss', np.nan)):.4f}")
+
         def on_epoch_end(self, epoch, logs=None):
-            history["step"].append(min(steps, (epoch + 1) * eval_every))
+            history["step"].append((epoch + 1) * eval_every)
             history["seconds"].append(time.perf_counter() - start)
             for key, value in (logs or {}).items():
                 history.setdefault(key, []).append(float(value))
@@ -107,8 +120,10 @@ def train(
         epochs=int(np.ceil(steps / eval_every)),
         validation_data=val,
         callbacks=[_Clock()],
-        verbose=0 if verbose == 2 else verbose,
+        verbose=0,
     )
+    if bar is not None:
+        bar.close()
     return model, history
 
 

@@ -142,7 +142,7 @@ def lightcurves(
                 "Sectors": 1,
                 "camera": 1,
                 "ccd": 1,
-                "SN": truth["depth"] / noise * np.sqrt(truth["Duration"] * 48),
+                "SN": truth["depth"] / max(noise, 1e-6) * np.sqrt(truth["Duration"] * 48),
                 **truth,
             }
         )

@@ -1,0 +1,169 @@
+"""``cloudlab astronet views|train|evaluate|predict``: the AstroNet workflow from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``astronet`` command group."""
+    parser = subparsers.add_parser(
+        "astronet",
+        help="AstroNet: light curves -> views -> TFRecords -> CNN train/evaluate/predict",
+    )
+    sub = parser.add_subparsers(dest="astronet_command", metavar="ACTION", required=True)
+
+    views = sub.add_parser("views", help="views of a TCE catalog, written as AstroNet TFRecords")
+    _light_curve_args(views)
+    views.add_argument("--dest", required=True, help="output directory (any fsspec URL)")
+    views.add_argument("--seed", type=int, default=123, help="shuffle seed (default 123)")
+    views.set_defaults(func=_views)
+
+    train = sub.add_parser("train", help="train AstroCNN model(s) on TFRecords")
+    train.add_argument("--data", required=True, help="directory with train-*, val-* (and test-*)")
+    train.add_argument("--out", required=True, help="checkpoint URL; {seed} is replaced per model")
+    train.add_argument("--config", default="local_global", help="model configuration")
+    train.add_argument("--steps", type=int, default=None, help="training steps (default 14000)")
+    train.add_argument("--learning-rate", type=float, default=None, help="Adam learning rate")
+    train.add_argument("--ensemble", type=int, default=1, help="number of models (seeds 1..N)")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="accuracy, AUC, precision/recall of checkpoints")
+    evaluate.add_argument("--data", required=True, help="TFRecord file(s) or glob")
+    evaluate.add_argument("--checkpoints", nargs="+", required=True, help="ensemble members")
+    evaluate.add_argument("--threshold", type=float, default=0.5, help="operating point")
+    evaluate.set_defaults(func=_evaluate)
+
+    predict = sub.add_parser("predict", help="ensemble predictions for TFRecords or a catalog")
+    predict.add_argument("--checkpoints", nargs="+", required=True, help="ensemble members")
+    predict.add_argument("--data", help="TFRecord file(s) or glob (instead of light curves)")
+    _light_curve_args(predict, required=False)
+    predict.add_argument("--out", required=True, help="CSV of predictions (any fsspec URL)")
+    predict.set_defaults(func=_predict)
+
+
+def _light_curve_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--lightcurves", required=required, help="light-curve files (glob)")
+    parser.add_argument("--tces", required=required, help="TCE table (tces.csv)")
+    parser.add_argument("--reader", default="qlp", choices=("qlp", "kepler"))
+    parser.add_argument("--kind", default="triage", choices=("triage", "vetting", "kepler"))
+    parser.add_argument("--batch-size", type=int, default=1000, help="TCEs per task")
+    parser.add_argument(
+        "--cluster", default=None, help="'local', a gateway URL or a scheduler address"
+    )
+
+
+def _catalog(args: argparse.Namespace):
+    from cloudlab import storage
+    from cloudlab.astronet import read_tces
+    from cloudlab.io.lightcurves import read_lightcurves
+
+    files = storage.expand(args.lightcurves)
+    if not files:
+        raise FileNotFoundError(f"no light curves match {args.lightcurves}")
+    lightcurves = read_lightcurves(files, reader=args.reader)
+    return lightcurves, read_tces(args.tces, vetting=args.kind == "vetting")
+
+
+def _compute(obj, args: argparse.Namespace):
+    """Compute with a progress bar, on a cluster when ``--cluster`` is given."""
+    if args.cluster:
+        from distributed import progress
+
+        from cloudlab.cluster import connect
+
+        with connect(args.cluster) as client:
+            future = client.compute(obj)
+            progress(future)
+            print(file=sys.stderr)
+            return future.result()
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar():
+        return obj.compute()
+
+
+def _views(args: argparse.Namespace) -> int:
+    from cloudlab.astronet import views, write_tfrecords
+
+    lightcurves, tces = _catalog(args)
+    ds = _compute(views(lightcurves, tces, kind=args.kind, batch_size=args.batch_size), args)
+    skipped = ds.isel(tce=~ds["valid"].values)
+    for tic, reason in zip(skipped["tic_id"].values, skipped["reason"].values, strict=True):
+        print(f"skipped TIC {tic}: {reason}", file=sys.stderr)
+    counts = write_tfrecords(ds, args.dest, seed=args.seed)
+    print(json.dumps({"written": counts, "skipped": int(skipped.sizes["tce"])}, indent=1))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cloudlab.astronet.tfrecords import read_tfrecords
+    from cloudlab.astronet.train import evaluate, train
+
+    data = args.data.rstrip("/")
+    train_views = read_tfrecords(f"{data}/train-*")
+    val_views = read_tfrecords(f"{data}/val-*")
+    overrides = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
+    for seed in range(1, args.ensemble + 1):
+        out = args.out.replace("{seed}", str(seed))
+        if args.ensemble > 1 and out == args.out:
+            raise ValueError("--out needs a {seed} placeholder when --ensemble > 1")
+        model, history = train(
+            train_views,
+            val_views,
+            config=args.config,
+            steps=args.steps,
+            seed=seed,
+            checkpoint=out,
+            verbose=1,
+            **overrides,
+        )
+        result = {"checkpoint": out, "val": evaluate(model, val_views)}
+        result["train_seconds"] = history["seconds"][-1]
+        print(json.dumps(result, indent=1))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cloudlab.astronet.tfrecords import read_tfrecords
+    from cloudlab.astronet.train import evaluate
+
+    result = evaluate(args.checkpoints, read_tfrecords(args.data), threshold=args.threshold)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from cloudlab import storage
+
+    if args.data:
+        from cloudlab.astronet.tfrecords import read_tfrecords
+        from cloudlab.astronet.train import predict
+
+        ds = read_tfrecords(args.data, label=None)
+        ds["prediction"] = ("tce", predict(args.checkpoints, ds))
+        reason = None
+    elif args.lightcurves and args.tces:
+        from cloudlab.astronet import predict_catalog
+
+        lightcurves, tces = _catalog(args)
+        graph = predict_catalog(
+            lightcurves, tces, args.checkpoints, kind=args.kind, batch_size=args.batch_size
+        )
+        ds = _compute(graph[["prediction", "valid", "reason"]], args)
+        ds = ds.assign({c: ("tce", tces[c].to_numpy()) for c in tces.columns})
+        reason = ds["reason"].values
+    else:
+        raise ValueError("give --data (TFRecords) or --lightcurves and --tces")
+    columns = [c for c in ("row_id", "tic_id", "Disposition") if c in ds]
+    table = pd.DataFrame({c: ds[c].values for c in columns})
+    table["prediction"] = ds["prediction"].values
+    if reason is not None:
+        table["reason"] = reason
+    storage.write_bytes(args.out, table.to_csv(index=False).encode())
+    print(f"wrote {len(table)} predictions to {args.out}")
+    return 0
