@@ -221,7 +221,7 @@ def build_tpf(
     for key in _INHERITED:
         if key in primary:
             ph[key] = (primary[key], primary.comments[key])
-    ph["WCS_FFI"] = (meta["wcs_ffi"], "FFI used for cutout WCS")
+    ph["WCS_FFI"] = (meta["wcs_ffi"], "FFI of cutout WCS")
     for n in range(4, 9):
         for key, value, comment in _column_wcs_cards(n, lin, corner):
             ph[key] = (value, comment)
@@ -281,14 +281,35 @@ def target_meta(ds: xr.Dataset, target: int) -> dict:
     }
 
 
-def _write_group(flux, flux_err, metas, urls, storage_options):
-    written = []
+class TPFWriteError(RuntimeError):
+    """Some TPFs could not be written; the others were.
+
+    Attributes
+    ----------
+    urls : list of str
+        Every target's TPF URL, in target order.
+    failed : dict
+        URL → error message of the files not written.
+    """
+
+    def __init__(self, urls: list[str], failed: dict[str, str]):
+        self.urls = urls
+        self.failed = failed
+        shown = "; ".join(f"{u}: {e}" for u, e in list(failed.items())[:5])
+        super().__init__(f"{len(failed)} TPF(s) not written: {shown}")
+
+
+def _write_group(flux, flux_err, metas, urls, storage_options) -> dict[str, str]:
+    """Write a chunk of TPFs; one failure does not stop the others. Returns URL → error."""
+    failed = {}
     for i, (meta, url) in enumerate(zip(metas, urls, strict=True)):
-        hdul = build_tpf(flux[i], flux_err[i], meta=meta)
-        with storage.atomic_write(url, storage_options) as path:
-            hdul.writeto(path)
-        written.append(url)
-    return written
+        try:
+            hdul = build_tpf(flux[i], flux_err[i], meta=meta)
+            with storage.atomic_write(url, storage_options) as path:
+                hdul.writeto(path)
+        except Exception as exc:  # noqa: BLE001 - reported per file to the caller
+            failed[url] = f"{type(exc).__name__}: {exc}"
+    return failed
 
 
 def write_tpfs(
@@ -297,6 +318,7 @@ def write_tpfs(
     *,
     overwrite: bool = False,
     storage_options: dict | None = None,
+    progress: bool = False,
 ) -> list[str]:
     """Write one TPF per target of ``ds`` under ``dest`` (a sink: computes the cutouts).
 
@@ -312,11 +334,19 @@ def write_tpfs(
     overwrite : bool, optional
         Rewrite files that exist (default: skip them).
     storage_options : dict, optional
+    progress : bool, optional
+        Show a progress bar (``distributed.progress`` on a cluster, else dask's ProgressBar).
 
     Returns
     -------
     list of str
         The TPF URL of every target, in ``ds.target`` order (existing ones included).
+
+    Raises
+    ------
+    TPFWriteError
+        Some files could not be written (after all others were); it carries the URLs and the
+        error of each failed file.
     """
     dest = str(dest).rstrip("/")
     size = (ds.sizes["row"], ds.sizes["column"])
@@ -349,5 +379,29 @@ def write_tpfs(
         metas = [target_meta(sub, j) for j in idx]
         group_urls = [urls[todo[j]] for j in idx]
         tasks.append(dask.delayed(_write_group)(fb, eb, metas, group_urls, storage_options))
-    dask.compute(*tasks)
+    results = _compute(tasks, progress)
+    failed = {u: e for group in results for u, e in group.items()}
+    if failed:
+        raise TPFWriteError(urls, failed)
     return urls
+
+
+def _compute(tasks: list, progress: bool) -> list:
+    try:
+        from distributed import default_client
+        from distributed import progress as dist_progress
+
+        client = default_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is not None:
+        futures = client.compute(tasks)
+        if progress:
+            dist_progress(futures)
+        return client.gather(futures)
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            return list(dask.compute(*tasks))
+    return list(dask.compute(*tasks))

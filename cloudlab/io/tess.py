@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 from astropy.io import fits
-from astropy.wcs import WCS
+from astropy.wcs import WCS, FITSFixedWarning
 
 from cloudlab import fits as lfits
 
@@ -106,7 +107,9 @@ class CubeMeta:
 
 @functools.lru_cache(maxsize=64)
 def _wcs_from_text(text: str) -> WCS:
-    return WCS(fits.Header.fromstring(text, sep="\n"), relax=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(fits.Header.fromstring(text, sep="\n"), relax=True)
 
 
 def cube_wcs_header(
@@ -311,3 +314,4 @@ def open_cube(
         },
     )
     return ds
+from cloudlab.io.tess_ffi import open_ffis  # noqa: F401

@@ -101,17 +101,18 @@ def transit_factor(stars: pd.DataFrame, times: np.ndarray) -> np.ndarray:
 
 
 def psf_stamp(row: float, column: float, sigma: float, radius: int) -> tuple[int, int, np.ndarray]:
-    """Pixel-integrated Gaussian PSF of unit flux.
+    """Pixel-integrated Gaussian PSF of unit flux centred at 0-based (row, column).
 
     Returns
     -------
     (int, int, numpy.ndarray)
         Row and column of the stamp's first pixel and the ``(2r+1, 2r+1)`` stamp.
     """
-    r0 = int(np.floor(row)) - radius
-    c0 = int(np.floor(column)) - radius
-    edges_r = np.arange(r0, r0 + 2 * radius + 2) - row
-    edges_c = np.arange(c0, c0 + 2 * radius + 2) - column
+    r0 = int(np.round(row)) - radius
+    c0 = int(np.round(column)) - radius
+    # pixel k spans [k - 0.5, k + 0.5] (pixel centres at integers, as in astropy's origin=0)
+    edges_r = np.arange(r0, r0 + 2 * radius + 2) - 0.5 - row
+    edges_c = np.arange(c0, c0 + 2 * radius + 2) - 0.5 - column
     scale = sigma * np.sqrt(2.0)
     pr = np.diff(0.5 * erf(edges_r / scale))
     pc = np.diff(0.5 * erf(edges_c / scale))

@@ -1,0 +1,208 @@
+"""Synthetic TESS sector: FFIs, cube, truth, and astrocut reading the cube."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from cloudlab.cutouts.pointing import radec_to_pixel
+from cloudlab.io.tess import cube_meta, open_cube
+from cloudlab.simulate import tess_sector
+from cloudlab.simulate.background import scattered_light
+from cloudlab.simulate.tess import DetectorLayout
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("sector")
+    return tess_sector(str(dest), n_frames=40, shape=(104, 107), seed=3)
+
+
+def test_layout_scales_collateral():
+    full = DetectorLayout.for_shape((2078, 2136))
+    assert (full.lead_cols, full.trail_cols, full.top_rows) == (44, 44, 30)
+    assert full.science_shape == (2048, 2048)
+    small = DetectorLayout.for_shape((208, 214))
+    assert (small.lead_cols, small.top_rows) == (4, 3)
+    assert small.science_cols == slice(4, 210)
+    with pytest.raises(ValueError, match="larger than a TESS FFI"):
+        DetectorLayout.for_shape((3000, 100))
+    with pytest.raises(ValueError, match="too small"):
+        DetectorLayout.for_shape((9, 9))
+
+
+def test_ffi_headers(sim):
+    assert len(sim.ffi_urls) == 40
+    with fits.open(sim.ffi_urls[5]) as hdul:
+        p, cal, unc = hdul[0].header, hdul[1].header, hdul[2].header
+        assert p["TELESCOP"] == "TESS" and p["SECTOR"] == 55
+        assert (p["CAMERA"], p["CCD"]) == (1, 1)
+        # primary times are TJD (spacecraft), ext 1 times BTJD: they differ by BARYCORR
+        assert p["TSTART"] == pytest.approx(cal["TSTART"] - cal["BARYCORR"], abs=1e-9)
+        assert cal["TSTART"] == pytest.approx(sim.tstart[5])
+        assert cal["TSTOP"] - cal["TSTART"] == pytest.approx(200 / 86400)
+        assert p["DATE-OBS"].endswith("Z") and len(p["DATE-OBS"]) == 24
+        assert cal["DQUALITY"] == sim.quality[5]
+        assert cal["CTYPE2"] == "DEC--TAN-SIP" and cal["A_ORDER"] == 3
+        assert "AP_1_0" in cal and cal["BUNIT"] == "electrons/s"
+        assert hdul[1].data.dtype == np.dtype(">f4") and hdul[1].data.shape == (104, 107)
+        assert unc["IMAGTYPE"] == "uncert"
+        lay = sim.layout
+        assert cal["SCCSA"] == lay.science_cols.start + 1
+        assert cal["SCCED"] == lay.science_cols.stop
+        assert cal["SCIROWE"] == lay.science_rows.stop
+    assert (sim.quality > 0).sum() >= 3
+    assert sim.nan_frames and np.isnan(fits.getdata(sim.ffi_urls[sim.nan_frames[0]], 1)).all()
+
+
+def test_cube_equals_ffis(sim):
+    cube = fits.getdata(sim.cube_url, 1)
+    assert cube.shape == (104, 107, 40, 2)
+    for i in (0, 17, 39):
+        np.testing.assert_array_equal(cube[:, :, i, 0], fits.getdata(sim.ffi_urls[i], 1))
+        np.testing.assert_array_equal(cube[:, :, i, 1], fits.getdata(sim.ffi_urls[i], 2))
+    table = fits.getdata(sim.cube_url, 2)
+    np.testing.assert_allclose(table["TSTART"], sim.tstart)
+    np.testing.assert_array_equal(table["DQUALITY"], sim.quality)
+    assert table["FFI_FILE"][3] == sim.ffi_urls[3].rsplit("/", 1)[1]
+    with fits.open(sim.cube_url) as hdul:
+        assert hdul[0].header["ORIGIN"] == "STScI/MAST"
+        assert hdul[0].header["SECTOR"] == 55
+        assert len(hdul[1].header) == 9
+
+
+def test_collateral_is_empty_and_science_has_stars(sim):
+    frame = np.nanmedian(fits.getdata(sim.cube_url, 1)[..., 0], axis=2)
+    lay = sim.layout
+    science = frame[lay.science_rows, lay.science_cols]
+    collateral = np.concatenate(
+        [frame[:, : lay.lead_cols].ravel(), frame[lay.science_rows.stop :].ravel()]
+    )
+    assert np.abs(np.median(collateral)) < 1.0
+    assert np.median(science) > 10.0
+
+
+def test_star_positions_match_wcs_and_image(sim):
+    meta = cube_meta(sim.cube_url)
+    col, row = meta.wcs.all_world2pix(sim.stars["ra"], sim.stars["dec"], 0)
+    np.testing.assert_allclose(col, sim.stars["column"], atol=1e-6)
+    np.testing.assert_allclose(row, sim.stars["row"], atol=1e-6)
+    # the centroid of a bright, isolated, unsaturated star is at its true position
+    frame = np.nanmedian(fits.getdata(sim.cube_url, 1)[..., 0], axis=2) - np.nanmedian(
+        sim.background(), axis=0
+    )
+    stars = sim.stars
+    bright = stars[(stars["tmag"] > 8) & (stars["tmag"] < 11)]
+    checked = 0
+    for _, s in bright.iterrows():
+        others = stars[(stars.index != s.name)]
+        if (np.hypot(others["row"] - s["row"], others["column"] - s["column"]) < 6).any():
+            continue
+        r0, c0 = int(round(s["row"])), int(round(s["column"]))
+        if not (4 <= r0 < 96 and 8 <= c0 < 99):
+            continue
+        box = frame[r0 - 3 : r0 + 4, c0 - 3 : c0 + 4]
+        yy, xx = np.mgrid[r0 - 3 : r0 + 4, c0 - 3 : c0 + 4]
+        assert (box * yy).sum() / box.sum() == pytest.approx(s["row"], abs=0.1)
+        assert (box * xx).sum() / box.sum() == pytest.approx(s["column"], abs=0.1)
+        checked += 1
+    assert checked >= 1
+
+
+def test_wcs_follows_tess_point(sim):
+    cam, ccd, col, row = radec_to_pixel(sim.stars["ra"], sim.stars["dec"], 55)
+    assert (cam == 1).all() and (ccd == 1).all()
+    spoc_col, spoc_row = sim.layout.to_spoc(sim.stars["row"], sim.stars["column"])
+    np.testing.assert_allclose(col + 1, spoc_col, atol=0.05)
+    np.testing.assert_allclose(row + 1, spoc_row, atol=0.05)
+
+
+def test_background_truth(sim):
+    bg = sim.background()
+    assert bg.shape == (40, 104, 107)
+    np.testing.assert_array_equal(
+        bg[:, 5:9],
+        scattered_light(sim.shape, sim.times, seed=sim.background_seed, rows=slice(5, 9))
+        * sim.layout.science_mask()[5:9],
+    )
+    # pixels far from every star measure the background
+    flux = open_cube(sim.cube_url)["flux"].values
+    rr, cc = np.mgrid[0:104, 0:107]
+    far = np.ones((104, 107), bool)
+    for _, s in sim.stars.iterrows():
+        far &= np.hypot(rr - s["row"], cc - s["column"]) > 5
+    far &= sim.layout.science_mask()
+    good = [i for i in range(40) if i not in sim.nan_frames]
+    resid = (flux[good] - bg[good])[:, far]
+    assert far.sum() > 20
+    assert abs(np.median(resid)) < 0.5
+
+
+def test_injected_transit_visible(sim):
+    stars = sim.stars
+    flux = open_cube(sim.cube_url)["flux"].values
+    seen = 0
+    for _, s in stars[stars["depth"] > 0].iterrows():
+        phase = (sim.times - s["t0"] + 0.5 * s["period"]) % s["period"] - 0.5 * s["period"]
+        inside = np.abs(phase) <= s["duration"] / 2
+        inside[sim.nan_frames] = False
+        outside = ~inside
+        outside[sim.nan_frames] = False
+        if inside.sum() < 2:
+            continue
+        r0, c0 = int(round(s["row"])), int(round(s["column"]))
+        ap = flux[:, max(r0 - 3, 0) : r0 + 4, max(c0 - 3, 0) : c0 + 4].sum(axis=(1, 2))
+        bg = sim.background()[:, max(r0 - 3, 0) : r0 + 4, max(c0 - 3, 0) : c0 + 4].sum(axis=(1, 2))
+        star = ap - bg
+        depth = 1 - np.median(star[inside]) / np.median(star[outside])
+        assert depth == pytest.approx(s["depth"], abs=max(0.3 * s["depth"], 0.004))
+        seen += 1
+    assert seen >= 1
+
+
+def test_astrocut_cuts_the_same_values(sim):
+    from astrocut import TessCubeCutout
+    from astropy.coordinates import SkyCoord
+
+    ds = open_cube(sim.cube_url)
+    s = sim.stars.sort_values("tmag").iloc[3]
+    cut = TessCubeCutout(
+        sim.cube_url, coordinates=SkyCoord(s["ra"], s["dec"], unit="deg"), cutout_size=8
+    ).cutouts[0]
+    (c0, c1), (r0, r1) = cut.cutout_lims
+    np.testing.assert_array_equal(cut.data, ds["flux"][:, r0:r1, c0:c1].values)
+    np.testing.assert_array_equal(cut.uncertainty, ds["flux_err"][:, r0:r1, c0:c1].values)
+
+
+def test_bad_parameters(tmp_path):
+    with pytest.raises(ValueError, match="camera and ccd"):
+        tess_sector(str(tmp_path), camera=5)
+    with pytest.raises(ValueError, match="unknown TESS sector 999"):
+        tess_sector(str(tmp_path), sector=999)
+    with pytest.raises(ValueError, match="n_frames"):
+        tess_sector(str(tmp_path), n_frames=0)
+    with pytest.raises(ValueError, match="nothing to write"):
+        tess_sector(str(tmp_path), ffis=False, cube=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_cube_only_to_s3(s3_bucket):
+    dest = f"s3://{s3_bucket}/s55"
+    sim = tess_sector(dest, n_frames=6, shape=(60, 64), ffis=False, seed=1)
+    assert sim.ffi_urls == [] and sim.cube_url.startswith("s3://")
+    ds = open_cube(sim.cube_url)
+    assert ds["flux"].shape == (6, 60, 64)
+    np.testing.assert_allclose(ds["time"], sim.times)
+    assert np.isfinite(ds["flux"][:, 10:20, 10:20].values).all()
+
+
+def test_cli_simulate_tess(tmp_path, capsys):
+    from cloudlab.cli import main
+
+    rc = main(["simulate", "tess", str(tmp_path), "--frames", "4", "--shape", "60x64",
+               "--no-ffis", "--catalog", str(tmp_path / "stars.csv")])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "cube:" in out and (tmp_path / "tess-s0055-1-1-cube.fits").exists()
+    assert (tmp_path / "stars.csv").read_text().startswith("ticid,ra,dec")
