@@ -79,8 +79,8 @@ def write_chi_hdf5(
     with atomic_write(url, storage_options=storage_options) as path, h5py.File(path, "w") as h5:
         start = 0
         for size in chi.chunks[0]:
-            block = asnumpy(np.asarray(chi[start : start + size].compute()))
-            block_flag = asnumpy(np.asarray(flag[start : start + size].compute()))
+            block = asnumpy(chi[start : start + size].compute())
+            block_flag = asnumpy(flag[start : start + size].compute())
             for i in range(size):
                 if block_flag[i] == 0:
                     h5.create_dataset(
@@ -113,7 +113,12 @@ def write_chi_zarr(result: xr.Dataset, url: str, *, storage_options: dict | None
     if fs.exists(partial):
         fs.rm(partial, recursive=True)
     protocol = url.split("://")[0] + "://" if "://" in url else ""
-    ds.to_zarr(protocol + partial, mode="w", storage_options=storage_options if protocol else None)
+    ds.to_zarr(
+        protocol + partial,
+        mode="w",
+        zarr_format=2,
+        storage_options=storage_options if protocol else None,
+    )
     if fs.exists(path):
         fs.rm(path, recursive=True)
     fs.mv(partial, path, recursive=True)
@@ -140,10 +145,10 @@ def write_cuts_hdf5(
     with atomic_write(url, storage_options=storage_options) as path, h5py.File(path, "w") as h5:
         start = 0
         for size in cuts["obj"].data.chunks[0]:
-            block = cuts[["obj", "seg", "rms", "flag"]].isel(galaxy=slice(start, start + size))
-            block = block.compute()
+            variables = ["obj", "seg", "rms"] + (["flag"] if "flag" in cuts else [])
+            block = cuts[variables].isel(galaxy=slice(start, start + size)).compute()
             for i in range(size):
-                if int(block["flag"][i]) != 0:
+                if "flag" in block and int(block["flag"][i]) != 0:
                     continue
                 group = h5.create_group(str(names[start + i]))
                 group.create_dataset(

@@ -6,6 +6,7 @@ import numpy as np
 import xarray as xr
 from astropy.table import Table
 
+from cloudlab.backend import asnumpy
 from cloudlab.dre.fit import MODEL_DIMS, flag_reasons
 
 #: DRE's Summary columns, in order (catalogue columns follow).
@@ -137,7 +138,7 @@ def summarize(result: xr.Dataset) -> Table:
         Galaxies with a non-zero ``FLAG`` have NaN parameters and ``MODEL_IDX = -1``.
     """
     computed = result[["chi", "flag"]].compute()
-    chi, flag = np.asarray(computed["chi"].values), np.asarray(computed["flag"].values)
+    chi, flag = asnumpy(computed["chi"].data), asnumpy(computed["flag"].data)
     axes = {dim: np.asarray(result[dim].values) for dim in MODEL_DIMS}
     rows = []
     for g in range(chi.shape[0]):
