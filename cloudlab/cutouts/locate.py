@@ -140,7 +140,8 @@ def locate(
     ccd = np.zeros(n, dtype=np.int64)
     col = np.full(n, np.nan)
     row = np.full(n, np.nan)
-    reason = np.full(n, "not on a science pixel of any CCD", dtype=object)
+    nowhere = "not on a science pixel of any CCD"
+    reason = np.full(n, nowhere, dtype=object)
     urls = np.full(n, "", dtype=object)
     ra, dec = targets["ra"].to_numpy(), targets["dec"].to_numpy()
     if method == "pointing":
@@ -173,7 +174,8 @@ def locate(
                 f"(tried {missing_cubes[0]} ...)"
             )
         if missing_cubes:
-            reason[camera == 0] = f"not on a science pixel of the {reachable} cube(s) found"
+            unplaced = (camera == 0) & (reason == nowhere)
+            reason[unplaced] = f"not on a science pixel of the {reachable} cube(s) found"
     else:
         raise ValueError(f"locate: method must be 'auto', 'wcs' or 'pointing', got {method!r}")
     found = camera > 0
