@@ -86,22 +86,17 @@ class S3Server:
         self.key = "testing"
         self.secret = "testing"
         self.log = tmp / "moto.log"
-        self.process = self._start()
+        self.start()
 
-    def _start(self) -> subprocess.Popen:
-        process = start_server(
+    def start(self) -> None:
+        """Start moto_server on this port (it keeps no state across restarts)."""
+        self.process = start_server(
             [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], self.log
         )
-        wait_http_ok(f"{self.endpoint_url}/moto-api/", process)
-        return process
+        wait_http_ok(f"{self.endpoint_url}/moto-api/", self.process)
 
     def stop(self) -> None:
         stop_process(self.process)
-
-    def restart(self) -> None:
-        """Stop and start again on the same port (moto keeps no state across restarts)."""
-        self.stop()
-        self.process = self._start()
 
 
 @pytest.fixture(scope="session")

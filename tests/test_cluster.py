@@ -95,27 +95,3 @@ def test_gateway_password_is_never_logged(gateway, gateway_client):
     assert gateway.password not in gateway.log.read_text(errors="replace")
     assert gateway.password not in repr(gateway_client)
     assert gateway.password not in repr(gateway_client.cluster)
-
-
-def test_killed_worker_mid_computation_gives_exact_result():
-    client = connect("local", n_workers=2)
-    try:
-        rng = np.random.default_rng(1)
-        planes = rng.normal(size=(24, 64, 64))
-        stack = da.from_array(planes, chunks=(1, 64, 64))
-        sums = stack.map_blocks(_tasks.slow_plane_sum, 0.15, chunks=(1, 1, 1), dtype="f8").ravel()
-        future = client.compute(sums)
-        pids = list(client.run(os.getpid).values())
-
-        def kill_one():
-            time.sleep(0.6)
-            os.kill(pids[0], signal.SIGKILL)
-
-        killer = threading.Thread(target=kill_one)
-        killer.start()
-        result = future.result(timeout=120)
-        killer.join()
-        np.testing.assert_array_equal(result, planes.sum(axis=(1, 2)))
-        assert pids[0] not in client.run(os.getpid).values()
-    finally:
-        client.close()
