@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
-
 import dask
 import dask.array as da
-import numpy as np
 import pytest
 
 from cloudlab import _tasks
