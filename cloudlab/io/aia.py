@@ -170,8 +170,12 @@ def _corner_pixels(cube: xr.DataArray, bottom_left, top_right) -> np.ndarray:
     """Pixel coordinates (x, y) of the four corners of the world rectangle, as ``submap``."""
     wcs = wcs_of(cube)
     if hasattr(bottom_left, "frame"):
-        import sunpy.coordinates  # noqa: F401  (registers the helioprojective WCS mapping)
+        import sunpy.map
         from astropy.coordinates import SkyCoord
+
+        # sunpy's WCS (observer from the HAE keys, CROTA2 as a PC matrix), as submap uses
+        empty = np.broadcast_to(np.float32(0), (cube.sizes["y"], cube.sizes["x"]))
+        wcs = sunpy.map.Map(empty, header_of(cube)).wcs
 
         frame = bottom_left.frame
         bl = bottom_left.transform_to(frame)
@@ -182,9 +186,12 @@ def _corner_pixels(cube: xr.DataArray, bottom_left, top_right) -> np.ndarray:
         return np.array(wcs.world_to_pixel(corners), dtype=float)
     tx = [_arcsec(bottom_left[0]), _arcsec(top_right[0])]
     ty = [_arcsec(bottom_left[1]), _arcsec(top_right[1])]
-    world = np.array([[tx[0], ty[0]], [tx[0], ty[1]], [tx[1], ty[1]], [tx[1], ty[0]]]) / 3600
-    scale = [u.to("deg").scale if u else 1.0 for u in wcs.wcs.cunit]
-    return wcs.wcs_world2pix(world / np.array(scale), 0).T
+    import astropy.units as u
+
+    lon = u.Quantity([tx[0], tx[0], tx[1], tx[1]], u.arcsec)
+    lat = u.Quantity([ty[0], ty[1], ty[1], ty[0]], u.arcsec)
+    lon_unit, lat_unit = (u.Unit(unit) for unit in wcs.world_axis_units)
+    return np.array(wcs.world_to_pixel_values(lon.to_value(lon_unit), lat.to_value(lat_unit)))
 
 
 def _arcsec(value) -> float:
@@ -228,8 +235,9 @@ def crop(cube: xr.DataArray, bottom_left, top_right) -> xr.DataArray:
     top = int(np.clip(np.ceil(pixels[1].max() - 0.5) + 1, 0, ny))
     if right <= left or top <= bottom:
         raise ValueError(
-            f"the crop {bottom_left} - {top_right} is empty on {cube.name!r} "
-            f"(pixel box x {left}:{right}, y {bottom}:{top} of {nx}x{ny})"
+            f"the crop is empty on {cube.name!r}: its corners map to pixels "
+            f"x {pixels[0].min():.1f}..{pixels[0].max():.1f}, "
+            f"y {pixels[1].min():.1f}..{pixels[1].max():.1f}, outside the {nx}x{ny} image"
         )
     header = header_of(cube)
     header["CRPIX1"] = float(header["CRPIX1"]) - left
