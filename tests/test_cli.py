@@ -1,0 +1,50 @@
+"""The cloudlab command line: info and demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dask
+import pytest
+
+from cloudlab.cli import main
+
+CLOUDLAB = Path(sys.executable).parent / "cloudlab"
+
+
+def test_info_reports_versions_cluster_and_gpu(capsys):
+    with dask.config.set({"gateway.address": None}):
+        assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "dask " in out and "astropy" in out
+    assert "connect()     -> embedded LocalCluster" in out
+    assert "GPU" in out
+
+
+def test_info_names_the_configured_gateway(capsys):
+    with dask.config.set({"gateway.address": "http://127.0.0.1:9"}):
+        assert main(["info"]) == 0
+    assert "dask-gateway at http://127.0.0.1:9" in capsys.readouterr().out
+
+
+def test_every_workflow_has_a_command_group(capsys):
+    for group in ("simulate", "cutouts", "timelag", "backdrop", "dre", "astronet"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([group, "--help"])
+        assert exit_info.value.code == 0
+        assert f"cloudlab {group}" in capsys.readouterr().out
+
+
+def test_demo_runs_end_to_end_as_a_console_script(tmp_path):
+    result = subprocess.run(
+        [str(CLOUDLAB), "demo", "--frames", "8", "--dest", str(tmp_path / "sector")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "opened lazily (headers only)" in result.stdout
+    assert "frames: 8" in result.stdout
+    assert len(list((tmp_path / "sector").glob("*ffic.fits"))) == 8
