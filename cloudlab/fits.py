@@ -95,15 +95,11 @@ def _chunks_for(info: HDUInfo, chunks: Any) -> Any:
     return _layout_chunks(info.shape, info.dtype.itemsize, step0)
 
 
-def _header_text(header: fits.Header) -> str:
-    return header.tostring(sep="\n", endcard=False, padding=False)
-
-
 def _check_image(info: HDUInfo) -> None:
     if info.kind == "table":
         raise FITSError(
             f"{info.url}: HDU {info.index} ({info.name or 'unnamed'}) is a "
-            f"{info.header.get('XTENSION', 'table')}, not an image; use read_table"
+            f"{info.get('XTENSION', 'table')}, not an image; use read_table"
         )
     if not info.shape or 0 in info.shape:
         raise FITSError(f"{info.url}: HDU {info.index} ({info.name or 'unnamed'}) has no data")
@@ -176,7 +172,7 @@ def open_hdu(
         meta=np.empty((0,) * len(info.shape), dtype=info.dtype),
     )
     attrs = {
-        "fits_header": _header_text(info.header),
+        "fits_header": info.header_text,
         "url": url,
         "hdu": info.index,
         "extname": info.name,
@@ -207,6 +203,32 @@ def read_infos(
             out.append(("missing", url, str(exc)))
         except (FITSError, OSError, ValueError, TypeError) as exc:
             out.append(("error", url, f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def header_rows(
+    entries: list[tuple[str, dict | None]], hdu: int | str | tuple, storage_options: dict | None
+) -> list[tuple]:
+    """Header keywords of many files as dicts (runs on cluster workers or in threads).
+
+    Returns
+    -------
+    list of tuple
+        Per file ``("ok", url, {keyword: value})``, or ``("missing"|"error", url, message)``.
+    """
+    out: list[tuple] = []
+    for result in read_infos(entries, hdu, storage_options):
+        if result[0] != "ok":
+            out.append(result)
+            continue
+        info = result[1]
+        row: dict[str, Any] = {}
+        for card in info.header.cards:
+            key = card.keyword
+            if key in ("", "COMMENT", "HISTORY", "CONTINUE") or key in row:
+                continue
+            row[key] = card.value
+        out.append(("ok", info.url, row))
     return out
 
 
@@ -249,9 +271,13 @@ def _batches(items: list, n: int) -> list[list]:
 
 
 def _gather_infos(
-    entries: list[tuple[str, dict | None]], hdu: int | str | tuple, storage_options: dict | None
+    entries: list[tuple[str, dict | None]],
+    hdu: int | str | tuple,
+    storage_options: dict | None,
+    func: Any = read_infos,
 ) -> list[tuple]:
-    """Read headers in parallel: on the cluster when a client exists, else in threads."""
+    """Read headers in parallel with ``func`` (:func:`read_infos` or :func:`header_rows`): on
+    the cluster when a distributed client is the active scheduler, else in threads."""
     if not entries:
         return []
     client = _get_client()
@@ -262,15 +288,13 @@ def _gather_infos(
             workers = []  # remote workers cannot see local files
     if workers and len(entries) > 1:
         batches = _batches(entries, 4 * len(workers))
-        futures = client.map(
-            read_infos, batches, hdu=hdu, storage_options=storage_options, pure=False
-        )
+        futures = client.map(func, batches, hdu=hdu, storage_options=storage_options, pure=False)
         results = client.gather(futures)
     else:
         threads = 4 if all(storage.is_local(u) for u, _ in entries) else 16
         batches = _batches(entries, 4 * threads)
         with ThreadPoolExecutor(max_workers=min(threads, len(batches))) as pool:
-            results = list(pool.map(lambda b: read_infos(b, hdu, storage_options), batches))
+            results = list(pool.map(lambda b: func(b, hdu, storage_options), batches))
     return [r for batch in results for r in batch]
 
 
@@ -413,10 +437,10 @@ def open_stack(
     urls_out = [r[1].url if r[0] == "ok" else r[1] for r in results]
     coords: dict[str, Any] = {"url": (dim, np.asarray(urls_out, dtype=str))}
     for key in keys:
-        values = [None if i is None else i.header.get(key) for i in infos]
+        values = [None if i is None else i.get(key) for i in infos]
         coords[key] = (dim, _coordinate(values))
     attrs = {
-        "fits_header": _header_text(good[0].header),
+        "fits_header": good[0].header_text,
         "hdu": good[0].index,
         "extname": good[0].name,
         "missing": missing,
@@ -447,22 +471,13 @@ def read_headers(
     """
     entries = storage.expand_detail(urls, storage_options)
     what = f"read_headers({len(entries)} files, hdu={hdu!r})"
-    results = _gather_infos(entries, hdu, storage_options)
+    results = _gather_infos(entries, hdu, storage_options, header_rows)
     _raise_errors([r for r in results if r[0] == "error"], what)
     missing = [r[1] for r in results if r[0] == "missing"]
     if missing:
         _raise_missing(missing, what)
-    rows = []
-    for _, info in results:
-        row: dict[str, Any] = {}
-        for card in info.header.cards:
-            key = card.keyword
-            if key in ("", "COMMENT", "HISTORY", "CONTINUE") or key in row:
-                continue
-            row[key] = card.value
-        rows.append(row)
-    index = pd.Index([r[1].url for r in results], name="url")
-    return pd.DataFrame(rows, index=index)
+    index = pd.Index([r[1] for r in results], name="url")
+    return pd.DataFrame([r[2] for r in results], index=index)
 
 
 def read_table(url: str, hdu: int | str | tuple = 1, storage_options: dict | None = None) -> Table:

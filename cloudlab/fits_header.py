@@ -50,8 +50,9 @@ class HDUInfo:
         HDU index (0 = primary).
     name : str
         EXTNAME (``"PRIMARY"`` for the primary HDU, ``""`` when absent).
-    header : astropy.io.fits.Header
-        The header (for tile-compressed HDUs: the image header astropy derives).
+    header_text : str
+        The header cards (80 characters each, without END) separated by newlines; for
+        tile-compressed HDUs the image header astropy derives. ``header`` parses it.
     header_offset, data_offset, data_size : int
         Byte offsets of header and data, and the data size without padding (compressed HDUs:
         size of the binary table and heap).
@@ -61,6 +62,8 @@ class HDUInfo:
         Big-endian on-disk dtype.
     dtype : numpy.dtype
         dtype after scaling exactly as astropy returns it (native byte order).
+    bitpix : int
+        BITPIX of the stored pixels (ZBITPIX for compressed HDUs).
     bscale, bzero : float
         Scaling (``1`` and ``0`` when absent).
     blank : int or None
@@ -84,13 +87,14 @@ class HDUInfo:
     url: str
     index: int
     name: str
-    header: fits.Header
+    header_text: str
     header_offset: int
     data_offset: int
     data_size: int
     shape: tuple[int, ...]
     raw_dtype: np.dtype
     dtype: np.dtype
+    bitpix: int = 0
     bscale: float = 1
     bzero: float = 0
     blank: int | None = None
@@ -103,9 +107,35 @@ class HDUInfo:
     fingerprint: tuple = field(default=(), repr=False)
 
     @property
-    def bitpix(self) -> int:
-        """BITPIX of the stored pixels (ZBITPIX for compressed HDUs)."""
-        return int(self.header["BITPIX"])
+    def header(self) -> fits.Header:
+        """The header as an astropy ``Header`` (parsed on first use)."""
+        parsed = self.__dict__.get("_header")
+        if parsed is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parsed = fits.Header.fromstring(self.header_text, sep="\n")
+            self.__dict__["_header"] = parsed
+        return parsed
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        """Value of a header keyword (fast path for simple cards, astropy otherwise)."""
+        if "_header" not in self.__dict__:
+            cards = self.__dict__.get("_cards")
+            if cards is None:
+                cards = self.__dict__["_cards"] = card_fields(self.header_text, sep=1)
+            key = keyword.upper()
+            if key not in cards:
+                if len(key) <= 8 and key.replace("-", "").replace("_", "").isalnum():
+                    return default
+            else:
+                try:
+                    return parse_value(cards[key])
+                except ValueError:
+                    pass
+        return self.header.get(keyword, default)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_header", "_cards")}
 
     @property
     def nbytes(self) -> int:
@@ -114,7 +144,58 @@ class HDUInfo:
 
     def light(self) -> HDUInfo:
         """A copy without the header, cheap to ship to workers inside a graph."""
-        return replace(self, header=fits.Header())
+        return replace(self, header_text="")
+
+
+def card_fields(text: str, sep: int = 0) -> dict[str, str]:
+    """Keyword -> value field (text after ``= ``) of the first occurrence of each valued card.
+
+    ``text`` holds 80-character cards, each followed by ``sep`` separator characters.
+    """
+    out: dict[str, str] = {}
+    step = _CARD + sep
+    for pos in range(0, len(text), step):
+        if text[pos + 8 : pos + 10] != "= ":
+            continue
+        key = text[pos : pos + 8].rstrip()
+        if key not in out:
+            out[key] = text[pos + 10 : pos + _CARD]
+    return out
+
+
+def parse_value(field: str) -> Any:
+    """Value of a card's value field as astropy reads it (strings, logicals, ints, floats).
+
+    Raises
+    ------
+    ValueError
+        For anything else (complex values, malformed fields): use astropy then.
+    """
+    stripped = field.lstrip()
+    if stripped.startswith("'"):
+        chars = []
+        i = 1
+        while i < len(stripped):
+            ch = stripped[i]
+            if ch == "'":
+                if stripped[i + 1 : i + 2] == "'":
+                    chars.append("'")
+                    i += 2
+                    continue
+                return "".join(chars).rstrip()
+            chars.append(ch)
+            i += 1
+        raise ValueError("unterminated string")
+    value = stripped.split("/", 1)[0].strip()
+    if value == "T":
+        return True
+    if value == "F":
+        return False
+    if not value:
+        raise ValueError("undefined value")
+    if value.lstrip("+-").isdigit():
+        return int(value)
+    return float(value.replace("D", "E"))
 
 
 def padded(nbytes: int) -> int:
@@ -155,6 +236,14 @@ class _RangedSource:
         self._start, self._buf = start, data
         return data[: end - start]
 
+    def read_some(self, start: int, want: int) -> bytes:
+        """Up to ``want`` bytes from ``start``: what the buffer holds when it holds at least one
+        block there, else a new read of ``want`` bytes (short only at end of file)."""
+        offset = start - self._start
+        if 0 <= offset and offset + BLOCK <= len(self._buf):
+            return self._buf[offset : offset + want]
+        return self.read(start, start + want, readahead=want)
+
 
 class _GzipSource:
     """Sequential reads of a gzip-compressed file (decompressed offsets)."""
@@ -178,6 +267,9 @@ class _GzipSource:
         except (OSError, EOFError) as exc:
             raise FITSError(f"{self.url}: corrupt gzip stream: {exc}") from exc
 
+    def read_some(self, start: int, want: int) -> bytes:
+        return self.read(start, start + want)
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -198,13 +290,14 @@ def _find_end(block: bytes) -> int:
     return -1
 
 
-def _read_header(src, url: str, offset: int, index: int) -> tuple[fits.Header, int]:
-    """Parse the header starting at ``offset``; return it and the offset where data starts."""
+def _read_header(src, url: str, offset: int, index: int) -> tuple[str, int]:
+    """Read the header starting at ``offset``; return its cards (without END) as text and the
+    offset where its data starts."""
     chunks = []
     pos = offset
     nblocks = _FIRST_BLOCKS
     while True:
-        data = src.read(pos, pos + nblocks * BLOCK, readahead=nblocks * BLOCK)
+        data = src.read_some(pos, nblocks * BLOCK)
         whole = len(data) - len(data) % BLOCK
         if whole == 0:
             where = f"header of HDU {index} starting at byte {offset}"
@@ -214,21 +307,24 @@ def _read_header(src, url: str, offset: int, index: int) -> tuple[fits.Header, i
         data = data[:whole]
         end = _find_end(data)
         if end >= 0:
-            chunks.append(data[: end + _CARD])
+            chunks.append(data[:end])
             header_len = pos - offset + padded(end + _CARD)
             break
         chunks.append(data)
         pos += whole
         nblocks = min(nblocks * 2, _MAX_BLOCKS)
-    raw = b"".join(chunks)
     try:
-        text = raw.decode("ascii")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            header = fits.Header.fromstring(text)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise FITSError(f"{url}: header of HDU {index} at byte {offset} is invalid: {exc}") from exc
-    return header, offset + header_len
+        text = b"".join(chunks).decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise FITSError(
+            f"{url}: header of HDU {index} at byte {offset} has non-ASCII bytes: {exc}"
+        ) from exc
+    return text, offset + header_len
+
+
+def _with_newlines(text: str) -> str:
+    """Cards of ``text`` (80 characters each) separated by newlines."""
+    return "\n".join(text[i : i + _CARD] for i in range(0, len(text), _CARD))
 
 
 def _is_int(value: Any) -> bool:
@@ -259,51 +355,71 @@ def _pseudo_dtype(bitpix: int, bscale: float, bzero: float) -> np.dtype | None:
     return None
 
 
-def _info_from_header(
-    header: fits.Header, url: str, index: int, header_offset: int, data_offset: int
-) -> HDUInfo:
-    """Describe the HDU whose header is ``header``."""
-    xtension = str(header.get("XTENSION", "PRIMARY")).strip().upper()
+def _value(cards: dict[str, str], key: str, default: Any, url: str, index: int) -> Any:
+    field_ = cards.get(key)
+    if field_ is None:
+        return default
     try:
-        bitpix = int(header["BITPIX"])
-        naxis = int(header["NAXIS"])
-        axes = [int(header[f"NAXIS{i}"]) for i in range(1, naxis + 1)]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise FITSError(
-            f"{url}: HDU {index}: missing or invalid BITPIX/NAXIS keyword: {exc}"
-        ) from exc
+        return parse_value(field_)
+    except ValueError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            card = fits.Card.fromstring(f"{key:8}= {field_}")
+            try:
+                return card.value
+            except (ValueError, fits.VerifyError) as exc:
+                raise FITSError(f"{url}: HDU {index}: cannot read {key} = {field_!r}") from exc
+
+
+def _info_from_header(
+    text: str, url: str, index: int, header_offset: int, data_offset: int
+) -> HDUInfo:
+    """Describe the HDU whose header cards are ``text``."""
+    cards = card_fields(text)
+
+    def get(key: str, default: Any = None) -> Any:
+        return _value(cards, key, default, url, index)
+
+    xtension = str(get("XTENSION", "PRIMARY")).strip().upper()
+    try:
+        bitpix = int(get("BITPIX"))
+        naxis = int(get("NAXIS"))
+        axes = [int(get(f"NAXIS{i}")) for i in range(1, naxis + 1)]
+    except (ValueError, TypeError) as exc:
+        raise FITSError(f"{url}: HDU {index}: missing or invalid BITPIX/NAXIS keyword") from exc
     if bitpix not in BITPIX_DTYPES:
         raise FITSError(f"{url}: HDU {index}: invalid BITPIX = {bitpix}")
     if any(n < 0 for n in axes):
         raise FITSError(f"{url}: HDU {index}: negative NAXISn in {axes}")
-    gcount = int(header.get("GCOUNT", 1))
-    pcount = int(header.get("PCOUNT", 0))
-    groups = bool(header.get("GROUPS", False)) and naxis > 0 and axes[0] == 0
+    gcount = int(get("GCOUNT", 1))
+    pcount = int(get("PCOUNT", 0))
+    groups = bool(get("GROUPS", False)) and naxis > 0 and axes[0] == 0
     npix = math.prod(axes[1:] if groups else axes) if naxis else 0
     data_size = abs(bitpix) // 8 * gcount * (pcount + npix) if naxis else 0
-    name = str(header.get("EXTNAME", "PRIMARY" if index == 0 else "")).strip()
+    name = str(get("EXTNAME", "PRIMARY" if index == 0 else "")).strip()
     common = dict(
         url=url,
         index=index,
         name=name,
-        header=header,
+        header_text=_with_newlines(text),
         header_offset=header_offset,
         data_offset=data_offset,
         data_size=data_size,
     )
-    if xtension == "BINTABLE" and header.get("ZIMAGE", False) is True:
-        return _compressed_info(header, common)
+    if xtension == "BINTABLE" and get("ZIMAGE", False) is True:
+        return _compressed_info(text, common)
     if xtension in ("BINTABLE", "TABLE") or groups:
         return HDUInfo(
             **common,
             shape=tuple(reversed(axes)),
             raw_dtype=np.dtype("u1"),
             dtype=np.dtype("u1"),
+            bitpix=bitpix,
             kind="table",
         )
-    bscale = header.get("BSCALE", 1)
-    bzero = header.get("BZERO", 0)
-    blank = header.get("BLANK")
+    bscale = get("BSCALE", 1)
+    bzero = get("BZERO", 0)
+    blank = get("BLANK")
     if not _is_int(blank) or bitpix < 0:
         blank = None
     return HDUInfo(
@@ -311,44 +427,50 @@ def _info_from_header(
         shape=tuple(reversed(axes)),
         raw_dtype=np.dtype(BITPIX_DTYPES[bitpix]),
         dtype=scaled_dtype(bitpix, bscale, bzero, blank),
+        bitpix=bitpix,
         bscale=bscale,
         bzero=bzero,
         blank=blank,
     )
 
 
-def _compressed_info(bintable_header: fits.Header, common: dict) -> HDUInfo:
-    """Describe a tile-compressed image HDU from its binary-table header."""
+def _compressed_info(text: str, common: dict) -> HDUInfo:
+    """Describe a tile-compressed image HDU from its binary-table header cards."""
     from astropy.io.fits.hdu.compressed.header import _bintable_header_to_image_header
 
     url, index = common["url"], common["index"]
-    try:
-        zbitpix = int(bintable_header["ZBITPIX"])
-        znaxis = int(bintable_header["ZNAXIS"])
-        axes = [int(bintable_header[f"ZNAXIS{i}"]) for i in range(1, znaxis + 1)]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise FITSError(f"{url}: compressed HDU {index}: invalid Z keywords: {exc}") from exc
-    if zbitpix not in BITPIX_DTYPES:
-        raise FITSError(f"{url}: compressed HDU {index}: invalid ZBITPIX = {zbitpix}")
-    tiles = [
-        int(bintable_header.get(f"ZTILE{i}", axes[0] if i == 1 else 1))
-        for i in range(1, znaxis + 1)
-    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        bintable_header = fits.Header.fromstring(text)
+        try:
+            zbitpix = int(bintable_header["ZBITPIX"])
+            znaxis = int(bintable_header["ZNAXIS"])
+            axes = [int(bintable_header[f"ZNAXIS{i}"]) for i in range(1, znaxis + 1)]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise FITSError(f"{url}: compressed HDU {index}: invalid Z keywords: {exc}") from exc
+        if zbitpix not in BITPIX_DTYPES:
+            raise FITSError(f"{url}: compressed HDU {index}: invalid ZBITPIX = {zbitpix}")
+        tiles = [
+            int(bintable_header.get(f"ZTILE{i}", axes[0] if i == 1 else 1))
+            for i in range(1, znaxis + 1)
+        ]
         header = _bintable_header_to_image_header(bintable_header)
     bscale = header.get("BSCALE", 1)
     bzero = header.get("BZERO", 0)
     blank = header.get("BLANK")
     if not _is_int(blank) or zbitpix < 0:
         blank = None
-    common = dict(common, header=header)
-    common["name"] = str(header.get("EXTNAME", bintable_header.get("EXTNAME", ""))).strip()
+    common = dict(
+        common,
+        header_text=header.tostring(sep="\n", endcard=False, padding=False),
+        name=str(header.get("EXTNAME", bintable_header.get("EXTNAME", ""))).strip(),
+    )
     return HDUInfo(
         **common,
         shape=tuple(reversed(axes)),
         raw_dtype=np.dtype(BITPIX_DTYPES[zbitpix]),
         dtype=scaled_dtype(zbitpix, bscale, bzero, blank),
+        bitpix=zbitpix,
         bscale=bscale,
         bzero=bzero,
         blank=blank,
@@ -361,7 +483,7 @@ def _compressed_info(bintable_header: fits.Header, common: dict) -> HDUInfo:
 def _matches(target: int | str | tuple, info: HDUInfo) -> bool:
     if isinstance(target, tuple):
         name, ver = target
-        return info.name.upper() == str(name).upper() and int(info.header.get("EXTVER", 1)) == ver
+        return info.name.upper() == str(name).upper() and int(info.get("EXTVER", 1)) == ver
     if isinstance(target, str):
         return info.name.upper() == target.upper()
     return info.index == target
@@ -402,8 +524,8 @@ def _walk(
                         f"{url}: {_describe(target)} out of range: the file has {index} HDU(s)"
                         f" {names}{extra}"
                     )
-            header, data_offset = _read_header(src, url, offset, index)
-            info = _info_from_header(header, url, index, offset, data_offset)
+            text, data_offset = _read_header(src, url, offset, index)
+            info = _info_from_header(text, url, index, offset, data_offset)
             names.append(info.name)
             data_end = data_offset + info.data_size
             if _matches(target, info):
@@ -499,7 +621,7 @@ def hdu_info(
     url = str(url)
     target = _normalize_target(hdu)
     finfo = file_info if file_info is not None else storage.file_info(url, storage_options)
-    key = (url, target, tokenize(storage_options))
+    key = (url, target, tokenize(storage_options) if storage_options else None)
     fingerprint = _fingerprint(finfo)
     with _cache_lock:
         cached = _cache.get(key)
