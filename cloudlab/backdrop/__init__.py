@@ -5,7 +5,27 @@ background on any pixel grid; ``subtract`` removes it from cutouts; ``save``/``l
 read weights as tess-backdrop-layout FITS or zarr.
 """
 
-from cloudlab.backdrop.evaluate import ccd_to_science, evaluate, frame_index, science_to_ccd
+from cloudlab.backdrop.evaluate import (
+    ccd_to_science,
+    evaluate,
+    frame_index,
+    science_to_ccd,
+    subtract,
+)
 from cloudlab.backdrop.fit import fit
+from cloudlab.backdrop.io import load, load_fits, load_zarr, save, save_fits, save_zarr
 
-__all__ = ["ccd_to_science", "evaluate", "fit", "frame_index", "science_to_ccd"]
+__all__ = [
+    "ccd_to_science",
+    "evaluate",
+    "fit",
+    "frame_index",
+    "load",
+    "load_fits",
+    "load_zarr",
+    "save",
+    "save_fits",
+    "save_zarr",
+    "science_to_ccd",
+    "subtract",
+]

@@ -184,18 +184,12 @@ def evaluate(weights: xr.Dataset, rows: Any, columns: Any, *, times: Any = None)
     )  # fmt: skip
 
 
-CORNER_ROW_NAMES = ("corner_row", "ccd_row0", "row0", "row_corner")
-CORNER_COLUMN_NAMES = ("corner_column", "ccd_column0", "column0", "col0", "column_corner")
-
-
-def _find(ds: xr.Dataset, name: str | None, candidates: tuple[str, ...]) -> np.ndarray:
-    names = (name,) if name else candidates
-    for n in names:
-        if n in ds.variables and ds[n].dims == ("target",):
-            return np.asarray(ds[n].values)
+def _corner(ds: xr.Dataset, name: str) -> np.ndarray:
+    if name in ds.variables and ds[name].dims == ("target",):
+        return np.asarray(ds[name].values).astype(np.int64)
     raise ValueError(
-        f"subtract: the cutouts have no per-target corner variable among {names} "
-        "(1-based CCD row/column of pixel [0, 0], dims (target,)); pass corner_row=/corner_column="
+        f"subtract: the cutouts have no per-target {name!r} (0-based CCD pixel of cutout "
+        "pixel [0, 0], dims (target,)); pass corner_row=/corner_column= to name it"
     )
 
 
@@ -211,18 +205,23 @@ def _cutout_background(
     nrad: int,
     ccd: int,
 ) -> np.ndarray:
-    """Background of a block of targets: ``(target, time, row, column)``."""
-    out = np.empty((len(rows0), len(w["poly"]), n_rows, n_cols))
+    """Background of a block of targets ``(target, time, row, column)``; NaN off the fit."""
+    out = np.full((len(rows0), len(w["poly"]), n_rows, n_cols), np.nan)
     for k, (r0, c0) in enumerate(zip(rows0.ravel(), cols0.ravel(), strict=True)):
         rows = r0 + np.arange(n_rows)
         cols = c0 + np.arange(n_cols)
-        br = basis.spline_basis(rows, w["row_knots"], degree)
-        bc = basis.spline_basis(cols, w["column_knots"], degree)
-        strap = w["strap"][:, cols - w["column0"]]
-        out[k] = _grid_block(
-            w["poly"], w["spline"], strap, rows=rows, columns=cols, br=br, bc=bc,
+        rin = (rows >= w["row_range"][0]) & (rows <= w["row_range"][1])
+        cin = (cols >= w["column_range"][0]) & (cols <= w["column_range"][1])
+        if not rin.any() or not cin.any():
+            continue
+        br = basis.spline_basis(rows[rin], w["row_knots"], degree)
+        bc = basis.spline_basis(cols[cin], w["column_knots"], degree)
+        strap = w["strap"][:, cols[cin] - w["column_range"][0]]
+        model = _grid_block(
+            w["poly"], w["spline"], strap, rows=rows[rin], columns=cols[cin], br=br, bc=bc,
             npoly=npoly, nrad=nrad, ccd=ccd,
         )  # fmt: skip
+        out[k][np.ix_(np.ones(len(w["poly"]), bool), rin, cin)] = model
     out[:, w["unmatched"]] = np.nan
     return out
 
@@ -235,7 +234,8 @@ def _weights_for(weights: xr.Dataset, idx: np.ndarray) -> dict:
         "strap": np.asarray(sel["strap_w"].values, float),
         "row_knots": np.asarray(weights["row_knots"].values, float),
         "column_knots": np.asarray(weights["column_knots"].values, float),
-        "column0": int(weights["column"].values[0]),
+        "row_range": (int(weights["row"].values[0]), int(weights["row"].values[-1])),
+        "column_range": (int(weights["column"].values[0]), int(weights["column"].values[-1])),
         "unmatched": idx < 0,
     }
 
@@ -244,8 +244,8 @@ def subtract(
     cutouts: xr.Dataset,
     weights: xr.Dataset,
     *,
-    corner_row: str | None = None,
-    corner_column: str | None = None,
+    corner_row: str = "corner_row",
+    corner_column: str = "corner_column",
     strict: bool = True,
 ) -> xr.Dataset:
     """Subtract the fitted background from a stack of cutouts (lazily).
@@ -253,14 +253,13 @@ def subtract(
     Parameters
     ----------
     cutouts : xarray.Dataset
-        ``flux`` with dims ``(target, time, row, column)``, a BTJD ``time`` coordinate and
-        per-target 1-based CCD coordinates of each cutout's pixel ``[0, 0]`` (TPF
-        ``2CRV5P``/``1CRV5P``),
-        found under ``corner_row``/``corner_column`` or one of the usual names
-        (``corner_row``, ``ccd_row0``, ``row0`` / ``corner_column``, ``ccd_column0``, ``column0``).
+        As made by :func:`cloudlab.cutouts.make_cutouts`: ``flux`` with dims
+        ``(target, time, row, column)``, a BTJD ``time`` coordinate, per-target ``corner_row`` and
+        ``corner_column`` (0-based CCD pixel of cutout pixel ``[0, 0]``, virtual columns
+        included, i.e. TPF ``2CRV5P - 1``/``1CRV5P - 1``) and optionally ``camera``/``ccd``.
     weights : xarray.Dataset
         Fitted weights of the same sector/camera/CCD.
-    corner_row, corner_column : str, optional
+    corner_row, corner_column : str
         Names of the corner variables.
     strict : bool
         Raise when a cutout time has no fitted frame (default), else give NaN background there.
@@ -269,12 +268,13 @@ def subtract(
     -------
     xarray.Dataset
         ``cutouts`` with ``flux`` background-subtracted and a new ``background`` variable.
+        Pixels outside the fitted science region (collateral pixels, off the CCD) get NaN.
 
     Raises
     ------
     ValueError
-        Missing corner variables, cutouts (named by target) outside the fitted region, times
-        outside every fitted frame, or a camera/CCD that differs from the weights'.
+        Missing corner variables, times outside every fitted frame, or a camera/CCD that
+        differs from the weights'.
     """
     if "flux" not in cutouts or cutouts["flux"].dims != ("target", "time", "row", "column"):
         raise ValueError("subtract: cutouts need flux with dims (target, time, row, column)")
@@ -287,18 +287,10 @@ def subtract(
                     f"{weights.attrs[key]}"
                 )
     rows0, cols0 = ccd_to_science(
-        _find(cutouts, corner_row, CORNER_ROW_NAMES),
-        _find(cutouts, corner_column, CORNER_COLUMN_NAMES),
+        _corner(cutouts, corner_row) + SCIENCE_ROW_OFFSET,
+        _corner(cutouts, corner_column) + 1,
     )
     n_rows, n_cols = cutouts.sizes["row"], cutouts.sizes["column"]
-    fr, fc = weights["row"].values, weights["column"].values
-    off = (rows0 < fr[0]) | (rows0 + n_rows - 1 > fr[-1]) | (cols0 < fc[0])
-    off |= cols0 + n_cols - 1 > fc[-1]
-    if off.any():
-        names = cutouts["target"].values[off] if "target" in cutouts.coords else np.flatnonzero(off)
-        raise ValueError(
-            f"subtract: cutouts outside the fitted science region: targets {names[:10]}"
-        )
     idx = frame_index(weights, cutouts["time"].values, strict=strict)
     flux = cutouts["flux"].data
     if not isinstance(flux, da.Array):
@@ -308,8 +300,8 @@ def subtract(
     a = weights.attrs
     bkg = da.map_blocks(
         _cutout_background,
-        da.from_array(rows0.astype(int), chunks=tchunks),
-        da.from_array(cols0.astype(int), chunks=tchunks),
+        da.from_array(rows0.astype(np.int64), chunks=tchunks),
+        da.from_array(cols0.astype(np.int64), chunks=tchunks),
         w,
         n_rows=n_rows,
         n_cols=n_cols,
@@ -320,6 +312,7 @@ def subtract(
         new_axis=[1, 2, 3],
         chunks=(tchunks[0], (len(idx),), (n_rows,), (n_cols,)),
         dtype=np.float64,
+        meta=np.empty((0, 0, 0, 0)),
     )
     bkg = bkg.rechunk(flux.chunks)
     dims = ("target", "time", "row", "column")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import dask
@@ -11,6 +12,7 @@ import xarray as xr
 
 from cloudlab.backdrop import basis, masks
 from cloudlab.backdrop.solver import Solver, build_solver
+from cloudlab.cluster import gpu_tasks
 
 BATCH_BYTES = 128 * 2**20
 SUBSAMPLE = 16
@@ -190,8 +192,7 @@ def fit(
     blocks = data.rechunk((fpb, n_r, n_c)).to_delayed().ravel()
     sizes = data.rechunk((fpb, n_r, n_c)).chunks[0]
     poly, spline, strap = [], [], []
-    annotations = {"resources": {"GPU": 1}} if gpu else {}
-    with dask.annotate(**annotations):
+    with gpu_tasks() if gpu else contextlib.nullcontext():
         for block, n in zip(blocks, sizes, strict=True):
             out = dask.delayed(_fit_block, nout=3, pure=True)(block, solver, gpu)
             poly.append(da.from_delayed(out[0], (n, n_poly), np.float64))

@@ -72,9 +72,9 @@ def save_fits(weights: xr.Dataset, url: str, *, storage_options: dict | None = N
     h["VERSION"] = cloudlab.__version__
     for key in HEADER_KEYS:
         h[key.upper()] = int(a[key])
-    h["ROW0"] = (int(w["row"].values[0]), "first 0-based science row fitted")
+    h["ROW0"] = (int(weights["row"].values[0]), "first 0-based science row fitted")
     h["COL0"] = (int(w["column"].values[0]), "first 0-based science column fitted")
-    h["NROWS"] = (w.sizes["row"], "science rows fitted")
+    h["NROWS"] = (weights.sizes["row"], "science rows fitted")
     h["NCOLS"] = (w.sizes["column"], "science columns fitted")
     h["BOREROW"] = (float(a["bore_row"]), "boresight science row")
     h["BORECOL"] = (float(a["bore_column"]), "boresight science column")
@@ -196,6 +196,13 @@ def load_fits(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
     )
 
 
+def _store(fs, path: str):
+    """A zarr store for ``path``: the plain path on local disk, an fsspec mapper elsewhere."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    return path if isinstance(fs, LocalFileSystem) else fs.get_mapper(path)
+
+
 def save_zarr(weights: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
     """Write the weights (and masks/average image, when present) as a zarr store.
 
@@ -212,7 +219,7 @@ def save_zarr(weights: xr.Dataset, url: str, *, storage_options: dict | None = N
             ds[name].encoding = {}
     ds.attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, (int, float, str))}
     try:
-        ds.to_zarr(fs.get_mapper(tmp), mode="w")
+        ds.to_zarr(_store(fs, tmp), mode="w")
         fs.mv(tmp, path, recursive=True)
     finally:
         if fs.exists(tmp):
@@ -224,7 +231,7 @@ def load_zarr(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
     fs, path = storage.resolve(url, storage_options)
     if not fs.exists(path):
         raise FileNotFoundError(f"no weights store at {url}")
-    ds = xr.open_zarr(fs.get_mapper(path))
+    ds = xr.open_zarr(_store(fs, path))
     missing = [v for v in WEIGHT_VARS if v not in ds]
     if missing:
         raise ValueError(f"{url}: not a BackDrop weights store (missing {missing})")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from cloudlab.backdrop import basis
+from cloudlab.backdrop import basis, kernels
 
 POLY_PRIOR = 3000.0
 SPLINE_PRIOR = 400.0
@@ -67,6 +67,8 @@ class Solver:
     vr: np.ndarray
     vc: np.ndarray
     rho: np.ndarray
+    band_first: np.ndarray
+    band_values: np.ndarray
     saturation: np.ndarray | None = None
     _device: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -105,6 +107,8 @@ class Solver:
         from cloudlab.backend import array_module, asnumpy
 
         xp = array_module(frames)
+        if xp is np and kernels.AVAILABLE:
+            return self._fit_frames_numba(np.asarray(frames))
         dev = self.arrays(xp)
         n_t = frames.shape[0]
         finite = [None] * n_t
@@ -145,6 +149,35 @@ class Solver:
             rhs_strap[t] = res.sum(axis=0, dtype=xp.float64)
         spline_w, strap_w = self._solve(rhs_spline, rhs_strap, dev, xp)
         return poly_w, asnumpy(spline_w), asnumpy(strap_w)
+
+    def _fit_frames_numba(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CPU path: the two fused pixel passes of :mod:`cloudlab.backdrop.kernels`."""
+        n_t = len(frames)
+        means = np.empty((n_t, int(self.block_valid.sum())))
+        for t in range(n_t):
+            sums, counts = kernels.block_sums(frames[t], self.average, self.mask, BLOCK)
+            means[t] = sums.ravel()[self.block_valid] / np.maximum(
+                counts.ravel()[self.block_valid], 1
+            )
+        poly_w = self._fit_poly(means)
+        k_r = self.br.shape[1]
+        rhs_spline = np.empty((n_t, k_r, self.bc.shape[1]))
+        rhs_strap = np.empty((n_t, len(self.columns)))
+        vr = self.vr.astype(np.float64)
+        vct = np.ascontiguousarray(self.vc.T)
+        bc = self.bc.astype(np.float64)
+        npp = self.npoly**2
+        for t in range(n_t):
+            prow = vr @ poly_w[t, :npp].reshape(self.npoly, self.npoly).T
+            spline, rhs_strap[t] = kernels.rhs(
+                frames[t], self.average, self.mask, prow, vct, self.rho,
+                poly_w[t, npp:].copy(), self.band_first, self.band_values, k_r,
+                ZERO_GRADIENT**2, ZERO_LEVEL,
+            )  # fmt: skip
+            rhs_spline[t] = spline @ bc
+        dev = {"brm": self.brm, "bc": bc, "dinv": self.dinv, "chol": self.chol}
+        spline_w, strap_w = self._solve(rhs_spline, rhs_strap, dev, np)
+        return poly_w, spline_w, strap_w
 
     def _fit_poly(self, means: np.ndarray) -> np.ndarray:
         """Polynomial stage on block means, with two clipping passes (host, 29 x 29 systems)."""
@@ -289,6 +322,7 @@ def build_solver(
     poly_normal = p.T @ p + np.eye(p.shape[1]) / POLY_PRIOR**2
     vr, vc = basis.poly_axes(rows, columns, npoly)
     avg = np.zeros(mask.shape, np.float32) if average is None else average
+    first, values = kernels.band(br, degree)
     return Solver(
         rows=rows,
         columns=columns,
@@ -312,4 +346,6 @@ def build_solver(
         vr=vr.astype(np.float32),
         vc=vc.astype(np.float32),
         rho=basis.radius(rows, columns, ccd).astype(np.float32),
+        band_first=first,
+        band_values=values,
     )
