@@ -162,7 +162,7 @@ def build_tpf(
     primary["EXTNAME"] = "PRIMARY"
     primary.setdefault("TELESCOP", "TESS")
     primary["CREATOR"] = (
-        "cloudlab TargetPixelExporter (cube cutout)",
+        "cloudlab TargetPixelExporter",
         "program that made this file",
     )
     primary["PROCVER"] = (str(__version__), "cloudlab version")
@@ -249,6 +249,10 @@ def _physical_cards(header: fits.Header) -> list[tuple]:
     ]
 
 
+def _scalar(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _ticid_value(ticid):
     try:
         return int(ticid)
@@ -260,7 +264,7 @@ def target_meta(ds: xr.Dataset, target: int) -> dict:
     """Everything but the pixels that a target's TPF needs, from a :func:`make_cutouts` dataset."""
     k = int(ds["cube_index"].values[target])
     return {
-        "ticid": ds["ticid"].values[target].item(),
+        "ticid": _scalar(ds["ticid"].values[target]),
         "ra": float(ds["ra"].values[target]),
         "dec": float(ds["dec"].values[target]),
         "sector": int(ds["sector"].values[target]),
@@ -353,7 +357,7 @@ def write_tpfs(
     urls = [
         f"{dest}/"
         + tpf_name(
-            ds["ticid"].values[i].item(),
+            _scalar(ds["ticid"].values[i]),
             ds["sector"].values[i],
             ds["camera"].values[i],
             ds["ccd"].values[i],
