@@ -18,6 +18,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from cloudlab import fits as lfits
+from cloudlab.io.tess_ffi import open_ffis  # noqa: F401  (re-exported: TESS FFI stacks)
 
 CUBE_BASE = "s3://stpubdata/tess/public/mast"
 """MAST's public bucket of SPOC cutout cubes."""
@@ -314,4 +315,3 @@ def open_cube(
         },
     )
     return ds
-from cloudlab.io.tess_ffi import open_ffis  # noqa: F401
