@@ -256,7 +256,8 @@ def aia_series(
     base = dest.rstrip("/")
     for channel in channels:
         offset = _SLOT_OFFSET.get(channel, 0.0) + rng.uniform(-0.005, 0.005, n_frames)
-        t_obs = slots + (offset * 1e9).astype("timedelta64[ns]")
+        t_obs = (slots + (offset * 1e9).astype("timedelta64[ns]")).astype("datetime64[us]")
+        t_obs = t_obs.astype("datetime64[ns]")  # as precise as the T_OBS header value
         exptime = _EXPTIME.get(channel, 2.0) * rng.uniform(0.995, 1.005, n_frames)
         counts = series.rate(channel, t_obs) * exptime[:, None, None]
         data = np.clip(np.rint(counts), _BLANK + 1, 32767).astype(np.int16)
