@@ -215,7 +215,7 @@ def _concat(parts: Sequence, empty_shape: tuple, dtype) -> da.Array:
 def _reasons(reason: np.ndarray, found: np.ndarray, targets: pd.Series) -> np.ndarray:
     out = np.asarray(reason, dtype=object).copy()
     for i in np.flatnonzero(~found):
-        out[i] = f"no light curve for target {targets.iloc[i]!r}"
+        out[i] = f"no light curve for target {targets.iloc[i]}"
     return out.astype(REASON_DTYPE)
 
 

@@ -120,6 +120,7 @@ def train(
         epochs=int(np.ceil(steps / eval_every)),
         validation_data=val,
         callbacks=[_Clock()],
+        shuffle=False,  # the tf.data pipeline shuffles
         verbose=0,
     )
     if bar is not None:

@@ -304,7 +304,9 @@ def binned_view(
     if fill == "interpolate":
         inside = np.sum((x >= t_min[:, None]) & (x <= t_max[:, None]), axis=1)
         flag(inside < 5, "fewer than 5 points in the window")
-        flag(last - x[:, 0] < (t_max - t_min) / 2, "folded coverage below half the window")
+        with np.errstate(invalid="ignore"):
+            short = last - x[:, 0] < (t_max - t_min) / 2
+        flag(short, "folded coverage below half the window")
     ok = reason == ""
     safe_step = np.where(ok, spacing, 1.0)
     lo = bin_edges(np.where(ok, t_min, 0.0), safe_step, num)
@@ -485,6 +487,9 @@ def batch_views(
     period, t0, duration = (np.atleast_1d(np.asarray(v, float)) for v in (period, t0, duration))
     if not len(period) == len(t0) == len(duration) == len(time):
         raise ValueError("time/flux rows and period, t0, duration must all have one entry per TCE")
+    if time.shape[1] == 0:  # no cadences at all: one NaN column keeps the arrays 2-D
+        time = np.full((len(time), 1), np.nan)
+        flux = time.copy()
     reason = check_parameters(period, t0, duration)
     finite = np.isfinite(time) & np.isfinite(flux)
     has_data = finite.any(axis=1)

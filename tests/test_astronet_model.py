@@ -1,0 +1,226 @@
+"""AstroNet TFRecords, model, training, evaluation, checkpoints, catalog predictions and CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloudlab.astronet import predict_catalog, read_tfrecords, views, write_tfrecords
+from cloudlab.astronet.model import CONFIGS, Column, build, get_config
+from cloudlab.astronet.tfrecords import frame_records, iter_records, labels, split_indices
+from cloudlab.astronet.train import (
+    average_precision,
+    evaluate,
+    load,
+    metrics,
+    predict,
+    roc_auc,
+    save,
+    train,
+)
+from cloudlab.simulate import lightcurves as simulate_lightcurves
+
+tf = pytest.importorskip("tensorflow")
+
+TRIAGE = Path(__file__).parents[2] / "shared" / "data" / "astronet" / "triage"
+TINY = {
+    "columns": {"global_view": Column(201, 2, 5, filters=2), "local_view": Column(61, 1, 7, 2)},
+    "dense_layers": 1,
+    "dense_units": 8,
+    "learning_rate": 3e-3,
+    "batch_size": 16,
+}
+
+
+@pytest.fixture(scope="module")
+def simulated_views():
+    lc, tces = simulate_lightcurves(12, 12, 16, noise=1e-3, seed=21)
+    return views(lc, tces).compute(scheduler="synchronous"), lc, tces
+
+
+@pytest.fixture(scope="module")
+def tiny_model(simulated_views, tmp_path_factory):
+    ds, _, _ = simulated_views
+    ds = ds.assign(label=("tce", labels(ds["Disposition"].values)))
+    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.keras")
+    model, history = train(ds, ds, config="local_global", steps=60, eval_every=20, seed=3,
+                           checkpoint=path, **TINY)  # fmt: skip
+    return model, history, path, ds
+
+
+def test_split_indices_follow_reference_rule():
+    shards = split_indices(1000)
+    order = np.random.RandomState(123).permutation(1000)
+    assert len(shards) == 10
+    np.testing.assert_array_equal(shards["val-00000-of-00001"], order[800:900])
+    np.testing.assert_array_equal(shards["test-00000-of-00001"], order[900:])
+    sizes = [len(shards[f"train-{i:05d}-of-00008"]) for i in range(8)]
+    np.testing.assert_array_equal(sizes, np.diff(np.linspace(0, 800, 9).astype(int)))
+    np.testing.assert_array_equal(
+        np.concatenate([shards[f"train-{i:05d}-of-00008"] for i in range(8)]), order[:800]
+    )
+    with pytest.raises(ValueError, match="split"):
+        split_indices(10, (0.5, 0.1, 0.1))
+
+
+def test_record_framing_matches_tensorflow(tmp_path):
+    payloads = [b"abc", b"", bytes(range(256)) * 3]
+    path = tmp_path / "x.tfrecord"
+    path.write_bytes(frame_records(payloads))
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == payloads
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as writer:
+        for p in payloads:
+            writer.write(p)
+    assert (tmp_path / "tf.tfrecord").read_bytes() == path.read_bytes()
+    data = path.read_bytes()
+    assert list(iter_records(data, check_crc=True)) == payloads
+    with pytest.raises(ValueError, match="truncated"):
+        list(iter_records(data[:-3], name="cut.tfrecord"))
+
+
+def test_write_and_read_tfrecords_roundtrip(simulated_views, tmp_path):
+    ds, _, tces = simulated_views
+    counts = write_tfrecords(ds, str(tmp_path))
+    assert counts["val-00000-of-00001"] == 4 and counts["test-00000-of-00001"] == 4
+    assert sum(counts.values()) == int(ds["valid"].sum())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(counts)
+    back = read_tfrecords(str(tmp_path / "*-of-*"))
+    assert back.sizes == {"tce": 40, "global_bin": 201, "local_bin": 61}
+    order = np.argsort(back["row_id"].values)
+    np.testing.assert_array_equal(
+        back["global_view"].values[order], ds["global_view"].values.astype(np.float32)
+    )
+    assert back["tic_id"].dtype == np.int64 and back["Period"].dtype == np.float64
+    assert back["Disposition"].values[order].tolist() == tces["Disposition"].tolist()
+    np.testing.assert_array_equal(back["label"].values[order], labels(tces["Disposition"]))
+    np.testing.assert_array_equal(back["is_multi"].values, 0.0)
+    # the feature types AstroNet's parser expects
+    raw = next(iter(tf.data.TFRecordDataset(str(tmp_path / "val-00000-of-00001"))))
+    example = tf.train.Example.FromString(raw.numpy())
+    feature = example.features.feature
+    assert len(feature["global_view"].float_list.value) == 201
+    assert len(feature["local_view"].float_list.value) == 61
+    assert feature["tic_id"].WhichOneof("kind") == "int64_list"
+    assert feature["Period"].WhichOneof("kind") == "float_list"
+    assert feature["Disposition"].WhichOneof("kind") == "bytes_list"
+    with pytest.raises(ValueError, match="local_view"):
+        write_tfrecords(ds.drop_vars("local_view"), str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.skipif(not TRIAGE.exists(), reason=f"Astronet-Triage TFRecords not found in {TRIAGE}")
+def test_read_real_triage_test_shard():
+    ds = read_tfrecords(str(TRIAGE / "test-00000-of-00001"))
+    assert ds.sizes == {"tce": 1658, "global_bin": 201, "local_bin": 61}
+    assert int(ds["label"].sum()) == 279
+    np.testing.assert_allclose(np.median(ds["global_view"].values, axis=1), 0, atol=1e-6)
+    np.testing.assert_allclose(ds["global_view"].values.min(axis=1), -1, atol=1e-6)
+    np.testing.assert_allclose(ds["local_view"].values.min(axis=1), -1, atol=1e-6)
+    positives = ds["label"].values == 1
+    centre = np.abs(np.argmin(ds["local_view"].values[positives], axis=1) - 30)
+    assert np.median(centre) <= 2
+    assert {"row_id", "tic_id", "Epoc", "Period", "Duration", "toi_id"} <= set(ds.data_vars)
+    assert "?.01" in set(ds["toi_id"].values)
+
+
+def test_model_matches_reference_architecture():
+    model = build("local_global")
+    assert model.count_params() == 2_026_721
+    shapes = {layer.name: tuple(layer.output.shape[1:]) for layer in model.layers}
+    assert shapes["global_view_flatten"] == (768,)
+    assert shapes["local_view_flatten"] == (352,)
+    assert shapes["pre_logits_concat"] == (1120,)
+    assert get_config("local_global").features == ("global_view", "local_view")
+    assert CONFIGS["local_global"].learning_rate == 1e-5
+    assert model.optimizer.epsilon == pytest.approx(1e-8)
+    assert build("vetting").count_params() == 2_216_593
+    with pytest.raises(ValueError, match="unknown"):
+        build("nope")
+
+
+def test_tiny_training_learns_and_checkpoints_roundtrip(tiny_model, tmp_path):
+    model, history, path, ds = tiny_model
+    assert history["step"] == [20, 40, 60]
+    assert history["loss"][-1] < history["loss"][0]
+    scores = predict(model, ds)
+    assert roc_auc(ds["label"].values, scores) > 0.9
+    loaded = load(path)
+    np.testing.assert_allclose(predict(loaded, ds), scores, rtol=1e-6)
+    other = str(tmp_path / "copy.keras")
+    save(loaded, other)
+    ensemble = predict([path, other], ds)
+    np.testing.assert_allclose(ensemble, scores, rtol=1e-6)
+    result = evaluate([model], ds)
+    assert result["n"] == ds.sizes["tce"]
+    assert sum(result["confusion"].values()) == ds.sizes["tce"]
+    with pytest.raises(FileNotFoundError, match="missing.keras"):
+        load(str(tmp_path / "missing.keras"))
+    (tmp_path / "junk.keras").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="junk.keras"):
+        load(str(tmp_path / "junk.keras"))
+
+
+def test_ensemble_is_mean_probability(tiny_model, simulated_views):
+    model, _, _, ds = tiny_model
+    second, _ = train(ds, None, steps=10, seed=8, **TINY)
+    both = predict([model, second], ds)
+    np.testing.assert_allclose(both, (predict(model, ds) + predict(second, ds)) / 2, rtol=1e-6)
+
+
+def test_metrics_against_brute_force():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    s = np.round(rng.uniform(0, 1, 300) + 0.3 * y, 2)  # ties included
+    pos, neg = s[y == 1], s[y == 0]
+    brute = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
+    assert roc_auc(y, s) == pytest.approx(brute, abs=1e-12)
+    assert average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
+    m = metrics(np.array([1, 1, 0, 0]), np.array([0.9, 0.2, 0.6, 0.1]))
+    assert m["confusion"] == {"tp": 1, "fp": 1, "fn": 1, "tn": 1}
+    assert m["accuracy"] == 0.5 and m["precision"] == 0.5 and m["recall"] == 0.5
+    with pytest.raises(ValueError, match="both"):
+        roc_auc([1, 1], [0.2, 0.3])
+
+
+def test_predict_catalog_on_cluster(tiny_model, simulated_views, local_client):
+    _, _, path, ds = tiny_model
+    _, lc, tces = simulated_views
+    graph = predict_catalog(lc, tces, path, batch_size=16)
+    assert graph["prediction"].data.numblocks == (3,)  # 40 TCEs in batches of 16
+    result = local_client.compute(graph["prediction"].data).result()
+    np.testing.assert_allclose(result, predict(load(path), ds), rtol=1e-5)
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        predict_catalog(lc, tces, "/tmp/nothere.keras")
+
+
+def test_cli_views_evaluate_predict(tiny_model, tmp_path, capsys):
+    from cloudlab.cli import main
+
+    _, _, path, _ = tiny_model
+    src = tmp_path / "lc"
+    simulate_lightcurves(4, 4, 4, dest=str(src), seed=13)
+    out = tmp_path / "records"
+    args = ["astronet", "views", "--lightcurves", str(src / "*.h5"), "--tces",
+            str(src / "tces.csv"), "--dest", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert len(list(out.glob("*-of-*"))) == 10
+    assert main(["astronet", "evaluate", "--data", str(out / "*"), "--checkpoints", path]) == 0
+    assert '"auc"' in capsys.readouterr().out
+    csv = tmp_path / "pred.csv"
+    args = ["astronet", "predict", "--checkpoints", path, "--lightcurves", str(src / "*.h5"),
+            "--tces", str(src / "tces.csv"), "--out", str(csv)]  # fmt: skip
+    assert main(args) == 0
+    import pandas as pd
+
+    table = pd.read_csv(csv)
+    assert len(table) == 12 and table["prediction"].between(0, 1).all()
+
+
+def test_read_tfrecords_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_tfrecords(str(tmp_path / "none-*"))
+    (tmp_path / "cut-00000").write_bytes(b"\x05\x00\x00")
+    with pytest.raises(ValueError, match="cut-00000"):
+        read_tfrecords(str(tmp_path / "cut-00000"))
