@@ -95,11 +95,13 @@ def model_grid(
     return out
 
 
-def _fit_block(frames: np.ndarray, solver: Solver, gpu: bool) -> tuple:
+def _fit_block(blocks: list[np.ndarray], solver: Solver, gpu: bool) -> tuple:
+    """Fit the frames of a list of one-frame blocks (no concatenation copy)."""
+    frames = [b[0] for b in blocks]
     if gpu:
         import cupy
 
-        frames = cupy.asarray(frames)
+        frames = [cupy.asarray(f) for f in frames]
     return solver.fit_frames(frames)
 
 
@@ -189,12 +191,13 @@ def fit(
         means, rows, columns, ccd=ccd, npoly=npoly, nrad=nrad, nknots=nknots, degree=degree
     )
     n_poly = npoly * npoly + nrad - 1
-    blocks = data.rechunk((fpb, n_r, n_c)).to_delayed().ravel()
-    sizes = data.rechunk((fpb, n_r, n_c)).chunks[0]
+    blocks = list(data.rechunk((1, n_r, n_c)).to_delayed().ravel())
     poly, spline, strap = [], [], []
     with gpu_tasks() if gpu else contextlib.nullcontext():
-        for block, n in zip(blocks, sizes, strict=True):
-            out = dask.delayed(_fit_block, nout=3, pure=True)(block, solver, gpu)
+        for start in range(0, n_t, fpb):
+            group = blocks[start : start + fpb]
+            n = len(group)
+            out = dask.delayed(_fit_block, nout=3, pure=True)(group, solver, gpu)
             poly.append(da.from_delayed(out[0], (n, n_poly), np.float64))
             spline.append(da.from_delayed(out[1], (n, nknots, nknots), np.float64))
             strap.append(da.from_delayed(out[2], (n, n_c), np.float64))

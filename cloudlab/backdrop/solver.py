@@ -92,8 +92,9 @@ class Solver:
 
         Parameters
         ----------
-        frames : array
-            ``(ntime, rows, columns)`` science images (numpy or CuPy).
+        frames : array or sequence of arrays
+            ``(ntime, rows, columns)`` science images, or a list of ``(rows, columns)`` images
+            (numpy or CuPy).
 
         Returns
         -------
@@ -106,11 +107,11 @@ class Solver:
         """
         from cloudlab.backend import array_module, asnumpy
 
-        xp = array_module(frames)
+        xp = array_module(frames[0])
         if xp is np and kernels.AVAILABLE:
-            return self._fit_frames_numba(np.asarray(frames))
+            return self._fit_frames_numba(frames)
         dev = self.arrays(xp)
-        n_t = frames.shape[0]
+        n_t = len(frames)
         finite = [None] * n_t
         means = np.empty((n_t, int(self.block_valid.sum())))
         for t in range(n_t):
@@ -150,8 +151,9 @@ class Solver:
         spline_w, strap_w = self._solve(rhs_spline, rhs_strap, dev, xp)
         return poly_w, asnumpy(spline_w), asnumpy(strap_w)
 
-    def _fit_frames_numba(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _fit_frames_numba(self, frames: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """CPU path: the two fused pixel passes of :mod:`cloudlab.backdrop.kernels`."""
+        frames = [np.ascontiguousarray(f, dtype=np.float32) for f in frames]
         n_t = len(frames)
         means = np.empty((n_t, int(self.block_valid.sum())))
         for t in range(n_t):
