@@ -6,6 +6,7 @@ Public API (see ``docs/architecture.md``): :class:`HDUInfo`, :func:`hdu_info`, :
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections import Counter
@@ -206,6 +207,33 @@ def read_infos(
     return out
 
 
+def stack_infos(
+    entries: list[tuple[str, dict | None]],
+    hdu: int | str | tuple,
+    storage_options: dict | None,
+    keys: tuple[str, ...] = (),
+) -> list[tuple]:
+    """Like :func:`read_infos`, plus the values of ``keys``; headers are dropped (except the
+    first one) to keep results small when they travel back from cluster workers.
+
+    Returns
+    -------
+    list of tuple
+        Per file ``("ok", HDUInfo, {key: value})`` or ``("missing"|"error", url, message)``.
+    """
+    out: list[tuple] = []
+    first = True
+    for result in read_infos(entries, hdu, storage_options):
+        if result[0] != "ok":
+            out.append(result)
+            continue
+        info = result[1]
+        values = {key: info.get(key) for key in keys}
+        out.append(("ok", info if first else info.light(), values))
+        first = False
+    return out
+
+
 def header_rows(
     entries: list[tuple[str, dict | None]], hdu: int | str | tuple, storage_options: dict | None
 ) -> list[tuple]:
@@ -386,7 +414,9 @@ def open_stack(
     if not entries:
         raise ValueError("open_stack: no files given")
     what = f"open_stack({len(entries)} files, hdu={hdu!r})"
-    results = _gather_infos(entries, hdu, storage_options)
+    results = _gather_infos(
+        entries, hdu, storage_options, functools.partial(stack_infos, keys=keys)
+    )
     _raise_errors([r for r in results if r[0] == "error"], what)
     missing = [r[1] for r in results if r[0] == "missing"]
     if missing and on_missing == "raise":
@@ -437,7 +467,7 @@ def open_stack(
     urls_out = [r[1].url if r[0] == "ok" else r[1] for r in results]
     coords: dict[str, Any] = {"url": (dim, np.asarray(urls_out, dtype=str))}
     for key in keys:
-        values = [None if i is None else i.get(key) for i in infos]
+        values = [r[2][key] if r[0] == "ok" else None for r in results]
         coords[key] = (dim, _coordinate(values))
     attrs = {
         "fits_header": good[0].header_text,
