@@ -89,13 +89,18 @@ def _convolve_block(block, psf, out_dtype):
     fft = scipy.fft if xp is np else xp.fft
     b = block.shape[-1]
     p = np.asarray(psf.shape)
-    full = b + p - 1
-    fshape = [scipy.fft.next_fast_len(int(n), real=True) for n in full]
+    fshape = [scipy.fft.next_fast_len(int(n), real=True) for n in b + p - 1]
     kernel = fft.rfft2(xp.asarray(psf), s=fshape)
-    spec = fft.rfft2(block.astype(xp.float64), s=fshape, axes=(-2, -1))
-    out = fft.irfft2(spec * kernel, s=fshape, axes=(-2, -1))
     y0, x0 = (p - 1) // 2
-    return out[..., y0 : y0 + b, x0 : x0 + b].astype(out_dtype)
+    stamps = block.reshape(-1, b, b)
+    out = xp.empty(stamps.shape, dtype=out_dtype)
+    # one stamp at a time stays in cache on CPUs; a GPU takes the whole block at once
+    step = 1 if xp is np else stamps.shape[0]
+    for i in range(0, stamps.shape[0], step):
+        spec = fft.rfft2(stamps[i : i + step].astype(xp.float64), s=fshape, axes=(-2, -1))
+        full = fft.irfft2(spec * kernel, s=fshape, axes=(-2, -1))
+        out[i : i + step] = full[..., y0 : y0 + b, x0 : x0 + b]
+    return out.reshape(block.shape)
 
 
 def convolve_models(models: xr.DataArray, psf: Any, **kwargs: Any) -> xr.DataArray:
@@ -120,7 +125,11 @@ def convolve_models(models: xr.DataArray, psf: Any, **kwargs: Any) -> xr.DataArr
         The convolved cube, same dims, coordinates and chunks.
     """
     psf = read_psf(psf, boxsize=models.sizes["x"], **kwargs)
-    data = models.data if isinstance(models.data, da.Array) else da.asarray(models.data)
+    data = models.data
+    if not isinstance(data, da.Array):  # in memory: one chunk per leading (n, q) plane
+        chunks = (1,) * max(data.ndim - 4, 0) + (-1,) * min(data.ndim, 4)
+        data = da.from_array(data, chunks=chunks, name=False)  # no hashing of a 179 MB cube
+    data = data.rechunk({data.ndim - 2: -1, data.ndim - 1: -1})  # whole stamps per block
     conv = data.map_blocks(
         _convolve_block, psf=psf, out_dtype=models.dtype, dtype=models.dtype, meta=data._meta
     )

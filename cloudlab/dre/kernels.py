@@ -10,7 +10,8 @@ The kernels below evaluate this for every (cut, model) pair of a block without f
 temporaries: each cut's mask is packed once into runs of consecutive pixels, and every model
 stamp is streamed once per block of cuts.
 
-* ``chi_numba``: fused CPU loop (numba), float64 arithmetic on float32 inputs.
+* ``chi_numba``: fused CPU loop (numba): float32 terms summed per run of pixels, runs summed
+  in float64 (≈1e-7 relative to a float64 evaluation).
 * ``chi_cupy``: a CUDA kernel (CuPy), one thread block per (model, cut).
 * ``chi_numpy``: the same arithmetic with numpy over small model blocks (used when numba is
   not installed).
@@ -29,10 +30,25 @@ from cloudlab.backend import array_module
 _NUMPY_MODEL_BLOCK = 128
 
 
-def pack_masks(
-    obj: np.ndarray, seg: np.ndarray, rms: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of consecutive True pixels per row of a ``(G, npix)`` mask: start, length, offsets."""
+    g = mask.shape[0]
+    padded = np.zeros((g, mask.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    edges = np.diff(padded, axis=1)
+    cut, start = np.nonzero(edges == 1)
+    _, stop = np.nonzero(edges == -1)
+    offsets = np.zeros(g + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cut, minlength=g), out=offsets[1:])
+    return start.astype(np.int64), (stop - start).astype(np.int64), offsets
+
+
+def pack_masks(obj: np.ndarray, seg: np.ndarray, rms: np.ndarray) -> tuple[np.ndarray, ...]:
     """Pack the mask pixels of a block of cuts into runs of consecutive (row-major) pixels.
+
+    Two sets of runs are made: all mask pixels (for the model flux ``sum_P(M)``) and the mask
+    pixels where both D and σ are finite (the pixels ``nanmean`` keeps). NaN pixels thus drop
+    out of the χ loop up front, which keeps it free of branches.
 
     Parameters
     ----------
@@ -41,29 +57,19 @@ def pack_masks(
 
     Returns
     -------
-    run_start, run_len : numpy.ndarray
-        int64 flat pixel index and length of each run, all cuts concatenated.
-    cut_runs : numpy.ndarray
-        int64 ``(G + 1,)`` offsets of each cut's runs in ``run_start``.
-    data, var : numpy.ndarray
-        float64 D and σ² of the mask pixels in run order, all cuts concatenated.
-    flux : numpy.ndarray
-        float64 ``(G,)`` nansum of D over each mask.
+    tuple of numpy.ndarray
+        ``flux_start, flux_len, flux_offsets`` (runs over the masks), ``term_start, term_len,
+        term_offsets`` (runs over the finite mask pixels), ``data`` and ``var`` (float32 D and
+        σ² of the finite mask pixels in run order), ``flux`` (float64 ``nansum`` of D over each
+        mask) and ``count`` (float64 number of finite mask pixels per cut).
     """
-    g = obj.shape[0]
-    padded = np.zeros((g, seg.shape[1] + 2), dtype=np.int8)
-    padded[:, 1:-1] = seg
-    edges = np.diff(padded, axis=1)
-    cut_s, start = np.nonzero(edges == 1)
-    _, stop = np.nonzero(edges == -1)
-    cut_runs = np.zeros(g + 1, dtype=np.int64)
-    np.cumsum(np.bincount(cut_s, minlength=g), out=cut_runs[1:])
-    cut_p, pix = np.nonzero(seg)
-    data = obj[cut_p, pix].astype(np.float64)
-    var = rms[cut_p, pix].astype(np.float64) ** 2
-    flux = np.zeros(g)
-    np.add.at(flux, cut_p, np.where(np.isnan(data), 0.0, data))
-    return start.astype(np.int64), (stop - start).astype(np.int64), cut_runs, data, var, flux
+    finite = seg & np.isfinite(obj) & np.isfinite(rms)
+    cut, pix = np.nonzero(finite)
+    data = obj[cut, pix].astype(np.float32)
+    var = (rms[cut, pix].astype(np.float64) ** 2).astype(np.float32)
+    flux = np.where(seg, np.nan_to_num(obj.astype(np.float64), nan=0.0), 0.0).sum(axis=1)
+    count = finite.sum(axis=1).astype(np.float64)
+    return (*_runs(seg), *_runs(finite), data, var, flux, count)
 
 
 @cache
@@ -71,38 +77,34 @@ def _numba_kernel():
     import numba
 
     @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
-    def kernel(models, run_start, run_len, cut_runs, data, var, flux, out):
-        n_models = models.shape[0]
-        n_cuts = cut_runs.size - 1
-        for k in range(n_models):
+    def kernel(models, f_start, f_len, f_off, t_start, t_len, t_off, data, var, flux, count, out):
+        zero = np.float32(0.0)
+        for k in range(models.shape[0]):
             row = models[k]
-            pixel0 = 0
-            for g in range(n_cuts):
-                first, last = cut_runs[g], cut_runs[g + 1]
+            pixel = 0
+            for g in range(f_off.size - 1):
                 total = 0.0
-                for i in range(first, last):
-                    stamp = row[run_start[i] : run_start[i] + run_len[i]]
+                for i in range(f_off[g], f_off[g + 1]):
+                    stamp = row[f_start[i] : f_start[i] + f_len[i]]
+                    part = zero
                     for j in range(stamp.size):
-                        total += stamp[j]
-                scale = flux[g] / total
+                        part += stamp[j]
+                    total += part
+                scale = np.float32(flux[g] / total)
                 acc = 0.0
-                count = 0.0
-                p = pixel0
-                for i in range(first, last):
-                    n = run_len[i]
-                    stamp = row[run_start[i] : run_start[i] + n]
-                    d = data[p : p + n]
-                    v = var[p : p + n]
+                for i in range(t_off[g], t_off[g + 1]):
+                    n = t_len[i]
+                    stamp = row[t_start[i] : t_start[i] + n]
+                    d = data[pixel : pixel + n]
+                    v = var[pixel : pixel + n]
+                    part = zero
                     for j in range(n):
                         m = scale * stamp[j]
                         r = d[j] - m
-                        t = r * r / (m + v[j])
-                        ok = t == t
-                        acc += t if ok else 0.0
-                        count += 1.0 if ok else 0.0
-                    p += n
-                out[g, k] = acc / count if count else np.nan
-                pixel0 = p
+                        part += r * r / (m + v[j])
+                    acc += part
+                    pixel += n
+                out[g, k] = acc / count[g] if count[g] > 0 else np.nan
         return out
 
     return kernel
@@ -134,7 +136,8 @@ def chi_numba(models: np.ndarray, obj: np.ndarray, seg: np.ndarray, rms: np.ndar
     """
     packed = pack_masks(obj, seg, rms)
     out = np.empty((obj.shape[0], models.shape[0]), dtype=np.float64)
-    _numba_kernel()(np.ascontiguousarray(models), *packed, out)
+    models = np.ascontiguousarray(models, dtype=np.float32)
+    _numba_kernel()(models, *packed, out)
     return out.astype(np.float32)
 
 

@@ -1,0 +1,162 @@
+"""DRE end to end with the real SExtractor and PSFEx on a simulated tile, and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+
+import dask
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from cloudlab import dre
+from cloudlab.commands import dre as dre_cli
+from cloudlab.dre.tools import PSFEX_NAMES, SEXTRACTOR_NAMES
+from cloudlab.io.galaxies import open_cuts
+from cloudlab.simulate import galaxy_tile
+
+HAVE_TOOLS = any(map(shutil.which, SEXTRACTOR_NAMES)) and any(map(shutil.which, PSFEX_NAMES))
+needs_tools = pytest.mark.skipif(
+    not HAVE_TOOLS, reason="needs the Debian packages source-extractor and psfex"
+)
+AXES = {"ax_ratio": (0.2, 0.2, 5), "angle": (0.0, 30.0, 6), "log_r": (0.2, 0.2, 6)}
+B = 64
+
+
+def _values(axis):
+    start, step, count = axis
+    return start + step * np.arange(count)
+
+
+@pytest.fixture(autouse=True)
+def _synchronous():
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def tile(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dre")
+    sim = galaxy_tile(
+        str(root / "Tiles" / "t1.fits"),
+        shape=(600, 600),
+        n_galaxies=10,
+        n_stars=10,
+        seed=3,
+        ax_ratio=_values(AXES["ax_ratio"])[:4],
+        angle=_values(AXES["angle"]),
+        log_r=_values(AXES["log_r"])[1:5],
+        stamp=B,
+        margin=40,
+        min_separation=70,
+    )
+    return root, sim
+
+
+@needs_tools
+def test_sextract_psfex_fit_recovers_true_cells(tile):
+    root, sim = tile
+    sex = dre.sextract(str(root / "Tiles" / "t1.fits"), str(root / "Sextracted" / "t1"))
+    for url in (sex.catalog, sex.background, sex.rms, sex.segmentation, sex.subtracted):
+        assert url.startswith(str(root / "Sextracted" / "t1" / "t1_"))
+    table = sex.table
+    assert {"NUMBER", "X_IMAGE", "Y_IMAGE", "CLASS_STAR", "VIGNET"} <= set(table.colnames)
+    truth = sim.truth
+    # every injected source is detected within half a pixel
+    d = np.hypot(
+        table["X_IMAGE"][:, None] - truth["X_IMAGE"][None],
+        table["Y_IMAGE"][:, None] - truth["Y_IMAGE"][None],
+    )
+    assert len(table) == len(truth) and np.all(d.min(axis=0) < 0.5)
+    # check images: background near the sky level, rms near the noise, -BACKGROUND = tile - bkg
+    bkg, rms = fits.getdata(sex.background), fits.getdata(sex.rms)
+    assert np.median(bkg) == pytest.approx(sim.sky, abs=1.0)
+    assert np.median(rms) == pytest.approx(sim.noise, rel=0.1)
+    np.testing.assert_allclose(fits.getdata(sex.subtracted), sim.image - bkg, atol=1e-3)
+    # stars are classified as stars
+    match = d.argmin(axis=0)
+    stars = truth["KIND"] == "star"
+    assert np.all(table["CLASS_STAR"][match[stars]] > 0.8)
+
+    psf = dre.psfex(sex.catalog, str(root / "PSF" / "t1.psf"))
+    assert psf.psf.shape == (25, 25)
+    np.testing.assert_allclose(psf.psf, sim.psf, atol=0.02 * sim.psf.max())
+    np.testing.assert_allclose(dre.read_psf(psf.url), psf.psf)
+
+    # fit with the true integer centres, SExtractor's NUMBER, segmentation, background and rms
+    galaxies = truth[truth["KIND"] == "galaxy"]
+    j = d.argmin(axis=0)[truth["KIND"] == "galaxy"]
+    catalog = Table(
+        {
+            "NUMBER": table["NUMBER"][j],
+            "X_IMAGE": galaxies["X_IMAGE"],
+            "Y_IMAGE": galaxies["Y_IMAGE"],
+            "CLASS_STAR": table["CLASS_STAR"][j],
+        }
+    )
+    cuts = open_cuts(str(root / "Tiles" / "t1.fits"), catalog, size=B, margin=40,
+                     max_stellarity=1.0, background=sex.background, rms=sex.rms,
+                     segmentation=sex.segmentation)  # fmt: skip
+    result = dre.fit(cuts, dre.model_grid(**AXES, boxsize=B), psf.url)
+    summary = dre.summarize(result)
+    for row, true in zip(summary, galaxies, strict=True):
+        assert row["FLAG"] == 0
+        assert row["AX_RATIO"] == pytest.approx(true["AX_RATIO"])
+        assert row["ANGLE"] == pytest.approx(true["ANGLE"])
+        assert row["LOGR"] == pytest.approx(true["LOGR"])
+        assert abs(row["LOGR_PARAB"] - true["LOGR"]) < 0.1
+
+
+@needs_tools
+def test_tool_failures_surface_their_message(tmp_path, monkeypatch):
+    not_fits = tmp_path / "broken.fits"
+    not_fits.write_bytes(b"this is not a FITS file" * 200)
+    with pytest.raises(dre.ToolError, match="SExtractor failed"):
+        dre.sextract(str(not_fits), str(tmp_path / "out"))
+    image = tmp_path / "flat.fits"
+    fits.PrimaryHDU(np.zeros((64, 64), np.float32)).writeto(image)
+    with pytest.raises(dre.ToolError, match="DETECT_THRESH"):
+        dre.sextract(str(image), str(tmp_path / "out"), options={"DETECT_THRESH": "-5,x,y"})
+    catalog = tmp_path / "cat.fits"
+    Table({"NUMBER": [1]}).write(catalog)
+    with pytest.raises(dre.ToolError, match="PSFEx"):
+        dre.psfex(str(catalog), str(tmp_path / "p.psf"))
+    assert not (tmp_path / "p.psf").exists()
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(dre.ToolError, match="apt-get install source-extractor"):
+        dre.sextract(str(image))
+    with pytest.raises(dre.ToolError, match="apt-get install psfex"):
+        dre.psfex(str(catalog))
+
+
+def _cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    dre_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["dre", *argv])
+    return args.func(args)
+
+
+@needs_tools
+def test_cli_runs_dre_layout(tmp_path):
+    root = tmp_path / "run"
+    galaxy_tile(str(root / "Tiles" / "a.fits"), shape=(400, 400), n_galaxies=4, n_stars=8,
+                seed=5, stamp=B, margin=40, min_separation=60)  # fmt: skip
+    models = str(tmp_path / "models.fits")
+    assert _cli("models", models, "--ax-ratio", "0.2", "0.2", "5", "--angle", "0", "30", "6",
+                "--log-r", "0.2", "0.2", "6", "--boxsize", str(B)) == 0  # fmt: skip
+    assert _cli("sextract", str(root)) == 0
+    assert _cli("psfex", str(root)) == 0
+    assert _cli("cuts", str(root), "--size", str(B), "--margin", "40") == 0
+    assert _cli("fit", str(root), "--models", models, "--mosaics", "--zarr") == 0
+    summary = Table.read(root / "Summary" / "a_dre.fits")
+    n_cuts = len(dre.read_cuts_hdf5(str(root / "Cuts" / "a_cuts.h5"))["galaxy"])
+    assert len(summary) == n_cuts > 0
+    assert {"MODEL_IDX", "LOGR_PARAB", "X_IMAGE", "CLASS_STAR"} <= set(summary.colnames)
+    assert "VIGNET" not in summary.colnames
+    assert len(dre.read_chi_hdf5(str(root / "Chi" / "a_chi.h5"))) == n_cuts
+    assert (root / "Chi" / "a_chi.zarr").is_dir()
+    assert len(list((root / "Mosaics" / "a").glob("*_mosaic.png"))) == n_cuts
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        _cli("sextract", str(root), "--option", "DETECT_THRESH")
