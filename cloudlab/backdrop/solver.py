@@ -166,15 +166,15 @@ class Solver:
         rhs_spline = np.empty((n_t, k_r, self.bc.shape[1]))
         rhs_strap = np.empty((n_t, len(self.columns)))
         vr = self.vr.astype(np.float64)
-        vct = np.ascontiguousarray(self.vc.T)
+        vct = np.ascontiguousarray(self.vc.T, dtype=np.float32)
         bc = self.bc.astype(np.float64)
         npp = self.npoly**2
         for t in range(n_t):
-            prow = vr @ poly_w[t, :npp].reshape(self.npoly, self.npoly).T
+            prow = (vr @ poly_w[t, :npp].reshape(self.npoly, self.npoly).T).astype(np.float32)
             spline, rhs_strap[t] = kernels.rhs(
                 frames[t], self.average, self.mask, prow, vct, self.rho,
-                poly_w[t, npp:].copy(), self.band_first, self.band_values, k_r,
-                ZERO_GRADIENT**2, ZERO_LEVEL,
+                poly_w[t, npp:].astype(np.float32), self.band_first, self.band_values, k_r,
+                np.float32(ZERO_GRADIENT**2), np.float32(ZERO_LEVEL),
             )  # fmt: skip
             rhs_spline[t] = spline @ bc
         dev = {"brm": self.brm, "bc": bc, "dinv": self.dinv, "chol": self.chol}
@@ -196,14 +196,16 @@ class Solver:
 
     def _solve(self, rhs_spline: Any, rhs_strap: Any, dev: dict, xp: ModuleType) -> tuple:
         """Block Cholesky solve of the spline + strap system for all frames at once."""
+        n_t = len(rhs_strap)
+        brm, bc = dev["brm"], dev["bc"].astype(xp.float64)
         y = rhs_strap * dev["dinv"][None, :]  # D^-1 b_strap
         # C D^-1 b_strap, with C[(j, i), k] = (Br^T M)[i, k] Bc[k, j]
-        coupled = xp.einsum("ik,tkj->tij", dev["brm"], dev["bc"][None] * y[:, :, None])
-        rhs = xp.transpose(rhs_spline - coupled, (0, 2, 1)).reshape(len(y), -1)  # (j, i) order
+        coupled = xp.matmul(brm[None], bc[None] * y[:, :, None])  # (t, i, j)
+        rhs = xp.transpose(rhs_spline - coupled, (0, 2, 1)).reshape(n_t, -1)  # (j, i) order
         x = _cho_solve(dev["chol"], rhs.T, xp).T
-        spline = x.reshape(len(y), self.bc.shape[1], self.br.shape[1])  # [t, j, i]
-        back = xp.einsum("kj,tji->tki", dev["bc"], spline)
-        strap = y - dev["dinv"][None, :] * xp.einsum("tki,ik->tk", back, dev["brm"])
+        spline = x.reshape(n_t, bc.shape[1], brm.shape[0])  # [t, j, i]
+        back = xp.matmul(bc[None], spline)  # (t, k, i)
+        strap = y - dev["dinv"][None, :] * (back * brm.T[None]).sum(axis=2)
         return spline, strap
 
 
