@@ -278,7 +278,7 @@ def test_read_real_tces_csv_with_cr_line_endings():
     assert len(tces) > 16000
     assert list(tces.columns[:4]) == ["row_id", "tic_id", "toi_id", "Disposition"]
     assert set(tces["Disposition"]) <= {"PC", "EB", "J", "O"}
-    assert (tces["Duration"] < 2).all()  # days, not hours
+    assert tces["Duration"].median() < 0.5  # days, not hours
     assert (tces["Transit_Depth"] > 0).all()
     raw = read_tces(str(TCES), clean=False)
     assert len(raw) == 16734

@@ -126,8 +126,9 @@ def fold_and_sort(
         tau = phase_fold(time, period[:, None], t0[:, None])
     tau = np.where(valid, tau, np.inf)
     order = np.argsort(tau, axis=1)
-    x = np.take_along_axis(tau, order, axis=1)
-    y = np.take_along_axis(np.where(valid, flux, 0.0), order, axis=1)
+    order += np.arange(len(tau))[:, None] * tau.shape[1]
+    x = tau.ravel()[order]
+    y = np.where(valid, flux, 0.0).ravel()[order]
     return x, y, valid.sum(axis=1)
 
 
@@ -164,22 +165,43 @@ def count_below(
         (rows, m) integer counts.
     """
     rows, m = edges.shape
+    # only points in [edges[0], edges[-1]) need work: those below count for every edge, those
+    # above for none; the window is narrow for local views
+    below_first = np.sum(x < edges[:, :1], axis=1)
+    width = int((np.sum(x < edges[:, -1:], axis=1) - below_first).max(initial=0))
+    if width < x.shape[1] // 2:
+        index = below_first[:, None] + np.arange(width)
+        inside = index < np.sum(x < edges[:, -1:], axis=1)[:, None]
+        flat_index = np.minimum(index, x.shape[1] - 1) + np.arange(rows)[:, None] * x.shape[1]
+        x = np.where(inside, x.ravel()[flat_index], np.inf)
+    else:
+        below_first = np.zeros(rows, np.intp)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        guess = np.floor((x - first[:, None]) / step[:, None]) + 1
-    guess = np.clip(np.nan_to_num(guess, nan=m, posinf=m, neginf=0), 0, m)
+        guess = np.floor((x - first[:, None]) / step[:, None])
+    guess += 1
+    np.clip(guess, 0, m, out=guess)
     limit = np.isfinite(edges).sum(axis=1)[:, None]  # trailing +inf edges are unused slots
     c = np.minimum(guess.astype(np.intp), limit)  # c[r, j] ≈ #{k : edges[r, k] <= x[r, j]}
     ext = np.empty((rows, m + 2))
     ext[:, 0], ext[:, -1], ext[:, 1:-1] = -np.inf, np.inf, edges
-    while True:
-        below = np.take_along_axis(ext, c, axis=1) > x
-        above = (np.take_along_axis(ext, c + 1, axis=1) <= x) & (c < m)
-        if not (below.any() or above.any()):
-            break
-        c += above.astype(np.intp) - below.astype(np.intp)
-    flat = (np.arange(rows)[:, None] * (m + 1) + c).ravel()
+    ext = ext.ravel()
+    # exact correction against the actual edges; after the first pass only moved entries
+    c, x_flat = c.ravel(), x.ravel()
+    pos = (np.arange(rows)[:, None] * (m + 2) + c.reshape(rows, -1)).ravel()
+    todo = None
+    while todo is None or todo.size:
+        p = pos if todo is None else pos[todo]
+        xv = x_flat if todo is None else x_flat[todo]
+        cv = c if todo is None else c[todo]
+        move = (ext[p + 1] <= xv) & (cv < m)
+        move = move.astype(np.intp) - (ext[p] > xv)
+        moved = np.flatnonzero(move)
+        todo = moved if todo is None else todo[moved]
+        c[todo] += move[moved]
+        pos[todo] += move[moved]
+    flat = (np.arange(rows)[:, None] * (m + 1) + c.reshape(rows, -1)).ravel()
     hist = np.bincount(flat, minlength=rows * (m + 1)).reshape(rows, m + 1)
-    return np.cumsum(hist, axis=1)[:, :m]
+    return np.cumsum(hist, axis=1)[:, :m] + below_first[:, None]
 
 
 def segment_medians(y: np.ndarray, start: np.ndarray, count: np.ndarray) -> np.ndarray:
