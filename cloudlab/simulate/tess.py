@@ -613,6 +613,9 @@ def _write_cube_local(path, primary, n_rows, n_cols, n_frames, model, table_byte
         f.truncate(data_offset + padded)
         f.seek(data_offset + padded)
         f.write(table_bytes)
+    if model is None:  # sparse: the data stay a hole of zeros
+        progress(n_rows)
+        return data_offset
     cube = np.memmap(path, dtype=">f4", mode="r+", offset=data_offset,
                      shape=(n_rows, n_cols, n_frames, 2))  # fmt: skip
     rows_per_block = max(1, int(4e6 // max(1, n_cols * n_frames)))
@@ -642,6 +645,7 @@ def tess_sector(
     cube: bool = True,
     storage_options: dict | None = None,
     progress: bool = False,
+    sparse: bool = False,
 ) -> TessSector:
     """Simulate one TESS sector/camera/CCD and write its FFIs and cutout cube to ``dest``.
 
@@ -667,6 +671,11 @@ def tess_sector(
         Filesystem keyword arguments for ``dest``.
     progress : bool, optional
         Show a tqdm progress bar.
+    sparse : bool, optional
+        Write headers and the HDU 2 table but leave the cube's pixel data as a hole (zeros, a
+        sparse file on local disks): full-geometry cubes of ~100 GB in seconds, for I/O
+        benchmarks. Needs ``cube=True`` and ``ffis=False``; the star catalog is still returned
+        but the stars are not in the pixels.
 
     Returns
     -------
@@ -691,6 +700,8 @@ def tess_sector(
         raise ValueError(f"cadence_s must be > 0, got {cadence_s}")
     if not (ffis or cube):
         raise ValueError("nothing to write: ffis and cube are both False")
+    if sparse and (ffis or not cube):
+        raise ValueError("sparse=True writes only the cube: use ffis=False, cube=True")
     layout = DetectorLayout.for_shape(shape)
     shape = (layout.n_rows, layout.n_cols)
     wcs_cards, pointing = sector_wcs(sector, camera, ccd, layout)
@@ -769,7 +780,11 @@ def tess_sector(
             _image_header(extname=f"CAMERA.CCD {camera}.{ccd} uncert", imagtype="uncert", **common)
         )
 
-    model = _PixelModel(layout, stars, 0.5 * (tstart + tstop), cadence_s, seed, nan_frames)
+    model = (
+        None
+        if sparse
+        else _PixelModel(layout, stars, 0.5 * (tstart + tstop), cadence_s, seed, nan_frames)
+    )
     dest = dest.rstrip("/")
     cube_url = f"{dest}/tess-s{sector:04d}-{camera}-{ccd}-cube.fits"
     ffi_urls = [f"{dest}/{name}" for name in names] if ffis else []
