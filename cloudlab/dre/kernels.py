@@ -230,8 +230,7 @@ def chi_cupy(models, obj, seg, rms):
     cupy.cumsum(cupy.bincount(cut, minlength=g), out=offsets[1:])
     data = obj[cut, pix].astype(cupy.float64)
     var = rms[cut, pix].astype(cupy.float64) ** 2
-    flux = cupy.zeros(g, dtype=cupy.float64)
-    cupy.add.at(flux, cut, cupy.where(cupy.isnan(data), 0.0, data))
+    flux = cupy.bincount(cut, weights=cupy.nan_to_num(data, nan=0.0), minlength=g)
     models = cupy.ascontiguousarray(models, dtype=cupy.float32)
     out = cupy.empty((g, models.shape[0]), dtype=cupy.float32)
     _cuda_kernel()(
