@@ -47,6 +47,7 @@ __all__ = [
     "file_info",
     "is_local",
     "is_transient",
+    "local_path",
     "read_bytes",
     "resolve",
     "retry",
@@ -370,6 +371,18 @@ def _local_cat_ranges(path: str, starts: Sequence[int], ends: Sequence[int]) -> 
             f.seek(start)
             out.append(f.read(end - start))
     return out
+
+
+def local_path(url: str, storage_options: dict | None = None) -> str | None:
+    """The path of ``url`` when it is a plain local file (for zero-copy reads), else ``None``."""
+    if "::" in url:
+        return None
+    if "://" not in url:
+        return os.path.abspath(os.path.expanduser(url))
+    if _protocol(url) not in ("file", "local"):
+        return None
+    fs, path = resolve(url, storage_options)
+    return path if type(fs) is LocalFileSystem else None
 
 
 def cat_ranges(

@@ -615,3 +615,34 @@ def test_corrupt_gzip(tmp_path: Path) -> None:
     with pytest.raises(cf.FITSError, match="gzip") as err:
         cf.open_hdu(str(path)).compute()
     assert str(path) in str(err.value)
+
+
+def test_fast_card_values_equal_astropy(tmp_path: Path) -> None:
+    hdu = fits.PrimaryHDU(np.zeros((2, 2), "f4"))
+    cards = {
+        "STR": "a string",
+        "QUOTE": "it's here",
+        "TRAIL": "spaces   ",
+        "EMPTY": "",
+        "INT": -42,
+        "BIG": 2**62,
+        "FLT": 1.5e-7,
+        "NEGF": -0.0,
+        "TRUE": True,
+        "FALSE": False,
+        "SLASH": "a/b",
+    }
+    for key, value in cards.items():
+        hdu.header[key] = (value, "with a comment")
+    path = write(tmp_path / "cards.fits", hdu)
+    raw = Path(path).read_bytes()
+    exp = raw.replace(b"FLT     = ", b"DEXP    = ").replace(b"E-07", b"D-07")
+    Path(path).write_bytes(exp)  # a D exponent as some writers use
+    info = cf.hdu_info(path)
+    header = fits.getheader(path)
+    for key in [*cards, "DEXP", "BITPIX", "NAXIS1", "ABSENT"]:
+        if key == "FLT":
+            continue
+        assert info.get(key, "default") == header.get(key, "default"), key
+        assert type(info.get(key)) is type(header.get(key)), key
+    assert info.header == header
