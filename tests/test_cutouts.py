@@ -265,3 +265,20 @@ def test_cli(sims, tmp_path, capsys):
     assert "6 targets" in text and "5 TPF(s)" in text
     assert "TIC 5: not on a science pixel" in text
     assert len(list(out.glob("*_tpf.fits"))) == 5
+
+
+def test_tpf_template_gives_astropy_bytes(sims):
+    import io
+
+    from cloudlab.cutouts.tpf import TPFTemplate, build_tpf, target_meta
+
+    _, one, _ = sims
+    targets = _targets_at(one, PIXELS).assign(ticid=[5, 123456789012, 7, 8, 9, 10])
+    ds = make_cutouts(targets, cube_url=one.cube_url, size=(5, 6)).compute()
+    flux, err = ds["flux"].values, ds["flux_err"].values
+    template = TPFTemplate(flux[0], err[0], target_meta(ds, 0))
+    for i in range(1, len(targets)):
+        meta = target_meta(ds, i)
+        buf = io.BytesIO()
+        build_tpf(flux[i], err[i], meta=meta).writeto(buf)
+        assert template.render(flux[i], err[i], meta) == buf.getvalue()
