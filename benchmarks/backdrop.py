@@ -48,6 +48,14 @@ def _accuracy(errs: list[np.ndarray]) -> dict:
     return {"median": float(np.median(e)), "p99": float(np.percentile(e, 99))}
 
 
+def _warm_up() -> None:
+    """Load the numba kernels (compiled and cached on first use) outside the timed region."""
+    from cloudlab.backdrop.solver import build_solver
+
+    solver = build_solver(np.ones((16, 16), bool), np.arange(16), np.arange(16), ccd=1, nknots=4)
+    solver.fit_frames(np.ones((1, 16, 16), np.float32))
+
+
 def run_cloudlab(stack: str, truth_file: str, fpb: int, out: mp.Queue) -> None:
     """cloudlab end to end (lazy graph, synchronous scheduler), then a timed breakdown."""
     import dask
@@ -59,6 +67,7 @@ def run_cloudlab(stack: str, truth_file: str, fpb: int, out: mp.Queue) -> None:
 
     truth = pickle.loads(Path(truth_file).read_bytes())
     res: dict = {}
+    _warm_up()
     w0, c0 = time.perf_counter(), time.process_time()
     ffis = open_ffis(f"{stack}/*.fits")
     weights = backdrop.fit(ffis, frames_per_batch=fpb)
@@ -68,6 +77,7 @@ def run_cloudlab(stack: str, truth_file: str, fpb: int, out: mp.Queue) -> None:
     res["end_to_end_cpu"] = time.process_time() - c0
     res["peak_rss_fit_gb"] = _peak_rss_gb()
     n = ffis.sizes["time"]
+    res["end_to_end_cpu_per_frame"] = res["end_to_end_cpu"] / n
 
     # breakdown: setup (average image, masks, normal matrix, Cholesky) and the frame loop
     c0 = time.process_time()
@@ -83,7 +93,7 @@ def run_cloudlab(stack: str, truth_file: str, fpb: int, out: mp.Queue) -> None:
     errs = []
     for start in range(0, n, fpb):
         c0 = time.process_time()
-        frames = ffis["flux"].values[start : start + fpb]
+        frames = ffis["flux"][start : start + fpb].values
         c1 = time.process_time()
         poly_w, spline_w, strap_w = solver.fit_frames(frames)
         c2 = time.process_time()
@@ -95,8 +105,8 @@ def run_cloudlab(stack: str, truth_file: str, fpb: int, out: mp.Queue) -> None:
     res["fit_cpu_per_frame"] = fit_cpu / n
     res["accuracy"] = _accuracy(errs)
     full = backdrop.evaluate(weights, rows, cols, times=[0]).values[0]
-    res["graph_equals_breakdown"] = float(np.abs(full - model_grid(solver, *solver.fit_frames(
-        ffis["flux"].values[:1])))[0].max())  # fmt: skip
+    first = model_grid(solver, *solver.fit_frames(ffis["flux"][:1].values))[0]
+    res["graph_equals_breakdown"] = float(np.abs(full - first).max())
     res["peak_rss_gb"] = _peak_rss_gb()
     res["frames"] = n
     out.put(res)
