@@ -199,8 +199,10 @@ def _inputs(
 
 
 def _template(first: xr.DataArray, spatial: tuple[Hashable, ...]) -> xr.DataArray:
-    """Spatial coordinates and attrs (WCS) that the output maps keep."""
-    return first.isel(time=0, drop=True).transpose(*spatial)
+    """Spatial coordinates and attrs (WCS) that the output maps keep (not per-channel ones)."""
+    template = first.isel(time=0, drop=True).transpose(*spatial)
+    scalar = [name for name, coord in template.coords.items() if not coord.dims]
+    return template.drop_vars(scalar)
 
 
 def _pairs_peaks(
