@@ -5,9 +5,12 @@
     (``make_cutouts(...).compute()``, threads; then also ``write_tpfs``) against astrocut's
     ``TessCubeCutout`` called once per target (on a subset, as a rate). Values are compared on
     the subset. Bytes fetched (merged ranges) against bytes needed (the cutouts' pixels).
-(b) S3 (moto_server on 127.0.0.1, started and stopped here): a smaller cube uploaded to the
-    emulator (moto keeps objects in memory); cloudlab against astrocut ``threads="auto"`` on the
-    ``s3://`` URL, one target at a time.
+(b) S3 (moto_server on 127.0.0.1, started and stopped here): a cube with a real frame count but a
+    small image (104 × 107 × FRAMES × 2; moto keeps objects in memory and its cost per ranged GET
+    grows with the object's size, ~0.1 s per request for a 100 MB object, served one at a time),
+    so this part compares the number and size of requests: cloudlab against astrocut
+    ``threads="auto"`` on the ``s3://`` URL, one target at a time (astrocut re-reads the HDU 2
+    table, ~1.4 kB per frame, in 10 kB blocks on every call).
 (c) ``locate``: 100,000 random sky positions with the vectorised pointing model against
     tess-point's own ``tess_stars2px_function_entry`` (on a subset, as a rate).
 
@@ -153,7 +156,7 @@ def bench_s3(tmp: str, n_targets: int, n_astrocut: int, frames: int, size: int) 
             except OSError:
                 time.sleep(0.1)
         local = os.path.join(tmp, "s3src")
-        sim = tess_sector(local, shape=(416, 428), n_frames=frames, n_stars=10, cadence_s=600,
+        sim = tess_sector(local, shape=(104, 107), n_frames=frames, n_stars=10, cadence_s=600,
                           ffis=False, sparse=True)  # fmt: skip
         fs, _ = storage.resolve("s3://bench/x")
         fs.mkdir("bench")
@@ -173,7 +176,7 @@ def bench_s3(tmp: str, n_targets: int, n_astrocut: int, frames: int, size: int) 
             np.array_equal(c.data, ds["flux"].values[i], equal_nan=True) for i, c in enumerate(cuts)
         )
         return {
-            "cube": f"416x428x{frames}",
+            "cube": f"104x107x{frames}",
             "targets": n_targets,
             "cloudlab_cutouts_per_s": n_targets / t_cut,
             "astrocut_per_s": rate_ac,
@@ -221,12 +224,15 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=1000)
     parser.add_argument("--astrocut", type=int, default=100, help="targets cut by astrocut")
     parser.add_argument("--frames", type=int, default=1282)
-    parser.add_argument("--s3-frames", type=int, default=300)
+    parser.add_argument("--s3-frames", type=int, default=1282)
+    parser.add_argument("--s3-targets", type=int, default=50)
+    parser.add_argument("--s3-astrocut", type=int, default=3)
     parser.add_argument("--size", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.targets, args.astrocut, args.frames, args.s3_frames = 50, 10, 100, 50
+        args.targets, args.astrocut, args.frames = 50, 10, 100
+        args.s3_frames, args.s3_targets, args.s3_astrocut = 100, 10, 2
     tmp = tempfile.mkdtemp(prefix="cloudlab-bench-cutouts-")
     try:
         a = bench_local(tmp, args.targets, args.astrocut, args.frames, args.size)
@@ -243,7 +249,7 @@ def main() -> None:
         print(f"  values identical      : {a['identical']}")
         print(f"  read calls            : {a['read_calls']}")
         print(f"  bytes fetched/needed  : {a['bytes_fetched'] / a['bytes_needed']:8.3f}")
-        b = bench_s3(tmp, min(args.targets, 200), min(args.astrocut, 20), args.s3_frames, args.size)
+        b = bench_s3(tmp, args.s3_targets, args.s3_astrocut, args.s3_frames, args.size)
         print(f"\n(b) S3 emulator, {b['cube']} cube, {b['targets']} targets")
         print(f"  cloudlab make_cutouts : {b['cloudlab_cutouts_per_s']:8.1f} cutouts/s")
         print(f"  astrocut threads=auto : {b['astrocut_per_s']:8.1f} cutouts/s "

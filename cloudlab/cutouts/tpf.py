@@ -17,6 +17,7 @@ import io
 import re
 
 import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
 from astropy.io import fits
@@ -509,9 +510,10 @@ def write_tpfs(
     if not todo:
         return urls
     sub = ds.isel(target=todo)
-    flux_blocks = sub["flux"].data.to_delayed().ravel()
-    err_blocks = sub["flux_err"].data.to_delayed().ravel()
-    bounds = np.cumsum((0, *sub["flux"].data.chunks[0]))
+    flux, flux_err = (_as_dask(sub[name].data) for name in ("flux", "flux_err"))
+    flux_blocks = flux.to_delayed().ravel()
+    err_blocks = flux_err.to_delayed().ravel()
+    bounds = np.cumsum((0, *flux.chunks[0]))
     tasks = []
     for b, (fb, eb) in enumerate(zip(flux_blocks, err_blocks, strict=True)):
         idx = range(bounds[b], bounds[b + 1])
@@ -523,6 +525,13 @@ def write_tpfs(
     if failed:
         raise TPFWriteError(urls, failed)
     return urls
+
+
+def _as_dask(data) -> da.Array:
+    """Computed (numpy) cutouts are written in chunks of 64 targets too."""
+    if isinstance(data, da.Array):
+        return data.rechunk({1: -1, 2: -1, 3: -1})
+    return da.from_array(data, chunks=(64, -1, -1, -1))
 
 
 def _compute(tasks: list, progress: bool) -> list:
