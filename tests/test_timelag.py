@@ -339,3 +339,35 @@ def test_kernels_run_on_cupy_blocks():
     assert isinstance(ds["timelag"].data._meta, cupy.ndarray)
     lag = cupy.asnumpy(ds["timelag"].sel(pair="94-335").data.compute())
     np.testing.assert_allclose(lag, skt.time_lag(a, b, t * u.s).to_value(u.s), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ command line
+def test_command_line_simulates_and_writes_all_outputs(tmp_path):
+    import argparse
+
+    from cloudlab.commands import timelag as command
+
+    parser = argparse.ArgumentParser(prog="cloudlab")
+    command.register(parser.add_subparsers(dest="command"))
+    sim = tmp_path / "sim"
+    args = parser.parse_args(["timelag", "simulate", str(sim), "--channels", "94,335",
+                              "--shape", "6x8", "--frames", "30"])  # fmt: skip
+    assert args.func(args) == 0
+    out = tmp_path / "out"
+    args = parser.parse_args([
+        "timelag", "--channel", f"94={sim}/0094/*.fits", "--channel", f"335={sim}/0335/*.fits",
+        "--lag-bounds", "-2min", "2min", "--bottom-left", "-401.08,48.62", "--top-right",
+        "-398.98,51.38", "--out", str(out),
+    ])  # fmt: skip
+    assert args.lag_bounds == [-120.0, 120.0] and args.bottom_left == (-401.08, 48.62)
+    assert args.func(args) == 0
+    maps = xr.open_zarr(out / "timelag_maps.zarr").compute()
+    assert list(maps["pair"].values) == ["94-335"] and maps["timelag"].shape[1:] == (6, 4)
+    assert np.isin(maps["timelag"].values, [0.0, 12.0, 24.0, 36.0]).all()
+    assert (out / "fits" / "timelag_94_335.fits").exists()
+    assert (out / "png" / "timelag_94_335.png").exists()
+    with pytest.raises(ValueError, match="at least two channels"):
+        bad = parser.parse_args(["timelag", "--channel", f"94={sim}/0094/*.fits", "--out", "x"])
+        bad.func(bad)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["timelag", "--lag-bounds", "-3 parsecs", "3h"])
