@@ -105,6 +105,9 @@ def test_write_and_read_tfrecords_roundtrip(simulated_views, tmp_path):
     assert feature["tic_id"].WhichOneof("kind") == "int64_list"
     assert feature["Period"].WhichOneof("kind") == "float_list"
     assert feature["Disposition"].WhichOneof("kind") == "bytes_list"
+    x, y = next(iter(read_tfrecords(str(tmp_path / "*-of-*"), output="tf", batch_size=100)))
+    np.testing.assert_array_equal(x["global_view"].numpy(), back["global_view"].values)
+    np.testing.assert_array_equal(y.numpy()[:, 0], back["label"].values)
     with pytest.raises(ValueError, match="local_view"):
         write_tfrecords(ds.drop_vars("local_view"), str(tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()
@@ -123,6 +126,10 @@ def test_read_real_triage_test_shard():
     assert np.median(centre) <= 2
     assert {"row_id", "tic_id", "Epoc", "Period", "Duration", "toi_id"} <= set(ds.data_vars)
     assert "?.01" in set(ds["toi_id"].values)
+    stream = read_tfrecords(str(TRIAGE / "test-00000-of-00001"), output="tf", batch_size=2000)
+    x, y = next(iter(stream))
+    np.testing.assert_array_equal(x["local_view"].numpy(), ds["local_view"].values)
+    assert float(y.numpy().sum()) == 279
 
 
 def test_model_matches_reference_architecture():

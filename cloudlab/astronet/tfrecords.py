@@ -249,30 +249,49 @@ def read_tfrecords(
     urls: str | Sequence[str],
     *,
     label: str | None = "triage",
+    output: str = "xarray",
+    features: Sequence[str] = ("global_view", "local_view"),
+    batch_size: int = 64,
     storage_options: dict | None = None,
-) -> xr.Dataset:
-    """Read AstroNet TFRecord files into an xarray Dataset.
+):
+    """Read AstroNet TFRecord files into an xarray Dataset or a ``tf.data.Dataset``.
 
     Parameters
     ----------
     urls : str or sequence of str
         File URLs or a glob (any fsspec URL).
     label : {"triage", "vetting"} or None
-        Add a ``label`` variable from ``Disposition`` (Triage: PC and EB → 1; Vetting: PC → 1).
+        Add a ``label`` from ``Disposition`` (Triage: PC and EB → 1; Vetting: PC → 1).
+    output : {"xarray", "tf"}
+        ``"tf"`` streams ``(features, label)`` batches with ``tf.data`` (local files are parsed
+        by TensorFlow directly; remote ones go through the xarray reader).
+    features : sequence of str
+        Time-series features of the ``tf.data`` output, with their lengths taken from the data.
+    batch_size : int
+        Batch size of the ``tf.data`` output.
     storage_options : dict, optional
         fsspec options.
 
     Returns
     -------
-    xarray.Dataset
+    xarray.Dataset or tf.data.Dataset
         ``global_view`` (tce, global_bin), ``local_view`` (tce, local_bin), ``secondary_view``
-        where present, every scalar feature as a ``tce`` variable (mixed-type features such as
-        ``toi_id`` as text) and ``file`` (the shard each record came from).
+        (tce, secondary_bin) where present, every scalar feature as a ``tce`` variable
+        (mixed-type features such as ``toi_id`` as text) and ``file`` (the shard of each record).
     """
     tf = _tf()
+    if output not in ("xarray", "tf"):
+        raise ValueError(f"output must be 'xarray' or 'tf', got {output!r}")
     files = storage.expand(urls, storage_options=storage_options)
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {urls!r}")
+    if output == "tf":
+        if label is None:
+            raise ValueError("output='tf' needs a label mapping ('triage' or 'vetting')")
+        if all(storage.is_local(u) for u in files):
+            return _stream(files, label, features, batch_size)
+        ds = read_tfrecords(files, label=label, storage_options=storage_options)
+        return to_tf_dataset(ds, features=features, batch_size=batch_size)
     rows: list[dict[str, Any]] = []
     for url in files:
         data = storage.read_bytes(url, storage_options=storage_options)
@@ -282,7 +301,11 @@ def read_tfrecords(
             rows.append(row)
     if not rows:
         raise ValueError(f"no records in {files}")
-    dims = {"global_view": "global_bin", "local_view": "local_bin", "secondary_view": "local_bin"}
+    dims = {
+        "global_view": "global_bin",
+        "local_view": "local_bin",
+        "secondary_view": "secondary_bin",
+    }
     data_vars: dict[str, Any] = {}
     for name, dim in dims.items():
         if name in rows[0]:
@@ -305,6 +328,30 @@ def read_tfrecords(
     if label is not None and "Disposition" in ds:
         ds["label"] = ("tce", labels(ds["Disposition"].values, label))
     return ds
+
+
+def _stream(files: Sequence[str], label: str, features: Sequence[str], batch_size: int):
+    """``tf.data`` pipeline parsing local TFRecord files with TensorFlow."""
+    tf = _tf()
+    paths = [u.split("://", 1)[-1] for u in files]
+    first = tf.train.Example.FromString(next(iter(tf.data.TFRecordDataset(paths[:1]))).numpy())
+    spec = {}
+    for name in features:
+        if name not in first.features.feature:
+            raise ValueError(f"{files[0]}: no feature {name!r}")
+        length = len(first.features.feature[name].float_list.value)
+        spec[name] = tf.io.FixedLenFeature([length], tf.float32)
+    spec["Disposition"] = tf.io.FixedLenFeature([], tf.string)
+    positive = tf.constant(POSITIVE_DISPOSITIONS[label])
+
+    def parse(record):
+        parsed = tf.io.parse_single_example(record, spec)
+        disposition = tf.strings.strip(parsed.pop("Disposition"))
+        target = tf.reduce_any(tf.equal(disposition, positive))
+        return parsed, tf.reshape(tf.cast(target, tf.float32), [1])
+
+    dataset = tf.data.TFRecordDataset(paths).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(2)
 
 
 def labels(dispositions: Sequence[str], kind: str = "triage") -> np.ndarray:
