@@ -130,6 +130,20 @@ def test_blank_pixels_become_nan(tmp_path, compressed):
     assert values[0, 0] == 100 and values[5, 7] == 147
 
 
+def test_integer_frames_without_blank_are_normalised_in_float(tmp_path):
+    data = np.array([[7, 8], [9, 10]], dtype=np.int16)
+    header = fits.Header()
+    for key, value in {"T_OBS": "2011-02-13T15:00:00.34Z", "EXPTIME": 3.0, "WAVELNTH": 94,
+                       "QUALITY": 0}.items():  # fmt: skip
+        header[key] = value
+    fits.PrimaryHDU(data, header).writeto(tmp_path / "frame.fits")
+    cube = aia.open_stack(str(tmp_path / "frame.fits"))
+    assert cube.dtype == np.int16
+    rate = aia.normalize_exposure(cube)
+    assert rate.dtype == np.float32
+    np.testing.assert_allclose(rate.values[0], data / 3.0, rtol=1e-6)
+
+
 def test_simulated_series_layout_and_headers(series):
     path = series.files[193][3]
     with fits.open(path) as hdus:

@@ -31,8 +31,8 @@ _FRAME_KEYS = ("T_OBS", "EXPTIME", "WAVELNTH", "QUALITY")
 
 
 def parse_time(value: str, url: str = "") -> np.datetime64:
-    """Parse an AIA time string (``2011-02-15T00:00:01.34Z``, optional ``_TAI``/``Z``)."""
-    text = str(value).strip().removesuffix("_TAI").removesuffix("Z").replace("_", "T", 1)
+    """Parse an ISO time such as AIA's ``T_OBS`` (``2011-02-15T00:00:01.34Z``) to datetime64."""
+    text = str(value).strip().removesuffix("Z")
     try:
         return np.datetime64(text, "ns")
     except ValueError as err:
@@ -70,7 +70,8 @@ def open_stack(
     Returns
     -------
     xarray.DataArray
-        Dask-backed (one chunk per file), float (BLANK pixels NaN), with coordinates ``time``
+        Dask-backed (one chunk per file), with the dtype astropy returns (float32 with NaN for
+        BLANK pixels of int16 images), with coordinates ``time``
         (datetime64 of ``T_OBS``), ``exptime`` (s), ``quality``, ``url`` and scalar
         ``wavelength`` (Å); ``attrs``: ``fits_header`` (first frame's header), ``units`` "DN".
 
@@ -160,7 +161,8 @@ def normalize_exposure(cube: xr.DataArray) -> xr.DataArray:
     if bad.size:
         where = cube["url"].values[bad[0]] if "url" in cube.coords else f"frame {bad[0]}"
         raise ValueError(f"{where}: EXPTIME {exptime[bad[0]]} is not positive")
-    out = cube / cube["exptime"].astype(cube.dtype)
+    dtype = np.result_type(cube.dtype, np.float32)
+    out = cube.astype(dtype) / cube["exptime"].astype(dtype)
     out.attrs = {**cube.attrs, "units": "DN / s"}
     out.name = cube.name
     return out
@@ -371,7 +373,7 @@ def interpolate_to_grid(
     data = cube.transpose("time", "y", "x").data
     if not isinstance(data, da.Array):
         data = da.from_array(data)
-    if chunks is None:
+    if chunks is None:  # planned for the time-lag step over the six AIA EUV channels
         per_pixel = timelag_bytes_per_pixel(grid.size, 6, 8)
         chunks = plan_spatial_chunks((cube.sizes["y"], cube.sizes["x"]), per_pixel)
     data = data.rechunk((-1, *chunks))
