@@ -72,6 +72,11 @@ class Solver:
     saturation: np.ndarray | None = None
     _device: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_device"] = {}  # device copies stay where they were made
+        return state
+
     @property
     def n_poly(self) -> int:
         """Number of polynomial + radial weights."""
