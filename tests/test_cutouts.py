@@ -282,3 +282,22 @@ def test_tpf_template_gives_astropy_bytes(sims):
         buf = io.BytesIO()
         build_tpf(flux[i], err[i], meta=meta).writeto(buf)
         assert template.render(flux[i], err[i], meta) == buf.getvalue()
+
+
+def test_cube_urls_and_open_cube(sims):
+    from cloudlab.io.tess import cube_url, open_cube
+
+    dest, one, _ = sims
+    assert cube_url(55, 1, 2) == "s3://stpubdata/tess/public/mast/tess-s0055-1-2-cube.fits"
+    with dask.config.set({"cloudlab.tess.cube-base": dest}):
+        assert cube_url(55, 1, 1) == one.cube_url
+    with pytest.raises(ValueError, match="bad sector/camera/ccd"):
+        cube_url(55, 5, 1)
+    ds = open_cube(sector=55, camera=1, ccd=1, base=dest)
+    assert ds["flux"].dims == ("time", "row", "column") and ds.attrs["camera"] == 1
+    np.testing.assert_array_equal(ds["quality"].values, one.quality)
+    np.testing.assert_allclose(ds["barycorr"].values, one.barycorr)
+    np.testing.assert_array_equal(
+        ds["flux"][:, 3:6, 7:9].values,
+        np.moveaxis(fits.getdata(one.cube_url, 1)[3:6, 7:9, :, 0], 2, 0),
+    )

@@ -12,6 +12,7 @@ import json
 import warnings
 from dataclasses import dataclass
 
+import dask.config
 import numpy as np
 import xarray as xr
 from astropy.io import fits
@@ -34,7 +35,8 @@ def cube_url(sector: int, camera: int, ccd: int, base: str | None = None) -> str
     ----------
     sector, camera, ccd : int
     base : str, optional
-        Directory URL holding ``tess-s{sector:04d}-{camera}-{ccd}-cube.fits`` files.
+        Directory URL holding ``tess-s{sector:04d}-{camera}-{ccd}-cube.fits`` files; default the
+        dask config value ``cloudlab.tess.cube-base``, else :data:`CUBE_BASE`.
 
     Returns
     -------
@@ -42,7 +44,7 @@ def cube_url(sector: int, camera: int, ccd: int, base: str | None = None) -> str
     """
     if not (1 <= int(camera) <= 4 and 1 <= int(ccd) <= 4) or int(sector) < 1:
         raise ValueError(f"bad sector/camera/ccd: {sector}/{camera}/{ccd}")
-    base = (base or CUBE_BASE).rstrip("/")
+    base = (base or dask.config.get("cloudlab.tess.cube-base", None) or CUBE_BASE).rstrip("/")
     return f"{base}/tess-s{int(sector):04d}-{int(camera)}-{int(ccd)}-cube.fits"
 
 
