@@ -162,7 +162,14 @@ def read_cutouts(
     ny, nx = size
     corner_col = np.asarray(corner_col, dtype=np.int64)
     corner_row = np.asarray(corner_row, dtype=np.int64)
-    out = np.full((2, len(corner_col), n_frames, ny, nx), np.nan, dtype=np.float32)
+    out = np.empty((2, len(corner_col), n_frames, ny, nx), dtype=np.float32)
+    partial = (
+        (corner_col < 0)
+        | (corner_col + nx > n_cols)
+        | (corner_row < 0)
+        | (corner_row + ny > n_rows)
+    )
+    out[:, partial] = np.nan  # NaN padding only where a cutout leaves the image
     starts, ends, pieces, _ = plan_ranges(
         corner_col, corner_row, size, n_rows=n_rows, n_cols=n_cols, n_frames=n_frames,
         data_offset=data_offset,
