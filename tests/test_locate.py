@@ -68,7 +68,7 @@ def test_locate_pointing_reports_off_silicon():
     ra, dec = _random_sky(2000, 5)
     targets = pd.DataFrame({"ticid": np.arange(2000), "ra": ra, "dec": dec, "extra": "x"})
     res = locate(targets, sector=55)
-    off = pd.DataFrame(res.attrs["off_silicon"])
+    off = res.attrs["off_silicon"].to_frame()
     assert res.attrs["method"] == "pointing"
     assert len(res) + len(off) == 2000
     assert set(res["ticid"]).isdisjoint(off["ticid"])
@@ -105,7 +105,7 @@ def test_locate_with_cube_wcs(sims):
     np.testing.assert_allclose(res["column"], stars["column"], atol=1e-6)
     np.testing.assert_allclose(res["row"], stars["row"], atol=1e-6)
     assert res["cube_url"].iloc[0] == one.cube_url and res["cube_url"].iloc[-1] == two.cube_url
-    off = pd.DataFrame(res.attrs["off_silicon"]).set_index("ticid")
+    off = res.attrs["off_silicon"].to_frame().set_index("ticid")
     assert off.loc[7, "reason"] == "collateral pixels of camera 1 CCD 1"
     assert "2 cube(s) found" in off.loc[8, "reason"]
     assert lay.lead_cols > 1

@@ -13,6 +13,35 @@ _PREFILTER_DEG = 9.0
 half-diagonal is ≈ 8.5°)."""
 
 
+class OffSilicon:
+    """The targets :func:`locate` found on no science pixel, with the reason.
+
+    Kept in ``DataFrame.attrs``, which pandas deep-copies and compares on many operations: this
+    wrapper is immutable (copies are the same object) so that costs nothing for 100,000 targets.
+    """
+
+    def __init__(self, frame: pd.DataFrame):
+        self._frame = frame
+
+    def to_frame(self) -> pd.DataFrame:
+        """A copy as a DataFrame: ``ticid``, ``ra``, ``dec``, ``reason``."""
+        return self._frame.copy()
+
+    def __len__(self) -> int:
+        return len(self._frame)
+
+    def __deepcopy__(self, memo) -> OffSilicon:
+        return self
+
+    def __eq__(self, other) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"OffSilicon({len(self)} targets)"
+
+
 def check_targets(targets: pd.DataFrame) -> pd.DataFrame:
     """Validate a target table: ``ticid``, finite ``ra``/``dec`` in range.
 
@@ -122,9 +151,9 @@ def locate(
     pandas.DataFrame
         One row per target on a science pixel, in ``targets`` order: the input columns plus
         ``sector``, ``camera``, ``ccd``, ``column``, ``row`` (0-based FFI pixel, collateral
-        columns included) and, for ``"wcs"``, ``cube_url``. ``attrs["off_silicon"]`` lists the
-        other targets as records (``ticid``, ``ra``, ``dec``, ``reason``):
-        ``pandas.DataFrame(result.attrs["off_silicon"])``; ``attrs["method"]`` the method.
+        columns included) and, for ``"wcs"``, ``cube_url``. ``attrs["off_silicon"]`` is an
+        :class:`OffSilicon` listing the other targets (``.to_frame()``: ``ticid``, ``ra``,
+        ``dec``, ``reason``); ``attrs["method"]`` the method.
 
     Raises
     ------
@@ -189,7 +218,8 @@ def locate(
         out["cube_url"] = urls[found].astype(str)
     off = targets.loc[~found, ["ticid", "ra", "dec"]].copy()
     off["reason"] = reason[~found]
-    out.attrs = dict(targets.attrs)
-    out.attrs["off_silicon"] = off.to_dict("records")
+    out.attrs = {k: v for k, v in targets.attrs.items() if k not in ("off_silicon", "method")}
+    out = out.reset_index(drop=True)
+    out.attrs["off_silicon"] = OffSilicon(off.reset_index(drop=True))
     out.attrs["method"] = method
-    return out.reset_index(drop=True)
+    return out
