@@ -25,7 +25,7 @@ __all__ = ["BLOCK", "FITSError", "HDUInfo", "clear_cache", "hdu_info"]
 #: FITS block size in bytes.
 BLOCK = 2880
 _CARD = 80
-_FIRST_BLOCKS = 4  # blocks per request at the start of a header
+_FIRST_BLOCKS = 8  # blocks of the first request (a TESS FFI: primary + ext-1 header)
 _MAX_BLOCKS = 64  # the request size doubles up to this many blocks
 _CACHE_SIZE = 8192
 
