@@ -18,39 +18,85 @@ BATCH_BYTES = 128 * 2**20
 SUBSAMPLE = 16
 
 
-def _frame_levels(block: np.ndarray) -> np.ndarray:
-    """Subtract from every frame the median of its ``[::16, ::16]`` subsample."""
-    level = np.nanmedian(block[:, ::SUBSAMPLE, ::SUBSAMPLE].reshape(len(block), -1), axis=1)
-    return (block - level[:, None, None].astype(block.dtype)).astype(np.float32)
+def _read_frame(url: str, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Read one frame's region ``(row0, col0, rows, cols)`` of HDU 1 (image pixels)."""
+    from cloudlab import fits
+
+    r0, c0, n_r, n_c = box
+    return fits.read_region(fits.hdu_info(url, 1), (slice(r0, r0 + n_r), slice(c0, c0 + n_c)))
 
 
-def average_image(flux: da.Array, good: np.ndarray) -> da.Array:
-    """tess-backdrop's average image, lazily.
+def batch_mean(frames: list, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Mean of frames, each minus the median of its ``[::16, ::16]`` subsample.
 
-    The good frames, each minus the median of a 16x16 subsample, are split into at most 20
-    batches; the batch means are stacked and their per-pixel median taken (in
-    :func:`prepare_solver`, which also subtracts the result's own median).
+    ``frames`` holds one-frame arrays ``(1, rows, columns)``, or URLs read here (with ``box``).
+    """
+    acc = None
+    for frame in _frames(frames, box):
+        if acc is None:
+            acc = np.zeros(frame.shape, np.float64)
+        acc += frame - np.nanmedian(frame[::SUBSAMPLE, ::SUBSAMPLE])
+    return (acc / len(frames)).astype(np.float32)
+
+
+def frame_sources(ffis: xr.Dataset) -> tuple[list, tuple[int, int, int, int] | None]:
+    """What each task reads: frame URLs and the image box, or one-frame dask blocks.
+
+    Stacks from :func:`cloudlab.io.tess.open_ffis` (a ``url`` coordinate and image offsets) are
+    read by the tasks that use them, so no frame is held in memory between the average pass and
+    the fit pass; other datasets are used through their ``flux`` chunks.
+    """
+    rows, cols = ffis["row"].values, ffis["column"].values
+    a = ffis.attrs
+    contiguous = bool(np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1))
+    if "url" in ffis.coords and "image_row_offset" in a and contiguous:
+        box = (
+            int(a["image_row_offset"] + rows[0]),
+            int(a["image_column_offset"] + cols[0]),
+            len(rows),
+            len(cols),
+        )
+        return [str(u) for u in ffis["url"].values], box
+    flux = ffis["flux"].data
+    if not isinstance(flux, da.Array):
+        flux = da.from_array(np.asarray(flux))
+    return list(flux.rechunk((1, *flux.shape[1:])).to_delayed().ravel()), None
+
+
+def _frames(items: list, box: tuple[int, int, int, int] | None) -> list[np.ndarray]:
+    return [
+        (_read_frame(item, box) if isinstance(item, str) else np.asarray(item)[0]).astype(
+            np.float32, copy=False
+        )
+        for item in items
+    ]
+
+
+def average_batches(ffis: xr.Dataset, good: np.ndarray) -> list:
+    """tess-backdrop's average-image batches, lazily: one task per batch of good frames.
 
     Parameters
     ----------
-    flux : dask.array.Array
-        ``(time, rows, columns)`` frames.
+    ffis : xarray.Dataset
+        The frames (``flux``, dims ``time, row, column``).
     good : numpy.ndarray
         Boolean per frame: frames that may enter the average.
 
     Returns
     -------
-    dask.array.Array
-        ``(n_batches, rows, columns)`` batch means (float32).
+    list of dask.delayed.Delayed
+        Batch means (float32 images); :func:`prepare_solver` takes their per-pixel median.
     """
     idx = np.flatnonzero(good)
-    levelled = flux.map_blocks(_frame_levels, dtype=np.float32)
-    means = [levelled[idx[b]].mean(axis=0, dtype=np.float32) for b in masks.frame_batches(len(idx))]
-    return da.stack(means)
+    sources, box = frame_sources(ffis)
+    return [
+        dask.delayed(batch_mean, pure=True)([sources[k] for k in idx[b]], box)
+        for b in masks.frame_batches(len(idx))
+    ]
 
 
 def prepare_solver(
-    batch_means: np.ndarray,
+    batch_means: list[np.ndarray],
     rows: np.ndarray,
     columns: np.ndarray,
     *,
@@ -66,8 +112,11 @@ def prepare_solver(
     removed, so that it keeps only fine (stellar) structure and the weights fitted to
     ``frame - average`` describe the whole background, constant included.
     """
-    avg = np.nanmedian(batch_means, axis=0)
-    avg = (avg - np.nanmedian(avg)).astype(np.float32)
+    stack = np.stack(batch_means)
+    finite = bool(np.isfinite(stack).all())
+    median = np.median if finite else np.nanmedian
+    avg = median(stack, axis=0) if len(stack) > 1 else stack[0]
+    avg = (avg - median(avg)).astype(np.float32)
     star_mask, sat_mask = masks.background_mask(avg)
     solver = build_solver(
         star_mask, rows, columns, ccd=ccd, npoly=npoly, nrad=nrad, nknots=nknots, degree=degree
@@ -95,9 +144,9 @@ def model_grid(
     return out
 
 
-def _fit_block(blocks: list[np.ndarray], solver: Solver, gpu: bool) -> tuple:
-    """Fit the frames of a list of one-frame blocks (no concatenation copy)."""
-    frames = [b[0] for b in blocks]
+def _fit_block(items: list, solver: Solver, gpu: bool, box: tuple | None) -> tuple:
+    """Read (URLs) or take (one-frame blocks) a batch of frames and fit them."""
+    frames = _frames(items, box)
     if gpu:
         import cupy
 
@@ -184,20 +233,18 @@ def fit(
     if fpb < 1:
         raise ValueError(f"frames_per_batch must be >= 1, got {frames_per_batch}")
 
-    data = flux.data if isinstance(flux.data, da.Array) else da.from_array(flux.values)
-    data = data.astype(np.float32)
-    means = average_image(data, good)
+    means = average_batches(ffis, good)
     solver = dask.delayed(prepare_solver, pure=True)(
         means, rows, columns, ccd=ccd, npoly=npoly, nrad=nrad, nknots=nknots, degree=degree
     )
     n_poly = npoly * npoly + nrad - 1
-    blocks = list(data.rechunk((1, n_r, n_c)).to_delayed().ravel())
+    sources, box = frame_sources(ffis)
     poly, spline, strap = [], [], []
     with gpu_tasks() if gpu else contextlib.nullcontext():
         for start in range(0, n_t, fpb):
-            group = blocks[start : start + fpb]
+            group = sources[start : start + fpb]
             n = len(group)
-            out = dask.delayed(_fit_block, nout=3, pure=True)(group, solver, gpu)
+            out = dask.delayed(_fit_block, nout=3, pure=True)(group, solver, gpu, box)
             poly.append(da.from_delayed(out[0], (n, n_poly), np.float64))
             spline.append(da.from_delayed(out[1], (n, nknots, nknots), np.float64))
             strap.append(da.from_delayed(out[2], (n, n_c), np.float64))
