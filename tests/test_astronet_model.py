@@ -215,6 +215,12 @@ def test_cli_views_evaluate_predict(tiny_model, tmp_path, capsys):
     assert len(list(out.glob("*-of-*"))) == 10
     assert main(["astronet", "evaluate", "--data", str(out / "*"), "--checkpoints", path]) == 0
     assert '"auc"' in capsys.readouterr().out
+    members = str(tmp_path / "m_{seed}.keras")
+    args = ["astronet", "train", "--data", str(out), "--out", members, "--steps", "2",
+            "--ensemble", "2"]  # fmt: skip
+    assert main(args) == 0
+    assert (tmp_path / "m_1.keras").exists() and (tmp_path / "m_2.keras").exists()
+    assert main(["astronet", "train", "--data", str(out), "--out", path, "--ensemble", "2"]) == 2
     csv = tmp_path / "pred.csv"
     args = ["astronet", "predict", "--checkpoints", path, "--lightcurves", str(src / "*.h5"),
             "--tces", str(src / "tces.csv"), "--out", str(csv)]  # fmt: skip

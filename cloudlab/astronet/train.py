@@ -284,19 +284,20 @@ def metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> d
     Returns
     -------
     dict
-        ``n``, ``accuracy``, ``auc``, ``average_precision``, ``precision``, ``recall``,
-        ``confusion`` ({"tp", "fp", "fn", "tn"}) and ``threshold``.
+        ``n``, ``accuracy``, ``auc``, ``average_precision`` (NaN unless both classes occur),
+        ``precision``, ``recall``, ``confusion`` ({"tp", "fp", "fn", "tn"}) and ``threshold``.
     """
     labels = np.asarray(labels).astype(bool)
     pred = np.asarray(scores) >= threshold
     tp, fp = int(np.sum(pred & labels)), int(np.sum(pred & ~labels))
     fn, tn = int(np.sum(~pred & labels)), int(np.sum(~pred & ~labels))
+    both = 0 < labels.sum() < labels.size  # AUC and AP need both classes
     return {
         "n": int(labels.size),
         "threshold": threshold,
         "accuracy": (tp + tn) / max(labels.size, 1),
-        "auc": roc_auc(labels, scores),
-        "average_precision": average_precision(labels, scores),
+        "auc": roc_auc(labels, scores) if both else float("nan"),
+        "average_precision": average_precision(labels, scores) if both else float("nan"),
         "precision": tp / (tp + fp) if tp + fp else float("nan"),
         "recall": tp / (tp + fn) if tp + fn else float("nan"),
         "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
