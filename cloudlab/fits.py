@@ -32,6 +32,7 @@ from cloudlab.fits_header import (
     HDUInfo,
     _GzipSource,
     clear_cache,
+    fits_text,
     hdu_info,
     padded,
 )
@@ -147,7 +148,8 @@ def open_hdu(
     -------
     xarray.DataArray
         Values equal to ``astropy.io.fits.getdata(url, hdu)``. ``attrs``: ``fits_header`` (the
-        header text, cards separated by newlines), ``url``, ``hdu`` (index), ``extname``.
+        header as FITS text, as ``Header.tostring()`` gives it: ``Header.fromstring(text)``
+        reads it back), ``url``, ``hdu`` (index), ``extname``.
 
     Raises
     ------
@@ -173,7 +175,7 @@ def open_hdu(
         meta=np.empty((0,) * len(info.shape), dtype=info.dtype),
     )
     attrs = {
-        "fits_header": info.header_text,
+        "fits_header": fits_text(info.header_text),
         "url": url,
         "hdu": info.index,
         "extname": info.name,
@@ -470,7 +472,7 @@ def open_stack(
         values = [r[2][key] if r[0] == "ok" else None for r in results]
         coords[key] = (dim, _coordinate(values))
     attrs = {
-        "fits_header": good[0].header_text,
+        "fits_header": fits_text(good[0].header_text),
         "hdu": good[0].index,
         "extname": good[0].name,
         "missing": missing,

@@ -51,7 +51,7 @@ class HDUInfo:
     name : str
         EXTNAME (``"PRIMARY"`` for the primary HDU, ``""`` when absent).
     header_text : str
-        The header cards (80 characters each, without END) separated by newlines; for
+        The header cards (80 characters each, concatenated, without END) as in the file; for
         tile-compressed HDUs the image header astropy derives. ``header`` parses it.
     header_offset, data_offset, data_size : int
         Byte offsets of header and data, and the data size without padding (compressed HDUs:
@@ -113,7 +113,7 @@ class HDUInfo:
         if parsed is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                parsed = fits.Header.fromstring(self.header_text, sep="\n")
+                parsed = fits.Header.fromstring(self.header_text)
             self.__dict__["_header"] = parsed
         return parsed
 
@@ -122,7 +122,7 @@ class HDUInfo:
         if "_header" not in self.__dict__:
             cards = self.__dict__.get("_cards")
             if cards is None:
-                cards = self.__dict__["_cards"] = card_fields(self.header_text, sep=1)
+                cards = self.__dict__["_cards"] = card_fields(self.header_text)
             key = keyword.upper()
             if key not in cards:
                 if len(key) <= 8 and key.replace("-", "").replace("_", "").isalnum():
@@ -147,14 +147,11 @@ class HDUInfo:
         return replace(self, header_text="")
 
 
-def card_fields(text: str, sep: int = 0) -> dict[str, str]:
-    """Keyword -> value field (text after ``= ``) of the first occurrence of each valued card.
-
-    ``text`` holds 80-character cards, each followed by ``sep`` separator characters.
-    """
+def card_fields(text: str) -> dict[str, str]:
+    """Keyword -> value field (text after ``= ``) of the first occurrence of each valued card
+    in ``text`` (concatenated 80-character cards)."""
     out: dict[str, str] = {}
-    step = _CARD + sep
-    for pos in range(0, len(text), step):
+    for pos in range(0, len(text), _CARD):
         if text[pos + 8 : pos + 10] != "= ":
             continue
         key = text[pos : pos + 8].rstrip()
@@ -322,9 +319,10 @@ def _read_header(src, url: str, offset: int, index: int) -> tuple[str, int]:
     return text, offset + header_len
 
 
-def _with_newlines(text: str) -> str:
-    """Cards of ``text`` (80 characters each) separated by newlines."""
-    return "\n".join(text[i : i + _CARD] for i in range(0, len(text), _CARD))
+def fits_text(header_text: str) -> str:
+    """Header cards plus END, padded to whole blocks: what ``Header.tostring()`` gives."""
+    text = header_text + "END".ljust(_CARD)
+    return text + " " * (padded(len(text)) - len(text))
 
 
 def _is_int(value: Any) -> bool:
@@ -401,7 +399,7 @@ def _info_from_header(
         url=url,
         index=index,
         name=name,
-        header_text=_with_newlines(text),
+        header_text=text,
         header_offset=header_offset,
         data_offset=data_offset,
         data_size=data_size,
@@ -462,7 +460,7 @@ def _compressed_info(text: str, common: dict) -> HDUInfo:
         blank = None
     common = dict(
         common,
-        header_text=header.tostring(sep="\n", endcard=False, padding=False),
+        header_text=header.tostring(endcard=False, padding=False),
         name=str(header.get("EXTNAME", bintable_header.get("EXTNAME", ""))).strip(),
     )
     return HDUInfo(
