@@ -282,3 +282,27 @@ def test_read_real_tces_csv_with_cr_line_endings():
     assert (tces["Transit_Depth"] > 0).all()
     raw = read_tces(str(TCES), clean=False)
     assert len(raw) == 16734
+
+
+def test_views_from_cutout_photometry():
+    """Light curves from a cutouts Dataset (target, time, row, column) feed the views directly."""
+    import xarray as xr
+
+    from cloudlab.io.lightcurves import aperture_photometry
+
+    lc, tces = simulate_lightcurves(2, 1, 0, noise=2e-4, seed=6)
+    star = np.zeros((3, 3))
+    star[1, 1], star[0, 1] = 0.8, 0.2
+    cube = 500.0 * lc["flux"].values[:, :, None, None] * star + 1.0
+    cutouts = xr.Dataset(
+        {
+            "flux": (("target", "time", "row", "column"), cube),
+            "aperture": (("target", "row", "column"), np.broadcast_to(star > 0, (3, 3, 3))),
+        },
+        coords={"target": lc["target"].values, "time": lc["time"].values[0]},
+    ).chunk({"target": 1})
+    photometry = aperture_photometry(cutouts)
+    out = views(photometry, tces).compute()
+    direct = views(lc, tces).compute()
+    assert out["valid"].all()
+    np.testing.assert_allclose(out["local_view"].values, direct["local_view"].values, atol=1e-9)
