@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dask
 import dask.array as da
 import numpy as np
@@ -312,3 +314,29 @@ def test_gpu_fit_matches_cpu(stack, weights):
         backdrop.evaluate(weights, rows, cols).values,
         atol=1e-2,
     )
+
+
+REAL_FFI = (
+    Path(__file__).parents[2]
+    / "shared"
+    / "data"
+    / "tess"
+    / "ffi"
+    / "tess2018206192942-s0001-1-4-0120-s_ffic.fits"
+)
+
+
+@pytest.mark.skipif(not REAL_FFI.exists(), reason=f"real trimmed FFI not found at {REAL_FFI}")
+def test_fit_on_the_real_trimmed_ffi():
+    """CCD 4 (boresight at column 0), 128 x 129 science pixels, fitted as tess-backdrop's test."""
+    ffis = open_ffis(str(REAL_FFI))
+    with dask.config.set(scheduler="sync"):
+        weights = backdrop.fit(ffis, nknots=5).compute()
+    assert weights.attrs["bore_column"] == 0.0
+    model = backdrop.evaluate(weights, ffis.row.values, ffis.column.values).values[0]
+    data = ffis["flux"].values[0]
+    good = weights["star_mask"].values
+    assert 0.3 < good.mean() < 0.95
+    sky = data[good]
+    assert abs(np.median(model[good]) - np.median(sky)) < 3.0  # ~150 e/s sky
+    assert np.percentile(sky, 1) < model.min() and model.max() < np.percentile(sky, 99)
