@@ -231,12 +231,10 @@ def _fit(args: argparse.Namespace) -> int:
             if args.gpu:
                 cuts, tile_models = _to_gpu(cuts, models)
             result = dre.fit(cuts, tile_models, psf)
-            result = result.persist() if args.cluster else result
-            n = _compute_with_progress(
-                dre.write_chi_hdf5,
-                result,
-                f"{root}/Chi/{name}_chi.h5",
-                compression=args.compression,
+            chi, flag = _persist(args, result["chi"], result["flag"])  # χ computed once
+            result = result.assign(chi=chi, flag=flag)
+            n = dre.write_chi_hdf5(
+                result, f"{root}/Chi/{name}_chi.h5", compression=args.compression
             )
             table = _with_catalog(dre.summarize(result), f"{root}/Sextracted/{name}/{name}")
             dre.write_summary(table, f"{root}/Summary/{name}_dre.fits")
@@ -248,6 +246,20 @@ def _fit(args: argparse.Namespace) -> int:
                 )
             print(f"{name}: {n} chi cubes, summary of {len(table)} rows")
     return 0
+
+
+def _persist(args: argparse.Namespace, *collections):
+    """Compute dask collections once, keeping them chunked, with a progress bar."""
+    import dask
+
+    if args.cluster:
+        from distributed import progress
+
+        persisted = dask.persist(*collections)
+        progress(*persisted)
+        print(file=sys.stderr)
+        return persisted
+    return _compute_with_progress(dask.persist, *collections)
 
 
 def _to_gpu(cuts, models):

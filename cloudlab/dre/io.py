@@ -16,7 +16,6 @@ from astropy.io import fits
 from astropy.table import Table
 
 from cloudlab.backend import asnumpy
-from cloudlab.dre.fit import MODEL_DIMS
 from cloudlab.storage import atomic_write, resolve
 
 #: DRE's HDF5 compression levels.
@@ -327,30 +326,3 @@ def _write_png(plt, image: np.ndarray, url: str, storage_options: dict | None) -
         plt.close(fig)
         with atomic_write(url, storage_options=storage_options) as path:
             os.replace(local, path)
-
-
-def chi_dataset(chi: dict[str, np.ndarray], axes: dict[str, np.ndarray]) -> xr.Dataset:
-    """Wrap χ cubes read from a DRE ``_chi.h5`` file as a fit-like Dataset (for ``summarize``).
-
-    Parameters
-    ----------
-    chi : dict
-        ``{EE_NNNN: cube}`` as returned by :func:`read_chi_hdf5`.
-    axes : dict
-        Model axis values (``index``, ``ax_ratio``, ``angle``, ``log_r``), e.g. from
-        :func:`cloudlab.dre.load_models`.
-    """
-    names = sorted(chi)
-    ext, number = zip(*(map(int, n.split("_")) for n in names), strict=True) if names else ((), ())
-    return xr.Dataset(
-        {
-            "chi": (("galaxy", *MODEL_DIMS), np.stack([chi[n] for n in names])),
-            "flag": ("galaxy", np.zeros(len(names), np.uint8)),
-        },
-        coords={
-            "name": ("galaxy", np.array(names)),
-            "EXT_NUMBER": ("galaxy", np.array(ext, dtype=int)),
-            "NUMBER": ("galaxy", np.array(number, dtype=int)),
-            **{dim: np.asarray(axes[dim]) for dim in MODEL_DIMS},
-        },
-    )

@@ -9,7 +9,6 @@ swapping the two middle axes gives ``(N_n, N_q, N_t, N_r, B, B)``. Axis values a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from math import prod
 
 import dask.array as da
@@ -294,29 +293,3 @@ def _read_plane(info, n_q: int, block_info: dict | None = None) -> np.ndarray:
     region = tuple(slice(int(i), int(i) + 1) for i in lead) + (slice(None), slice(None))
     plane = np.asarray(read_region(info, region)).reshape(n_t, b, n_r, b)
     return plane.swapaxes(1, 2)[None, None]
-
-
-def stack_models(cube: xr.DataArray) -> xr.DataArray:
-    """Flatten the model axes of a cube into one ``model`` axis (C order, as DRE's MODEL_IDX).
-
-    Parameters
-    ----------
-    cube : xarray.DataArray
-        Dims ``(index, ax_ratio, angle, log_r, y, x)``.
-
-    Returns
-    -------
-    xarray.DataArray
-        Dims ``(model, y, x)``.
-    """
-    return cube.stack(model=("index", "ax_ratio", "angle", "log_r")).transpose("model", "y", "x")
-
-
-def model_axes(cube: xr.Dataset | xr.DataArray) -> dict[str, np.ndarray]:
-    """Return the model axis values of a cube or fit result, in DRE's order."""
-    return {name: np.asarray(cube[name].values) for name in AXES}
-
-
-def axis_shape(cube: xr.Dataset | xr.DataArray) -> Sequence[int]:
-    """Return the model-grid shape ``(N_n, N_q, N_t, N_r)``."""
-    return tuple(cube.sizes[name] for name in AXES)
