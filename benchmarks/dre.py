@@ -31,6 +31,7 @@ import xarray as xr  # noqa: E402
 from scipy.signal import fftconvolve  # noqa: E402
 
 from cloudlab import dre  # noqa: E402
+from cloudlab.backend import gpu_available  # noqa: E402
 from cloudlab.dre.kernels import chi_block  # noqa: E402
 from cloudlab.simulate.galaxies import gaussian_psf, sersic_stamp  # noqa: E402
 
@@ -143,6 +144,29 @@ def main() -> None:
     print(f"pipeline fit() incl. convolution, {args.cuts} cuts: {pipe.cpu:.2f} s CPU, "
           f"{pipe.wall:.2f} s wall ({args.cuts / pipe.cpu:.1f} cuts/s per core)")  # fmt: skip
     print(f"max relative difference cloudlab vs reference: {err:.2e}; same best model: {same_best}")
+    if gpu_available():
+        gpu_figures(conv_flat, *flat_cuts, chi)
+    else:
+        print("GPU: not available (CuPy/CUDA), GPU kernel not timed")
+
+
+def gpu_figures(models, obj, seg, rms, cpu_chi) -> None:
+    """Time the CUDA kernel on device-resident cuts and models (cuts/s on one GPU)."""
+    import cupy
+
+    from cloudlab.dre.kernels import chi_cupy
+
+    d_models, d_obj, d_seg, d_rms = (cupy.asarray(a) for a in (models, obj, seg, rms))
+    chi_cupy(d_models, d_obj[:2], d_seg[:2], d_rms[:2])  # compile
+    cupy.cuda.Device().synchronize()
+    t0 = time.perf_counter()
+    out = chi_cupy(d_models, d_obj, d_seg, d_rms)
+    cupy.cuda.Device().synchronize()
+    wall = time.perf_counter() - t0
+    err = float(np.max(np.abs(cupy.asnumpy(out) / cpu_chi - 1)))
+    name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    print(f"GPU ({name}): {obj.shape[0] / wall:.0f} cuts/s; "
+          f"max relative difference vs CPU kernel {err:.1e}")  # fmt: skip
 
 
 if __name__ == "__main__":

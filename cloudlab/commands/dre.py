@@ -228,9 +228,15 @@ def _fit(args: argparse.Namespace) -> int:
                 continue
             cuts = dre.read_cuts_hdf5(f"{root}/Cuts/{name}_cuts.h5")
             tile_models = models
+            on_gpu = nullcontext()
             if args.gpu:
-                cuts, tile_models = _to_gpu(cuts, models)
-            result = dre.fit(cuts, tile_models, psf)
+                from cloudlab.cluster import gpu_tasks
+
+                on_gpu = gpu_tasks() if args.cluster else nullcontext()
+            with on_gpu:  # GPU work lands on GPU workers only
+                if args.gpu:
+                    cuts, tile_models = _to_gpu(cuts, models)
+                result = dre.fit(cuts, tile_models, psf)
             chi, flag = _persist(args, result["chi"], result["flag"])  # χ computed once
             result = result.assign(chi=chi, flag=flag)
             n = dre.write_chi_hdf5(

@@ -19,6 +19,7 @@ stamp is streamed once per block of cuts.
 
 from __future__ import annotations
 
+import warnings
 from functools import cache
 from types import ModuleType
 
@@ -160,7 +161,8 @@ def chi_numpy(models: np.ndarray, obj: np.ndarray, seg: np.ndarray, rms: np.ndar
             term = (data - m) ** 2
             m += var
             term /= m
-            with np.errstate(invalid="ignore", divide="ignore"):
+            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN
                 out[g, k0 : k0 + _NUMPY_MODEL_BLOCK] = np.nanmean(term, axis=1)
     return out
 
