@@ -23,7 +23,9 @@ over bins or over TCEs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -350,16 +352,12 @@ def binned_view(
     return Binned(values, reason)
 
 
-class _quiet:
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence NumPy's all-NaN-slice RuntimeWarnings (rows without data are flagged anyway)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
+        yield
 
 
 # ----------------------------------------------------------------------------------------------
