@@ -407,6 +407,7 @@ def bench_headers(workdir: Path, n: int, seed: int, repeats: int = 3) -> dict:
         out["cluster_files_per_s"] = rate(cluster_scan)
     finally:
         client.close()
+    out["load"] = os.getloadavg()[0]
     return out
 
 
@@ -485,6 +486,7 @@ def report(a: dict, b: dict, regions: int, frames: int) -> None:
         f"read_region {local / a['local_direct_ms']:.2f}x"
     )
     print(f"\n(b) header scan of {b['files']} files (HDU 1, key TSTART), median of 3 cold scans")
+    print(f"    machine load average during (b): {b['load']:.1f} on {os.cpu_count()} cores")
     print(f"      astropy getheader one by one   {b['astropy_files_per_s']:8.0f} files/s")
     print(f"      cloudlab open_stack, threads   {b['threads_files_per_s']:8.0f} files/s")
     print(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -147,17 +148,17 @@ class HDUInfo:
         return replace(self, header_text="")
 
 
+_CARD_PARTS = re.compile(r"(?s)(.{8})(.{2})(.{70})")
+
+
 def card_fields(text: str) -> dict[str, str]:
     """Keyword -> value field (text after ``= ``) of the first occurrence of each valued card
     in ``text`` (concatenated 80-character cards)."""
-    out: dict[str, str] = {}
-    for pos in range(0, len(text), _CARD):
-        if text[pos + 8 : pos + 10] != "= ":
-            continue
-        key = text[pos : pos + 8].rstrip()
-        if key not in out:
-            out[key] = text[pos + 10 : pos + _CARD]
-    return out
+    return {
+        key.rstrip(): value
+        for key, equals, value in reversed(_CARD_PARTS.findall(text))
+        if equals == "= "
+    }
 
 
 def parse_value(field: str) -> Any:
@@ -420,7 +421,7 @@ def _info_from_header(
     blank = get("BLANK")
     if not _is_int(blank) or bitpix < 0:
         blank = None
-    return HDUInfo(
+    info = HDUInfo(
         **common,
         shape=tuple(reversed(axes)),
         raw_dtype=np.dtype(BITPIX_DTYPES[bitpix]),
@@ -430,6 +431,8 @@ def _info_from_header(
         bzero=bzero,
         blank=blank,
     )
+    info.__dict__["_cards"] = cards  # reused by info.get()
+    return info
 
 
 def _compressed_info(text: str, common: dict) -> HDUInfo:
