@@ -419,9 +419,9 @@ def _build_graph(
     blocks, order = [], []
     for k, url in enumerate(cube_list):
         meta = metas[url]
+        # targets keep their input order inside a cube: with a single cube the result needs no
+        # re-ordering (a permutation would copy every cutout once more)
         members = np.flatnonzero(cube_index == k)
-        # neighbours on the detector share a batch, so their row ranges can merge
-        members = members[np.lexsort((center_col[members], center_row[members]))]
         for b in range(0, len(members), batch_size):
             idx = members[b : b + batch_size]
             task = dask.delayed(read_cutouts, pure=True)(
