@@ -6,10 +6,9 @@ half-written file under the final name.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 from astropy.io import fits
@@ -50,7 +49,7 @@ def write_chi_hdf5(
 
     One float32 dataset ``(N_n, N_q, N_t, N_r)`` per galaxy at the file root, named ``EE_NNNN``
     (the ``name`` coordinate). Galaxies with a non-zero ``flag`` are left out, as DRE writes
-    nothing for failed cuts. χ is computed one galaxy chunk at a time.
+    nothing for failed cuts. χ (small: 4 B per model per galaxy) is computed in one graph.
 
     Parameters
     ----------
@@ -75,18 +74,11 @@ def write_chi_hdf5(
     written = 0
     chi = result["chi"].data
     flag = result["flag"].data
+    chi, flag = (asnumpy(a) for a in dask.compute(chi, flag))  # one graph for all galaxies
     with atomic_write(url, storage_options=storage_options) as path, h5py.File(path, "w") as h5:
-        start = 0
-        for size in chi.chunks[0]:
-            block = asnumpy(chi[start : start + size].compute())
-            block_flag = asnumpy(flag[start : start + size].compute())
-            for i in range(size):
-                if block_flag[i] == 0:
-                    h5.create_dataset(
-                        str(names[start + i]), data=block[i].astype(np.float32), **options
-                    )
-                    written += 1
-            start += size
+        for i in np.flatnonzero(flag == 0):
+            h5.create_dataset(str(names[i]), data=chi[i].astype(np.float32), **options)
+            written += 1
     return written
 
 
@@ -289,40 +281,54 @@ def write_mosaics(
     list of str
         URLs of the FITS files written (flagged galaxies are skipped).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    import dask.array as da
 
     names = np.asarray(mosaic["name"].values)
-    written = []
-    start = 0
-    for size in mosaic.data.chunks[0]:
-        block = np.asarray(mosaic.data[start : start + size].compute())
-        for i in range(size):
-            if np.all(np.isnan(block[i])):
-                continue
-            base = f"{directory.rstrip('/')}/{prefix}{names[start + i]}_mosaic"
-            with atomic_write(base + ".fits", storage_options=storage_options) as path:
-                fits.PrimaryHDU(block[i]).writeto(path)
-            written.append(base + ".fits")
-            if png:
-                _write_png(plt, block[i], base + ".png", storage_options)
-        start += size
-    return written
+    written = da.map_blocks(
+        _write_mosaic_block,
+        mosaic.data,
+        names=names,
+        directory=directory.rstrip("/"),
+        prefix=prefix,
+        png=png,
+        storage_options=storage_options,
+        drop_axis=[1, 2],
+        dtype=object,
+        meta=np.empty((0,), dtype=object),
+    )
+    return [url for url in written.compute() if url]  # one graph: models convolved once
 
 
-def _write_png(plt, image: np.ndarray, url: str, storage_options: dict | None) -> None:
+def _write_mosaic_block(
+    block, names, directory, prefix, png, storage_options, block_info=None
+) -> np.ndarray:
+    block = asnumpy(block)
+    start = block_info[0]["array-location"][0][0]
+    out = np.full(block.shape[0], "", dtype=object)
+    for i, image in enumerate(block):
+        if np.all(np.isnan(image)):
+            continue
+        base = f"{directory}/{prefix}{names[start + i]}_mosaic"
+        with atomic_write(base + ".fits", storage_options=storage_options) as path:
+            fits.PrimaryHDU(image).writeto(path)
+        if png:
+            _write_png(image, base + ".png", storage_options)
+        out[i] = base + ".fits"
+    return out
+
+
+def _write_png(image: np.ndarray, url: str, storage_options: dict | None) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     b = image.shape[0]
     scale = np.nanpercentile(np.abs(image[:, :b]), 99) or 1.0
-    fig, ax = plt.subplots(figsize=(8, 2.2))
+    fig = Figure(figsize=(8, 2.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.imshow(np.arcsinh(image / (0.05 * scale)), origin="lower", cmap="gray")
     for k, label in enumerate(("data", "mask", "model", "residual")):
         ax.text(k * b + 3, b - 10, label, color="yellow", fontsize=8)
     ax.set_axis_off()
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "mosaic.png")
-        fig.savefig(local, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        with atomic_write(url, storage_options=storage_options) as path:
-            os.replace(local, path)
+    with atomic_write(url, storage_options=storage_options) as path:
+        fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
