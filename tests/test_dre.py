@@ -353,3 +353,18 @@ def test_writers(tmp_path, grid, cuts):
     np.testing.assert_allclose(fits.getdata(files[0]), image)
     with pytest.raises(ValueError, match="compression"):
         dre.write_chi_hdf5(result, chi_url, compression="max")
+
+
+def test_no_selected_galaxy_gives_empty_products(tmp_path, grid):
+    from cloudlab.io.galaxies import open_cuts
+
+    tile, seg = str(tmp_path / "tile.fits"), str(tmp_path / "seg.fits")
+    fits.PrimaryHDU(np.zeros((200, 200), np.float32)).writeto(tile)
+    fits.PrimaryHDU(np.zeros((200, 200), np.int32)).writeto(seg)
+    catalog = Table({"NUMBER": [1], "X_IMAGE": [10.0], "Y_IMAGE": [10.0], "CLASS_STAR": [0.1]})
+    cuts = open_cuts(tile, catalog, size=B, margin=40, rms=1.0, segmentation=seg)
+    assert cuts.sizes["galaxy"] == 0
+    result = dre.fit(cuts, grid, gaussian_psf(2.0, 9))
+    assert result["chi"].shape == (0, 1, 5, 6, 6)
+    assert len(dre.summarize(result)) == 0
+    assert dre.write_chi_hdf5(result, str(tmp_path / "chi.h5")) == 0

@@ -151,8 +151,8 @@ def _fit_block(obj, seg, rms, flag, models):
 
 def _flag_block(chi, seg, flag):
     xp = array_module(chi)
-    empty = ~seg.reshape(seg.shape[0], -1).any(axis=1)
-    all_nan = xp.isnan(chi.reshape(chi.shape[0], -1)).all(axis=1)
+    empty = ~seg.any(axis=(1, 2))
+    all_nan = xp.isnan(chi).all(axis=(1, 2, 3, 4))
     out = flag.astype(np.uint8) | (empty * np.uint8(2)).astype(np.uint8)
     return out | ((all_nan & (out == 0)) * np.uint8(4)).astype(np.uint8)
 
