@@ -180,7 +180,7 @@ def fit(
 ) -> xr.Dataset:
     """Fit every galaxy cut against every PSF-convolved model with DRE's χ² (lazily).
 
-    The grid is convolved with the PSF once (one task per Sérsic index value) and each
+    The grid is convolved with the PSF once per graph (chunk by chunk) and each
     convolved chunk is shared by all galaxy chunks; χ is evaluated blockwise over galaxy chunks
     by a fused kernel (numba on CPU, a CUDA kernel when the cuts hold CuPy arrays).
 
