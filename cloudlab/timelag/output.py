@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -95,6 +96,12 @@ def write_fits(results: xr.Dataset, directory: str, storage_options: dict | None
     return written
 
 
+def _to_zarr(results: xr.Dataset, path: str) -> None:
+    with warnings.catch_warnings():  # consolidated metadata is not in the zarr v3 spec (yet)
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        results.to_zarr(path, mode="w", consolidated=True)
+
+
 def write_zarr(results: xr.Dataset, url: str, storage_options: dict | None = None) -> str:
     """Write results to a zarr store so that it never appears half-written.
 
@@ -116,7 +123,7 @@ def write_zarr(results: xr.Dataset, url: str, storage_options: dict | None = Non
         os.makedirs(parent, exist_ok=True)
         tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
         try:
-            results.to_zarr(tmp, mode="w", consolidated=True)
+            _to_zarr(results, tmp)
             if os.path.exists(path):
                 shutil.rmtree(path)
             os.replace(tmp, path)
@@ -125,7 +132,7 @@ def write_zarr(results: xr.Dataset, url: str, storage_options: dict | None = Non
         return url
     with tempfile.TemporaryDirectory(prefix="cloudlab-zarr-") as tmpdir:
         local = os.path.join(tmpdir, "store.zarr")
-        results.to_zarr(local, mode="w", consolidated=True)
+        _to_zarr(results, local)
         files = [os.path.join(d, f) for d, _, names in os.walk(local) for f in names]
         metadata = [f for f in files if os.path.basename(f) in ("zarr.json", ".zmetadata")]
         try:
