@@ -211,7 +211,9 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="spatial shape"):
         timelag_map(cube(a, t), cube(b[:, :1], t))
     with pytest.raises(ValueError, match="select no lag"):
-        timelag_map(cube(a, t), cube(b, t), lag_bounds=(400, 500))
+        timelag_map(cube(a, t), cube(b, t), lag_bounds=(100, 105))
+    with pytest.raises(ValueError, match="outside the series"):
+        timelag_map(cube(a, t), cube(b, t), lag_bounds=(-1 * u.h, 1 * u.h))
     with pytest.raises(ValueError, match="above upper"):
         timelag_map(cube(a, t), cube(b, t), lag_bounds=(10, -10))
     with pytest.raises(ValueError, match="no frames"):

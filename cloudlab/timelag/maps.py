@@ -83,7 +83,14 @@ def to_seconds(value) -> float:
 
 
 def bounds_indices(lags: np.ndarray, lag_bounds) -> tuple[int, int]:
-    """Positions ``start, stop`` of the lags inside the inclusive ``lag_bounds`` (seconds)."""
+    """Positions ``start, stop`` of the lags inside the inclusive ``lag_bounds`` (seconds).
+
+    Raises
+    ------
+    ValueError
+        If the bounds are reversed, reach beyond the longest lag of the series by more than half
+        a step, or select no lag.
+    """
     if lag_bounds is None:
         return 0, lags.size
     if hasattr(lag_bounds, "unit") and np.ndim(lag_bounds) == 1:
@@ -93,6 +100,12 @@ def bounds_indices(lags: np.ndarray, lag_bounds) -> tuple[int, int]:
     lower, upper = (to_seconds(v) for v in lag_bounds)
     if not lower <= upper:
         raise ValueError(f"lag_bounds lower {lower} s is above upper {upper} s")
+    step = lags[1] - lags[0]
+    if lower < lags[0] - step / 2 or upper > lags[-1] + step / 2:
+        raise ValueError(
+            f"lag_bounds ({lower} s, {upper} s) reach outside the series: its lags run from "
+            f"{lags[0]} s to {lags[-1]} s"
+        )
     inside = np.flatnonzero((lags >= lower) & (lags <= upper))
     if inside.size == 0:
         raise ValueError(
