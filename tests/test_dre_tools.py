@@ -158,6 +158,13 @@ def test_cli_runs_dre_layout(tmp_path):
     assert len(dre.read_chi_hdf5(str(root / "Chi" / "a_chi.h5"))) == n_cuts
     assert (root / "Chi" / "a_chi.zarr").is_dir()
     assert len(list((root / "Mosaics" / "a").glob("*_mosaic.png"))) == n_cuts
+    # one PSF for every tile (convolved once) gives the same chi
+    first = dre.read_chi_hdf5(str(root / "Chi" / "a_chi.h5"))
+    assert _cli("fit", str(root), "--models", models, "--psf", str(root / "PSF" / "a.psf")) == 0
+    again = dre.read_chi_hdf5(str(root / "Chi" / "a_chi.h5"))
+    assert sorted(again) == sorted(first)
+    for key, value in first.items():
+        np.testing.assert_array_equal(again[key], value)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         _cli("sextract", str(root), "--option", "DETECT_THRESH")
 

@@ -220,6 +220,9 @@ def _fit(args: argparse.Namespace) -> int:
 
         client = connect(args.cluster, gpu=args.gpu)
     with client:
+        shared = None
+        if args.psf:  # one PSF for every tile: convolve the grid once, as DRE does
+            (shared,) = _persist(args, dre.convolve_models(models, args.psf))
         for name in _progress(_names(args, "Cuts/*_cuts.h5", "_cuts.h5"), "fit"):
             psf = args.psf or f"{root}/PSF/{name}.psf"
             fs, path = storage.resolve(psf)
@@ -227,7 +230,7 @@ def _fit(args: argparse.Namespace) -> int:
                 warnings.warn(f"{name}: no PSF at {psf}; tile skipped", stacklevel=1)
                 continue
             cuts = dre.read_cuts_hdf5(f"{root}/Cuts/{name}_cuts.h5")
-            tile_models = models
+            tile_models, tile_psf = (models, psf) if shared is None else (shared, None)
             on_gpu = nullcontext()
             if args.gpu:
                 from cloudlab.cluster import gpu_tasks
@@ -235,8 +238,8 @@ def _fit(args: argparse.Namespace) -> int:
                 on_gpu = gpu_tasks() if args.cluster else nullcontext()
             with on_gpu:  # GPU work lands on GPU workers only
                 if args.gpu:
-                    cuts, tile_models = _to_gpu(cuts, models)
-                result = dre.fit(cuts, tile_models, psf)
+                    cuts, tile_models = _to_gpu(cuts, tile_models)
+                result = dre.fit(cuts, tile_models, tile_psf)
             chi, flag = _persist(args, result["chi"], result["flag"])  # χ computed once
             result = result.assign(chi=chi, flag=flag)
             n = dre.write_chi_hdf5(
