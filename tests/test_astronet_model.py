@@ -237,3 +237,18 @@ def test_read_tfrecords_errors(tmp_path):
     (tmp_path / "cut-00000").write_bytes(b"\x05\x00\x00")
     with pytest.raises(ValueError, match="cut-00000"):
         read_tfrecords(str(tmp_path / "cut-00000"))
+
+
+def test_vetting_views_feed_the_vetting_model(tmp_path):
+    lc, tces = simulate_lightcurves(3, 3, 2, noise=5e-4, seed=12)
+    ds = views(lc, tces, kind="vetting").compute(scheduler="synchronous")
+    assert "depth_change" in ds and ds["valid"].all()
+    write_tfrecords(ds, str(tmp_path))
+    back = read_tfrecords(str(tmp_path / "*-of-*"), label="vetting")
+    assert back["secondary_view"].dims == ("tce", "secondary_bin")
+    assert int(back["label"].sum()) == 3  # Vetting: only PC is positive
+    model = build("vetting")
+    names = {t.name.split(":")[0] for t in model.inputs}
+    assert names == {"global_view", "local_view", "secondary_view", "depth_change"}
+    scores = predict(model, back)
+    assert scores.shape == (8,) and np.all((scores > 0) & (scores < 1))

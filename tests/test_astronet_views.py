@@ -306,3 +306,32 @@ def test_views_from_cutout_photometry():
     direct = views(lc, tces).compute()
     assert out["valid"].all()
     np.testing.assert_allclose(out["local_view"].values, direct["local_view"].values, atol=1e-9)
+
+
+def _plain_depth(tau, flux, duration, q):
+    core = np.abs(tau) < duration * (1 - 2 * min(max(q, 0), 0.4)) / 2
+    inside = core if core.sum() >= 4 else np.abs(tau) < duration / 2
+    return flux[np.abs(tau) >= duration / 2].mean() - flux[inside].mean()
+
+
+def test_vetting_depth_change_from_two_apertures(tmp_path):
+    import glob
+
+    from cloudlab.io.lightcurves import read_lightcurves, read_qlp_apertures
+
+    _, truth = simulate_lightcurves(2, 3, 1, dest=str(tmp_path), noise=3e-4, seed=4)
+    files = sorted(glob.glob(str(tmp_path / "*.h5")))
+    lc = read_lightcurves(files, reader="qlp-vetting")
+    assert {"flux_small", "flux_big"} <= set(lc.data_vars)
+    tces = read_tces(str(tmp_path / "tces.csv"), vetting=True).assign(Qingress=0.1)
+    out = views(lc, tces, kind="vetting").compute()
+    assert out["valid"].all()
+    for i, row in tces.iterrows():
+        time, flux, small, big = read_qlp_apertures(files[i])
+        tau = phase_fold(time, row.Period, row.Epoc)
+        expected = (
+            _plain_depth(tau, big, row.Duration, 0.1) - _plain_depth(tau, small, row.Duration, 0.1)
+        ) / np.std(small[np.abs(tau) > row.Duration / 2])
+        assert out["depth_change"].values[i] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+        blended = truth.loc[truth.tic_id == row.tic_id, "big_aperture_ratio"].item() > 1
+        assert (out["depth_change"].values[i] > 5) == blended

@@ -104,11 +104,23 @@ def _light_curve_arrays(lightcurves: xr.Dataset) -> tuple[object, object, np.nda
     return time.data, flux.data, np.asarray(targets)
 
 
-def _block(time, flux, rows, period, t0, duration, kind, max_epoch_distance):
+def _block(time, flux, rows, period, t0, duration, kind, max_epoch_distance, extra=None):
     time = np.asarray(time, float)[rows]
     flux = np.asarray(flux, float)[rows]
+    apertures = qingress = None
+    if extra is not None:
+        small, big, qingress = extra
+        apertures = (np.asarray(small, float)[rows], np.asarray(big, float)[rows])
     return batch_views(
-        time, flux, period, t0, duration, kind=kind, max_epoch_distance=max_epoch_distance
+        time,
+        flux,
+        period,
+        t0,
+        duration,
+        kind=kind,
+        max_epoch_distance=max_epoch_distance,
+        apertures=apertures,
+        qingress=qingress,
     )
 
 
@@ -123,6 +135,7 @@ def views(
     t0: str = "Epoc",
     duration: str = "Duration",
     max_epoch_distance: float = 1000.0,
+    qingress: str = "Qingress",
 ) -> xr.Dataset:
     """Views of many TCEs, lazily, one dask task per batch of TCEs.
 
@@ -141,6 +154,9 @@ def views(
         system).
     max_epoch_distance : float
         Epochs further than this (days) outside a light curve are skipped with a reason.
+    qingress : str
+        Vetting: ingress-fraction column for ``depth_change`` (0 where the column is absent).
+        ``depth_change`` is made when ``lightcurves`` has ``flux_small`` and ``flux_big``.
 
     Returns
     -------
@@ -164,6 +180,11 @@ def views(
     tce_d = tces[duration].to_numpy(float)
     sizes = num_bins(kind)
     n = len(tces)
+    with_depth = kind == "vetting" and {"flux_small", "flux_big"} <= set(lightcurves.data_vars)
+    if with_depth:
+        small = lightcurves["flux_small"].transpose("target", ...).data
+        big = lightcurves["flux_big"].transpose("target", ...).data
+        tce_q = tces[qingress].to_numpy(float) if qingress in tces else np.zeros(n)
     pieces: dict[str, list] = {name: [] for name in [*sizes, "valid", "reason"]}
     for lo in range(0, n, batch_size):
         sl = slice(lo, min(n, lo + batch_size))
@@ -174,6 +195,7 @@ def views(
         local[found] = np.searchsorted(need, rows[found])
         pick = need if need.size else np.array([0])
         p_batch = np.where(found, tce_p[sl], np.nan)
+        extra = (small[pick], big[pick], tce_q[sl]) if with_depth else None
         block = dask.delayed(_block, pure=True)(
             time[pick],
             flux[pick],
@@ -183,11 +205,16 @@ def views(
             tce_d[sl],
             kind,
             max_epoch_distance,
+            extra,
         )
         m = rows.size
         for name, bins in sizes.items():
             pieces[name].append(da.from_delayed(block[name], (m, bins), dtype=float))
         pieces["valid"].append(da.from_delayed(block["valid"], (m,), dtype=bool))
+        if with_depth:
+            pieces.setdefault("depth_change", []).append(
+                da.from_delayed(block["depth_change"], (m,), dtype=float)
+            )
         reason = dask.delayed(_reasons, pure=True)(block["reason"], found, tces[target].iloc[sl])
         pieces["reason"].append(da.from_delayed(reason, (m,), dtype=REASON_DTYPE))
     data = {}
@@ -195,6 +222,8 @@ def views(
         dim = name.replace("_view", "_bin")
         data[name] = (("tce", dim), _concat(pieces[name], (0, bins), float))
     data["valid"] = ("tce", _concat(pieces["valid"], (0,), bool))
+    if with_depth:
+        data["depth_change"] = ("tce", _concat(pieces["depth_change"], (0,), float))
     data["reason"] = ("tce", _concat(pieces["reason"], (0,), REASON_DTYPE))
     ds = xr.Dataset(data)
     for column in tces.columns:

@@ -409,7 +409,8 @@ def to_tf_dataset(
     tf.data.Dataset
     """
     tf = _tf()
-    inputs = {name: np.asarray(ds[name].values, np.float32) for name in features}
+    n = ds.sizes["tce"]
+    inputs = {name: np.asarray(ds[name].values, np.float32).reshape(n, -1) for name in features}
     target = np.asarray(ds["label"].values, np.float32)[:, None]
     dataset = tf.data.Dataset.from_tensor_slices((inputs, target))
     if shuffle:

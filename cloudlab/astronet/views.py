@@ -453,6 +453,61 @@ def secondary_views(
     return binned, centre
 
 
+def eclipse_depths(
+    tau: np.ndarray, flux: np.ndarray, duration: np.ndarray, qingress: np.ndarray
+) -> np.ndarray:
+    """Astronet-Vetting's ``measure_eclipse_depth`` for every row (NaN-padded rows allowed).
+
+    depth = mean(f where |τ| ≥ D/2) − mean(f where |τ| < D(1 − 2Q)/2), Q = clip(Qingress, 0, 0.4);
+    with fewer than 4 points in that core, the in-transit points are |τ| < D/2.
+    """
+    finite = np.isfinite(tau) & np.isfinite(flux)
+    half = duration[:, None] / 2
+    q = np.clip(np.nan_to_num(qingress), 0, 0.4)[:, None]
+    core = finite & (np.abs(tau) < duration[:, None] * (1 - 2 * q) / 2)
+    wide = finite & (np.abs(tau) < half)
+    inside = np.where((core.sum(axis=1) < 4)[:, None], wide, core)
+    outside = finite & (np.abs(tau) >= half)
+    f = np.where(finite, flux, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (f * outside).sum(1) / outside.sum(1) - (f * inside).sum(1) / inside.sum(1)
+
+
+def depth_change(
+    time: np.ndarray,
+    flux_small: np.ndarray,
+    flux_big: np.ndarray,
+    period: np.ndarray,
+    t0: np.ndarray,
+    duration: np.ndarray,
+    qingress: np.ndarray,
+) -> np.ndarray:
+    """Astronet-Vetting's ``depth_change``: (depth_big − depth_small) / std(small, out of transit).
+
+    Parameters
+    ----------
+    time, flux_small, flux_big : numpy.ndarray
+        (n_tce, n_points) light curves of the small (``Aperture_002``) and big (``Aperture_003``)
+        apertures, NaN-padded.
+    period, t0, duration, qingress : numpy.ndarray
+        (n_tce,) ephemerides (days) and the BLS ingress fraction.
+
+    Returns
+    -------
+    numpy.ndarray
+        One value per TCE; NaN when undefined (the reference skips such TCEs).
+    """
+    with np.errstate(invalid="ignore"):
+        tau = phase_fold(time, period[:, None], t0[:, None])
+    small = eclipse_depths(tau, flux_small, duration, qingress)
+    big = eclipse_depths(tau, flux_big, duration, qingress)
+    out = np.isfinite(tau) & np.isfinite(flux_small) & (np.abs(tau) > duration[:, None] / 2)
+    with _quiet():
+        scatter = np.nanstd(np.where(out, flux_small, np.nan), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (big - small) / scatter
+
+
 # ----------------------------------------------------------------------------------------------
 # one batch of TCEs
 
@@ -478,6 +533,8 @@ def batch_views(
     *,
     kind: str = "triage",
     max_epoch_distance: float = 1000.0,
+    apertures: tuple[np.ndarray, np.ndarray] | None = None,
+    qingress: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Views for a batch of TCEs, one light curve row per TCE.
 
@@ -492,12 +549,17 @@ def batch_views(
     max_epoch_distance : float
         TCEs whose epoch lies further than this (days) outside their light curve's time span are
         skipped (usually a time-system mix-up, e.g. BJD against BTJD).
+    apertures : (flux_small, flux_big), optional
+        Vetting only: small- and big-aperture fluxes on the same cadences, for ``depth_change``.
+    qingress : numpy.ndarray, optional
+        Vetting only: BLS ingress fraction per TCE (0 when absent).
 
     Returns
     -------
     dict
-        ``global_view``, ``local_view`` (and ``secondary_view``, ``secondary_phase`` for vetting)
-        with NaN rows for skipped TCEs, ``valid`` (bool) and ``reason`` (str).
+        ``global_view``, ``local_view`` (and ``secondary_view``, ``secondary_phase``,
+        ``depth_change`` for vetting with apertures) with NaN rows for skipped TCEs, ``valid``
+        (bool) and ``reason`` (str).
     """
     _check_kind(kind)
     time = np.atleast_2d(np.asarray(time, float))
@@ -550,6 +612,16 @@ def batch_views(
         out["secondary_view"] = view.values
         out["secondary_phase"] = centre
         reason = np.where(reason == "", view.reason, reason)
+        if apertures is not None:
+            small, big = (np.atleast_2d(np.asarray(a, float)) for a in apertures)
+            if small.shape != time.shape or big.shape != time.shape:
+                raise ValueError("aperture fluxes must have the shape of time/flux")
+            q = np.zeros(len(time)) if qingress is None else np.asarray(qingress, float)
+            change = depth_change(time, small, big, safe_p, safe_t0, safe_d, q)
+            reason = np.where(
+                (reason == "") & ~np.isfinite(change), "depth_change is not finite", reason
+            )
+            out["depth_change"] = change
     valid = reason == ""
     for values in out.values():
         values[~valid] = np.nan

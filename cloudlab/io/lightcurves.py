@@ -116,6 +116,54 @@ def read_qlp(
     return clean_qlp_magnitudes(time, mag)
 
 
+def read_qlp_apertures(
+    url: str, *, storage_options: dict | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read a QLP HDF5 light curve as Astronet-Vetting does: best, small and big apertures.
+
+    Cadences are kept where QFLAG == 0 and all three apertures (``bestap``, ``Aperture_002``,
+    ``Aperture_003``) are finite and below 50 mag; the bright-outlier clip of the best aperture
+    removes the same cadences from all three; each aperture becomes relative flux about its own
+    median.
+
+    Returns
+    -------
+    (time, flux, flux_small, flux_big)
+    """
+    import h5py
+
+    fs, path = storage.resolve(url, storage_options)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"QLP light curve not found: {url}")
+    try:
+        with fs.open(path, "rb") as handle, h5py.File(handle, "r") as h5:
+            lc = h5["LightCurve"]
+            phot = lc["AperturePhotometry"]
+            best = int(phot.attrs["bestap"])
+            mags = [
+                np.asarray(phot[f"Aperture_{k:03d}"]["KSPMagnitude"][()], float)
+                for k in (best, 2, 3)
+            ]
+            time = np.asarray(lc["BJD"][()], float)
+            quality = np.asarray(lc["QFLAG"][()]) if "QFLAG" in lc else np.zeros(time.size)
+    except (OSError, KeyError) as err:
+        raise LightCurveError(f"{url}: not a readable QLP light curve ({err})") from err
+    if any(m.shape != time.shape for m in mags) or quality.shape != time.shape:
+        raise LightCurveError(f"{url}: apertures, BJD and QFLAG lengths differ")
+    with np.errstate(invalid="ignore"):
+        keep = (quality == 0) & np.isfinite(time)
+        for m in mags:
+            keep &= np.isfinite(m) & (m < 50)
+    time, mags = time[keep], [m[keep] for m in mags]
+    if time.size:
+        median = np.median(mags[0])
+        mad = np.median(np.abs(mags[0] - median)) / MAD_SCALE
+        clip = mags[0] > median - 5 * mad
+        time, mags = time[clip], [m[clip] for m in mags]
+    fluxes = [10.0 ** (-(m - np.median(m)) / 2.5) if m.size else m for m in mags]
+    return time, fluxes[0], fluxes[1], fluxes[2]
+
+
 def read_kepler(
     urls: str | Sequence[str],
     *,
@@ -188,17 +236,18 @@ def _cadences(urls: Sequence[str], reader: str, storage_options: dict | None) ->
 
 
 def _read_batch(groups, reader, length, storage_options):
-    time = np.full((len(groups), length), np.nan)
-    flux = np.full((len(groups), length), np.nan)
+    arrays = np.full((4 if reader == "qlp-vetting" else 2, len(groups), length), np.nan)
     for i, urls in enumerate(groups):
         if reader == "kepler":
-            t, f = read_kepler(list(urls), storage_options=storage_options)
+            parts = [read_kepler(list(urls), storage_options=storage_options)]
+        elif reader == "qlp-vetting":
+            parts = [read_qlp_apertures(u, storage_options=storage_options) for u in urls]
         else:
             parts = [read_qlp(u, storage_options=storage_options) for u in urls]
-            t = np.concatenate([p[0] for p in parts])
-            f = np.concatenate([p[1] for p in parts])
-        time[i, : t.size], flux[i, : f.size] = t, f
-    return np.stack([time, flux])
+        for k in range(len(arrays)):
+            values = np.concatenate([p[k] for p in parts])
+            arrays[k, i, : values.size] = values
+    return arrays
 
 
 def read_lightcurves(
@@ -215,8 +264,9 @@ def read_lightcurves(
     urls : mapping or sequence
         ``{target: url or [urls]}`` (several files of one target are concatenated), or a list
         of files whose stems become the targets (integers where they are numeric, e.g. TIC IDs).
-    reader : {"qlp", "kepler"}
-        File layout (:func:`read_qlp` or :func:`read_kepler`).
+    reader : {"qlp", "qlp-vetting", "kepler"}
+        File layout (:func:`read_qlp`, :func:`read_qlp_apertures` — adds ``flux_small`` and
+        ``flux_big`` for Vetting's ``depth_change`` — or :func:`read_kepler`).
     batch_size : int
         Targets per task.
     storage_options : dict, optional
@@ -228,8 +278,8 @@ def read_lightcurves(
         ``time`` and ``flux`` (target, cadence), NaN-padded to the longest raw file; only
         file metadata is read now.
     """
-    if reader not in ("qlp", "kepler"):
-        raise ValueError(f"reader must be 'qlp' or 'kepler', got {reader!r}")
+    if reader not in ("qlp", "qlp-vetting", "kepler"):
+        raise ValueError(f"reader must be 'qlp', 'qlp-vetting' or 'kepler', got {reader!r}")
     if not isinstance(urls, Mapping):
         stems = [PurePosixPath(str(u)).name.split(".")[0] for u in urls]
         keys = [int(s) if s.isdigit() else s for s in stems]
@@ -243,10 +293,12 @@ def read_lightcurves(
     for lo in range(0, len(groups), batch_size):
         part = groups[lo : lo + batch_size]
         task = dask.delayed(_read_batch, pure=True)(part, reader, length, storage_options)
-        blocks.append(da.from_delayed(task, (2, len(part), length), dtype=float))
+        count = 4 if reader == "qlp-vetting" else 2
+        blocks.append(da.from_delayed(task, (count, len(part), length), dtype=float))
     data = da.concatenate(blocks, axis=1)
+    names = ["time", "flux", "flux_small", "flux_big"][: data.shape[0]]
     return xr.Dataset(
-        {"time": (("target", "cadence"), data[0]), "flux": (("target", "cadence"), data[1])},
+        {name: (("target", "cadence"), data[k]) for k, name in enumerate(names)},
         coords={"target": np.asarray(targets)},
         attrs={"reader": reader},
     )

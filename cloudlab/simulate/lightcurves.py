@@ -147,20 +147,26 @@ def lightcurves(
             }
         )
         fluxes.append(flux)
+        # the big aperture (Aperture_003) sees a blended EB's eclipse deeper than the small one
+        rows[-1]["big_aperture_ratio"] = rng.uniform(1.3, 2.0) if kind == "EB" else 1.0
     tces = pd.DataFrame(rows)
     flux = np.array(fluxes)
+    ratio = tces["big_aperture_ratio"].to_numpy()[:, None]
+    flux_big = 1 - ratio * (1 - flux)
     lc = xr.Dataset(
         {
             "time": (("target", "cadence"), np.broadcast_to(time, flux.shape).copy()),
             "flux": (("target", "cadence"), flux),
+            "flux_small": (("target", "cadence"), flux),
+            "flux_big": (("target", "cadence"), flux_big),
         },
         coords={"target": tces["tic_id"].to_numpy()},
     )
     if dest is not None:
         dest = dest.rstrip("/")
-        for tic, f in zip(tces["tic_id"], flux, strict=True):
+        for tic, f, big in zip(tces["tic_id"], flux, flux_big, strict=True):
             if fmt == "qlp":
-                data = _qlp_bytes(time, f, rng)
+                data = _qlp_bytes(time, f, big, rng)
                 storage.write_bytes(f"{dest}/{tic}.h5", data, storage_options=storage_options)
             else:
                 data = _fits_bytes(time, f, tic)
@@ -170,8 +176,12 @@ def lightcurves(
     return lc, tces
 
 
-def _qlp_bytes(time: np.ndarray, flux: np.ndarray, rng: np.random.Generator) -> bytes:
+def _qlp_bytes(
+    time: np.ndarray, flux: np.ndarray, flux_big: np.ndarray, rng: np.random.Generator
+) -> bytes:
     """A QLP-layout HDF5 file; the reader returns ``(time, flux / median(flux))``.
+
+    ``bestap`` is 2 (also Vetting's small aperture); ``Aperture_003`` holds ``flux_big``.
 
     Extra cadences are inserted that the reader must drop: QFLAG ≠ 0 (with garbage values),
     non-finite magnitudes, and bright (upward) outliers.
@@ -188,6 +198,7 @@ def _qlp_bytes(time: np.ndarray, flux: np.ndarray, rng: np.random.Generator) -> 
     bad_mag[-2:] = [np.nan, TMAG - 5.0]  # one non-finite and one bright outlier with QFLAG 0
     all_time = np.r_[time, bad_time]
     all_mag = np.r_[mag, bad_mag]
+    all_big = np.r_[TMAG - 2.5 * np.log10(np.abs(flux_big)), bad_mag]
     order = np.argsort(all_time, kind="stable")
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5:
@@ -198,7 +209,8 @@ def _qlp_bytes(time: np.ndarray, flux: np.ndarray, rng: np.random.Generator) -> 
         phot.attrs["bestap"] = 2
         for k in range(1, 4):
             aperture = phot.create_group(f"Aperture_{k:03d}")
-            values = all_mag[order] if k == 2 else all_mag[order] + 0.01 * k
+            # best (2) and small (2) apertures: the target; 3: big, with the blend; 1: offset
+            values = {1: all_mag + 0.01, 2: all_mag, 3: all_big}[k][order]
             aperture["KSPMagnitude"] = values
     return buffer.getvalue()
 
