@@ -341,6 +341,9 @@ def test_kernels_run_on_cupy_blocks():
     assert isinstance(ds["timelag"].data._meta, cupy.ndarray)
     lag = cupy.asnumpy(ds["timelag"].sel(pair="94-335").data.compute())
     np.testing.assert_allclose(lag, skt.time_lag(a, b, t * u.s).to_value(u.s), atol=1e-6)
+    from cloudlab.timelag import to_map
+
+    np.testing.assert_allclose(to_map(ds["timelag"].sel(pair="94-335")).data, lag)
 
 
 # ------------------------------------------------------------------------------ command line

@@ -14,11 +14,18 @@ import xarray as xr
 from astropy.io import fits
 
 from cloudlab import storage
+from cloudlab.backend import asnumpy
 
 #: header keys that describe the original frames' data, not a derived map
 _DROP_KEYS = ("BLANK", "BSCALE", "BZERO", "BITPIX", "DATAMEAN", "DATAMIN", "DATAMAX", "ZBLANK",
               "XTENSION", "PCOUNT", "GCOUNT", "EXTNAME", "INSTRUME", "WAVELNTH", "WAVEUNIT",
               "EXPTIME", "QUALITY", "CHECKSUM", "DATASUM")  # fmt: skip
+
+
+def on_host(results: xr.Dataset) -> xr.Dataset:
+    """Compute a result Dataset and bring its arrays to host memory (from CuPy if needed)."""
+    results = results.compute()
+    return results.copy(data={name: asnumpy(var.data) for name, var in results.data_vars.items()})
 
 
 def map_header(arr: xr.DataArray) -> fits.Header:
@@ -62,7 +69,7 @@ def to_map(obj: xr.DataArray | xr.Dataset):
     if obj.ndim != 2:
         raise ValueError(f"to_map needs a 2-D map, got dims {obj.dims}")
     arr = obj.compute()
-    return sunpy.map.Map(np.asarray(arr.values), map_header(arr))
+    return sunpy.map.Map(asnumpy(arr.data), map_header(arr))
 
 
 def _pair_maps(results: xr.Dataset):
@@ -80,7 +87,7 @@ def write_fits(results: xr.Dataset, directory: str, storage_options: dict | None
     list of str
         The URLs written.
     """
-    results = results.compute()
+    results = on_host(results)
     written = []
     for pair, maps in _pair_maps(results):
         timelag, maxcc = maps["timelag"], maps["max_correlation"]
@@ -114,7 +121,7 @@ def write_zarr(results: xr.Dataset, url: str, storage_options: dict | None = Non
     str
         ``url``.
     """
-    results = results.compute()
+    results = on_host(results)
     if "pair" in results.coords:  # variable-length strings have a zarr v3 specification
         results = results.assign_coords(pair=results["pair"].values.astype(object))
     fs, path = storage.resolve(url, storage_options)
@@ -174,7 +181,7 @@ def plot_maps(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = results.compute()
+    results = on_host(results)
     if vmax_s is None:
         finite = np.abs(results["timelag"].values[np.isfinite(results["timelag"].values)])
         vmax_s = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
