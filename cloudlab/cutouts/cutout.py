@@ -188,7 +188,8 @@ def read_cutouts(
     for (t, ry, cx, width, start), k in zip(pieces, seg.tolist(), strict=True):
         offset = int(start - starts[k])
         raw = np.frombuffer(buffers[k], dtype=">f4", count=width * n_frames * 2, offset=offset)
-        block = raw.reshape(width, n_frames, 2)
+        # byte-swap contiguously first: the transposed copy below is then a plain copy
+        block = raw.astype(np.float32).reshape(width, n_frames, 2)
         out[:, t, :, ry, cx : cx + width] = block.transpose(2, 1, 0)
     return out
 
