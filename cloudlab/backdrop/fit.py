@@ -19,11 +19,10 @@ SUBSAMPLE = 16
 
 
 def _read_frame(url: str, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Read one frame's region ``(row0, col0, rows, cols)`` of HDU 1 (image pixels)."""
-    from cloudlab import fits
+    """Read one frame's image box ``(row0, col0, rows, cols)`` of HDU 1."""
+    from cloudlab.io.tess_ffi import read_science
 
-    r0, c0, n_r, n_c = box
-    return fits.read_region(fits.hdu_info(url, 1), (slice(r0, r0 + n_r), slice(c0, c0 + n_c)))
+    return read_science(url, 1, box)[0]
 
 
 def batch_mean(frames: list, box: tuple[int, int, int, int] | None = None) -> np.ndarray:

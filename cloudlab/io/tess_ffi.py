@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -174,15 +175,15 @@ def open_ffis(
     rows, cols = _science_box(metas[0])
     g = metas[0]["geometry"]
 
-    cal = fits.open_stack(
-        good_urls, hdu=1, dim="time", dims=("y", "x"), storage_options=storage_options
-    )
-    flux = cal.data[:, rows, cols].astype(np.float32)
-    flux = flux.rechunk((1, *flux.shape[1:]))
-    flux_err = _uncertainty(metas[0], good_urls, rows, cols, storage_options)
+    n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
+    box = (rows.start, cols.start, n_rows, n_cols)
+    flux = _stack(good_urls, 1, box, storage_options)
+    if metas[0]["err_shape"] is None:
+        flux_err = da.full((len(good_urls), n_rows, n_cols), np.nan, np.float32, chunks=flux.chunks)
+    else:
+        flux_err = _stack(good_urls, 2, box, storage_options)
 
     sector, camera, ccd = next(iter(ids))
-    n_rows, n_cols = flux.shape[1:]
     science_rows = np.arange(n_rows)
     science_cols = np.arange(n_cols)
     times = np.array([(m["tstart"] + m["tstop"]) / 2 for m in metas])
@@ -221,21 +222,35 @@ def open_ffis(
     )
 
 
-def _uncertainty(
-    meta: dict, urls: list[str], rows: slice, cols: slice, storage_options: dict | None
+def read_science(
+    url: str, hdu: int, box: tuple[int, int, int, int], storage_options: dict | None = None
+) -> np.ndarray:
+    """Read the image box ``(row0, col0, rows, cols)`` of one HDU as ``(1, rows, cols)`` float32.
+
+    Only the bytes of the box are fetched; where the stored image is smaller than the box (trimmed
+    files) the missing pixels are NaN.
+    """
+    info = fits.hdu_info(url, hdu, storage_options)
+    r0, c0, n_r, n_c = box
+    out = np.full((1, n_r, n_c), np.nan, np.float32)
+    r1, c1 = min(r0 + n_r, info.shape[0]), min(c0 + n_c, info.shape[1])
+    if r1 > r0 and c1 > c0:
+        out[0, : r1 - r0, : c1 - c0] = fits.read_region(info, (slice(r0, r1), slice(c0, c1)))
+    return out
+
+
+def _stack(
+    urls: list[str], hdu: int, box: tuple[int, int, int, int], storage_options: dict | None
 ) -> da.Array:
-    """Uncertainty images on the science region (NaN where the stored image does not reach)."""
-    n_t = len(urls)
-    shape = (n_t, rows.stop - rows.start, cols.stop - cols.start)
-    if meta["err_shape"] is None:
-        return da.full(shape, np.nan, dtype=np.float32, chunks=(1, *shape[1:]))
-    err = fits.open_stack(urls, hdu=2, dim="time", dims=("y", "x"), storage_options=storage_options)
-    e_rows, e_cols = meta["err_shape"]
-    r1, c1 = min(rows.stop, e_rows), min(cols.stop, e_cols)
-    if r1 <= rows.start or c1 <= cols.start:
-        return da.full(shape, np.nan, dtype=np.float32, chunks=(1, *shape[1:]))
-    part = err.data[:, rows.start : r1, cols.start : c1].astype(np.float32)
-    pad = ((0, 0), (0, shape[1] - part.shape[1]), (0, shape[2] - part.shape[2]))
-    if pad[1][1] or pad[2][1]:
-        part = da.pad(part, pad, mode="constant", constant_values=np.nan)
-    return part.rechunk((1, *shape[1:]))
+    """Lazy ``(time, rows, cols)`` stack, one chunk (one ranged read) per frame."""
+    shape = (1, box[2], box[3])
+    return da.concatenate(
+        [
+            da.from_delayed(
+                dask.delayed(read_science, pure=True)(url, hdu, box, storage_options),
+                shape,
+                np.float32,
+            )
+            for url in urls
+        ]
+    )
