@@ -368,3 +368,22 @@ def test_no_selected_galaxy_gives_empty_products(tmp_path, grid):
     assert result["chi"].shape == (0, 1, 5, 6, 6)
     assert len(dre.summarize(result)) == 0
     assert dre.write_chi_hdf5(result, str(tmp_path / "chi.h5")) == 0
+
+
+def test_load_models_reads_one_plane_per_chunk(tmp_path, grid, monkeypatch):
+    import cloudlab.fits
+
+    url = str(tmp_path / "models.fits")
+    dre.write_models(grid, url)
+    calls = []
+    original = cloudlab.fits.read_region
+    monkeypatch.setattr(
+        cloudlab.fits,
+        "read_region",
+        lambda info, index: calls.append(index) or original(info, index),
+    )
+    cube = dre.load_models(url)
+    assert calls == []  # opening reads the header only
+    stamp = cube[0, 2, 1, 3].values
+    assert len(calls) == 1 and calls[0][0] == slice(2, 3)  # plane q = 2 only
+    np.testing.assert_array_equal(stamp, grid.values[0, 2, 1, 3])
