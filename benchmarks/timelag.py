@@ -7,8 +7,8 @@ cross-correlation maps of all 15 channel pairs:
 
 * ``cloudlab``: :func:`cloudlab.timelag.timelag_maps` (one task per spatial block for all pairs);
 * ``sunkit-image``: ``time_lag`` + ``max_cross_correlation`` per pair on the same dask arrays,
-  computed together (with the ``array_check_hook`` workaround for its issue #276, without which
-  ``time_lag`` fails on a distributed cluster);
+  computed together (with the ``array_check_hook`` workaround for its issue #276: without it
+  ``time_lag`` puts Quantities inside dask chunks, which distributed does not carry reliably);
 * ``serial``: a per-pixel ``scipy.signal.correlate`` loop, the serial IDL-style baseline of the
   Pangeo notebook, timed on a sample of pixels and extrapolated.
 

@@ -275,7 +275,7 @@ def test_uncompressed_series_with_crop_and_subsampling(tmp_path):
 
 @pytest.mark.gateway
 def test_gateway_cluster_reads_s3_and_recovers_lags(gateway_client, s3_bucket):
-    """Files on S3, read and correlated by gateway workers (sunkit-image #276 fails there)."""
+    """Files on S3, read and correlated by gateway workers (where sunkit-image has #276)."""
     series = aia_series(f"s3://{s3_bucket}/aia", channels=(94, 335), shape=(6, 6), n_frames=40)
     with dask.config.set(scheduler=gateway_client):
         prepared = aia.prepare_channels(open_channels(series, (94, 335)))

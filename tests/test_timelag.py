@@ -316,7 +316,7 @@ def test_write_zarr_to_s3(s3_bucket):
 
 # ------------------------------------------------------------------------------ where it runs
 def test_runs_on_a_distributed_cluster(local_client):
-    """sunkit-image's time_lag fails under distributed (its issue #276); ours must not."""
+    """sunkit-image's time_lag loses its units under distributed (its issue #276); ours not."""
     a, b = random_walks(shape=(60, 8, 8))
     t = np.arange(60) * 12.0
     channels = {94: cube(a, t).chunk({"x": 4}), 335: cube(b, t).chunk({"x": 4})}
@@ -325,6 +325,12 @@ def test_runs_on_a_distributed_cluster(local_client):
         distributed = ds.compute()
     ref = skt.time_lag(a, b, t * u.s).to_value(u.s)
     np.testing.assert_allclose(distributed["timelag"].sel(pair="94-335").values, ref, atol=1e-6)
+    assert distributed["timelag"].attrs["units"] == "s"
+    np.testing.assert_allclose(
+        distributed["max_correlation"].sel(pair="94-335").values,
+        skt.max_cross_correlation(a, b, t * u.s),
+        atol=1e-6,
+    )
 
 
 @pytest.mark.gpu
