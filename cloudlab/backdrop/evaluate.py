@@ -257,6 +257,8 @@ def subtract(
         ``(target, time, row, column)``, a BTJD ``time`` coordinate, per-target ``corner_row`` and
         ``corner_column`` (0-based CCD pixel of cutout pixel ``[0, 0]``, virtual columns
         included, i.e. TPF ``2CRV5P - 1``/``1CRV5P - 1``) and optionally ``camera``/``ccd``.
+        Science pixel = corner minus the weights' ``image_row_offset``/``image_column_offset``
+        (0 and 44 for real FFIs, from the frames' ``SCIROWS``/``SCCSA`` keys).
     weights : xarray.Dataset
         Fitted weights of the same sector/camera/CCD.
     corner_row, corner_column : str
@@ -286,10 +288,10 @@ def subtract(
                     f"subtract: cutouts from {key} {values.tolist()}, weights fitted on {key} "
                     f"{weights.attrs[key]}"
                 )
-    rows0, cols0 = ccd_to_science(
-        _corner(cutouts, corner_row) + SCIENCE_ROW_OFFSET,
-        _corner(cutouts, corner_column) + 1,
-    )
+    # corners are 0-based image pixels; the science region starts at the weights' image offsets
+    # (rows 0 and columns 44 on real FFIs)
+    rows0 = _corner(cutouts, corner_row) - int(weights.attrs.get("image_row_offset", 0))
+    cols0 = _corner(cutouts, corner_column) - int(weights.attrs.get("image_column_offset", 44))
     n_rows, n_cols = cutouts.sizes["row"], cutouts.sizes["column"]
     idx = frame_index(weights, cutouts["time"].values, strict=strict)
     flux = cutouts["flux"].data

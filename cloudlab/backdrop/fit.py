@@ -272,6 +272,8 @@ def fit(
             "nrad": nrad,
             "nknots": nknots,
             "degree": degree,
+            "image_row_offset": int(ffis.attrs.get("image_row_offset", 0)),
+            "image_column_offset": int(ffis.attrs.get("image_column_offset", 44)),
             "bore_row": basis.boresight(ccd)[0],
             "bore_column": basis.boresight(ccd)[1],
             "model": "tess-backdrop: poly+radial on 8x8 block means; B-spline + column straps",

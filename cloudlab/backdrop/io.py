@@ -76,6 +76,8 @@ def save_fits(weights: xr.Dataset, url: str, *, storage_options: dict | None = N
     h["COL0"] = (int(w["column"].values[0]), "first 0-based science column fitted")
     h["NROWS"] = (weights.sizes["row"], "science rows fitted")
     h["NCOLS"] = (w.sizes["column"], "science columns fitted")
+    h["IMGROW0"] = (int(a.get("image_row_offset", 0)), "0-based image row of science row 0")
+    h["IMGCOL0"] = (int(a.get("image_column_offset", 44)), "0-based image column of science col 0")
     h["BOREROW"] = (float(a["bore_row"]), "boresight science row")
     h["BORECOL"] = (float(a["bore_column"]), "boresight science column")
     quality = _time_column(weights, "quality")
@@ -180,6 +182,8 @@ def load_fits(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
             coords["tstart"] = ("time", col("TSTART"))
             coords["tstop"] = ("time", col("TSTOP"))
         attrs["origin"] = str(h.get("ORIGIN", ""))
+        attrs["image_row_offset"] = int(h.get("IMGROW0", 0))
+        attrs["image_column_offset"] = int(h.get("IMGCOL0", 44))
     from cloudlab.backdrop.basis import boresight
 
     attrs["bore_row"], attrs["bore_column"] = boresight(attrs["ccd"])
