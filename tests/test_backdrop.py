@@ -340,3 +340,17 @@ def test_fit_on_the_real_trimmed_ffi():
     sky = data[good]
     assert abs(np.median(model[good]) - np.median(sky)) < 3.0  # ~150 e/s sky
     assert np.percentile(sky, 1) < model.min() and model.max() < np.percentile(sky, 99)
+
+
+def test_in_memory_stack_with_a_blank_frame(stack):
+    truth, ffis = stack
+    mem = ffis.drop_vars("url").load()
+    mem["flux"][2] = np.nan
+    mem["flux"][0, 10:20, 30:40] = np.nan
+    with dask.config.set(scheduler="sync"):
+        w = backdrop.fit(mem, nknots=NKNOTS).compute()
+    assert np.isnan(w["poly_w"].values[2]).all() and np.isnan(w["strap_w"].values[2]).all()
+    assert np.isfinite(w["spline_w"].values[[0, 1, 3]]).all()
+    model = backdrop.evaluate(w, mem.row.values, mem.column.values, times=[0]).values[0]
+    good = w["star_mask"].values
+    assert np.median(np.abs(model - truth.background(0))[good]) < 0.15

@@ -29,13 +29,21 @@ def batch_mean(frames: list, box: tuple[int, int, int, int] | None = None) -> np
     """Mean of frames, each minus the median of its ``[::16, ::16]`` subsample.
 
     ``frames`` holds one-frame arrays ``(1, rows, columns)``, or URLs read here (with ``box``).
+    Non-finite pixels are left out of the mean (NaN where no frame has a finite value).
     """
-    acc = None
+    acc = count = None
     for frame in _frames(frames, box):
         if acc is None:
             acc = np.zeros(frame.shape, np.float64)
-        acc += frame - np.nanmedian(frame[::SUBSAMPLE, ::SUBSAMPLE])
-    return (acc / len(frames)).astype(np.float32)
+            count = np.zeros(frame.shape, np.int32)
+        finite = np.isfinite(frame)
+        if not finite.any():
+            continue
+        level = np.median(frame[::SUBSAMPLE, ::SUBSAMPLE][finite[::SUBSAMPLE, ::SUBSAMPLE]])
+        acc += np.where(finite, frame - level, 0.0)
+        count += finite
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (acc / count).astype(np.float32)
 
 
 def frame_sources(ffis: xr.Dataset) -> tuple[list, tuple[int, int, int, int] | None]:

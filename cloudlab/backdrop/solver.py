@@ -118,6 +118,7 @@ class Solver:
         dev = self.arrays(xp)
         n_t = len(frames)
         finite = [None] * n_t
+        empty = np.zeros(n_t, bool)
         means = np.empty((n_t, int(self.block_valid.sum())))
         for t in range(n_t):
             d = frames[t].astype(xp.float32) - dev["average"]
@@ -131,6 +132,7 @@ class Solver:
             if finite[t] is not None:
                 counts = asnumpy(_block_sum(weight, xp)).ravel()[self.block_valid]
             means[t] = sums / np.maximum(counts, 1)
+            empty[t] = not counts.any()
         poly_w = self._fit_poly(means)
 
         k_r, k_c = self.br.shape[1], self.bc.shape[1]
@@ -154,18 +156,19 @@ class Solver:
             rhs_spline[t] = (dev["br"].T @ res) @ dev["bc"]
             rhs_strap[t] = res.sum(axis=0, dtype=xp.float64)
         spline_w, strap_w = self._solve(rhs_spline, rhs_strap, dev, xp)
-        return poly_w, asnumpy(spline_w), asnumpy(strap_w)
+        return _blank(empty, poly_w, asnumpy(spline_w), asnumpy(strap_w))
 
     def _fit_frames_numba(self, frames: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """CPU path: the two fused pixel passes of :mod:`cloudlab.backdrop.kernels`."""
         frames = [np.ascontiguousarray(f, dtype=np.float32) for f in frames]
         n_t = len(frames)
         means = np.empty((n_t, int(self.block_valid.sum())))
+        empty = np.zeros(n_t, bool)
         for t in range(n_t):
             sums, counts = kernels.block_sums(frames[t], self.average, self.mask, BLOCK)
-            means[t] = sums.ravel()[self.block_valid] / np.maximum(
-                counts.ravel()[self.block_valid], 1
-            )
+            counts = counts.ravel()[self.block_valid]
+            means[t] = sums.ravel()[self.block_valid] / np.maximum(counts, 1)
+            empty[t] = not counts.any()
         poly_w = self._fit_poly(means)
         k_r = self.br.shape[1]
         rhs_spline = np.empty((n_t, k_r, self.bc.shape[1]))
@@ -184,7 +187,7 @@ class Solver:
             rhs_spline[t] = spline @ bc
         dev = {"brm": self.brm, "bc": bc, "dinv": self.dinv, "chol": self.chol}
         spline_w, strap_w = self._solve(rhs_spline, rhs_strap, dev, np)
-        return poly_w, spline_w, strap_w
+        return _blank(empty, poly_w, spline_w, strap_w)
 
     def _fit_poly(self, means: np.ndarray) -> np.ndarray:
         """Polynomial stage on block means, with two clipping passes (host, 29 x 29 systems)."""
@@ -212,6 +215,13 @@ class Solver:
         back = xp.matmul(bc[None], spline)  # (t, k, i)
         strap = y - dev["dinv"][None, :] * (back * brm.T[None]).sum(axis=2)
         return spline, strap
+
+
+def _blank(empty: np.ndarray, *weights: np.ndarray) -> tuple[np.ndarray, ...]:
+    """NaN weights for frames without a single finite unmasked pixel."""
+    for w in weights:
+        w[empty] = np.nan
+    return weights
 
 
 def _cho_solve(chol: Any, rhs: Any, xp: ModuleType) -> Any:
