@@ -219,6 +219,37 @@ def bench_locate(n: int, n_tess_point: int) -> dict:
     }
 
 
+def report_local(a: dict, args) -> None:
+    print(f"\n(a) local, 2078x2136x{a['frames']} cube, {a['targets']} targets x "
+          f"{args.size}x{args.size}")  # fmt: skip
+    print(f"  cloudlab make_cutouts : {a['cloudlab_cutouts_per_s']:8.1f} cutouts/s")
+    print(f"  cloudlab + write_tpfs : {a['cloudlab_tpfs_per_s']:8.1f} TPFs/s")
+    print(f"  astrocut one by one   : {a['astrocut_per_s']:8.1f} cutouts/s "
+          f"({a['astrocut_targets']} targets)")  # fmt: skip
+    print(f"  ratio (cutouts)       : {a['cloudlab_cutouts_per_s'] / a['astrocut_per_s']:8.1f}x")
+    print(f"  ratio (with TPFs)     : {a['cloudlab_tpfs_per_s'] / a['astrocut_per_s']:8.1f}x")
+    print(f"  values identical      : {a['identical']}")
+    print(f"  read calls            : {a['read_calls']}")
+    print(f"  bytes fetched/needed  : {a['bytes_fetched'] / a['bytes_needed']:8.3f}")
+
+
+def report_s3(b: dict) -> None:
+    print(f"\n(b) S3 emulator, {b['cube']} cube, {b['targets']} targets")
+    print(f"  cloudlab make_cutouts : {b['cloudlab_cutouts_per_s']:8.1f} cutouts/s")
+    print(f"  astrocut threads=auto : {b['astrocut_per_s']:8.1f} cutouts/s "
+          f"({b['astrocut_targets']} targets)")  # fmt: skip
+    print(f"  ratio                 : {b['cloudlab_cutouts_per_s'] / b['astrocut_per_s']:8.1f}x")
+    print(f"  values identical      : {b['identical']}")
+
+
+def report_locate(c: dict) -> None:
+    print(f"\n(c) locate {c['targets']} targets (sector 55)")
+    print(f"  cloudlab locate       : {c['cloudlab_s']:8.3f} s ({c['on_silicon']} on silicon)")
+    print(f"  tess-point            : {c['tess_point_s_per_target'] * 1e3:8.3f} ms/target "
+          f"-> {c['tess_point_s_extrapolated']:.0f} s for all")  # fmt: skip
+    print(f"  ratio                 : {c['tess_point_s_extrapolated'] / c['cloudlab_s']:8.0f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", type=int, default=1000)
@@ -229,41 +260,21 @@ def main() -> None:
     parser.add_argument("--s3-astrocut", type=int, default=3)
     parser.add_argument("--size", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--parts", default="abc", help="which parts to run (default abc)")
     args = parser.parse_args()
     if args.quick:
         args.targets, args.astrocut, args.frames = 50, 10, 100
         args.s3_frames, args.s3_targets, args.s3_astrocut = 100, 10, 2
     tmp = tempfile.mkdtemp(prefix="cloudlab-bench-cutouts-")
     try:
-        a = bench_local(tmp, args.targets, args.astrocut, args.frames, args.size)
-        print(f"\n(a) local, 2078x2136x{a['frames']} cube, {a['targets']} targets x "
-              f"{args.size}x{args.size}")  # fmt: skip
-        print(f"  cloudlab make_cutouts : {a['cloudlab_cutouts_per_s']:8.1f} cutouts/s")
-        print(f"  cloudlab + write_tpfs : {a['cloudlab_tpfs_per_s']:8.1f} TPFs/s")
-        print(f"  astrocut one by one   : {a['astrocut_per_s']:8.1f} cutouts/s "
-              f"({a['astrocut_targets']} targets)")  # fmt: skip
-        print(
-            f"  ratio (cutouts)       : {a['cloudlab_cutouts_per_s'] / a['astrocut_per_s']:8.1f}x"
-        )
-        print(f"  ratio (with TPFs)     : {a['cloudlab_tpfs_per_s'] / a['astrocut_per_s']:8.1f}x")
-        print(f"  values identical      : {a['identical']}")
-        print(f"  read calls            : {a['read_calls']}")
-        print(f"  bytes fetched/needed  : {a['bytes_fetched'] / a['bytes_needed']:8.3f}")
-        b = bench_s3(tmp, args.s3_targets, args.s3_astrocut, args.s3_frames, args.size)
-        print(f"\n(b) S3 emulator, {b['cube']} cube, {b['targets']} targets")
-        print(f"  cloudlab make_cutouts : {b['cloudlab_cutouts_per_s']:8.1f} cutouts/s")
-        print(f"  astrocut threads=auto : {b['astrocut_per_s']:8.1f} cutouts/s "
-              f"({b['astrocut_targets']} targets)")  # fmt: skip
-        print(
-            f"  ratio                 : {b['cloudlab_cutouts_per_s'] / b['astrocut_per_s']:8.1f}x"
-        )
-        print(f"  values identical      : {b['identical']}")
-        c = bench_locate(100_000, 200 if not args.quick else 50)
-        print(f"\n(c) locate {c['targets']} targets (sector 55)")
-        print(f"  cloudlab locate       : {c['cloudlab_s']:8.3f} s ({c['on_silicon']} on silicon)")
-        print(f"  tess-point            : {c['tess_point_s_per_target'] * 1e3:8.3f} ms/target "
-              f"-> {c['tess_point_s_extrapolated']:.0f} s for all")  # fmt: skip
-        print(f"  ratio                 : {c['tess_point_s_extrapolated'] / c['cloudlab_s']:8.0f}x")
+        if "a" in args.parts:
+            report_local(
+                bench_local(tmp, args.targets, args.astrocut, args.frames, args.size), args
+            )
+        if "b" in args.parts:
+            report_s3(bench_s3(tmp, args.s3_targets, args.s3_astrocut, args.s3_frames, args.size))
+        if "c" in args.parts:
+            report_locate(bench_locate(100_000, 200 if not args.quick else 50))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
