@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _light_curve_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--lightcurves", required=required, help="light-curve files (glob)")
     parser.add_argument("--tces", required=required, help="TCE table (tces.csv)")
-    parser.add_argument("--reader", default="qlp", choices=("qlp", "kepler"))
+    parser.add_argument("--reader", default="qlp", choices=("qlp", "qlp-vetting", "kepler"))
     parser.add_argument("--kind", default="triage", choices=("triage", "vetting", "kepler"))
     parser.add_argument("--batch-size", type=int, default=1000, help="TCEs per task")
     parser.add_argument(
