@@ -17,24 +17,9 @@ from cloudlab.timelag import kernels
 HOT_TO_COOL = (94, 335, 211, 193, 171, 131)
 
 #: header keys that must agree between channels for their maps to be comparable
-_WCS_KEYS = (
-    "NAXIS1",
-    "NAXIS2",
-    "CTYPE1",
-    "CTYPE2",
-    "CUNIT1",
-    "CUNIT2",
-    "CDELT1",
-    "CDELT2",
-    "CRPIX1",
-    "CRPIX2",
-    "CRVAL1",
-    "CRVAL2",
-    "CROTA2",
-    "PC1_1",
-    "PC1_2",
-    "PC2_1",
-    "PC2_2",
+_WCS_KEYS = tuple(
+    "NAXIS1 NAXIS2 CTYPE1 CTYPE2 CUNIT1 CUNIT2 CDELT1 CDELT2 CRPIX1 CRPIX2 CRVAL1 CRVAL2 "
+    "CROTA2 PC1_1 PC1_2 PC2_1 PC2_2".split()
 )
 
 
