@@ -18,14 +18,14 @@ BATCH_BYTES = 128 * 2**20
 SUBSAMPLE = 16
 
 
-def _read_frame(url: str, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Read one frame's image box ``(row0, col0, rows, cols)`` of HDU 1."""
+def _read_frame(url: str, box: tuple) -> np.ndarray:
+    """Read one frame's image box ``(row0, col0, rows, cols[, storage_options])`` of HDU 1."""
     from cloudlab.io.tess_ffi import read_science
 
-    return read_science(url, 1, box)[0]
+    return read_science(url, 1, tuple(box[:4]), box[4] if len(box) > 4 else None)[0]
 
 
-def batch_mean(frames: list, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+def batch_mean(frames: list, box: tuple | None = None) -> np.ndarray:
     """Mean of frames, each minus the median of its ``[::16, ::16]`` subsample.
 
     ``frames`` holds one-frame arrays ``(1, rows, columns)``, or URLs read here (with ``box``).
@@ -46,7 +46,7 @@ def batch_mean(frames: list, box: tuple[int, int, int, int] | None = None) -> np
         return (acc / count).astype(np.float32)
 
 
-def frame_sources(ffis: xr.Dataset) -> tuple[list, tuple[int, int, int, int] | None]:
+def frame_sources(ffis: xr.Dataset) -> tuple[list, tuple | None]:
     """What each task reads: frame URLs and the image box, or one-frame dask blocks.
 
     Stacks from :func:`cloudlab.io.tess.open_ffis` (a ``url`` coordinate and image offsets) are
@@ -62,6 +62,7 @@ def frame_sources(ffis: xr.Dataset) -> tuple[list, tuple[int, int, int, int] | N
             int(a["image_column_offset"] + cols[0]),
             len(rows),
             len(cols),
+            a.get("storage_options"),
         )
         return [str(u) for u in ffis["url"].values], box
     flux = ffis["flux"].data
@@ -70,7 +71,7 @@ def frame_sources(ffis: xr.Dataset) -> tuple[list, tuple[int, int, int, int] | N
     return list(flux.rechunk((1, *flux.shape[1:])).to_delayed().ravel()), None
 
 
-def _frames(items: list, box: tuple[int, int, int, int] | None) -> list[np.ndarray]:
+def _frames(items: list, box: tuple | None) -> list[np.ndarray]:
     return [
         (_read_frame(item, box) if isinstance(item, str) else np.asarray(item)[0]).astype(
             np.float32, copy=False
@@ -195,6 +196,13 @@ def fit(
         Frames per time chunk (right-hand sides solved together); default about 128 MiB.
     gpu : bool
         Run the per-chunk kernels on CuPy (tasks ask for the ``GPU`` resource).
+
+    Notes
+    -----
+    For stacks from :func:`cloudlab.io.tess.open_ffis` the tasks read their frames from the
+    ``url`` coordinate themselves (one ranged read of the science region per frame), so no frame
+    is kept in memory between the average-image pass and the fit pass; any other Dataset is used
+    through its ``flux`` chunks.
 
     Returns
     -------

@@ -211,6 +211,8 @@ def open_ffis(
         "image_column_offset": cols.start,
         "skipped": [u for u, _ in bad],
     }
+    if storage_options:
+        attrs["storage_options"] = dict(storage_options)  # for tasks that re-read the frames
     dims = ("time", "row", "column")
     return xr.Dataset(
         {
