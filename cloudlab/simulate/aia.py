@@ -113,7 +113,7 @@ def _delays(channels, shape, cadence_s, lag_map) -> dict[int, np.ndarray]:
     return {c: rank.get(c, len(rank)) * step for c in channels}
 
 
-def _header(channel, frame_time, t_rec, exptime, shape, center, quality) -> fits.Header:
+def _header(channel, frame_time, t_rec, exptime, shape, center) -> fits.Header:
     ny, nx = shape
     cdelt = 0.6
     half_exposure = np.timedelta64(int(round(exptime / 2 * 1e9)), "ns")
@@ -129,7 +129,7 @@ def _header(channel, frame_time, t_rec, exptime, shape, center, quality) -> fits
         "EXPTIME": exptime,
         "WAVELNTH": channel,
         "WAVEUNIT": "angstrom",
-        "QUALITY": quality,
+        "QUALITY": 0,
         "BUNIT": "DN",
         "PIXLUNIT": "DN",
         "CTYPE1": "HPLN-TAN",
@@ -263,7 +263,7 @@ def aia_series(
         data = np.clip(np.rint(counts), _BLANK + 1, 32767).astype(np.int16)
         files = []
         for k in range(n_frames):
-            header = _header(channel, t_obs[k], slots[k], float(exptime[k]), shape, center, 0)
+            header = _header(channel, t_obs[k], slots[k], float(exptime[k]), shape, center)
             stamp = str(t_obs[k].astype("datetime64[ms]")).replace("-", "_").replace(":", "_")
             url = f"{base}/{channel:04d}/aia_lev1_{channel}a_{stamp.lower()}z_image_lev1.fits"
             storage.write_bytes(url, _encode(data[k], header, compressed), storage_options)
