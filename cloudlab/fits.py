@@ -312,6 +312,8 @@ def _gather_infos(
         return []
     client = _get_client()
     workers = _workers(client) if client is not None else []
+    if any(u.startswith("memory:") for u, _ in entries):
+        workers = []  # an in-memory filesystem lives in this process only
     if workers and any(storage.is_local(u) for u, _ in entries):
         local = _local_hosts()
         if not all(urlparse(w).hostname in local for w in workers):

@@ -4,6 +4,7 @@ multi-extension, tile compression, gzip, stacks, tables, byte budgets and bad in
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
 import shutil
 import threading
@@ -665,3 +666,18 @@ def test_real_tess_ffi(shared_data: Path) -> None:
     assert info.get("CAMERA") == fits.getheader(path, 1)["CAMERA"]
     stack = cf.open_stack([path, path], 2, keys=["EXTNAME"])
     assert_same(stack.values[1], fits.getdata(path, 2))
+
+
+def test_memory_stack_stays_in_process(local_client) -> None:
+    """memory:// files exist only in this process: their headers are never read on workers."""
+    from cloudlab import storage
+
+    data = np.arange(12, dtype=">f4").reshape(3, 4)
+    buf = io.BytesIO()
+    fits.PrimaryHDU(data).writeto(buf)
+    for i in range(3):
+        storage.write_bytes(f"memory://cl-stack/m{i}.fits", buf.getvalue())
+    with dask.config.set(scheduler=local_client.get):
+        stack = cf.open_stack("memory://cl-stack/m*.fits")
+    assert stack.shape == (3, 3, 4) and stack.attrs["missing"] == []
+    np.testing.assert_array_equal(stack.data.compute(scheduler="sync")[2], data)
