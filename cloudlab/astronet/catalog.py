@@ -248,6 +248,11 @@ def _reasons(reason: np.ndarray, found: np.ndarray, targets: pd.Series) -> np.nd
     return out.astype(REASON_DTYPE)
 
 
+def _exists(url: str) -> bool:
+    fs, path = storage.resolve(url)
+    return fs.exists(path)
+
+
 @lru_cache(maxsize=8)
 def _cached_models(checkpoints: tuple[str, ...]):
     from cloudlab.astronet.train import load
@@ -307,7 +312,7 @@ def predict_catalog(
     checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
     if not checkpoints:
         raise ValueError("predict_catalog needs at least one checkpoint")
-    missing = [url for url in checkpoints if not storage.resolve(url)[0].exists(url)]
+    missing = [url for url in checkpoints if not _exists(url)]
     if missing:
         raise FileNotFoundError(f"AstroNet checkpoints not found: {missing}")
     ds = views(lightcurves, tces, kind=kind, batch_size=batch_size, **columns)
