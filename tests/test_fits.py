@@ -681,3 +681,13 @@ def test_memory_stack_stays_in_process(local_client) -> None:
         stack = cf.open_stack("memory://cl-stack/m*.fits")
     assert stack.shape == (3, 3, 4) and stack.attrs["missing"] == []
     np.testing.assert_array_equal(stack.data.compute(scheduler="sync")[2], data)
+
+
+def test_read_table_from_gzip_file(tmp_path: Path) -> None:
+    tab = fits.BinTableHDU.from_columns(
+        [fits.Column("X", "D", array=np.linspace(0, 1, 30))], name="T"
+    )
+    plain = write(tmp_path / "t.fits", fits.PrimaryHDU(np.ones((20, 20), "f4")), tab)
+    path = tmp_path / "t.fits.gz"
+    path.write_bytes(gzip.compress(Path(plain).read_bytes()))
+    np.testing.assert_array_equal(cf.read_table(str(path), "T")["X"], np.linspace(0, 1, 30))
