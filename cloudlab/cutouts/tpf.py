@@ -41,70 +41,109 @@ def tpf_name(ticid, sector: int, camera: int, ccd: int, size: tuple[int, int]) -
     return f"tic{tic}_s{int(sector):04d}-{int(camera)}-{int(ccd)}_{size[0]}x{size[1]}_tpf.fits"
 
 
+LINEAR_WCS_COMMENTS = {
+    "WCSAXES": "number of WCS axes",
+    "CTYPE1": "right ascension, gnomonic projection",
+    "CTYPE2": "declination, gnomonic projection",
+    "CUNIT1": "unit of CRVAL1 and CDELT1",
+    "CUNIT2": "unit of CRVAL2 and CDELT2",
+    "CRVAL1": "[deg] RA at the reference pixel",
+    "CRVAL2": "[deg] Dec at the reference pixel",
+    "CRPIX1": "reference pixel (the cutout centre)",
+    "CRPIX2": "reference pixel (the cutout centre)",
+    "CDELT1": "[deg] pixel scale",
+    "CDELT2": "[deg] pixel scale",
+    "PC1_1": "linear transformation matrix",
+    "PC1_2": "linear transformation matrix",
+    "PC2_1": "linear transformation matrix",
+    "PC2_2": "linear transformation matrix",
+}
+
+
+def _gnomonic(ra, dec, ra0, dec0):
+    """Tangent-plane coordinates (deg) of (ra, dec) about (ra0, dec0), as FITS TAN defines them."""
+    ra, dec, ra0, dec0 = (np.radians(v) for v in (ra, dec, ra0, dec0))
+    cosc = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(ra - ra0)
+    xi = np.cos(dec) * np.sin(ra - ra0) / cosc
+    eta = (np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(ra - ra0)) / cosc
+    return np.degrees(xi), np.degrees(eta)
+
+
 def linear_wcs(
-    full: WCS, size: tuple[int, int], corner: tuple[int, int] = (0, 0)
-) -> tuple[fits.Header, float, float]:
-    """Linear TAN WCS of a cutout (tangent at its centre) and how far it departs from ``full``.
+    full: WCS, size: tuple[int, int], corners: np.ndarray
+) -> list[tuple[dict, float, float]]:
+    """Linear TAN WCS of cutouts (tangent at each cutout's centre) and how far each departs from
+    the full WCS, for many cutouts of one image at once.
+
+    The CD matrix is the derivative of the full WCS's tangent-plane coordinates at the cutout
+    centre (central differences of ±0.5 px). The departure is measured in that tangent plane over
+    every pixel of the cutout.
 
     Parameters
     ----------
     full : astropy.wcs.WCS
-        The full (SIP) WCS of the image the cutout comes from.
+        The full (SIP) WCS of the image the cutouts come from.
     size : (int, int)
         (rows, columns).
-    corner : (int, int), optional
-        0-based (column, row) of the cutout's first pixel in ``full``'s image.
+    corners : array_like
+        ``(n, 2)`` 0-based (column, row) of each cutout's first pixel in ``full``'s image.
 
     Returns
     -------
-    (astropy.io.fits.Header, float, float)
-        ``CTYPE``/``CRVAL``/``CRPIX``/``CDELT``/``PC`` cards; the maximum separation (deg) and
-        the root-sum-square of separations (deg) over all cutout pixels.
+    list of (dict, float, float)
+        Per cutout: the WCS cards (``CTYPE``, ``CRVAL``, ``CRPIX``, ``CDELT``, ``PC``; comments
+        in :data:`LINEAR_WCS_COMMENTS`), the maximum departure (deg) and the root-sum-square of
+        the departures (deg).
     """
     ny, nx = size
+    corners = np.atleast_2d(np.asarray(corners, dtype=float))
     cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
     h = 0.5
-    pts = np.array([[cx, cy], [cx + h, cy], [cx - h, cy], [cx, cy + h], [cx, cy - h]])
-    offset = np.array(corner, dtype=float)
-    world = full.all_pix2world(pts + offset, 0)
-    ra0, dec0 = world[0]
-    tan = WCS(naxis=2)
-    tan.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    tan.wcs.crval = [ra0, dec0]
-    tan.wcs.crpix = [cx + 1, cy + 1]
-    tan.wcs.cdelt = [1.0, 1.0]
-    tan.wcs.pc = np.eye(2)
-    tan.wcs.set()
-    # intermediate world coordinates of the neighbours, via the unit-scale TAN about the centre
-    xy = tan.all_world2pix(world[1:], 0) - np.array([cx, cy])
-    cd = np.column_stack([(xy[0] - xy[1]) / (2 * h), (xy[2] - xy[3]) / (2 * h)])
-    scale = np.sqrt(abs(np.linalg.det(cd)))
-    cdelt = np.array([-scale, scale])
-    pc = cd / cdelt[:, None]
-    tan.wcs.cdelt = cdelt
-    tan.wcs.pc = pc
-    tan.wcs.set()
     yy, xx = np.mgrid[0:ny, 0:nx]
-    grid = np.column_stack([xx.ravel(), yy.ravel()]).astype(float)
-    a = np.radians(full.all_pix2world(grid + offset, 0))
-    b = np.radians(tan.all_pix2world(grid, 0))
-    cosd = np.sin(a[:, 1]) * np.sin(b[:, 1]) + np.cos(a[:, 1]) * np.cos(b[:, 1]) * np.cos(
-        a[:, 0] - b[:, 0]
-    )
-    sep = np.degrees(np.arccos(np.clip(cosd, -1.0, 1.0)))
-    header = fits.Header()
-    header["WCSAXES"] = 2
-    header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
-    header["CUNIT1"], header["CUNIT2"] = "deg", "deg"
-    header["CRVAL1"], header["CRVAL2"] = float(ra0), float(dec0)
-    header["CRPIX1"], header["CRPIX2"] = cx + 1, cy + 1
-    header["CDELT1"], header["CDELT2"] = float(cdelt[0]), float(cdelt[1])
-    header["PC1_1"], header["PC1_2"] = float(pc[0, 0]), float(pc[0, 1])
-    header["PC2_1"], header["PC2_2"] = float(pc[1, 0]), float(pc[1, 1])
-    return header, float(sep.max()), float(np.sqrt((sep**2).sum()))
+    local = np.concatenate(
+        [
+            [[cx, cy], [cx + h, cy], [cx - h, cy], [cx, cy + h], [cx, cy - h]],
+            np.column_stack([xx.ravel(), yy.ravel()]),
+        ]
+    ).astype(float)
+    pix = (local[None, :, :] + corners[:, None, :]).reshape(-1, 2)
+    world = full.all_pix2world(pix, 0).reshape(len(corners), len(local), 2)
+    ra0, dec0 = world[:, 0, 0], world[:, 0, 1]
+    xi, eta = _gnomonic(world[..., 0], world[..., 1], ra0[:, None], dec0[:, None])
+    cd = np.empty((len(corners), 2, 2))
+    cd[:, 0, 0], cd[:, 1, 0] = (xi[:, 1] - xi[:, 2]) / (2 * h), (eta[:, 1] - eta[:, 2]) / (2 * h)
+    cd[:, 0, 1], cd[:, 1, 1] = (xi[:, 3] - xi[:, 4]) / (2 * h), (eta[:, 3] - eta[:, 4]) / (2 * h)
+    dx, dy = local[5:, 0] - cx, local[5:, 1] - cy
+    pred_xi = cd[:, 0, 0, None] * dx + cd[:, 0, 1, None] * dy
+    pred_eta = cd[:, 1, 0, None] * dx + cd[:, 1, 1, None] * dy
+    sep = np.hypot(xi[:, 5:] - pred_xi, eta[:, 5:] - pred_eta)
+    scale = np.sqrt(np.abs(np.linalg.det(cd)))
+    out = []
+    for i in range(len(corners)):
+        cdelt = np.array([-scale[i], scale[i]])
+        pc = cd[i] / cdelt[:, None]
+        cards = {
+            "WCSAXES": 2,
+            "CTYPE1": "RA---TAN",
+            "CTYPE2": "DEC--TAN",
+            "CUNIT1": "deg",
+            "CUNIT2": "deg",
+            "CRVAL1": float(ra0[i]),
+            "CRVAL2": float(dec0[i]),
+            "CRPIX1": cx + 1,
+            "CRPIX2": cy + 1,
+            "CDELT1": float(cdelt[0]),
+            "CDELT2": float(cdelt[1]),
+            "PC1_1": float(pc[0, 0]),
+            "PC1_2": float(pc[0, 1]),
+            "PC2_1": float(pc[1, 0]),
+            "PC2_2": float(pc[1, 1]),
+        }
+        out.append((cards, float(sep[i].max()), float(np.sqrt((sep[i] ** 2).sum()))))
+    return out
 
 
-def _column_wcs_cards(n: int, lin: fits.Header, corner: tuple[int, int]) -> list[tuple]:
+def _column_wcs_cards(n: int, lin: dict, corner: tuple[int, int]) -> list[tuple]:
     """Column-WCS keywords of 2-D column ``n`` (the ones astrocut ≥ 1.0 forgets)."""
     c0, r0 = corner
     return [
@@ -143,6 +182,7 @@ def build_tpf(
     flux_err: np.ndarray,
     *,
     meta: dict,
+    linear: tuple[dict, float, float] | None = None,
 ) -> fits.HDUList:
     """One target's TPF as an HDUList.
 
@@ -152,6 +192,8 @@ def build_tpf(
         ``(time, row, column)`` e-/s.
     meta : dict
         From :func:`target_meta`.
+    linear : (dict, float, float), optional
+        The target's :func:`linear_wcs` result, when already computed.
 
     Returns
     -------
@@ -192,7 +234,9 @@ def build_tpf(
     primary["TELAPSE"] = (float(tstop[-1] - tstart[0]), "[d] TSTOP - TSTART")
 
     corner = (meta["corner_column"], meta["corner_row"])
-    lin, msep, sig = linear_wcs(_wcs_from_text(meta["cube_wcs"]), (ny, nx), corner)
+    if linear is None:
+        linear = linear_wcs(_wcs_from_text(meta["cube_wcs"]), (ny, nx), [corner])[0]
+    lin, msep, sig = linear
     dim = f"({nx},{ny})"
     n_pix = nx * ny
     zeros = np.zeros((n_t, ny, nx), dtype=np.float32)
@@ -235,7 +279,8 @@ def build_tpf(
     aperture = fits.ImageHDU(meta["aperture"].astype(np.int32), name="APERTURE")
     ah = aperture.header
     ah["INHERIT"] = (True, "inherit the primary header")
-    ah.extend(lin.cards)
+    for key, value in lin.items():
+        ah[key] = (value, LINEAR_WCS_COMMENTS[key])
     for key, value, comment in _physical_cards(corner):
         ah[key] = (value, comment)
     for header, cards in zip((primary, ph, ah), varying_cards(meta, lin, msep, sig), strict=True):
@@ -258,7 +303,7 @@ def varying_cards(meta: dict, lin: fits.Header, msep: float, sig: float) -> list
     for n in range(4, 9):
         for key, value, comment in _column_wcs_cards(n, lin, corner):
             columns[key] = (value, comment)
-    aperture = {key: (lin[key], lin.comments[key]) for key in lin}
+    aperture = {key: (value, LINEAR_WCS_COMMENTS[key]) for key, value in lin.items()}
     aperture.update({key: (value, comment) for key, value, comment in _physical_cards(corner)})
     ap = meta["aperture"]
     aperture["NPIXMISS"] = (int((ap == 0).sum()), "number of pixels off the detector")
@@ -351,9 +396,9 @@ class TPFTemplate:
     place, giving the same bytes as :func:`build_tpf` (tested).
     """
 
-    def __init__(self, flux: np.ndarray, flux_err: np.ndarray, meta: dict):
+    def __init__(self, flux: np.ndarray, flux_err: np.ndarray, meta: dict, linear=None):
         buf = io.BytesIO()
-        build_tpf(flux, flux_err, meta=meta).writeto(buf)
+        build_tpf(flux, flux_err, meta=meta, linear=linear).writeto(buf)
         self.blob = buf.getvalue()
         self.shape = flux.shape
         with fits.open(io.BytesIO(self.blob)) as hdul:
@@ -374,12 +419,14 @@ class TPFTemplate:
                 slots[key] = pos
         return slots
 
-    def render(self, flux: np.ndarray, flux_err: np.ndarray, meta: dict) -> bytes:
+    def render(self, flux: np.ndarray, flux_err: np.ndarray, meta: dict, linear=None) -> bytes:
         """The TPF of another target of the same cube and size, as bytes."""
         if flux.shape != self.shape:
             raise ValueError(f"template is for {self.shape}, got {flux.shape}")
-        corner = (meta["corner_column"], meta["corner_row"])
-        lin, msep, sig = linear_wcs(_wcs_from_text(meta["cube_wcs"]), self.shape[1:], corner)
+        if linear is None:
+            corner = (meta["corner_column"], meta["corner_row"])
+            linear = linear_wcs(_wcs_from_text(meta["cube_wcs"]), self.shape[1:], [corner])[0]
+        lin, msep, sig = linear
         buf = bytearray(self.blob)
         for slots, cards in zip(self.slots, varying_cards(meta, lin, msep, sig), strict=True):
             for key, (value, comment) in cards.items():
@@ -426,26 +473,41 @@ def _card_image(key: str, value, comment: str) -> bytes:
     return f"{image:80}".encode("ascii")
 
 
-def _render(templates: dict, flux: np.ndarray, flux_err: np.ndarray, meta: dict) -> bytes:
+def _render(templates: dict, flux, flux_err, meta: dict, linear) -> bytes:
     """One TPF's bytes: from the cube's template, or through astropy where it does not fit."""
     k = meta["cube_index"]
     try:
         if k not in templates:
-            templates[k] = TPFTemplate(flux, flux_err, meta)
-        return templates[k].render(flux, flux_err, meta)
+            templates[k] = TPFTemplate(flux, flux_err, meta, linear)
+        return templates[k].render(flux, flux_err, meta, linear)
     except ValueError:
         buf = io.BytesIO()
-        build_tpf(flux, flux_err, meta=meta).writeto(buf)
+        build_tpf(flux, flux_err, meta=meta, linear=linear).writeto(buf)
         return buf.getvalue()
+
+
+def _linear_for(metas: list[dict], size: tuple[int, int]) -> list[tuple[dict, float, float]]:
+    """:func:`linear_wcs` of every target, one vectorised call per cube."""
+    out: list = [None] * len(metas)
+    by_cube: dict[int, list[int]] = {}
+    for i, meta in enumerate(metas):
+        by_cube.setdefault(meta["cube_index"], []).append(i)
+    for members in by_cube.values():
+        full = _wcs_from_text(metas[members[0]]["cube_wcs"])
+        corners = [(metas[i]["corner_column"], metas[i]["corner_row"]) for i in members]
+        for i, lin in zip(members, linear_wcs(full, size, corners), strict=True):
+            out[i] = lin
+    return out
 
 
 def _write_group(flux, flux_err, metas, urls, storage_options) -> dict[str, str]:
     """Write a chunk of TPFs; one failure does not stop the others. Returns URL → error."""
     failed = {}
     templates: dict[int, TPFTemplate] = {}
+    linears = _linear_for(metas, flux.shape[2:])
     for i, (meta, url) in enumerate(zip(metas, urls, strict=True)):
         try:
-            data = _render(templates, flux[i], flux_err[i], meta)
+            data = _render(templates, flux[i], flux_err[i], meta, linears[i])
             storage.write_bytes(url, data, storage_options)
         except Exception as exc:  # noqa: BLE001 - reported per file to the caller
             failed[url] = f"{type(exc).__name__}: {exc}"
