@@ -346,16 +346,13 @@ def read_region(info: HDUInfo, index: Any) -> np.ndarray:
     """
     if info.kind == "table":
         raise FITSError(f"{info.url}: HDU {info.index} is a table; use read_table")
+    if not info.shape:
+        raise FITSError(f"{info.url}: HDU {info.index} has no data")
     box, local = normalize_index(index, info.shape)
-    if info.kind == "compressed":
-        slices = tuple(slice(a, b) for a, b in box)
-        if any(a == b for a, b in box):
-            return np.empty([b - a for a, b in box], dtype=info.dtype)[local]
-        return _read_compressed(info, slices)[local]
-    if any(a == b for a, b in box) or not box:
-        if not box:  # zero-dimensional
-            raise FITSError(f"{info.url}: HDU {info.index} has no data")
+    if any(a == b for a, b in box):
         return np.empty([b - a for a, b in box], dtype=info.dtype)[local]
+    if info.kind == "compressed":
+        return _read_compressed(info, tuple(slice(a, b) for a, b in box))[local]
     raw = _read_box_ranged(info, box)
     return scale(raw, info)[local]
 
