@@ -5,8 +5,9 @@ Defaults applied by :func:`resolve` (lowest to highest priority):
 1. built-in defaults per protocol:
 
    * ``s3``: anonymous access unless credentials (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``,
-     ``AWS_SHARED_CREDENTIALS_FILE``, ``AWS_WEB_IDENTITY_TOKEN_FILE``) or an endpoint
-     (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``) are configured; the endpoint is passed on;
+     ``AWS_SHARED_CREDENTIALS_FILE``, ``AWS_WEB_IDENTITY_TOKEN_FILE``, ``~/.aws/credentials``)
+     or an endpoint (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``) are configured; the
+     endpoint is passed on;
    * ``gs`` / ``gcs``: token ``"anon"`` unless ``GOOGLE_APPLICATION_CREDENTIALS`` is set; the
      emulator in ``STORAGE_EMULATOR_HOST`` is used by gcsfs itself;
 
@@ -145,7 +146,9 @@ def _env_options(protocol: str) -> dict[str, Any]:
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
         if endpoint:
             opts["endpoint_url"] = endpoint
-        has_credentials = any(env.get(v) for v in _S3_CREDENTIAL_VARS)
+        has_credentials = any(env.get(v) for v in _S3_CREDENTIAL_VARS) or os.path.exists(
+            os.path.expanduser("~/.aws/credentials")
+        )
         opts["anon"] = not (has_credentials or endpoint)
         return opts
     if protocol in ("gs", "gcs"):

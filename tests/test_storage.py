@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from pathlib import Path
 
@@ -59,9 +60,10 @@ fsspec.register_implementation("flakyfile", FlakyFileSystem, clobber=True)
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
     for name in STORAGE_VARS:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.aws/credentials
     return monkeypatch
 
 
@@ -93,6 +95,11 @@ def test_s3_endpoint_and_credentials_from_environment(clean_env: pytest.MonkeyPa
     assert opts == {"endpoint_url": "http://127.0.0.1:9", "anon": False}
     clean_env.delenv("AWS_ENDPOINT_URL_S3")
     clean_env.setenv("AWS_ACCESS_KEY_ID", "someone")
+    assert storage.storage_options_for("s3://bucket/key") == {"anon": False}
+    clean_env.delenv("AWS_ACCESS_KEY_ID")
+    credentials = Path(os.environ["HOME"]) / ".aws" / "credentials"
+    credentials.parent.mkdir(parents=True)
+    credentials.write_text("[default]\n")
     assert storage.storage_options_for("s3://bucket/key") == {"anon": False}
 
 
