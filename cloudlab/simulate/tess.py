@@ -748,37 +748,38 @@ def tess_sector(
     ptj_start, ptj_end = _utc_strings(tjd_start), _utc_strings(tjd_stop)
     jitter = rng.normal(0.0, 0.02 * 21.0 / 3600.0, (n_frames, 2))
     jitter[n_frames // 2] = 0.0
-    names, primaries, cal_headers, unc_headers = [], [], [], []
+    stamps = Time([t[:-1] for t in ptj_start], format="isot", scale="utc").strftime("%Y%j%H%M%S")
+    names = [f"tess{stamp}-s{sector:04d}-{camera}-{ccd}-0120-s_ffic.fits" for stamp in stamps]
+    # frame 0's headers are built card by card; the others are copies with the per-frame cards
+    # changed (astropy builds headers slowly: this keeps 1000s of frames to seconds)
+    base_primary = _primary_header(
+        sector, camera, ccd, tjd_start[0], tjd_stop[0], ptj_start[0], ptj_end[0], 0
+    )
+    base_cal = _image_header(
+        extname=f"CAMERA.CCD {camera}.{ccd} cal", imagtype="cal", shape=shape, camera=camera,
+        ccd=ccd, tstart=float(tstart[0]), tstop=float(tstop[0]), date_obs=utc_start[0],
+        date_end=utc_end[0], barycorr=float(barycorr[0]), dquality=int(quality[0]),
+        cadence_s=cadence_s, wcs_cards=wcs_cards, pointing=pointing, layout=layout,
+    )  # fmt: skip
+    primaries, cal_headers, unc_headers = [], [], []
     for i in range(n_frames):
-        stamp = Time(ptj_start[i][:-1], format="isot", scale="utc").strftime("%Y%j%H%M%S")
-        names.append(f"tess{stamp}-s{sector:04d}-{camera}-{ccd}-0120-s_ffic.fits")
-        primaries.append(
-            _primary_header(
-                sector,
-                camera,
-                ccd,
-                tjd_start[i],
-                tjd_stop[i],
-                ptj_start[i],
-                ptj_end[i],
-                round(tjd_start[i] * 86400.0 / cadence_s),
-            )
-        )
-        frame_wcs = wcs_cards.copy()
-        frame_wcs["CRVAL1"] = wcs_cards["CRVAL1"] + jitter[i, 0]
-        frame_wcs["CRVAL2"] = wcs_cards["CRVAL2"] + jitter[i, 1]
-        common = dict(
-            shape=shape, camera=camera, ccd=ccd, tstart=float(tstart[i]), tstop=float(tstop[i]),
-            date_obs=utc_start[i], date_end=utc_end[i], barycorr=float(barycorr[i]),
-            dquality=int(quality[i]), cadence_s=cadence_s, wcs_cards=frame_wcs,
-            pointing=pointing, layout=layout,
-        )  # fmt: skip
-        cal_headers.append(
-            _image_header(extname=f"CAMERA.CCD {camera}.{ccd} cal", imagtype="cal", **common)
-        )
-        unc_headers.append(
-            _image_header(extname=f"CAMERA.CCD {camera}.{ccd} uncert", imagtype="uncert", **common)
-        )
+        primary = base_primary.copy()
+        primary["TSTART"], primary["TSTOP"] = float(tjd_start[i]), float(tjd_stop[i])
+        primary["DATE-OBS"], primary["DATE-END"] = ptj_start[i], ptj_end[i]
+        primary["FFIINDEX"] = round(tjd_start[i] * 86400.0 / cadence_s)
+        primaries.append(primary)
+        telapse = float(tstop[i] - tstart[i])
+        cal = base_cal.copy()
+        cal["TSTART"], cal["TSTOP"] = float(tstart[i]), float(tstop[i])
+        cal["DATE-OBS"], cal["DATE-END"] = utc_start[i], utc_end[i]
+        cal["TELAPSE"], cal["EXPOSURE"], cal["LIVETIME"] = telapse, telapse * DEADC, telapse * DEADC
+        cal["BARYCORR"], cal["DQUALITY"] = float(barycorr[i]), int(quality[i])
+        cal["CRVAL1"] = wcs_cards["CRVAL1"] + jitter[i, 0]
+        cal["CRVAL2"] = wcs_cards["CRVAL2"] + jitter[i, 1]
+        cal_headers.append(cal)
+        unc = cal.copy()
+        unc["EXTNAME"], unc["IMAGTYPE"] = f"CAMERA.CCD {camera}.{ccd} uncert", "uncert"
+        unc_headers.append(unc)
 
     model = (
         None
