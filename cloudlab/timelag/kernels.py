@@ -1,4 +1,4 @@
-"""Pure array kernels of the FFT cross-correlation (numpy or CuPy blocks, time on axis 0).
+"""Pure array kernels of the FFT cross-correlation (numpy or CuPy blocks).
 
 The maths is sunkit-image's ``time_lag``: each pixel's light curve is standardised with the
 population standard deviation, signal A is reversed, both are zero-padded to at least ``2N - 1``
@@ -6,6 +6,10 @@ samples, multiplied in Fourier space, transformed back and divided by ``N``. Rev
 padding is the same as multiplying by the complex conjugate of A's spectrum and reading the
 circular result at the right offsets, which lets each channel's spectrum be computed once and
 reused for every pair it belongs to.
+
+The block functions take dask blocks with time on axis 0. Internally the light curves are laid
+out as contiguous rows ``(pixels, time)``, so every FFT, reduction and argmax runs along the
+last, contiguous axis (about twice as fast as transforming along axis 0).
 """
 
 from __future__ import annotations
@@ -37,36 +41,42 @@ def fft_length(n_time: int) -> int:
     return scipy.fft.next_fast_len(2 * n_time - 1, real=True)
 
 
-def standardize(x):
-    """Standardise each pixel's light curve (time on axis 0, ``ddof=0``) in float64.
+def to_rows(block):
+    """A block with time on axis 0, as contiguous float64 rows ``(pixels, time)``."""
+    xp = array_module(block)
+    rows = block.reshape(block.shape[0], -1).T
+    return xp.ascontiguousarray(rows, dtype=xp.float64)
 
-    Parameters
-    ----------
-    x : numpy.ndarray or cupy.ndarray
-        Block of shape ``(N, ...)``.
+
+def from_rows(rows, spatial_shape: tuple[int, ...]):
+    """Rows ``(pixels, k)`` back to a block of shape ``(k, *spatial_shape)``."""
+    xp = array_module(rows)
+    return xp.ascontiguousarray(rows.T).reshape((rows.shape[1], *spatial_shape))
+
+
+def standardize(rows):
+    """Standardise light curves laid out as rows ``(pixels, time)`` (``ddof=0``).
 
     Returns
     -------
     z : array
-        ``(x - mean) / std`` per pixel, with zeros where the pixel is invalid.
+        ``(x - mean) / std`` per row, with zeros where the pixel is invalid.
     valid : array of bool
         False where the pixel has a NaN/inf sample or is flat (std ~ 0).
     """
-    xp = array_module(x)
-    x = x.astype(xp.float64, copy=False)
-    mean = x.mean(axis=0)
-    centred = x - mean
-    std = xp.sqrt((centred * centred).mean(axis=0))
+    xp = array_module(rows)
+    mean = rows.mean(axis=1, keepdims=True)
+    centred = rows - mean
+    std = xp.sqrt((centred * centred).mean(axis=1, keepdims=True))
     valid = xp.isfinite(std) & (std > FLAT_TOLERANCE * xp.abs(mean))
-    safe_std = xp.where(valid, std, 1.0)
-    z = xp.where(valid, centred / safe_std, 0.0)
-    return z, valid
+    z = xp.where(valid, centred / xp.where(valid, std, 1.0), 0.0)
+    return z, valid[:, 0]
 
 
 def spectrum(z, nfft: int):
-    """Return the real FFT of standardised light curves, zero-padded to ``nfft`` samples."""
+    """Real FFT of standardised rows, zero-padded to ``nfft`` samples."""
     xp = array_module(z)
-    return xp.fft.rfft(z, n=nfft, axis=0)
+    return xp.fft.rfft(z, n=nfft, axis=1)
 
 
 def lag_indices(n_time: int, start: int, stop: int, nfft: int) -> np.ndarray:
@@ -84,7 +94,7 @@ def correlate_spectra(spec_a, spec_b, n_time: int, nfft: int, start: int, stop: 
     Parameters
     ----------
     spec_a, spec_b : array
-        ``rfft`` of the standardised light curves of A and B (see :func:`spectrum`).
+        Spectra of the standardised rows of A and B (see :func:`spectrum`).
     n_time : int
         Number of time samples ``N``.
     nfft : int
@@ -95,35 +105,39 @@ def correlate_spectra(spec_a, spec_b, n_time: int, nfft: int, start: int, stop: 
     Returns
     -------
     array
-        Shape ``(stop - start, ...)``: ``C[j] = (1/N) sum_m zA[m] zB[m + j - (N - 1)]``.
+        Rows ``(pixels, stop - start)``: ``C[j] = (1/N) sum_m zA[m] zB[m + j - (N - 1)]``.
     """
     xp = array_module(spec_a)
-    circular = xp.fft.irfft(xp.conj(spec_a) * spec_b, n=nfft, axis=0)
+    circular = xp.fft.irfft(xp.conj(spec_a) * spec_b, n=nfft, axis=1)
     index = xp.asarray(lag_indices(n_time, start, stop, nfft))
-    return xp.take(circular, index, axis=0) / n_time
+    return xp.take(circular, index, axis=1) / n_time
 
 
 def cross_correlation_block(a, b, start: int, stop: int):
     """Cross-correlation of two blocks (time on axis 0) at lag positions ``start..stop-1``.
 
-    Invalid pixels (any NaN, or flat) are NaN at every lag.
+    Returns
+    -------
+    array
+        Shape ``(stop - start, *spatial)``; invalid pixels (a NaN sample, or flat) are NaN.
     """
     xp = array_module(a)
     n_time = a.shape[0]
     nfft = fft_length(n_time)
-    za, valid_a = standardize(a)
-    zb, valid_b = standardize(b)
+    za, valid_a = standardize(to_rows(a))
+    zb, valid_b = standardize(to_rows(b))
     cc = correlate_spectra(spectrum(za, nfft), spectrum(zb, nfft), n_time, nfft, start, stop)
-    return xp.where(valid_a & valid_b, cc, xp.nan)
+    cc = xp.where((valid_a & valid_b)[:, None], cc, xp.nan)
+    return from_rows(cc, a.shape[1:])
 
 
 def peak_from_correlation(cc, lags, valid):
-    """Time lag (first maximum) and maximum of a cross-correlation block.
+    """Time lag (first maximum) and maximum of correlation rows ``(pixels, L)``.
 
     Parameters
     ----------
     cc : array
-        Shape ``(L, ...)``, the correlation at ``L`` lags.
+        Rows ``(pixels, L)``, the correlation at ``L`` lags.
     lags : array
         The ``L`` lags in seconds (host or device array).
     valid : array of bool
@@ -132,12 +146,12 @@ def peak_from_correlation(cc, lags, valid):
     Returns
     -------
     array
-        Shape ``(2, ...)``: the lag in seconds at the first maximum, and the maximum.
+        Shape ``(2, pixels)``: the lag in seconds at the first maximum, and the maximum.
     """
     xp = array_module(cc)
     lags = xp.asarray(lags, dtype=xp.float64)
-    lag = lags[xp.argmax(cc, axis=0)]
-    peak = cc.max(axis=0)
+    lag = lags[xp.argmax(cc, axis=1)]
+    peak = cc.max(axis=1)
     return xp.stack([xp.where(valid, lag, xp.nan), xp.where(valid, peak, xp.nan)])
 
 
@@ -171,11 +185,12 @@ def pairs_block(
     """
     xp = array_module(blocks[0])
     n_time = blocks[0].shape[0]
+    spatial = blocks[0].shape[1:]
     nfft = fft_length(n_time)
     used = sorted({i for pair in pairs for i in pair})
     spectra, valid = {}, {}
     for i in used:
-        z, valid[i] = standardize(blocks[i])
+        z, valid[i] = standardize(to_rows(blocks[i]))
         spectra[i] = spectrum(z, nfft)
         del z
     out = []
@@ -183,4 +198,4 @@ def pairs_block(
         cc = correlate_spectra(spectra[ia], spectra[ib], n_time, nfft, start, stop)
         out.append(peak_from_correlation(cc, lags, valid[ia] & valid[ib]))
         del cc
-    return xp.stack(out)
+    return xp.stack(out).reshape((len(pairs), 2, *spatial))
