@@ -132,7 +132,7 @@ def test_stack_on_gateway_workers_from_s3(stores: dict[str, str], gateway_client
     """Headers are read and chunks computed by gateway workers (other processes) from S3."""
     prefix = stores["s3"]
     ref = np.stack([fits.getdata(f"{stores['local']}/stack_{i}.fits") for i in range(4)])
-    with dask.config.set(scheduler=gateway_client.get):
+    with gateway_client.as_current(), dask.config.set(scheduler=gateway_client.get):
         assert cf._get_client() is gateway_client
         stack = cf.open_stack(f"{prefix}/stack_*.fits", keys=["TSTART"])
         got = gateway_client.compute(stack.data[:, 5:15, 3:20]).result()
