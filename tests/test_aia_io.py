@@ -233,6 +233,11 @@ def test_loader_errors_name_the_problem(series, tmp_path):
         aia.open_stack(series.files[94][:2] + series.files[171][:2])
     with pytest.raises(ValueError, match="same T_OBS"):
         aia.open_stack([series.files[94][0], series.files[94][0]])
+    truncated = tmp_path / "truncated.fits"
+    content = open(series.files[94][1], "rb").read()
+    truncated.write_bytes(content[: len(content) - 2880 - 300])
+    with pytest.raises(ValueError, match="truncated.fits"):
+        aia.open_stack([series.files[94][0], str(truncated)])
 
 
 def test_unaligned_channels_are_rejected(series):
