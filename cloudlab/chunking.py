@@ -33,7 +33,11 @@ def worker_memory_limit(client=None) -> int:
         except (ImportError, ValueError):
             client = None
     if client is not None:
-        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        try:
+            info = client.scheduler_info(n_workers=-1)
+        except TypeError:  # distributed < 2025.4 lists every worker without the argument
+            info = client.scheduler_info()
+        workers = info["workers"].values()
         limits = [w["memory_limit"] / max(w["nthreads"], 1) for w in workers if w["memory_limit"]]
         if limits:
             return int(min(limits))
