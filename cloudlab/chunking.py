@@ -35,7 +35,7 @@ def worker_memory_limit(client=None) -> int:
     if client is not None:
         try:
             info = client.scheduler_info(n_workers=-1)
-        except TypeError:  # distributed < 2025.4 lists every worker without the argument
+        except TypeError:  # older distributed: no n_workers argument, lists every worker
             info = client.scheduler_info()
         workers = info["workers"].values()
         limits = [w["memory_limit"] / max(w["nthreads"], 1) for w in workers if w["memory_limit"]]
