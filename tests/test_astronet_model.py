@@ -252,3 +252,25 @@ def test_vetting_views_feed_the_vetting_model(tmp_path):
     assert names == {"global_view", "local_view", "secondary_view", "depth_change"}
     scores = predict(model, back)
     assert scores.shape == (8,) and np.all((scores > 0) & (scores < 1))
+
+
+def test_predict_catalog_gpu_annotation(tiny_model, simulated_views):
+    _, _, path, _ = tiny_model
+    _, lc, tces = simulated_views
+    graph = predict_catalog(lc, tces, path, batch_size=16, gpu=True)
+    layers = graph["prediction"].data.__dask_graph__().layers
+    annotated = [layer for layer in layers.values() if layer.annotations]
+    assert annotated and all(a.annotations["resources"] == {"GPU": 1} for a in annotated)
+    views_layers = graph["global_view"].data.__dask_graph__().layers
+    assert not any(layer.annotations for layer in views_layers.values())
+
+
+@pytest.mark.gpu
+def test_predict_catalog_on_gpu_workers(tiny_model, simulated_views):
+    from cloudlab.cluster import connect
+
+    _, _, path, ds = tiny_model
+    _, lc, tces = simulated_views
+    with connect("local", gpu=True, n_workers=1) as client:
+        result = client.compute(predict_catalog(lc, tces, path, gpu=True)["prediction"]).result()
+    np.testing.assert_allclose(result, predict(load(path), ds), rtol=1e-4)

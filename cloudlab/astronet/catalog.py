@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from contextlib import nullcontext
 from functools import lru_cache
 
 import dask
@@ -21,6 +22,7 @@ import xarray as xr
 
 from cloudlab import storage
 from cloudlab.astronet.views import batch_views, num_bins
+from cloudlab.cluster import gpu_tasks
 
 REASON_DTYPE = "<U96"
 REFERENCE_COLUMNS = [  # the columns generate_input_records keeps (usecols 0-3, 7-13, 18)
@@ -282,6 +284,7 @@ def predict_catalog(
     *,
     kind: str = "triage",
     batch_size: int = 1000,
+    gpu: bool = False,
     **columns: str,
 ) -> xr.Dataset:
     """Ensemble predictions for a TCE catalog as one lazy graph.
@@ -299,6 +302,9 @@ def predict_catalog(
         View algorithm.
     batch_size : int
         TCEs per task (views and inference).
+    gpu : bool
+        Annotate the inference tasks with the GPU resource (``cloudlab.cluster.gpu_tasks``) so
+        they run on GPU workers, where TensorFlow uses the device; views stay on CPU workers.
     **columns
         Column names passed to :func:`views` (``target``, ``period``, ``t0``, ``duration``).
 
@@ -316,22 +322,23 @@ def predict_catalog(
     if missing:
         raise FileNotFoundError(f"AstroNet checkpoints not found: {missing}")
     ds = views(lightcurves, tces, kind=kind, batch_size=batch_size, **columns)
-    prediction = da.blockwise(
-        _predict_block,
-        "i",
-        ds["global_view"].data,
-        "ij",
-        ds["local_view"].data,
-        "ik",
-        ds["valid"].data,
-        "i",
-        tuple(checkpoints),
-        None,
-        batch_size,
-        None,
-        concatenate=True,
-        dtype=float,
-        meta=np.array((), dtype=float),
-    )
+    with gpu_tasks() if gpu else nullcontext():
+        prediction = da.blockwise(
+            _predict_block,
+            "i",
+            ds["global_view"].data,
+            "ij",
+            ds["local_view"].data,
+            "ik",
+            ds["valid"].data,
+            "i",
+            tuple(checkpoints),
+            None,
+            batch_size,
+            None,
+            concatenate=True,
+            dtype=float,
+            meta=np.array((), dtype=float),
+        )
     ds["prediction"] = ("tce", prediction)
     return ds
