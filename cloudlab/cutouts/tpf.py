@@ -25,6 +25,7 @@ from astropy.wcs import WCS
 
 from cloudlab import storage
 from cloudlab.io.tess import _wcs_from_text
+from cloudlab.sky import gnomonic
 
 _PER_FFI_KEYWORDS = ("CHECKSUM", "DATASUM", "NEXTEND", "FFIINDEX", "SIMDATA")
 _INHERITED = (
@@ -58,15 +59,6 @@ LINEAR_WCS_COMMENTS = {
     "PC2_1": "linear transformation matrix",
     "PC2_2": "linear transformation matrix",
 }
-
-
-def _gnomonic(ra, dec, ra0, dec0):
-    """Tangent-plane coordinates (deg) of (ra, dec) about (ra0, dec0), as FITS TAN defines them."""
-    ra, dec, ra0, dec0 = (np.radians(v) for v in (ra, dec, ra0, dec0))
-    cosc = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(ra - ra0)
-    xi = np.cos(dec) * np.sin(ra - ra0) / cosc
-    eta = (np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(ra - ra0)) / cosc
-    return np.degrees(xi), np.degrees(eta)
 
 
 def linear_wcs(
@@ -109,7 +101,7 @@ def linear_wcs(
     pix = (local[None, :, :] + corners[:, None, :]).reshape(-1, 2)
     world = full.all_pix2world(pix, 0).reshape(len(corners), len(local), 2)
     ra0, dec0 = world[:, 0, 0], world[:, 0, 1]
-    xi, eta = _gnomonic(world[..., 0], world[..., 1], ra0[:, None], dec0[:, None])
+    xi, eta = gnomonic(world[..., 0], world[..., 1], ra0[:, None], dec0[:, None])
     cd = np.empty((len(corners), 2, 2))
     cd[:, 0, 0], cd[:, 1, 0] = (xi[:, 1] - xi[:, 2]) / (2 * h), (eta[:, 1] - eta[:, 2]) / (2 * h)
     cd[:, 0, 1], cd[:, 1, 1] = (xi[:, 3] - xi[:, 4]) / (2 * h), (eta[:, 3] - eta[:, 4]) / (2 * h)

@@ -34,6 +34,7 @@ from astropy.wcs import WCS
 from cloudlab import storage
 from cloudlab.simulate.background import scattered_light
 from cloudlab.simulate.stars import bleed_columns, render_stars, star_catalog, transit_factor
+from cloudlab.sky import gnomonic
 
 FULL_SHAPE = (2078, 2136)
 """Rows × columns of a real SPOC FFI."""
@@ -203,15 +204,6 @@ def _pointing(sector: int):
     return tess_stars2px, tess_stars2px.TESS_Spacecraft_Pointing_Data(trySector=sector)
 
 
-def _tan_project(ra, dec, ra0, dec0):
-    """Gnomonic projection (degrees) of (ra, dec) about (ra0, dec0), FITS convention."""
-    ra, dec, ra0, dec0 = (np.radians(v) for v in (ra, dec, ra0, dec0))
-    cosc = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(ra - ra0)
-    xi = np.cos(dec) * np.sin(ra - ra0) / cosc
-    eta = (np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(ra - ra0)) / cosc
-    return np.degrees(xi), np.degrees(eta)
-
-
 def _poly_terms(u, v, order, start):
     return [(p, q) for total in range(start, order + 1) for p in range(total, -1, -1)
             for q in [total - p]], lambda p, q: u**p * v**q  # fmt: skip
@@ -252,7 +244,7 @@ def fit_sip_header(
         WCS cards in the order SPOC writes them.
     """
     u, v = pix_x - crpix[0], pix_y - crpix[1]
-    xi, eta = _tan_project(ra, dec, *crval)
+    xi, eta = gnomonic(ra, dec, *crval)
     scale = max(np.abs(u).max(), np.abs(v).max(), 1.0)
     fx = _fit_poly(u, v, xi, order, 1, scale)
     fy = _fit_poly(u, v, eta, order, 1, scale)
