@@ -12,6 +12,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -416,13 +417,22 @@ def _info_from_header(
             bitpix=bitpix,
             kind="table",
         )
+    info = HDUInfo(**common, **_image_fields(get, bitpix, axes))
+    info.__dict__["_cards"] = cards  # reused by info.get()
+    return info
+
+
+def _image_fields(get: Callable[..., Any], bitpix: int, axes: list[int]) -> dict[str, Any]:
+    """HDUInfo fields of an image HDU: shape, raw and scaled dtypes, BSCALE/BZERO/BLANK.
+
+    ``get(key, default)`` reads a keyword (BLANK counts only for integer images).
+    """
     bscale = get("BSCALE", 1)
     bzero = get("BZERO", 0)
     blank = get("BLANK")
     if not _is_int(blank) or bitpix < 0:
         blank = None
-    info = HDUInfo(
-        **common,
+    return dict(
         shape=tuple(reversed(axes)),
         raw_dtype=np.dtype(BITPIX_DTYPES[bitpix]),
         dtype=scaled_dtype(bitpix, bscale, bzero, blank),
@@ -431,8 +441,6 @@ def _info_from_header(
         bzero=bzero,
         blank=blank,
     )
-    info.__dict__["_cards"] = cards  # reused by info.get()
-    return info
 
 
 def _compressed_info(text: str, common: dict) -> HDUInfo:
@@ -456,11 +464,6 @@ def _compressed_info(text: str, common: dict) -> HDUInfo:
             for i in range(1, znaxis + 1)
         ]
         header = _bintable_header_to_image_header(bintable_header)
-    bscale = header.get("BSCALE", 1)
-    bzero = header.get("BZERO", 0)
-    blank = header.get("BLANK")
-    if not _is_int(blank) or zbitpix < 0:
-        blank = None
     common = dict(
         common,
         header_text=header.tostring(endcard=False, padding=False),
@@ -468,13 +471,7 @@ def _compressed_info(text: str, common: dict) -> HDUInfo:
     )
     return HDUInfo(
         **common,
-        shape=tuple(reversed(axes)),
-        raw_dtype=np.dtype(BITPIX_DTYPES[zbitpix]),
-        dtype=scaled_dtype(zbitpix, bscale, bzero, blank),
-        bitpix=zbitpix,
-        bscale=bscale,
-        bzero=bzero,
-        blank=blank,
+        **_image_fields(header.get, zbitpix, axes),
         compressed=True,
         kind="compressed",
         tile_shape=tuple(reversed(tiles)),
