@@ -53,6 +53,29 @@ def clean_qlp_magnitudes(time: np.ndarray, mag: np.ndarray) -> tuple[np.ndarray,
     return time, flux
 
 
+def _read_qlp_h5(
+    url: str, apertures: list[int | None], flux_key: str, storage_options: dict | None
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
+    """BJD, the ``flux_key`` magnitudes of ``apertures`` (None: the file's ``bestap``) and QFLAG
+    (None when the file has none) of a QLP HDF5 light curve, unfiltered."""
+    import h5py
+
+    fs, path = storage.resolve(url, storage_options)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"QLP light curve not found: {url}")
+    try:
+        with fs.open(path, "rb") as handle, h5py.File(handle, "r") as h5:
+            lc = h5["LightCurve"]
+            phot = lc["AperturePhotometry"]
+            numbers = [int(phot.attrs["bestap"]) if k is None else int(k) for k in apertures]
+            mags = [np.asarray(phot[f"Aperture_{k:03d}"][flux_key][()], float) for k in numbers]
+            time = np.asarray(lc["BJD"][()], float)
+            quality = np.asarray(lc["QFLAG"][()]) if "QFLAG" in lc else None
+    except (OSError, KeyError) as err:
+        raise LightCurveError(f"{url}: not a readable QLP light curve ({err})") from err
+    return time, mags, quality
+
+
 def read_qlp(
     url: str,
     *,
@@ -91,21 +114,7 @@ def read_qlp(
     LightCurveError
         The file is not an HDF5 file or lacks the QLP datasets.
     """
-    import h5py
-
-    fs, path = storage.resolve(url, storage_options)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"QLP light curve not found: {url}")
-    try:
-        with fs.open(path, "rb") as handle, h5py.File(handle, "r") as h5:
-            lc = h5["LightCurve"]
-            phot = lc["AperturePhotometry"]
-            k = int(phot.attrs["bestap"]) if aperture is None else int(aperture)
-            mag = np.asarray(phot[f"Aperture_{k:03d}"][flux_key][()], float)
-            time = np.asarray(lc["BJD"][()], float)
-            quality = np.asarray(lc["QFLAG"][()]) if "QFLAG" in lc else None
-    except (OSError, KeyError) as err:
-        raise LightCurveError(f"{url}: not a readable QLP light curve ({err})") from err
+    time, (mag,), quality = _read_qlp_h5(url, [aperture], flux_key, storage_options)
     if time.shape != mag.shape:
         raise LightCurveError(f"{url}: BJD has {time.size} cadences but {flux_key} {mag.size}")
     if quality is not None:
@@ -130,24 +139,9 @@ def read_qlp_apertures(
     -------
     (time, flux, flux_small, flux_big)
     """
-    import h5py
-
-    fs, path = storage.resolve(url, storage_options)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"QLP light curve not found: {url}")
-    try:
-        with fs.open(path, "rb") as handle, h5py.File(handle, "r") as h5:
-            lc = h5["LightCurve"]
-            phot = lc["AperturePhotometry"]
-            best = int(phot.attrs["bestap"])
-            mags = [
-                np.asarray(phot[f"Aperture_{k:03d}"]["KSPMagnitude"][()], float)
-                for k in (best, 2, 3)
-            ]
-            time = np.asarray(lc["BJD"][()], float)
-            quality = np.asarray(lc["QFLAG"][()]) if "QFLAG" in lc else np.zeros(time.size)
-    except (OSError, KeyError) as err:
-        raise LightCurveError(f"{url}: not a readable QLP light curve ({err})") from err
+    time, mags, quality = _read_qlp_h5(url, [None, 2, 3], "KSPMagnitude", storage_options)
+    if quality is None:
+        quality = np.zeros(time.size)
     if any(m.shape != time.shape for m in mags) or quality.shape != time.shape:
         raise LightCurveError(f"{url}: apertures, BJD and QFLAG lengths differ")
     with np.errstate(invalid="ignore"):
