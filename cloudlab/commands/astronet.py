@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from cloudlab.commands._common import add_cluster_argument, cluster_progress
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``astronet`` command group."""
@@ -50,9 +52,7 @@ def _light_curve_args(parser: argparse.ArgumentParser, required: bool = True) ->
     parser.add_argument("--reader", default="qlp", choices=("qlp", "qlp-vetting", "kepler"))
     parser.add_argument("--kind", default="triage", choices=("triage", "vetting", "kepler"))
     parser.add_argument("--batch-size", type=int, default=1000, help="TCEs per task")
-    parser.add_argument(
-        "--cluster", default=None, help="'local', a gateway URL or a scheduler address"
-    )
+    add_cluster_argument(parser)
 
 
 def _catalog(args: argparse.Namespace):
@@ -70,14 +70,11 @@ def _catalog(args: argparse.Namespace):
 def _compute(obj, args: argparse.Namespace):
     """Compute with a progress bar, on a cluster when ``--cluster`` is given."""
     if args.cluster:
-        from distributed import progress
-
         from cloudlab.cluster import connect
 
         with connect(args.cluster) as client:
             future = client.compute(obj)
-            progress(future)
-            print(file=sys.stderr)
+            cluster_progress(future)
             return future.result()
     from dask.diagnostics import ProgressBar
 

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from cloudlab.commands._common import add_cluster_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``backdrop`` command group."""
@@ -31,9 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--masks", action="store_true", help="also write the masks/average image")
     fit.add_argument("--on-error", choices=("raise", "skip"), default="raise")
     fit.add_argument("--gpu", action="store_true", help="run the kernels on CuPy")
-    fit.add_argument(
-        "--cluster", help="'local', a gateway URL or a scheduler address (default: threads)"
-    )
+    add_cluster_argument(fit, " (default: threads)")
     fit.add_argument("--verbose", action="store_true", help="print timings and file names")
     fit.set_defaults(func=_fit)
 

@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from cloudlab.commands._common import add_cluster_argument
+
 
 def _size(text: str) -> int | tuple[int, int]:
     try:
@@ -47,9 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="only the first N targets")
     p.add_argument("--out", required=True, help="output directory (local path or URL)")
     p.add_argument("--overwrite", action="store_true", help="rewrite existing TPFs")
-    p.add_argument(
-        "--cluster", help="'local', a gateway URL or a scheduler address (default: threads)"
-    )
+    add_cluster_argument(p, " (default: threads)")
     p.set_defaults(func=_run)
 
 

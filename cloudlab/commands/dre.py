@@ -17,6 +17,8 @@ import argparse
 import sys
 import warnings
 
+from cloudlab.commands._common import add_cluster_argument, cluster_progress
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``dre`` command group."""
@@ -88,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--mosaics", action="store_true", help="also write ROOT/Mosaics")
     fit.add_argument("--zarr", action="store_true", help="also write ROOT/Chi/{name}_chi.zarr")
     fit.add_argument("--compression", default="medium", choices=("none", "low", "medium", "high"))
-    fit.add_argument("--cluster", help="'local', a gateway URL or a scheduler address")
+    add_cluster_argument(fit)
     fit.set_defaults(func=_fit)
 
 
@@ -262,11 +264,8 @@ def _persist(args: argparse.Namespace, *collections):
     import dask
 
     if args.cluster:
-        from distributed import progress
-
         persisted = dask.persist(*collections)
-        progress(*persisted)
-        print(file=sys.stderr)
+        cluster_progress(*persisted)
         return persisted
     return _compute_with_progress(dask.persist, *collections)
 

@@ -12,6 +12,8 @@ import re
 import sys
 import time
 
+from cloudlab.commands._common import add_cluster_argument, cluster_progress
+
 _UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^([+-]?\d*\.?\d+(?:e[+-]?\d+)?)\s*([a-z]*)$")
 
@@ -76,9 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep-bad", action="store_true", help="keep frames with QUALITY != 0")
     parser.add_argument("--vmax", type=duration, help="colour range of the PNG lag maps")
     parser.add_argument("--no-png", action="store_true", help="skip the PNG plots")
-    parser.add_argument(
-        "--cluster", default=None, help="'local', a gateway URL or a scheduler address"
-    )
+    add_cluster_argument(parser)
     parser.set_defaults(func=_run)
     actions = parser.add_subparsers(dest="timelag_action", metavar="ACTION")
     simulate = actions.add_parser("simulate", help="write a simulated AIA multi-channel series")
@@ -114,11 +114,8 @@ def _compute(results, client):
 
         with ProgressBar(out=sys.stderr):
             return results.compute()
-    from distributed import progress
-
     results = results.persist()
-    progress(results)
-    print(file=sys.stderr)
+    cluster_progress(results)
     return results.compute()
 
 
