@@ -29,18 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     sex = sub.add_parser("sextract", help="run SExtractor on ROOT/Tiles/*.fits")
     _root_args(sex)
-    sex.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE", help="SExtractor parameter"
-    )
-    sex.add_argument("--config", help="SExtractor configuration file instead of cloudlab's")
+    _tool_args(sex, "SExtractor")
     sex.set_defaults(func=_sextract)
 
     psf = sub.add_parser("psfex", help="run PSFEx on ROOT/Sextracted/*/*_cat.fits")
     _root_args(psf)
-    psf.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE", help="PSFEx parameter"
-    )
-    psf.add_argument("--config", help="PSFEx configuration file instead of cloudlab's")
+    _tool_args(psf, "PSFEx")
     psf.set_defaults(func=_psfex)
 
     cuts = sub.add_parser("cuts", help="make ROOT/Cuts/{name}_cuts.h5 from tiles + SExtractor")
@@ -97,6 +91,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _root_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", help="root URL holding Tiles/, Sextracted/, PSF/, Cuts/ …")
     parser.add_argument("--tile", action="append", help="tile name(s) to process (default: all)")
+
+
+def _tool_args(parser: argparse.ArgumentParser, tool: str) -> None:
+    """``--option KEY=VALUE`` (repeatable) and ``--config`` for an external tool."""
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help=f"{tool} parameter"
+    )
+    parser.add_argument("--config", help=f"{tool} configuration file instead of cloudlab's")
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
