@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dask
 import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from _paths import REAL_FFI
 from astropy.io import fits
 
 from cloudlab import backdrop
@@ -314,16 +313,6 @@ def test_gpu_fit_matches_cpu(stack, weights):
         backdrop.evaluate(weights, rows, cols).values,
         atol=1e-2,
     )
-
-
-REAL_FFI = (
-    Path(__file__).parents[2]
-    / "shared"
-    / "data"
-    / "tess"
-    / "ffi"
-    / "tess2018206192942-s0001-1-4-0120-s_ffic.fits"
-)
 
 
 @pytest.mark.skipif(not REAL_FFI.exists(), reason=f"real trimmed FFI not found at {REAL_FFI}")

@@ -8,20 +8,12 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
+from _paths import REAL_FFI
 from astropy.io import fits
 
 from cloudlab.io.tess import open_ffis
 from cloudlab.io.tess_ffi import FFIError
 from cloudlab.simulate.ffis import ffi_stack
-
-REAL_FFI = (
-    Path(__file__).parents[2]
-    / "shared"
-    / "data"
-    / "tess"
-    / "ffi"
-    / "tess2018206192942-s0001-1-4-0120-s_ffic.fits"
-)
 
 
 @pytest.fixture(scope="module")
