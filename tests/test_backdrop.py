@@ -71,6 +71,15 @@ def test_radial_term_uses_boresight_row_for_every_ccd(ccd):
     )
 
 
+def _assert_same_background(a, b, rows, cols, atol):
+    """Weights ``a`` and ``b`` give the same background at ``rows`` x ``cols``."""
+    np.testing.assert_allclose(
+        backdrop.evaluate(a, rows, cols).values,
+        backdrop.evaluate(b, rows, cols).values,
+        atol=atol,
+    )
+
+
 def _explicit_solution(mask, frames, solver, poly_w):
     """tess-backdrop's way: explicit design matrix, normal equations solved per frame."""
     n_r, n_c = mask.shape
@@ -211,12 +220,7 @@ def test_fits_roundtrip_in_tess_backdrop_layout(tmp_path, stack, weights):
         assert hdul["SPLINE_W"].data.shape == (4, NKNOTS, NKNOTS)
         np.testing.assert_allclose(hdul[1].data["T_START"], ffis["tstart_tjd"].values)
     loaded = backdrop.load(url)
-    rows, cols = np.arange(0, 256, 7), np.arange(1, 256, 5)
-    np.testing.assert_allclose(
-        backdrop.evaluate(loaded, rows, cols).values,
-        backdrop.evaluate(weights, rows, cols).values,
-        atol=1e-10,
-    )
+    _assert_same_background(loaded, weights, np.arange(0, 256, 7), np.arange(1, 256, 5), 1e-10)
     np.testing.assert_array_equal(loaded["quality"].values, weights["quality"].values)
     bad = tmp_path / "bad.fits"
     fits.PrimaryHDU().writeto(bad)
@@ -228,12 +232,7 @@ def test_zarr_roundtrip(tmp_path, weights):
     url = str(tmp_path / "w.zarr")
     backdrop.save(weights, url)
     loaded = backdrop.load(url)
-    rows, cols = np.arange(0, 256, 9), np.arange(0, 256, 11)
-    np.testing.assert_allclose(
-        backdrop.evaluate(loaded, rows, cols).values,
-        backdrop.evaluate(weights, rows, cols).values,
-        atol=1e-10,
-    )
+    _assert_same_background(loaded, weights, np.arange(0, 256, 9), np.arange(0, 256, 11), 1e-10)
     np.testing.assert_array_equal(loaded["star_mask"].values, weights["star_mask"].values)
     with pytest.raises(FileExistsError):
         backdrop.save(weights, url)
@@ -307,12 +306,7 @@ def test_gpu_fit_matches_cpu(stack, weights):
     _, ffis = stack
     with dask.config.set(scheduler="sync"):
         on_gpu = backdrop.fit(ffis, nknots=NKNOTS, frames_per_batch=2, gpu=True).compute()
-    rows, cols = ffis.row.values, ffis.column.values
-    np.testing.assert_allclose(
-        backdrop.evaluate(on_gpu, rows, cols).values,
-        backdrop.evaluate(weights, rows, cols).values,
-        atol=1e-2,
-    )
+    _assert_same_background(on_gpu, weights, ffis.row.values, ffis.column.values, 1e-2)
 
 
 @pytest.mark.skipif(not REAL_FFI.exists(), reason=f"real trimmed FFI not found at {REAL_FFI}")
