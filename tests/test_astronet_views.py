@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import dask
 import numpy as np
@@ -18,7 +19,14 @@ from cloudlab.astronet import (
     views_for,
 )
 from cloudlab.astronet import reference as ref
-from cloudlab.astronet.views import binned_view, count_below, fill_empty, fold_and_sort, phase_fold
+from cloudlab.astronet.views import (
+    binned_view,
+    count_below,
+    fill_empty,
+    fold_and_sort,
+    numba_views,
+    phase_fold,
+)
 from cloudlab.simulate import lightcurves as simulate_lightcurves
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
@@ -122,8 +130,6 @@ def test_views_bit_exact_against_plain_reference(kind):
 
 
 def _kepler_bins_only(time, flux, period, t0, duration):
-    from unittest import mock
-
     with mock.patch("cloudlab.astronet.spline.detrend_rows", side_effect=lambda t, f: f):
         return batch_views(time, flux, period, t0, duration, kind="kepler")
 
@@ -335,3 +341,60 @@ def test_vetting_depth_change_from_two_apertures(tmp_path):
         assert out["depth_change"].values[i] == pytest.approx(expected, rel=1e-9, abs=1e-9)
         blended = truth.loc[truth.tic_id == row.tic_id, "big_aperture_ratio"].item() > 1
         assert (out["depth_change"].values[i] > 5) == blended
+
+
+NUMBA = pytest.mark.skipif(numba_views is None, reason="numba not installed")
+
+
+@NUMBA
+@pytest.mark.parametrize("kind", ["triage", "vetting", "kepler_bins"])
+def test_numba_and_numpy_engines_identical(kind):
+    """The compiled kernel (the default with numba) and the NumPy fallback agree exactly."""
+    time, flux, period, t0, duration = _random_batch(120 if kind != "vetting" else 16, seed=23)
+    time[3, ::2] = np.nan  # gaps in time as well as in flux
+    flux[7, :] = np.nan  # an empty light curve
+    period[9] = -1.0  # bad parameters
+    results = {}
+    for engine in ("numpy", "numba"):
+        if kind == "kepler_bins":
+            with mock.patch("cloudlab.astronet.spline.detrend_rows", side_effect=lambda t, f: f):
+                results[engine] = batch_views(
+                    time, flux, period, t0, duration, kind="kepler", engine=engine
+                )
+        else:
+            results[engine] = batch_views(
+                time, flux, period, t0, duration, kind=kind, engine=engine
+            )
+    a, b = results["numpy"], results["numba"]
+    assert list(a) == list(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert 0 < a["valid"].sum() < len(period)
+    assert len(set(a["reason"])) > 2  # several different guards fired
+
+
+@NUMBA
+def test_numba_kernel_published_vectors():
+    """``view_generator_test`` through the compiled single-view kernel."""
+    tau = phase_fold(np.arange(20) * 0.1, 2.0, 0.15)
+    flux = np.arange(20.0)
+    span = (tau.min(), tau.max())
+    scratch = (np.empty(20), np.empty((2, 10)), np.empty((2, 20), np.int64), np.empty(11, np.int64))
+    out = np.empty(10)
+    assert numba_views._bin_view(tau, flux, *span, -1.0, 1.0, 0.2, False, out, *scratch) == 0
+    np.testing.assert_allclose(out, np.array([3, 5, 7, 9, -9, -7, -5, -3, -1, 1]) / 9, atol=1e-15)
+    out = np.empty(5)
+    assert numba_views._bin_view(tau, flux, *span, -0.5, 0.5, 0.2, False, out, *scratch) == 0
+    np.testing.assert_allclose(out, [3, 1, -1, -0.5, 0], atol=1e-15)
+    code = numba_views._bin_view(tau[:4], flux[:4], *span, -1.0, 1.0, 0.2, False, out, *scratch)
+    assert code == numba_views.FEW_IN_WINDOW
+
+
+def test_engine_argument():
+    time = 1325 + np.arange(500) / 48
+    flux = np.ones(500)
+    with pytest.raises(ValueError, match="engine"):
+        batch_views(time, flux, 2.0, 1326.0, 0.1, engine="gpu")
+    if numba_views is None:
+        with pytest.raises(ValueError, match="numba"):
+            batch_views(time, flux, 2.0, 1326.0, 0.1, engine="numba")

@@ -30,7 +30,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+try:
+    from cloudlab.astronet import numba_views
+except ImportError:  # numba absent: the NumPy path below does all the work
+    numba_views = None
+
 KINDS = ("triage", "vetting", "kepler")
+ENGINES = ("auto", "numba", "numpy")
+# texts of numba_views' reason codes 1..7, in the order binned_view checks them
+VIEW_REASONS = (
+    "fewer than 2 points",
+    "bin width not inside the window",
+    "window starts after the last point",
+    "fewer than 5 points in the window",
+    "folded coverage below half the window",
+    "all bins empty",
+    "zero minimum after subtracting the median",
+)
 
 
 class SparseLightCurveError(ValueError):
@@ -181,6 +197,7 @@ def count_below(
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         guess = np.floor((x - first[:, None]) / step[:, None])
     guess += 1
+    guess[np.isnan(guess)] = 0  # rows without data (inf − inf); the loop below corrects any guess
     np.clip(guess, 0, m, out=guess)
     limit = np.isfinite(edges).sum(axis=1)[:, None]  # trailing +inf edges are unused slots
     c = np.minimum(guess.astype(np.intp), limit)  # c[r, j] ≈ #{k : edges[r, k] <= x[r, j]}
@@ -322,15 +339,15 @@ def binned_view(
     def flag(mask, text):
         reason[mask & (reason == "")] = f"{name}: {text}"
 
-    flag(n < 2, "fewer than 2 points")
-    flag(~(width > 0) | ~(width < t_max - t_min), "bin width not inside the window")
-    flag(t_min > last, "window starts after the last point")
+    flag(n < 2, VIEW_REASONS[0])
+    flag(~(width > 0) | ~(width < t_max - t_min), VIEW_REASONS[1])
+    flag(t_min > last, VIEW_REASONS[2])
     if fill == "interpolate":
         inside = np.sum((x >= t_min[:, None]) & (x <= t_max[:, None]), axis=1)
-        flag(inside < 5, "fewer than 5 points in the window")
+        flag(inside < 5, VIEW_REASONS[3])
         with np.errstate(invalid="ignore"):
             short = last - x[:, 0] < (t_max - t_min) / 2
-        flag(short, "folded coverage below half the window")
+        flag(short, VIEW_REASONS[4])
     ok = reason == ""
     safe_step = np.where(ok, spacing, 1.0)
     lo = bin_edges(np.where(ok, t_min, 0.0), safe_step, num)
@@ -340,14 +357,14 @@ def binned_view(
     values = segment_medians(y, start, np.where(ok[:, None], end - start, 0))
     if fill == "interpolate":
         values, empty = fill_empty(values)
-        flag(empty & ok, "all bins empty")
+        flag(empty & ok, VIEW_REASONS[5])
     else:
         padded = np.where(np.arange(x.shape[1]) < n[:, None], y, np.nan)
         with np.errstate(invalid="ignore"), _quiet():
             overall = np.nanmedian(padded, axis=1)
         values = np.where(np.isfinite(values), values, overall[:, None])
     values, zero = normalise(values)
-    flag(zero, "zero minimum after subtracting the median")
+    flag(zero, VIEW_REASONS[6])
     values[reason != ""] = np.nan
     return Binned(values, reason)
 
@@ -535,6 +552,7 @@ def batch_views(
     max_epoch_distance: float = 1000.0,
     apertures: tuple[np.ndarray, np.ndarray] | None = None,
     qingress: np.ndarray | None = None,
+    engine: str = "auto",
 ) -> dict[str, np.ndarray]:
     """Views for a batch of TCEs, one light curve row per TCE.
 
@@ -553,6 +571,10 @@ def batch_views(
         Vetting only: small- and big-aperture fluxes on the same cadences, for ``depth_change``.
     qingress : numpy.ndarray, optional
         Vetting only: BLS ingress fraction per TCE (0 when absent).
+    engine : {"auto", "numba", "numpy"}
+        Global and local views from the compiled per-TCE kernel (:mod:`numba_views`) or the
+        vectorised NumPy path; "auto" is numba when it is installed.  Both give identical views.
+        The Vetting secondary view always uses the NumPy path.
 
     Returns
     -------
@@ -562,6 +584,11 @@ def batch_views(
         (bool) and ``reason`` (str).
     """
     _check_kind(kind)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "numba" and numba_views is None:
+        raise ValueError("engine='numba' needs numba (pip install numba)")
+    compiled = engine != "numpy" and numba_views is not None
     time = np.atleast_2d(np.asarray(time, float))
     flux = np.atleast_2d(np.asarray(flux, float))
     if time.shape != flux.shape:
@@ -591,22 +618,31 @@ def batch_views(
     safe_p = np.where(ok, period, 1.0)
     safe_t0 = np.where(ok, t0, 0.0)
     safe_d = np.where(ok, duration, 0.1)
-    x, y, n = fold_and_sort(
-        np.where(ok[:, None], time, np.nan), np.where(ok[:, None], flux, np.nan), safe_p, safe_t0
-    )
-    out: dict[str, np.ndarray] = {}
-    fill = "median" if kind == "kepler" else "interpolate"
-    for name, spec in SPECS[kind].items():
-        if spec.num_durations is None:
-            t_min, t_max, width = -safe_p / 2, safe_p / 2, spec.width_factor * safe_p
-        else:
-            reach = spec.num_durations * safe_d
-            t_min = np.maximum(-safe_p / 2, -reach)
-            t_max = np.minimum(safe_p / 2, reach)
-            width = spec.width_factor * safe_d
-        view = binned_view(x, y, n, t_min, t_max, width, spec.num_bins, fill=fill, name=name)
-        out[name] = view.values
-        reason = np.where(reason == "", view.reason, reason)
+    if compiled:
+        out = _compiled_views(time, flux, safe_p, safe_t0, safe_d, ok, kind)
+        for name in SPECS[kind]:
+            reason = np.where(reason == "", out.pop(f"{name}_reason"), reason)
+    if not compiled or kind == "vetting":
+        x, y, n = fold_and_sort(
+            np.where(ok[:, None], time, np.nan),
+            np.where(ok[:, None], flux, np.nan),
+            safe_p,
+            safe_t0,
+        )
+    if not compiled:
+        out = {}
+        fill = "median" if kind == "kepler" else "interpolate"
+        for name, spec in SPECS[kind].items():
+            if spec.num_durations is None:
+                t_min, t_max, width = -safe_p / 2, safe_p / 2, spec.width_factor * safe_p
+            else:
+                reach = spec.num_durations * safe_d
+                t_min = np.maximum(-safe_p / 2, -reach)
+                t_max = np.minimum(safe_p / 2, reach)
+                width = spec.width_factor * safe_d
+            view = binned_view(x, y, n, t_min, t_max, width, spec.num_bins, fill=fill, name=name)
+            out[name] = view.values
+            reason = np.where(reason == "", view.reason, reason)
     if kind == "vetting":
         view, centre = secondary_views(x, y, n, safe_p, safe_d)
         out["secondary_view"] = view.values
@@ -627,6 +663,36 @@ def batch_views(
         values[~valid] = np.nan
     out["valid"] = valid
     out["reason"] = reason.astype(str)
+    return out
+
+
+def _compiled_views(
+    time: np.ndarray,
+    flux: np.ndarray,
+    period: np.ndarray,
+    t0: np.ndarray,
+    duration: np.ndarray,
+    ok: np.ndarray,
+    kind: str,
+) -> dict[str, np.ndarray]:
+    """Global and local views (and ``<name>_reason`` per view) from :mod:`numba_views`."""
+    specs = list(SPECS[kind].items())
+    global_view, local_view, *codes = numba_views.view_rows(
+        np.ascontiguousarray(time),
+        np.ascontiguousarray(flux),
+        period,
+        t0,
+        duration,
+        ok,
+        np.array([spec.num_bins for _, spec in specs]),
+        np.array([spec.width_factor for _, spec in specs]),
+        np.array([spec.num_durations or 0.0 for _, spec in specs], float),
+        kind == "kepler",
+    )
+    out = {"global_view": global_view, "local_view": local_view}
+    for (name, _), code in zip(specs, codes, strict=True):
+        texts = np.array([""] + [f"{name}: {text}" for text in VIEW_REASONS], dtype=object)
+        out[f"{name}_reason"] = texts[code]
     return out
 
 
