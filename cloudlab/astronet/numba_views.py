@@ -69,18 +69,17 @@ def _median(values: np.ndarray, count: int) -> float:
     values, by quickselect (Hoare partition) otherwise.
     """
     k = count // 2
-    if count <= 16:  # by rank: the values with #less <= k < #less-or-equal (branch-free)
+    if count <= 16:
+        # by rank, branch-free: the k-th smallest value is the largest v with #{values < v} <= k
         k_lo = (count - 1) // 2
-        low = high = values[0]
+        low = high = -np.inf
         for i in range(count):
             v = values[i]
             less = 0
-            leq = 0
             for j in range(count):
                 less += values[j] < v
-                leq += values[j] <= v
-            low = v if (less <= k_lo and k_lo < leq) else low
-            high = v if (less <= k and k < leq) else high
+            low = max(low, v if less <= k_lo else -np.inf)
+            high = max(high, v if less <= k else -np.inf)
         return (low + high) / 2
     target = (count - 1) // 2
     lo, hi = 0, count - 1
@@ -186,12 +185,15 @@ def _bin_view(
         a = _edges_at_or_below(lo, lo[0], inv_step, x)
         b = _edges_at_or_below(hi, hi[0], inv_step, x)
         first_bin[j], end_bin[j] = b, a
-        for i in range(b, a):
-            counts[i + 1] += 1
-    for i in range(num):
-        counts[i + 1] += counts[i]
-    bucket = np.empty(counts[num])
-    for j in range(m):  # counts[i] advances to the end of bin i - 1 while filling
+        counts[b] += 1  # a difference array of bin occupancy
+        counts[a] -= 1
+    occupancy = total = 0
+    for i in range(num):  # counts[i] becomes the start of bin i in the bucket
+        occupancy += counts[i]
+        counts[i] = total
+        total += occupancy
+    bucket = np.empty(total)
+    for j in range(m):  # counts[i] advances to the end of bin i while filling
         for i in range(first_bin[j], end_bin[j]):
             bucket[counts[i]] = flux[j]
             counts[i] += 1

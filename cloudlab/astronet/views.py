@@ -603,9 +603,8 @@ def batch_views(
     finite = np.isfinite(time) & np.isfinite(flux)
     has_data = finite.any(axis=1)
     reason[~has_data & (reason == "")] = "empty light curve (no finite points)"
-    with np.errstate(invalid="ignore"), _quiet():
-        t_lo = np.nanmin(np.where(finite, time, np.nan), axis=1)
-        t_hi = np.nanmax(np.where(finite, time, np.nan), axis=1)
+    masked = np.where(finite, time, np.nan)
+    t_lo, t_hi = np.fmin.reduce(masked, axis=1), np.fmax.reduce(masked, axis=1)  # NaN: no data
     outside = np.maximum(t_lo - t0, t0 - t_hi)
     far = has_data & (outside > max_epoch_distance) & (reason == "")
     reason[far] = [f"epoch is {d:.0f} d outside the light curve" for d in outside[far]]
