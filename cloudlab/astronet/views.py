@@ -18,7 +18,9 @@ Every step works on a batch of TCEs at once: light curves are padded into a 2-D 
 TCE, +∞ phases after the last point), the bin boundaries of every bin of every TCE are found by
 one arithmetic estimate plus exact comparisons with the repeatedly-added edges, and the medians of
 all bins are taken by sorting padded gathers grouped by bin occupancy.  There is no Python loop
-over bins or over TCEs.
+over bins or over TCEs.  When numba is installed, :func:`batch_views` computes the global and local
+views with the compiled per-TCE kernel of :mod:`cloudlab.astronet.numba_views` instead (identical
+results); this NumPy path is the fallback, and still makes the Vetting secondary view.
 """
 
 from __future__ import annotations
