@@ -390,11 +390,28 @@ def test_numba_kernel_published_vectors():
     assert code == numba_views.FEW_IN_WINDOW
 
 
-def test_engine_argument():
+def test_engine_argument(monkeypatch):
+    import importlib
+
+    views_module = importlib.import_module("cloudlab.astronet.views")
     time = 1325 + np.arange(500) / 48
-    flux = np.ones(500)
+    flux = 1 + np.random.default_rng(1).normal(0, 1e-3, 500)
     with pytest.raises(ValueError, match="engine"):
         batch_views(time, flux, 2.0, 1326.0, 0.1, engine="gpu")
-    if numba_views is None:
-        with pytest.raises(ValueError, match="numba"):
-            batch_views(time, flux, 2.0, 1326.0, 0.1, engine="numba")
+    expected = batch_views(time, flux, 2.0, 1326.0, 0.1, engine="numpy")
+    monkeypatch.setattr(views_module, "numba_views", None)  # as without numba installed
+    with pytest.raises(ValueError, match="needs numba"):
+        batch_views(time, flux, 2.0, 1326.0, 0.1, engine="numba")
+    fallback = batch_views(time, flux, 2.0, 1326.0, 0.1)  # "auto" falls back to NumPy
+    assert fallback["valid"][0]
+    np.testing.assert_array_equal(fallback["global_view"], expected["global_view"])
+
+
+@NUMBA
+def test_numba_median_equals_np_median():
+    """Rank (≤ 16 values) and quickselect (more) medians, odd and even counts, with ties."""
+    rng = np.random.default_rng(8)
+    for count in [*range(1, 40), 101, 200, 1001]:
+        for values in (rng.normal(size=count), np.round(rng.normal(size=count), 1)):
+            got = numba_views._median(values.copy(), count)
+            assert got == np.median(values), (count, got, np.median(values))
