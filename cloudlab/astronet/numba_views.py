@@ -244,7 +244,7 @@ def _bin_view(
     return 0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)  # dask threads run batches side by side
 def view_rows(
     time: np.ndarray,
     flux: np.ndarray,
