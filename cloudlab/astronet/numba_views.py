@@ -7,9 +7,10 @@ time in a compiled loop, and bit-for-bit the same result:
 * no sort: every point's bins are found directly.  Bin *i* holds ℓ_i ≤ τ < ℓ_i + w with both edge
   sequences built by repeated addition, so a point belongs to bins b ≤ i < a, where a is the number
   of left edges ≤ τ and b the number of right edges ≤ τ (an arithmetic guess corrected against the
-  actual edges); the points are bucketed per bin and each bucket sorted;
+  actual edges); the fluxes are bucketed per bin;
 * bin value: the median as ``np.median`` computes it (middle value, or the mean (a + b)/2 of the two
-  middle values), which depends only on the values in the bin, not their order;
+  middle values), found by rank or quickselect: it depends only on the values in the bin, not
+  their order;
 * sparse guards, empty-bin interpolation (``np.interp``'s arithmetic) or global-median fill, and the
   median/minimum normalisation, as in :func:`cloudlab.astronet.views.binned_view`.
 
