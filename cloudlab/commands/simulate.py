@@ -79,7 +79,141 @@ def _run_tess(args: argparse.Namespace) -> int:
     return 0
 
 
-KINDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_tess]
+def _add_aia(kinds: argparse._SubParsersAction) -> None:
+    parser = kinds.add_parser(
+        "aia",
+        help="multi-channel AIA FITS series with a known timelag per pixel",
+        description="Write one FITS series per AIA channel (JSOC-like headers, RICE-compressed "
+        "HDU 1 unless --uncompressed) with known per-pixel timelags between channels.",
+    )
+    parser.add_argument("dest", help="destination directory (local path or fsspec URL)")
+    parser.add_argument("--channels", type=int, nargs="+", default=[94, 131, 171, 193, 211, 335])
+    parser.add_argument("--shape", type=_shape, default=(32, 32), help="ROWSxCOLS (default 32x32)")
+    parser.add_argument("--frames", type=int, default=120, help="frames per channel (default 120)")
+    parser.add_argument("--cadence", type=float, default=12.0, help="cadence in s (default 12)")
+    parser.add_argument("--uncompressed", action="store_true", help="image in HDU 0, no RICE")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_run_aia)
+
+
+def _run_aia(args: argparse.Namespace) -> int:
+    from cloudlab.simulate import aia_series
+
+    series = aia_series(
+        args.dest,
+        channels=args.channels,
+        shape=args.shape,
+        n_frames=args.frames,
+        cadence_s=args.cadence,
+        compressed=not args.uncompressed,
+        seed=args.seed,
+    )
+    for channel, files in series.files.items():
+        print(f"{channel:>4} A: {len(files)} files, first {files[0]}")
+    return 0
+
+
+def _add_ffis(kinds: argparse._SubParsersAction) -> None:
+    parser = kinds.add_parser(
+        "ffis",
+        help="a TESS FFI stack with a known scattered-light background (for backdrop)",
+        description="Write SPOC-layout calibrated FFIs whose smooth background is known and is "
+        "not from the BackDrop model family, with stars and saturated bleed columns.",
+    )
+    parser.add_argument("dest", help="destination directory (local path or fsspec URL)")
+    parser.add_argument("--frames", type=int, default=8, help="number of FFIs (default 8)")
+    parser.add_argument(
+        "--shape", type=_shape, default=(2048, 2048), help="science ROWSxCOLS (default 2048x2048)"
+    )
+    parser.add_argument("--sector", type=int, default=1)
+    parser.add_argument("--camera", type=int, default=1)
+    parser.add_argument("--ccd", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_run_ffis)
+
+
+def _run_ffis(args: argparse.Namespace) -> int:
+    from cloudlab.simulate import ffi_stack
+
+    truth = ffi_stack(
+        args.dest,
+        n_frames=args.frames,
+        shape=args.shape,
+        sector=args.sector,
+        camera=args.camera,
+        ccd=args.ccd,
+        seed=args.seed,
+    )
+    print(f"{truth.n_frames} FFIs of sector {truth.sector} camera {truth.camera} ccd {truth.ccd}, "
+          f"first {truth.urls[0]}")  # fmt: skip
+    return 0
+
+
+def _add_galaxies(kinds: argparse._SubParsersAction) -> None:
+    parser = kinds.add_parser(
+        "galaxies",
+        help="a galaxy tile with Sérsic galaxies of known parameters (for dre)",
+        description="Write a FITS tile with Sérsic galaxies, stars, a PSF, sky and noise, and "
+        "its truth table (FITS) beside it.",
+    )
+    parser.add_argument("dest", help="FITS file to write (local path or fsspec URL)")
+    parser.add_argument("--shape", type=_shape, default=(512, 512), help="ROWSxCOLS (default 512)")
+    parser.add_argument("--galaxies", type=int, default=12, help="number of galaxies (default 12)")
+    parser.add_argument("--stars", type=int, default=6, help="number of stars (default 6)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_run_galaxies)
+
+
+def _run_galaxies(args: argparse.Namespace) -> int:
+    import io
+
+    from cloudlab import storage
+    from cloudlab.simulate import galaxy_tile
+
+    tile = galaxy_tile(
+        args.dest, shape=args.shape, n_galaxies=args.galaxies, n_stars=args.stars, seed=args.seed
+    )
+    truth_url = args.dest.removesuffix(".fits") + "_truth.fits"
+    buffer = io.BytesIO()
+    tile.truth.write(buffer, format="fits")
+    storage.write_bytes(truth_url, buffer.getvalue())
+    print(f"tile {args.dest}: {len(tile.truth)} sources; truth {truth_url}")
+    return 0
+
+
+def _add_lightcurves(kinds: argparse._SubParsersAction) -> None:
+    parser = kinds.add_parser(
+        "lightcurves",
+        help="light curves with injected transits and eclipses, and their TCE table (astronet)",
+        description="Write QLP-HDF5 (or FITS) light curves of planets, eclipsing binaries and "
+        "junk with known period, epoch, duration and depth, plus tces.csv.",
+    )
+    parser.add_argument("dest", help="destination directory (local path or fsspec URL)")
+    parser.add_argument("--planets", type=int, default=4)
+    parser.add_argument("--ebs", type=int, default=4, help="eclipsing binaries (default 4)")
+    parser.add_argument("--junk", type=int, default=4, help="non-astrophysical TCEs (default 4)")
+    parser.add_argument("--format", choices=("qlp", "fits"), default="qlp")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_run_lightcurves)
+
+
+def _run_lightcurves(args: argparse.Namespace) -> int:
+    from cloudlab.simulate import lightcurves
+
+    _, tces = lightcurves(
+        args.planets, args.ebs, args.junk, dest=args.dest, fmt=args.format, seed=args.seed
+    )
+    print(f"{len(tces)} light curves and tces.csv in {args.dest}")
+    return 0
+
+
+KINDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_tess,
+    _add_aia,
+    _add_ffis,
+    _add_galaxies,
+    _add_lightcurves,
+]
 """One function per ``cloudlab simulate`` kind."""
 
 
