@@ -72,7 +72,6 @@ def run_demo(dest: str, *, n_frames: int = 24, n_workers: int = 2) -> int:
     print(f"frames: {n_frames} ({int((~good).sum())} flagged by DQUALITY)")
     print(f"median FFI level of unflagged frames: {np.nanmedian(background):.1f} e-/s")
     print(f"brightest star: TIC {int(star['ticid'])} at row {r}, column {c}")
-    print(
-        f"  5x5 aperture: {np.nanmedian(lightcurve):.0f} e-/s, scatter {np.nanstd(lightcurve):.1f}"
-    )
+    level, scatter = np.nanmedian(lightcurve), np.nanstd(lightcurve)
+    print(f"  5x5 aperture: {level:.0f} e-/s, scatter {scatter:.1f} e-/s")
     return 0
