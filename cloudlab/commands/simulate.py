@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from cloudlab.commands.timelag import add_simulate_arguments
+
 
 def _shape(text: str) -> tuple[int, int]:
     try:
@@ -16,6 +18,13 @@ def _shape(text: str) -> tuple[int, int]:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"shape must be ROWSxCOLS, got {text!r}") from exc
     return rows, cols
+
+
+def _add_pointing(parser: argparse.ArgumentParser, *, sector: int) -> None:
+    """``--sector``, ``--camera`` and ``--ccd`` of a simulated TESS data set."""
+    parser.add_argument("--sector", type=int, default=sector)
+    parser.add_argument("--camera", type=int, default=1)
+    parser.add_argument("--ccd", type=int, default=1)
 
 
 def _add_tess(kinds: argparse._SubParsersAction) -> None:
@@ -27,9 +36,7 @@ def _add_tess(kinds: argparse._SubParsersAction) -> None:
         "FFIs and cutout cube to DEST (any fsspec URL).",
     )
     parser.add_argument("dest", help="destination directory (local path or fsspec URL)")
-    parser.add_argument("--sector", type=int, default=55)
-    parser.add_argument("--camera", type=int, default=1)
-    parser.add_argument("--ccd", type=int, default=1)
+    _add_pointing(parser, sector=55)
     parser.add_argument("--frames", type=int, default=48, help="number of FFIs (default 48)")
     parser.add_argument(
         "--shape",
@@ -84,33 +91,10 @@ def _add_aia(kinds: argparse._SubParsersAction) -> None:
         "aia",
         help="multi-channel AIA FITS series with a known timelag per pixel",
         description="Write one FITS series per AIA channel (JSOC-like headers, RICE-compressed "
-        "HDU 1 unless --uncompressed) with known per-pixel timelags between channels.",
+        "HDU 1 unless --uncompressed) with known per-pixel timelags between channels "
+        "(the same as `cloudlab timelag simulate`).",
     )
-    parser.add_argument("dest", help="destination directory (local path or fsspec URL)")
-    parser.add_argument("--channels", type=int, nargs="+", default=[94, 131, 171, 193, 211, 335])
-    parser.add_argument("--shape", type=_shape, default=(32, 32), help="ROWSxCOLS (default 32x32)")
-    parser.add_argument("--frames", type=int, default=120, help="frames per channel (default 120)")
-    parser.add_argument("--cadence", type=float, default=12.0, help="cadence in s (default 12)")
-    parser.add_argument("--uncompressed", action="store_true", help="image in HDU 0, no RICE")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(func=_run_aia)
-
-
-def _run_aia(args: argparse.Namespace) -> int:
-    from cloudlab.simulate import aia_series
-
-    series = aia_series(
-        args.dest,
-        channels=args.channels,
-        shape=args.shape,
-        n_frames=args.frames,
-        cadence_s=args.cadence,
-        compressed=not args.uncompressed,
-        seed=args.seed,
-    )
-    for channel, files in series.files.items():
-        print(f"{channel:>4} A: {len(files)} files, first {files[0]}")
-    return 0
+    add_simulate_arguments(parser)
 
 
 def _add_ffis(kinds: argparse._SubParsersAction) -> None:
@@ -125,9 +109,7 @@ def _add_ffis(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--shape", type=_shape, default=(2048, 2048), help="science ROWSxCOLS (default 2048x2048)"
     )
-    parser.add_argument("--sector", type=int, default=1)
-    parser.add_argument("--camera", type=int, default=1)
-    parser.add_argument("--ccd", type=int, default=1)
+    _add_pointing(parser, sector=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_run_ffis)
 

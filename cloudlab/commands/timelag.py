@@ -82,14 +82,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
     actions = parser.add_subparsers(dest="timelag_action", metavar="ACTION")
     simulate = actions.add_parser("simulate", help="write a simulated AIA multi-channel series")
-    simulate.add_argument("dest", help="destination directory (any fsspec URL)")
-    simulate.add_argument("--channels", default="94,131,171,193,211,335", help="wavelengths")
-    simulate.add_argument("--shape", default="64x64", help="NYxNX (default 64x64)")
-    simulate.add_argument("--frames", type=int, default=150, help="frames per channel")
-    simulate.add_argument("--cadence", type=float, default=12.0, help="seconds (default 12)")
-    simulate.add_argument("--uncompressed", action="store_true", help="image in HDU 0")
-    simulate.add_argument("--seed", type=int, default=0)
-    simulate.set_defaults(func=_simulate)
+    add_simulate_arguments(simulate)
+
+
+def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of the simulated AIA series (``cloudlab timelag simulate``, ``simulate aia``)."""
+    parser.add_argument("dest", help="destination directory (any fsspec URL)")
+    parser.add_argument("--channels", default="94,131,171,193,211,335", help="wavelengths")
+    parser.add_argument("--shape", default="64x64", help="NYxNX (default 64x64)")
+    parser.add_argument("--frames", type=int, default=150, help="frames per channel")
+    parser.add_argument("--cadence", type=float, default=12.0, help="seconds (default 12)")
+    parser.add_argument("--uncompressed", action="store_true", help="image in HDU 0")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_simulate)
 
 
 def _simulate(args: argparse.Namespace) -> int:
