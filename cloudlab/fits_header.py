@@ -21,6 +21,7 @@ from astropy.io import fits
 from dask.base import tokenize
 
 from cloudlab import storage
+from cloudlab.errors import FITSFormatError
 
 __all__ = ["BLOCK", "FITSError", "HDUInfo", "clear_cache", "hdu_info"]
 
@@ -36,8 +37,7 @@ BITPIX_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8
 _FINGERPRINT_KEYS = ("mtime", "LastModified", "ETag", "etag", "generation", "updated", "created")
 
 
-class FITSError(ValueError):
-    """A FITS file is malformed or does not hold what was asked for; the message names the file."""
+FITSError = FITSFormatError  # the name cloudlab.fits has always exported
 
 
 @dataclass

@@ -18,11 +18,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.interpolate import make_lsq_spline
 
+from cloudlab.errors import InputError
+
 SPACINGS = np.logspace(np.log10(0.5), np.log10(20.0), 20)
 GAP = 0.75
 
 
-class SplineError(ValueError):
+class SplineError(InputError):
     """A spline could not be fitted with the requested break-point spacing."""
 
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cloudlab.errors import InputError
+
 try:
     from cloudlab.astronet import numba_views
 except ImportError:  # numba absent: the NumPy path below does all the work
@@ -51,11 +53,11 @@ VIEW_REASONS = (
 )
 
 
-class SparseLightCurveError(ValueError):
+class SparseLightCurveError(InputError):
     """A TCE has too little data for a view (the reference's ``SparseLightCurveError``)."""
 
 
-class EmptyLightCurveError(ValueError):
+class EmptyLightCurveError(InputError):
     """A light curve has no finite points."""
 
 

@@ -24,6 +24,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from cloudlab import storage
+from cloudlab.errors import StorageError
 from cloudlab.io.tess import _wcs_from_text
 from cloudlab.sky import gnomonic
 
@@ -361,7 +362,7 @@ def target_meta(ds: xr.Dataset, target: int) -> dict:
     }
 
 
-class TPFWriteError(RuntimeError):
+class TPFWriteError(StorageError):
     """Some TPFs could not be written; the others were.
 
     Attributes

@@ -7,6 +7,8 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
+from cloudlab.errors import ExternalToolError
+
 #: Binary names, tried in order (Debian ships ``source-extractor``, others ``sex``).
 SEXTRACTOR_NAMES = ("source-extractor", "sex", "sextractor")
 PSFEX_NAMES = ("psfex",)
@@ -19,8 +21,7 @@ NNW_CANDIDATES = (
 )
 
 
-class ToolError(RuntimeError):
-    """An external tool is missing or failed; the message carries the tool's own words."""
+ToolError = ExternalToolError  # the name cloudlab.dre has always exported
 
 
 def find_tool(names: tuple[str, ...], package: str) -> str:

@@ -18,12 +18,13 @@ import xarray as xr
 from astropy.units import UnitsWarning
 
 from cloudlab import storage
+from cloudlab.errors import InputError
 from cloudlab.fits import hdu_info, read_table
 
 MAD_SCALE = 0.6745  # statsmodels' normalised MAD: median|x - median(x)| / 0.6745
 
 
-class LightCurveError(ValueError):
+class LightCurveError(InputError):
     """A light-curve file is missing, truncated or not in the expected layout."""
 
 

@@ -20,13 +20,14 @@ import numpy as np
 import xarray as xr
 
 from cloudlab import fits, storage
+from cloudlab.errors import InputError
 
 SECTOR_RE = re.compile(r"-s(\d{4})-")
 FULL_SHAPE = (2078, 2136)
 DEFAULT_GEOMETRY = {"SCIROWS": 1, "SCIROWE": 2048, "SCCSA": 45, "SCCED": 2092}
 
 
-class FFIError(ValueError):
+class FFIError(InputError):
     """A frame stack that cannot be opened (mixed CCDs, bad headers, unreadable frames)."""
 
 
