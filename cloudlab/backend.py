@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from types import ModuleType
 
+import dask
 import dask.array as da
 import numpy as np
+
+__all__ = [
+    "GPU_RESOURCES",
+    "array_module",
+    "asnumpy",
+    "gpu_available",
+    "gpu_resources",
+    "gpu_tasks",
+    "to_cpu",
+    "to_gpu",
+]
+
+GPU_RESOURCES = {"GPU": 1}
+
+
+def gpu_resources() -> dict[str, int]:
+    """Resources that every GPU task asks for (``{"GPU": 1}``)."""
+    return dict(GPU_RESOURCES)
+
+
+@contextmanager
+def gpu_tasks() -> Iterator[None]:
+    """Annotate the graph built inside the block so its tasks run on GPU workers only."""
+    with dask.annotate(resources=gpu_resources()):
+        yield
 
 
 def array_module(x: object) -> ModuleType:

@@ -7,6 +7,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from cloudlab.errors import CloudlabError
+
 COMMAND_MODULES = (
     "cloudlab.commands.demo",
     "cloudlab.commands.simulate",
@@ -24,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cloudlab",
         description="Archive-scale astronomy on dask clusters: lazy FITS, cutouts, timelags, "
         "backgrounds, galaxy fits and AstroNet.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback when a command fails"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     info = subparsers.add_parser("info", help="versions, the cluster connect() would pick, GPU")
@@ -71,9 +76,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as err:
-        print(f"cloudlab {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"cloudlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"cloudlab {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
+
+
+def _message(err: Exception) -> str:
+    """One line for a failed command: the error's own words (and its type when unexpected)."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = " ".join(text.split())
+    if isinstance(err, CloudlabError | OSError | ValueError) and text:
+        return text
+    return f"{type(err).__name__}: {text} (rerun with --debug for the traceback)"
 
 
 if __name__ == "__main__":

@@ -9,27 +9,90 @@ variables from the environment) are forwarded to the workers of every cluster ki
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+import sys
 from typing import Any
 
 import dask
 from dask_gateway import Gateway  # importing registers the gateway.* dask config defaults
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, wait
 from distributed.diagnostics.plugin import WorkerPlugin
 
-GPU_RESOURCES = {"GPU": 1}
+from cloudlab.backend import GPU_RESOURCES, gpu_resources, gpu_tasks
+from cloudlab.errors import ExternalToolError, InputError
+
+__all__ = [
+    "GPU_RESOURCES",
+    "EnvironmentPlugin",
+    "active_client",
+    "compute",
+    "connect",
+    "describe_target",
+    "gpu_resources",
+    "gpu_tasks",
+]
 
 
-def gpu_resources() -> dict[str, int]:
-    """Resources that every GPU task asks for (``{"GPU": 1}``)."""
-    return dict(GPU_RESOURCES)
+def active_client() -> Client | None:
+    """The ``distributed`` client when it is dask's active scheduler, else ``None``."""
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except ValueError:
+        return None
+    try:
+        active = dask.base.get_scheduler()
+    except ValueError:
+        return None
+    return client if active == client.get else None
 
 
-@contextmanager
-def gpu_tasks():
-    """Annotate the graph built inside the block so its tasks run on GPU workers only."""
-    with dask.annotate(resources=gpu_resources()):
-        yield
+def compute(*collections: Any, progress: bool = True, persist: bool = False) -> tuple:
+    """Compute (or persist) dask collections where dask would, with one progress bar on stderr.
+
+    This is the one sink every command and writer uses: on the active ``distributed`` client
+    (:func:`connect`, a gateway, a scheduler) it submits the graph and shows
+    ``distributed.progress``; otherwise it runs dask's default scheduler under
+    ``dask.diagnostics.ProgressBar``. Both bars write to stderr.
+
+    Parameters
+    ----------
+    *collections
+        dask arrays, xarray objects or delayed values (anything ``dask.compute`` accepts).
+    progress : bool
+        Show the progress bar (default True).
+    persist : bool
+        Return persisted collections (still chunked, held in memory) instead of results.
+
+    Returns
+    -------
+    tuple
+        One result per collection.
+    """
+    client = active_client()
+    if client is not None:
+        if persist:
+            results = client.persist(list(collections))
+            futures = results
+        else:
+            futures = client.compute(list(collections))
+            results = None
+        if progress:
+            from distributed import progress as show_progress
+
+            show_progress(futures)
+            print(file=sys.stderr)
+        if persist:
+            wait(futures)
+            return tuple(results)
+        return tuple(client.gather(futures))
+    run = dask.persist if persist else dask.compute
+    if not progress:
+        return run(*collections)
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(out=sys.stderr):
+        return run(*collections)
 
 
 class _OwningClient(Client):
@@ -118,7 +181,7 @@ def connect(
         client = _connect_gateway(address, gpu=gpu, n_workers=n_workers, env=environment, **options)
     elif kind == "scheduler":
         if gpu or options:
-            raise ValueError(
+            raise InputError(
                 f"cannot set gpu=True or cluster options on an existing scheduler ({address}); "
                 "configure its workers where they are started"
             )
@@ -140,7 +203,7 @@ def _choose(cluster: str | None) -> tuple[str, str | None]:
         return "gateway", cluster
     if "://" in cluster:
         return "scheduler", cluster
-    raise ValueError(
+    raise InputError(
         f"connect(cluster={cluster!r}): expected None, 'local', a gateway URL (http[s]://…) "
         "or a scheduler address (tcp://…)"
     )
@@ -158,7 +221,7 @@ def _connect_local(*, gpu: bool, n_workers: int | None, **options: Any) -> Clien
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError as err:
-            raise RuntimeError(
+            raise ExternalToolError(
                 "connect('local', gpu=True) needs dask-cuda and a CUDA GPU: "
                 "pip install dask-cuda cloudlab[gpu]"
             ) from err
@@ -192,7 +255,7 @@ def _connect_gateway(
     names = set(cluster_options)
     unknown = sorted(set(options) - names)
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"the dask-gateway at {gateway.address} does not offer the cluster option(s) "
             f"{unknown}; it offers {sorted(names)}"
         )
@@ -204,7 +267,7 @@ def _connect_gateway(
         if "worker_gpus" in names:
             cluster_options["worker_gpus"] = max(1, int(options.get("worker_gpus", 1)))
         elif "environment" not in names:
-            raise RuntimeError(
+            raise InputError(
                 f"the dask-gateway at {gateway.address} offers neither a 'worker_gpus' nor an "
                 "'environment' option, so GPU workers cannot be requested; ask its admin"
             )

@@ -22,7 +22,7 @@ import xarray as xr
 
 from cloudlab import storage
 from cloudlab.astronet.views import batch_views, num_bins
-from cloudlab.cluster import gpu_tasks
+from cloudlab.backend import gpu_tasks
 
 REASON_DTYPE = "<U96"
 REFERENCE_COLUMNS = [  # the columns generate_input_records keeps (usecols 0-3, 7-13, 18)

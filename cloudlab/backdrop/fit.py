@@ -12,7 +12,7 @@ import xarray as xr
 
 from cloudlab.backdrop import basis, masks
 from cloudlab.backdrop.solver import Solver, build_solver
-from cloudlab.cluster import gpu_tasks
+from cloudlab.backend import gpu_tasks
 
 BATCH_BYTES = 128 * 2**20
 SUBSAMPLE = 16

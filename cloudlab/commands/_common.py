@@ -1,34 +1,72 @@
-"""Pieces shared by the ``cloudlab`` sub-commands: common options and progress display."""
+"""Pieces shared by the ``cloudlab`` sub-commands: common options, the compute helper."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+from contextlib import nullcontext
+from typing import Any
+
+__all__ = [
+    "CLUSTER_HELP",
+    "add_cluster_argument",
+    "add_overwrite_argument",
+    "cluster_context",
+    "run_graph",
+]
 
 CLUSTER_HELP = "'local', a gateway URL or a scheduler address"
 
 
 def add_cluster_argument(parser: argparse.ArgumentParser, help_suffix: str = "") -> None:
-    """Add ``--cluster`` (default None: no cluster) to ``parser``.
+    """Add ``--cluster`` (default None: dask's threaded scheduler in this process) to ``parser``.
 
     Parameters
     ----------
     parser : argparse.ArgumentParser
     help_suffix : str, optional
-        Appended to the help text, e.g. ``" (default: threads)"``.
+        Appended to the help text.
     """
     parser.add_argument("--cluster", default=None, help=CLUSTER_HELP + help_suffix)
 
 
-def cluster_progress(*futures) -> None:
-    """Show a ``distributed`` progress bar until ``futures`` finish, then end its line on stderr.
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--overwrite`` (replace existing products; refused before any work without it)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing products (without it the command refuses before any work)",
+    )
+
+
+def cluster_context(args: argparse.Namespace):
+    """A context with a client for ``--cluster`` when given, else one that does nothing."""
+    address = getattr(args, "cluster", None)
+    if not address:
+        return nullcontext(None)
+    from cloudlab.cluster import connect
+
+    return connect(address, gpu=bool(getattr(args, "gpu", False)))
+
+
+def run_graph(*collections: Any, persist: bool = False) -> Any:
+    """Compute dask collections for a command, with a progress bar on stderr.
+
+    Runs on the active client (inside :func:`cluster_context`) or dask's threaded scheduler; see
+    :func:`cloudlab.cluster.compute`.
 
     Parameters
     ----------
-    *futures
-        Futures or persisted dask collections.
-    """
-    from distributed import progress
+    *collections
+        What to compute.
+    persist : bool
+        Persist instead of compute (results stay chunked in memory).
 
-    progress(*futures)
-    print(file=sys.stderr)
+    Returns
+    -------
+    object or tuple
+        The result when one collection was given, else a tuple of results.
+    """
+    from cloudlab.cluster import compute
+
+    results = compute(*collections, persist=persist)
+    return results[0] if len(collections) == 1 else results

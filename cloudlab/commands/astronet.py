@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from cloudlab.commands._common import add_cluster_argument, cluster_progress
+from cloudlab.commands._common import add_cluster_argument, cluster_context, run_graph
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,17 +69,8 @@ def _catalog(args: argparse.Namespace):
 
 def _compute(obj, args: argparse.Namespace):
     """Compute with a progress bar, on a cluster when ``--cluster`` is given."""
-    if args.cluster:
-        from cloudlab.cluster import connect
-
-        with connect(args.cluster) as client:
-            future = client.compute(obj)
-            cluster_progress(future)
-            return future.result()
-    from dask.diagnostics import ProgressBar
-
-    with ProgressBar():
-        return obj.compute()
+    with cluster_context(args):
+        return run_graph(obj)
 
 
 def _views(args: argparse.Namespace) -> int:

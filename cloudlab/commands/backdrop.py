@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from cloudlab.commands._common import add_cluster_argument
+from cloudlab.commands._common import add_cluster_argument, cluster_context, run_graph
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,8 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from dask.diagnostics import ProgressBar
-
     from cloudlab import backdrop
     from cloudlab.backdrop.io import default_name, save_fits, save_masks_fits, save_zarr
     from cloudlab.io.tess import open_ffis
@@ -70,19 +68,10 @@ def _fit(args: argparse.Namespace) -> int:
         frames_per_batch=args.frames_per_batch,
         gpu=args.gpu,
     )
-    if args.cluster:
-        from distributed import progress
-
-        from cloudlab.cluster import connect
-
-        with connect(args.cluster, gpu=args.gpu) as client:
+    with cluster_context(args) as client:
+        if client is not None:
             print(f"cluster: {client.dashboard_link}")
-            future = client.compute(weights)
-            progress(future)
-            weights = future.result()
-    else:
-        with ProgressBar():
-            weights = weights.compute(scheduler="threads")
+        weights = run_graph(weights)
     out = args.out_dir.rstrip("/")
     written = []
     if args.format in ("fits", "both"):

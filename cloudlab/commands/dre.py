@@ -17,7 +17,7 @@ import argparse
 import sys
 import warnings
 
-from cloudlab.commands._common import add_cluster_argument, cluster_progress
+from cloudlab.commands._common import add_cluster_argument, cluster_context, run_graph
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -160,13 +160,6 @@ def _psfex(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compute_with_progress(func, *arguments, **kwargs):
-    from dask.diagnostics import ProgressBar
-
-    with ProgressBar(out=sys.stderr):
-        return func(*arguments, **kwargs)
-
-
 def _cuts(args: argparse.Namespace) -> int:
     from cloudlab.dre import write_cuts_hdf5
     from cloudlab.io.galaxies import open_cuts
@@ -185,9 +178,7 @@ def _cuts(args: argparse.Namespace) -> int:
             segmentation=f"{sx}_seg.fits",
             filters={p: (float(lo), float(hi)) for p, lo, hi in args.filter},
         )
-        n = _compute_with_progress(
-            write_cuts_hdf5, cuts, f"{root}/Cuts/{name}_cuts.h5", compression=args.compression
-        )
+        n = write_cuts_hdf5(cuts, f"{root}/Cuts/{name}_cuts.h5", compression=args.compression)
         print(f"{name}: {n} cuts of {cuts.sizes['galaxy']} selected")
     return 0
 
@@ -198,8 +189,7 @@ def _models(args: argparse.Namespace) -> int:
     def axis(values):
         return None if values is None else (values[0], values[1], int(values[2]))
 
-    cube = _compute_with_progress(
-        model_grid,
+    cube = model_grid(
         ax_ratio=axis(args.ax_ratio),
         angle=axis(args.angle),
         log_r=axis(args.log_r),
@@ -218,12 +208,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     root = args.root.rstrip("/")
     models = dre.load_models(args.models)
-    client = nullcontext()
-    if args.cluster:
-        from cloudlab.cluster import connect
-
-        client = connect(args.cluster, gpu=args.gpu)
-    with client:
+    with cluster_context(args):
         shared = None
         if args.psf:  # one PSF for every tile: convolve the grid once, as DRE does
             (shared,) = _persist(args, dre.convolve_models(models, args.psf))
@@ -237,7 +222,7 @@ def _fit(args: argparse.Namespace) -> int:
             tile_models, tile_psf = (models, psf) if shared is None else (shared, None)
             on_gpu = nullcontext()
             if args.gpu:
-                from cloudlab.cluster import gpu_tasks
+                from cloudlab.backend import gpu_tasks
 
                 on_gpu = gpu_tasks() if args.cluster else nullcontext()
             with on_gpu:  # GPU work lands on GPU workers only
@@ -263,13 +248,11 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _persist(args: argparse.Namespace, *collections):
     """Compute dask collections once, keeping them chunked, with a progress bar."""
-    import dask
-
-    if args.cluster:
-        persisted = dask.persist(*collections)
-        cluster_progress(*persisted)
-        return persisted
-    return _compute_with_progress(dask.persist, *collections)
+    return (
+        run_graph(*collections, persist=True)
+        if len(collections) > 1
+        else (run_graph(*collections, persist=True),)
+    )
 
 
 def _to_gpu(cuts, models):

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import time
 
-from cloudlab.commands._common import add_cluster_argument, cluster_progress
+from cloudlab.commands._common import add_cluster_argument, cluster_context, run_graph
 
 _UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^([+-]?\d*\.?\d+(?:e[+-]?\d+)?)\s*([a-z]*)$")
@@ -113,17 +112,6 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compute(results, client):
-    if client is None:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(out=sys.stderr):
-            return results.compute()
-    results = results.persist()
-    cluster_progress(results)
-    return results.compute()
-
-
 def _run(args: argparse.Namespace) -> int:
     from cloudlab.io import aia
     from cloudlab.timelag import plot_maps, timelag_maps, write_fits, write_zarr
@@ -140,13 +128,9 @@ def _run(args: argparse.Namespace) -> int:
     if len(files) < 2:
         raise ValueError(f"need at least two channels, got {sorted(files)}")
     t0 = time.perf_counter()
-    client = None
-    if args.cluster:
-        from cloudlab.cluster import connect
-
-        client = connect(args.cluster)
-        print(f"cluster: {client.dashboard_link}")
-    try:
+    with cluster_context(args) as client:
+        if client is not None:
+            print(f"cluster: {client.dashboard_link}")
         keys = {name: int(name) if name.isdigit() else name for name in files}
         channels = {}
         for name, urls in files.items():
@@ -164,10 +148,7 @@ def _run(args: argparse.Namespace) -> int:
         grid = next(iter(prepared.values()))
         print(f"{maps.sizes['pair']} pair(s) on {grid.sizes['time']} common times, "
               f"{grid.sizes['y']}x{grid.sizes['x']} px")  # fmt: skip
-        results = _compute(maps, client)
-    finally:
-        if client is not None:
-            client.close()
+        results = run_graph(maps)
     out = args.out.rstrip("/")
     written = [write_zarr(results, f"{out}/timelag_maps.zarr")]
     written += write_fits(results, f"{out}/fits")
