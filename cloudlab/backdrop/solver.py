@@ -139,16 +139,19 @@ class Solver:
         rhs_spline = xp.empty((n_t, k_r, k_c), xp.float64)
         rhs_strap = xp.empty((n_t, len(self.columns)), xp.float64)
         coef = poly_w[:, : self.npoly**2].reshape(n_t, self.npoly, self.npoly)
-        coef = xp.asarray(coef.astype(np.float32))
+        coef = xp.asarray(coef)
         wrad = poly_w[:, self.npoly**2 :]
+        vr, vc, rho = (dev[n].astype(xp.float64) for n in ("vr", "vc", "rho"))
         for t in range(n_t):
-            model = dev["vr"] @ coef[t].T @ dev["vc"].T
-            power = dev["rho"]
+            # the model in float64, as the numba path and the explicit solution have it: which
+            # pixels the |residual| rules zero must not depend on float32 BLAS rounding
+            model = vr @ coef[t].T @ vc.T
+            power = rho
             for k in range(self.nrad - 1):
                 model += float(wrad[t, k]) * power
                 if k + 1 < self.nrad - 1:
-                    power = power * dev["rho"]
-            res = frames[t].astype(xp.float32) - dev["average"] - model
+                    power = power * rho
+            res = (frames[t].astype(xp.float64) - dev["average"] - model).astype(xp.float32)
             keep = dev["mask"] & ~_zeroed(res, xp)
             if finite[t] is not None:
                 keep &= finite[t]
