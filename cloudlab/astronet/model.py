@@ -128,7 +128,7 @@ def get_config(config: str | Config = "local_global", **overrides: Any) -> Confi
     """
     if isinstance(config, str):
         if config not in CONFIGS:
-            raise InputError(f"config={config!r}: choose one of {sorted(CONFIGS)}")
+            raise InputError(f"unknown AstroNet config {config!r}; choose one of {sorted(CONFIGS)}")
         config = CONFIGS[config]
     return replace(config, **overrides) if overrides else config
 
