@@ -75,7 +75,7 @@ def psfex(
         When ``catalog`` does not exist.
     """
     binary = find_tool(PSFEX_NAMES, "psfex")
-    fs, path = resolve(catalog, storage_options)
+    fs, path = resolve(catalog, storage_options=storage_options)
     if not fs.exists(path):
         raise FileNotFoundError(
             f"catalog {catalog!r} does not exist; make it with cloudlab.dre.sextract first"

@@ -60,11 +60,11 @@ class Sextracted:
 
 def _local_copy(url: str, directory: str, storage_options: dict | None) -> str:
     if is_local(url):
-        path = resolve(url, storage_options)[1]
+        path = resolve(url, storage_options=storage_options)[1]
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tile {url!r} does not exist; check the path")
         return path
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     local = os.path.join(directory, os.path.basename(path))
     fs.get_file(path, local)
     return local
@@ -115,7 +115,7 @@ def sextract(
         own message).
     """
     binary = find_tool(SEXTRACTOR_NAMES, "source-extractor")
-    base = os.path.basename(resolve(tile, storage_options)[1])
+    base = os.path.basename(resolve(tile, storage_options=storage_options)[1])
     name = name or base.removesuffix(".gz").removesuffix(".fits").removesuffix(".fit")
     dest = dest if dest is not None else tempfile.mkdtemp(prefix="cloudlab-sextract-")
     with tempfile.TemporaryDirectory(prefix="cloudlab-sex-") as work:
