@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+__all__ = ["slow_plane_sum", "worker_environment_value"]
+
 
 def worker_environment_value(name: str) -> str | None:
     """The value of environment variable ``name`` on the worker that runs this task."""

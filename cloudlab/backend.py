@@ -11,6 +11,8 @@ import dask
 import dask.array as da
 import numpy as np
 
+from cloudlab.errors import ExternalToolError
+
 __all__ = [
     "GPU_RESOURCES",
     "array_module",
@@ -79,7 +81,7 @@ def gpu_available() -> bool:
 
 def _require_cupy() -> ModuleType:
     if not gpu_available():
-        raise RuntimeError(
+        raise ExternalToolError(
             "No usable GPU: install cloudlab[gpu] (CuPy) on a machine with a CUDA device, "
             "or leave gpu=False."
         )

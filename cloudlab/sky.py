@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["gnomonic"]
+
 
 def gnomonic(ra, dec, ra0, dec0) -> tuple[np.ndarray, np.ndarray]:
     """Tangent-plane (gnomonic) coordinates of (ra, dec) about (ra0, dec0), as FITS TAN defines.

@@ -35,3 +35,12 @@ def test_round_trip_through_gpu():
     assert array_module(on_gpu) is cupy
     assert array_module(on_gpu.blocks[0].compute()) is cupy
     np.testing.assert_array_equal(to_cpu(on_gpu * 2).compute(), np.arange(12) * 2)
+
+
+@pytest.mark.skipif(gpu_available(), reason="a GPU is present")
+def test_missing_gpu_is_an_external_tool_error():
+    from cloudlab.errors import CloudlabError, ExternalToolError
+
+    with pytest.raises(ExternalToolError, match="cloudlab\\[gpu\\]") as info:
+        to_gpu(da.zeros(3, chunks=1))
+    assert isinstance(info.value, CloudlabError)

@@ -151,3 +151,13 @@ def test_missing_coordinates_listed(small_csv):
     partial = pd.DataFrame({"ticid": [22], "ra": [2.0], "dec": [5.0]})
     with pytest.raises(ValueError, match=r"2 target\(s\): TIC 11, 33"):
         add_coordinates(df, coords=partial)
+
+
+def test_missing_coordinates_skipped_on_request(small_csv):
+    df = one_per_tic(read_tce(small_csv))
+    partial = pd.DataFrame({"ticid": [22], "ra": [2.0], "dec": [5.0]})
+    out = add_coordinates(df, coords=partial, on_error="skip")
+    assert out["ticid"].tolist() == [11, 22, 33]
+    np.testing.assert_array_equal(out["ra"], [np.nan, 2.0, np.nan])
+    with pytest.raises(ValueError, match="on_error='keep'"):
+        add_coordinates(df, coords=partial, on_error="keep")

@@ -117,3 +117,17 @@ def test_locate_wcs_without_cubes(tmp_path):
     targets = pd.DataFrame({"ticid": [1], "ra": [1.0], "dec": [0.0]})
     with pytest.raises(ValueError, match="no cube of sector 55 is reachable"):
         locate(targets, sector=55, cube_base=str(tmp_path))
+
+
+def test_off_silicon_targets_carry_a_status(sims):
+    dest, one, _ = sims
+    edge_ra, edge_dec = one.wcs.all_pix2world([[1.0, 50.0]], 0)[0]  # collateral column 1
+    targets = pd.DataFrame(
+        {"ticid": [7, 8, 9], "ra": [edge_ra, 100.0, np.nan], "dec": [edge_dec, 80.0, 0.0]}
+    )
+    res = locate(targets, sector=55, cube_base=dest, on_error="skip")
+    off = res.attrs["off_silicon"].to_frame()
+    assert len(res) == 0
+    assert off.columns.tolist() == ["ticid", "ra", "dec", "status", "reason"]
+    assert off["status"].tolist() == ["collateral", "off_silicon", "bad_coordinates"]
+    assert off["reason"].str.len().gt(0).all()

@@ -23,8 +23,19 @@ import xarray as xr
 from cloudlab import storage
 from cloudlab.astronet.views import batch_views, num_bins
 from cloudlab.backend import gpu_tasks
+from cloudlab.errors import REASON, STATUS, InputError
+
+__all__ = [
+    "REASON_DTYPE",
+    "REFERENCE_COLUMNS",
+    "STATUS_DTYPE",
+    "predict_catalog",
+    "read_tces",
+    "views",
+]
 
 REASON_DTYPE = "<U96"
+STATUS_DTYPE = "<U16"
 REFERENCE_COLUMNS = [  # the columns generate_input_records keeps (usecols 0-3, 7-13, 18)
     "row_id",
     "tic_id",
@@ -62,6 +73,11 @@ def read_tces(
     Returns
     -------
     pandas.DataFrame
+
+    Raises
+    ------
+    InputError
+        With ``clean=True``, a table without the columns the cleaning needs.
     """
     text = storage.read_bytes(url, storage_options=storage_options).decode("latin-1")
     table = pd.read_csv(io.StringIO(text.replace("\r\n", "\n").replace("\r", "\n")))
@@ -70,7 +86,10 @@ def read_tces(
     needed = ["tic_id", "Epoc", "Period", "Duration", "Transit_Depth", "Disposition"]
     missing = [c for c in needed if c not in table.columns]
     if missing:
-        raise ValueError(f"{url}: TCE table lacks columns {missing}; has {list(table.columns)}")
+        raise InputError(
+            f"{url}: TCE table lacks columns {missing} (has {list(table.columns)}); "
+            "pass clean=False to read it as it is"
+        )
     columns = [c for c in REFERENCE_COLUMNS if c in table.columns]
     if vetting:
         columns += [c for c in ("Tmag", "Qingress") if c in table.columns]
@@ -85,14 +104,17 @@ def read_tces(
 def _light_curve_arrays(lightcurves: xr.Dataset) -> tuple[object, object, np.ndarray]:
     """(time, flux, target labels) as 2-D (target, n) arrays, dask or numpy, without computing."""
     if "flux" not in lightcurves or "target" not in lightcurves["flux"].dims:
-        raise ValueError("lightcurves needs a 'flux' variable with a 'target' dimension")
+        raise InputError(
+            "lightcurves: no 'flux' variable with a 'target' dimension; "
+            "use cloudlab.io.lightcurves.read_lightcurves or rename the variables"
+        )
     flux = lightcurves["flux"]
     if flux.ndim != 2:
-        raise ValueError(f"lightcurves 'flux' must be 2-D (target, time); got dims {flux.dims}")
+        raise InputError(f"lightcurves 'flux' must be 2-D (target, time); got dims {flux.dims}")
     other = next(d for d in flux.dims if d != "target")
     flux = flux.transpose("target", other)
     if "time" not in lightcurves.variables:
-        raise ValueError("lightcurves needs a 'time' coordinate or variable")
+        raise InputError("lightcurves: no 'time' coordinate or variable; add the cadence times")
     time = lightcurves["time"]
     if time.dims == (other,):
         time = time.expand_dims(target=flux.sizes["target"]).transpose("target", other)
@@ -164,18 +186,31 @@ def views(
     -------
     xarray.Dataset
         Dims ``tce``, ``global_bin``, ``local_bin`` (and ``secondary_bin``): ``global_view``,
-        ``local_view`` (``secondary_view``), ``valid``, ``reason`` (why a TCE was skipped),
-        and every column of ``tces`` as a ``tce`` variable.  Nothing is computed.
+        ``local_view`` (``secondary_view``), ``status`` (``"ok"`` or a code of
+        :data:`cloudlab.astronet.views.STATUS_CODES`, ``"no_lightcurve"`` for a target missing
+        from ``lightcurves``), ``reason`` (why a TCE was skipped, '' when ok), ``valid``
+        (``status == "ok"``), and every column of ``tces`` as a ``tce`` variable.  Nothing is
+        computed.
+
+    Raises
+    ------
+    InputError
+        Missing TCE columns, a bad ``batch_size`` or ``kind``, or light curves without unique
+        targets.
     """
     missing = [c for c in (target, period, t0, duration) if c not in tces.columns]
     if missing:
-        raise ValueError(f"TCE table lacks columns {missing}; has {list(tces.columns)}")
+        raise InputError(
+            f"TCE table lacks columns {missing} (has {list(tces.columns)}); "
+            "name the right ones with target=, period=, t0=, duration="
+        )
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise InputError(f"batch_size={batch_size}: use a positive number of TCEs per task")
     time, flux, labels = _light_curve_arrays(lightcurves)
     lookup = pd.Index(labels)
     if not lookup.is_unique:
-        raise ValueError("lightcurves 'target' labels must be unique")
+        dup = lookup[lookup.duplicated()].unique()[:5].tolist()
+        raise InputError(f"lightcurves: target labels repeat ({dup}); give each target one row")
     row_of = lookup.get_indexer(tces[target].to_numpy())
     tce_p = tces[period].to_numpy(float)
     tce_t0 = tces[t0].to_numpy(float)
@@ -187,7 +222,7 @@ def views(
         small = lightcurves["flux_small"].transpose("target", ...).data
         big = lightcurves["flux_big"].transpose("target", ...).data
         tce_q = tces[qingress].to_numpy(float) if qingress in tces else np.zeros(n)
-    pieces: dict[str, list] = {name: [] for name in [*sizes, "valid", "reason"]}
+    pieces: dict[str, list] = {name: [] for name in [*sizes, "valid", STATUS, REASON]}
     for lo in range(0, n, batch_size):
         sl = slice(lo, min(n, lo + batch_size))
         rows = row_of[sl]
@@ -217,8 +252,11 @@ def views(
             pieces.setdefault("depth_change", []).append(
                 da.from_delayed(block["depth_change"], (m,), dtype=float)
             )
-        reason = dask.delayed(_reasons, pure=True)(block["reason"], found, tces[target].iloc[sl])
-        pieces["reason"].append(da.from_delayed(reason, (m,), dtype=REASON_DTYPE))
+        marked = dask.delayed(_reasons, pure=True, nout=2)(
+            block[STATUS], block[REASON], found, tces[target].iloc[sl]
+        )
+        pieces[STATUS].append(da.from_delayed(marked[0], (m,), dtype=STATUS_DTYPE))
+        pieces[REASON].append(da.from_delayed(marked[1], (m,), dtype=REASON_DTYPE))
     data = {}
     for name, bins in sizes.items():
         dim = name.replace("_view", "_bin")
@@ -226,13 +264,16 @@ def views(
     data["valid"] = ("tce", _concat(pieces["valid"], (0,), bool))
     if with_depth:
         data["depth_change"] = ("tce", _concat(pieces["depth_change"], (0,), float))
-    data["reason"] = ("tce", _concat(pieces["reason"], (0,), REASON_DTYPE))
+    data[STATUS] = ("tce", _concat(pieces[STATUS], (0,), STATUS_DTYPE))
+    data[REASON] = ("tce", _concat(pieces[REASON], (0,), REASON_DTYPE))
     ds = xr.Dataset(data)
     for column in tces.columns:
         values = tces[column].to_numpy()
         if values.dtype == object:
             values = values.astype(str)
         ds[column] = ("tce", values)
+    for column in (period, t0, duration):
+        ds[column].attrs["units"] = "d"
     ds.attrs.update(kind=kind, period=period, t0=t0, duration=duration, target=target)
     return ds
 
@@ -243,11 +284,15 @@ def _concat(parts: Sequence, empty_shape: tuple, dtype) -> da.Array:
     return da.concatenate(parts, axis=0)
 
 
-def _reasons(reason: np.ndarray, found: np.ndarray, targets: pd.Series) -> np.ndarray:
-    out = np.asarray(reason, dtype=object).copy()
+def _reasons(
+    status: np.ndarray, reason: np.ndarray, found: np.ndarray, targets: pd.Series
+) -> tuple[np.ndarray, np.ndarray]:
+    status = np.asarray(status, dtype=object).copy()
+    reason = np.asarray(reason, dtype=object).copy()
     for i in np.flatnonzero(~found):
-        out[i] = f"no light curve for target {targets.iloc[i]}"
-    return out.astype(REASON_DTYPE)
+        status[i] = "no_lightcurve"
+        reason[i] = f"no light curve for target {targets.iloc[i]}"
+    return status.astype(STATUS_DTYPE), reason.astype(REASON_DTYPE)
 
 
 def _exists(url: str) -> bool:
@@ -311,16 +356,30 @@ def predict_catalog(
     Returns
     -------
     xarray.Dataset
-        The views Dataset plus ``prediction`` (tce): NaN for skipped TCEs.  Nothing is computed.
+        The views Dataset plus ``prediction`` (tce): NaN where ``status`` is not ``"ok"``.
+        Nothing is computed.
+
+    Raises
+    ------
+    InputError
+        ``kind="vetting"`` or no checkpoint.
+    FileNotFoundError
+        A checkpoint does not exist.
     """
     if kind not in ("triage", "kepler"):
-        raise ValueError("predict_catalog supports the global/local models (triage, kepler)")
+        raise InputError(
+            f"predict_catalog: kind={kind!r}; it supports the global/local models "
+            "('triage', 'kepler')"
+        )
     checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
     if not checkpoints:
-        raise ValueError("predict_catalog needs at least one checkpoint")
+        raise InputError("predict_catalog: no checkpoint; pass at least one model URL")
     missing = [url for url in checkpoints if not _exists(url)]
     if missing:
-        raise FileNotFoundError(f"AstroNet checkpoints not found: {missing}")
+        raise FileNotFoundError(
+            f"AstroNet checkpoints not found: {missing}; train one with "
+            "'cloudlab astronet train' or check the URLs"
+        )
     ds = views(lightcurves, tces, kind=kind, batch_size=batch_size, **columns)
     with gpu_tasks() if gpu else nullcontext():
         prediction = da.blockwise(

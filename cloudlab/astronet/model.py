@@ -13,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cloudlab.errors import InputError
+
+__all__ = ["CONFIGS", "Column", "Config", "build", "compile_model", "get_config"]
+
 
 @dataclass(frozen=True)
 class Column:
@@ -124,7 +128,7 @@ def get_config(config: str | Config = "local_global", **overrides: Any) -> Confi
     """
     if isinstance(config, str):
         if config not in CONFIGS:
-            raise ValueError(f"unknown AstroNet config {config!r}; choose from {sorted(CONFIGS)}")
+            raise InputError(f"unknown AstroNet config {config!r}; choose one of {sorted(CONFIGS)}")
         config = CONFIGS[config]
     return replace(config, **overrides) if overrides else config
 

@@ -24,6 +24,17 @@ import math
 import numba
 import numpy as np
 
+__all__ = [
+    "ALL_EMPTY",
+    "BAD_WIDTH",
+    "FEW_IN_WINDOW",
+    "FEW_POINTS",
+    "LATE_WINDOW",
+    "SHORT_COVERAGE",
+    "ZERO_MIN",
+    "view_rows",
+]
+
 # reason codes returned per row and view (0: fine); texts in cloudlab.astronet.views.VIEW_REASONS
 FEW_POINTS, BAD_WIDTH, LATE_WINDOW, FEW_IN_WINDOW, SHORT_COVERAGE, ALL_EMPTY, ZERO_MIN = range(1, 8)
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from cloudlab.astronet.views import SparseLightCurveError
+from cloudlab.errors import InputError
+
+__all__ = ["median_filter", "normalise", "phase_fold", "views_for"]
 
 
 def phase_fold(time: np.ndarray, period: float, t0: float) -> np.ndarray:
@@ -41,9 +44,14 @@ def median_filter(
     if n < 2:
         raise SparseLightCurveError("fewer than 2 points")
     if x_min >= x_max or x_min > x[-1]:
-        raise ValueError("bad window")
+        raise InputError(
+            f"window [{x_min}, {x_max}) is empty or starts after the last point; "
+            "check the ephemeris"
+        )
     if bin_width <= 0 or bin_width >= x_max - x_min:
-        raise ValueError("bad bin width")
+        raise InputError(
+            f"bin width {bin_width} does not fit the window [{x_min}, {x_max}); check the duration"
+        )
     if fill == "interpolate":
         if np.sum((x >= x_min) & (x <= x_max)) < 5:
             raise SparseLightCurveError("fewer than 5 points in the window")
@@ -65,7 +73,7 @@ def median_filter(
     if fill == "interpolate":
         good = np.flatnonzero(np.isfinite(result))
         if good.size == 0:
-            raise ValueError("all bins empty")
+            raise InputError(f"all {num_bins} bins are empty; check the light curve and window")
         result = np.interp(np.arange(num_bins), good, result[good])
     return result
 

@@ -20,6 +20,17 @@ from scipy.interpolate import make_lsq_spline
 
 from cloudlab.errors import InputError
 
+__all__ = [
+    "GAP",
+    "SPACINGS",
+    "SplineError",
+    "detrend",
+    "detrend_rows",
+    "fit_segment",
+    "robust_mask",
+    "split_segments",
+]
+
 SPACINGS = np.logspace(np.log10(0.5), np.log10(20.0), 20)
 GAP = 0.75
 
@@ -89,7 +100,9 @@ def fit_segment(
                 break
             mask = new
         if mask.sum() < 4:
-            raise SplineError("fewer than 4 points left in the segment")
+            raise SplineError(
+                f"spacing {spacing:.3g} d: fewer than 4 points left in the segment after clipping"
+            )
         spline, params = _fit(time[mask], flux[mask], spacing)
         model = spline(time)
     return model, mask, params
@@ -110,11 +123,14 @@ def detrend(time: np.ndarray, flux: np.ndarray) -> tuple[np.ndarray, float]:
     """
     segments = [s for s in split_segments(time) if s.stop - s.start >= 4]
     if not segments:
-        raise SplineError("no segment with at least 4 points")
+        raise SplineError(
+            f"no segment with at least 4 points (gaps > {GAP} d split the light curve); "
+            "the light curve is too sparse to detrend"
+        )
     diffs = np.concatenate([np.diff(flux[s]) / np.sqrt(2) for s in segments])
     sigma = 1.48 * np.median(np.abs(diffs))
     if not sigma > 0:
-        raise SplineError("flux has no point-to-point scatter")
+        raise SplineError("flux has no point-to-point scatter; check that it is not constant")
     best = (np.inf, None, np.nan)
     for spacing in SPACINGS:
         model = np.full(flux.size, np.nan)
@@ -133,7 +149,10 @@ def detrend(time: np.ndarray, flux: np.ndarray) -> tuple[np.ndarray, float]:
         if bic < best[0]:
             best = (bic, model, spacing)
     if best[1] is None:
-        raise SplineError("no break-point spacing gave a spline")
+        raise SplineError(
+            f"none of the {SPACINGS.size} break-point spacings gave a spline; "
+            "the light curve is too sparse or too gappy to detrend"
+        )
     return flux / best[1], float(best[2])
 
 

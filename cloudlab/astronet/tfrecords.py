@@ -22,6 +22,19 @@ import pandas as pd
 import xarray as xr
 
 from cloudlab import storage
+from cloudlab.errors import REASON, STATUS, InputError
+
+__all__ = [
+    "POSITIVE_DISPOSITIONS",
+    "VIEW_FEATURES",
+    "frame_records",
+    "iter_records",
+    "labels",
+    "read_tfrecords",
+    "split_indices",
+    "to_tf_dataset",
+    "write_tfrecords",
+]
 
 VIEW_FEATURES = ("global_view", "local_view", "secondary_view")
 POSITIVE_DISPOSITIONS = {"triage": ("PC", "EB"), "vetting": ("PC",)}
@@ -96,19 +109,30 @@ def iter_records(data: bytes, *, name: str = "<bytes>", check_crc: bool = False)
     index = 0
     while pos < size:
         if pos + 12 > size:
-            raise ValueError(f"{name}: truncated TFRecord header at record {index} (byte {pos})")
+            raise InputError(
+                f"{name}: truncated TFRecord header at record {index} (byte {pos}); "
+                "the file is incomplete: write it again"
+            )
         (length,) = struct.unpack_from("<Q", data, pos)
         (len_crc,) = struct.unpack_from("<I", data, pos + 8)
         if _masked_crc(data[pos : pos + 8]) != len_crc:
-            raise ValueError(f"{name}: corrupt TFRecord length at record {index} (byte {pos})")
+            raise InputError(
+                f"{name}: corrupt TFRecord length at record {index} (byte {pos}); "
+                "the file is damaged or not a TFRecord file"
+            )
         start, end = pos + 12, pos + 12 + length
         if end + 4 > size:
-            raise ValueError(f"{name}: truncated TFRecord payload at record {index} (byte {pos})")
+            raise InputError(
+                f"{name}: truncated TFRecord payload at record {index} (byte {pos}); "
+                "the file is incomplete: write it again"
+            )
         payload = data[start:end]
         if check_crc:
             (crc,) = struct.unpack_from("<I", data, end)
             if _masked_crc(payload) != crc:
-                raise ValueError(f"{name}: TFRecord checksum mismatch at record {index}")
+                raise InputError(
+                    f"{name}: TFRecord checksum mismatch at record {index}; the file is damaged"
+                )
         yield payload
         pos = end + 4
         index += 1
@@ -137,7 +161,7 @@ def _examples(views: xr.Dataset, index: np.ndarray) -> Iterator[bytes]:
     columns = [
         name
         for name, var in views.data_vars.items()
-        if var.dims == ("tce",) and name not in ("valid", "reason")
+        if var.dims == ("tce",) and name not in ("valid", STATUS, REASON)
     ]
     columns += [name for name, coord in views.coords.items() if coord.dims == ("tce",)]
     table = {name: views[name].values for name in columns}
@@ -176,7 +200,9 @@ def split_indices(
         Shard file name → record indices, e.g. ``"train-00000-of-00008"``.
     """
     if len(split) != 3 or min(split) < 0 or not np.isclose(sum(split), 1.0):
-        raise ValueError(f"split must be three non-negative fractions summing to 1, got {split}")
+        raise InputError(
+            f"split={split}: give three non-negative train/validation/test fractions summing to 1"
+        )
     order = np.random.RandomState(seed).permutation(n)
     train_cut = int(split[0] * n)
     val_cut = int((split[0] + split[1]) * n)
@@ -281,13 +307,13 @@ def read_tfrecords(
     """
     tf = _tf()
     if output not in ("xarray", "tf"):
-        raise ValueError(f"output must be 'xarray' or 'tf', got {output!r}")
+        raise InputError(f"output={output!r}: use 'xarray' or 'tf'")
     files = storage.expand(urls, storage_options=storage_options)
     if not files:
-        raise FileNotFoundError(f"no TFRecord files match {urls!r}")
+        raise FileNotFoundError(f"no TFRecord files match {urls!r}; check the URL or glob")
     if output == "tf":
         if label is None:
-            raise ValueError("output='tf' needs a label mapping ('triage' or 'vetting')")
+            raise InputError("output='tf' with label=None: pass label='triage' or 'vetting'")
         if all(storage.is_local(u) for u in files):
             return _stream(files, label, features, batch_size)
         ds = read_tfrecords(files, label=label, storage_options=storage_options)
@@ -300,7 +326,7 @@ def read_tfrecords(
             row["file"] = [url.rsplit("/", 1)[-1]]
             rows.append(row)
     if not rows:
-        raise ValueError(f"no records in {files}")
+        raise InputError(f"no records in {files}: the files are empty; write them again")
     dims = {
         "global_view": "global_bin",
         "local_view": "local_bin",
@@ -338,7 +364,9 @@ def _stream(files: Sequence[str], label: str, features: Sequence[str], batch_siz
     spec = {}
     for name in features:
         if name not in first.features.feature:
-            raise ValueError(f"{files[0]}: no feature {name!r}")
+            raise InputError(
+                f"{files[0]}: no feature {name!r}; choose features from those the records hold"
+            )
         length = len(first.features.feature[name].float_list.value)
         spec[name] = tf.io.FixedLenFeature([length], tf.float32)
     spec["Disposition"] = tf.io.FixedLenFeature([], tf.string)
@@ -370,7 +398,7 @@ def labels(dispositions: Sequence[str], kind: str = "triage") -> np.ndarray:
         int64 labels.
     """
     if kind not in POSITIVE_DISPOSITIONS:
-        raise ValueError(f"label kind must be one of {sorted(POSITIVE_DISPOSITIONS)}, got {kind!r}")
+        raise InputError(f"label kind={kind!r}: use one of {sorted(POSITIVE_DISPOSITIONS)}")
     values = pd.Series(np.asarray(dispositions, dtype=str)).str.strip()
     return values.isin(POSITIVE_DISPOSITIONS[kind]).to_numpy().astype(np.int64)
 

@@ -32,7 +32,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloudlab.errors import InputError
+from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError
+
+__all__ = [
+    "ENGINES",
+    "KINDS",
+    "SECONDARY_BINS",
+    "SPECS",
+    "STATUS_CODES",
+    "VIEW_REASONS",
+    "VIEW_STATUS",
+    "Binned",
+    "EmptyLightCurveError",
+    "SparseLightCurveError",
+    "ViewSpec",
+    "batch_views",
+    "bin_edges",
+    "binned_view",
+    "check_parameters",
+    "count_below",
+    "depth_change",
+    "eclipse_depths",
+    "fill_empty",
+    "fold_and_sort",
+    "normalise",
+    "num_bins",
+    "phase_fold",
+    "secondary_views",
+    "segment_medians",
+    "views_for",
+]
 
 try:
     from cloudlab.astronet import numba_views
@@ -51,6 +80,19 @@ VIEW_REASONS = (
     "all bins empty",
     "zero minimum after subtracting the median",
 )
+# status code of each of VIEW_REASONS
+VIEW_STATUS = ("sparse", "bad_window", "bad_window", "sparse", "sparse", "bad_window", "sparse")
+#: Per-TCE status codes (the ``status`` variable) and what they mean.
+STATUS_CODES = {
+    STATUS_OK: "views made",
+    "bad_ephemeris": "period, epoch or duration impossible (not finite, not positive, D >= P)",
+    "empty": "the light curve has no finite points",
+    "epoch_outside": "the epoch lies far outside the light curve (time-system mix-up?)",
+    "sparse": "too few points for a view (the reference's SparseLightCurveError)",
+    "bad_window": "the view window or bin width does not fit the data",
+    "no_depth_change": "Vetting's depth_change is not finite",
+    "no_lightcurve": "no light curve for the TCE's target",
+}
 
 
 class SparseLightCurveError(InputError):
@@ -99,7 +141,7 @@ def num_bins(kind: str = "triage") -> dict[str, int]:
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise InputError(f"kind={kind!r}: use one of {KINDS}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,10 +339,14 @@ def normalise(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Binned:
-    """One view for a batch of TCEs: values (rows, bins) and a reason per row ('' if fine)."""
+    """One view for a batch of TCEs: values (rows, bins), a status and a reason per row.
+
+    ``status`` is ``"ok"`` or a code of :data:`STATUS_CODES`; ``reason`` is '' where it is ok.
+    """
 
     values: np.ndarray
     reason: np.ndarray
+    status: np.ndarray
 
 
 def binned_view(
@@ -336,22 +382,25 @@ def binned_view(
     """
     rows = len(x)
     reason = np.full(rows, "", dtype=object)
+    status = np.full(rows, STATUS_OK, dtype=object)
     spacing = (t_max - t_min - width) / (num - 1)
     r = np.arange(rows)
     last = x[r, np.maximum(n - 1, 0)]
 
-    def flag(mask, text):
-        reason[mask & (reason == "")] = f"{name}: {text}"
+    def flag(mask, code):
+        new = mask & (reason == "")
+        reason[new] = f"{name}: {VIEW_REASONS[code]}"
+        status[new] = VIEW_STATUS[code]
 
-    flag(n < 2, VIEW_REASONS[0])
-    flag(~(width > 0) | ~(width < t_max - t_min), VIEW_REASONS[1])
-    flag(t_min > last, VIEW_REASONS[2])
+    flag(n < 2, 0)
+    flag(~(width > 0) | ~(width < t_max - t_min), 1)
+    flag(t_min > last, 2)
     if fill == "interpolate":
         inside = np.sum((x >= t_min[:, None]) & (x <= t_max[:, None]), axis=1)
-        flag(inside < 5, VIEW_REASONS[3])
+        flag(inside < 5, 3)
         with np.errstate(invalid="ignore"):
             short = last - x[:, 0] < (t_max - t_min) / 2
-        flag(short, VIEW_REASONS[4])
+        flag(short, 4)
     ok = reason == ""
     safe_step = np.where(ok, spacing, 1.0)
     lo = bin_edges(np.where(ok, t_min, 0.0), safe_step, num)
@@ -361,16 +410,16 @@ def binned_view(
     values = segment_medians(y, start, np.where(ok[:, None], end - start, 0))
     if fill == "interpolate":
         values, empty = fill_empty(values)
-        flag(empty & ok, VIEW_REASONS[5])
+        flag(empty & ok, 5)
     else:
         padded = np.where(np.arange(x.shape[1]) < n[:, None], y, np.nan)
         with np.errstate(invalid="ignore"), _quiet():
             overall = np.nanmedian(padded, axis=1)
         values = np.where(np.isfinite(values), values, overall[:, None])
     values, zero = normalise(values)
-    flag(zero, VIEW_REASONS[6])
+    flag(zero, 6)
     values[reason != ""] = np.nan
-    return Binned(values, reason)
+    return Binned(values, reason, status)
 
 
 @contextmanager
@@ -470,6 +519,7 @@ def secondary_views(
     )
     bad = reason != ""
     binned.reason[bad] = reason[bad]
+    binned.status[bad] = "sparse"
     binned.values[bad] = np.nan
     return binned, centre
 
@@ -584,34 +634,47 @@ def batch_views(
     -------
     dict
         ``global_view``, ``local_view`` (and ``secondary_view``, ``secondary_phase``,
-        ``depth_change`` for vetting with apertures) with NaN rows for skipped TCEs, ``valid``
-        (bool) and ``reason`` (str).
+        ``depth_change`` for vetting with apertures) with NaN rows for skipped TCEs,
+        ``status`` (``"ok"`` or a code of :data:`STATUS_CODES`), ``reason`` (a sentence, ''
+        when ok) and ``valid`` (bool, ``status == "ok"``).
+
+    Raises
+    ------
+    InputError
+        Unknown ``kind`` or ``engine``, or arrays whose shapes do not match.
     """
     _check_kind(kind)
     if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        raise InputError(f"engine={engine!r}: use one of {ENGINES}")
     if engine == "numba" and numba_views is None:
-        raise ValueError("engine='numba' needs numba (pip install numba)")
+        raise InputError("engine='numba' needs numba: pip install numba, or use engine='numpy'")
     compiled = engine != "numpy" and numba_views is not None
     time = np.atleast_2d(np.asarray(time, float))
     flux = np.atleast_2d(np.asarray(flux, float))
     if time.shape != flux.shape:
-        raise ValueError(f"time and flux shapes differ: {time.shape} vs {flux.shape}")
+        raise InputError(
+            f"time and flux shapes differ: {time.shape} vs {flux.shape}; pass one flux per cadence"
+        )
     period, t0, duration = (np.atleast_1d(np.asarray(v, float)) for v in (period, t0, duration))
     if not len(period) == len(t0) == len(duration) == len(time):
-        raise ValueError("time/flux rows and period, t0, duration must all have one entry per TCE")
+        raise InputError(
+            f"{len(time)} light-curve rows but {len(period)} periods, {len(t0)} epochs and "
+            f"{len(duration)} durations: pass one of each per TCE"
+        )
     if time.shape[1] == 0:  # no cadences at all: one NaN column keeps the arrays 2-D
         time = np.full((len(time), 1), np.nan)
         flux = time.copy()
     reason = check_parameters(period, t0, duration)
+    status = np.where(reason == "", STATUS_OK, "bad_ephemeris").astype(object)
     finite = np.isfinite(time) & np.isfinite(flux)
     has_data = finite.any(axis=1)
-    reason[~has_data & (reason == "")] = "empty light curve (no finite points)"
+    _mark(status, reason, ~has_data, "empty", "empty light curve (no finite points)")
     masked = np.where(finite, time, np.nan)
     t_lo, t_hi = np.fmin.reduce(masked, axis=1), np.fmax.reduce(masked, axis=1)  # NaN: no data
     outside = np.maximum(t_lo - t0, t0 - t_hi)
-    far = has_data & (outside > max_epoch_distance) & (reason == "")
-    reason[far] = [f"epoch is {d:.0f} d outside the light curve" for d in outside[far]]
+    far = has_data & (outside > max_epoch_distance)
+    texts = np.array([f"epoch is {d:.0f} d outside the light curve" for d in outside], object)
+    _mark(status, reason, far, "epoch_outside", texts)
     ok = reason == ""
     if kind == "kepler" and ok.any():
         from cloudlab.astronet.spline import detrend_rows
@@ -624,7 +687,10 @@ def batch_views(
     if compiled:
         out = _compiled_views(time, flux, safe_p, safe_t0, safe_d, ok, kind)
         for name in SPECS[kind]:
-            reason = np.where(reason == "", out.pop(f"{name}_reason"), reason)
+            code = out.pop(f"{name}_code")
+            texts = np.array([""] + [f"{name}: {text}" for text in VIEW_REASONS], dtype=object)
+            codes = np.array([STATUS_OK, *VIEW_STATUS], dtype=object)
+            _mark(status, reason, code > 0, codes[code], texts[code])
     if not compiled or kind == "vetting":
         x, y, n = fold_and_sort(
             np.where(ok[:, None], time, np.nan),
@@ -645,28 +711,49 @@ def batch_views(
                 width = spec.width_factor * safe_d
             view = binned_view(x, y, n, t_min, t_max, width, spec.num_bins, fill=fill, name=name)
             out[name] = view.values
-            reason = np.where(reason == "", view.reason, reason)
+            _mark(status, reason, view.reason != "", view.status, view.reason)
     if kind == "vetting":
         view, centre = secondary_views(x, y, n, safe_p, safe_d)
         out["secondary_view"] = view.values
         out["secondary_phase"] = centre
-        reason = np.where(reason == "", view.reason, reason)
+        _mark(status, reason, view.reason != "", view.status, view.reason)
         if apertures is not None:
             small, big = (np.atleast_2d(np.asarray(a, float)) for a in apertures)
             if small.shape != time.shape or big.shape != time.shape:
-                raise ValueError("aperture fluxes must have the shape of time/flux")
+                raise InputError(
+                    f"aperture fluxes have shapes {small.shape} and {big.shape} but time/flux "
+                    f"{time.shape}: pass small- and big-aperture fluxes on the same cadences"
+                )
             q = np.zeros(len(time)) if qingress is None else np.asarray(qingress, float)
             change = depth_change(time, small, big, safe_p, safe_t0, safe_d, q)
-            reason = np.where(
-                (reason == "") & ~np.isfinite(change), "depth_change is not finite", reason
+            _mark(
+                status,
+                reason,
+                ~np.isfinite(change),
+                "no_depth_change",
+                "depth_change is not finite",
             )
             out["depth_change"] = change
     valid = reason == ""
     for values in out.values():
         values[~valid] = np.nan
     out["valid"] = valid
-    out["reason"] = reason.astype(str)
+    out[STATUS] = status.astype(str)
+    out[REASON] = reason.astype(str)
     return out
+
+
+def _mark(
+    status: np.ndarray,
+    reason: np.ndarray,
+    mask: np.ndarray,
+    code: str | np.ndarray,
+    text: str | np.ndarray,
+) -> None:
+    """Record a failure (``code``, ``text``) for the rows in ``mask`` that have none yet."""
+    new = mask & (reason == "")
+    status[new] = code if isinstance(code, str) else code[new]
+    reason[new] = text if isinstance(text, str) else text[new]
 
 
 def _compiled_views(
@@ -678,7 +765,7 @@ def _compiled_views(
     ok: np.ndarray,
     kind: str,
 ) -> dict[str, np.ndarray]:
-    """Global and local views (and ``<name>_reason`` per view) from :mod:`numba_views`."""
+    """Global and local views (and ``<name>_code``, 0 or 1 + index of VIEW_REASONS, per view)."""
     specs = list(SPECS[kind].items())
     global_view, local_view, *codes = numba_views.view_rows(
         np.ascontiguousarray(time),
@@ -694,8 +781,7 @@ def _compiled_views(
     )
     out = {"global_view": global_view, "local_view": local_view}
     for (name, _), code in zip(specs, codes, strict=True):
-        texts = np.array([""] + [f"{name}: {text}" for text in VIEW_REASONS], dtype=object)
-        out[f"{name}_reason"] = texts[code]
+        out[f"{name}_code"] = np.asarray(code)
     return out
 
 
@@ -731,23 +817,26 @@ def views_for(
         Too little data for a view (the reference skips such TCEs).
     EmptyLightCurveError
         No finite points.
-    ValueError
-        Impossible parameters (period ≤ 0 or NaN, duration ≥ period, …).
+    InputError
+        Impossible parameters (period ≤ 0 or NaN, duration ≥ period, …) or an unknown ``kind``.
     """
     _check_kind(kind)
     time = np.asarray(time, float).ravel()
     flux = np.asarray(flux, float).ravel()
     if time.shape != flux.shape:
-        raise ValueError(f"time and flux lengths differ: {time.size} vs {flux.size}")
+        raise InputError(
+            f"time and flux lengths differ: {time.size} vs {flux.size}; pass one flux per time"
+        )
     result = batch_views(
         time[None], flux[None], np.array([period]), np.array([t0]), np.array([duration]), kind=kind
     )
-    reason = str(result["reason"][0])
-    if reason:
-        if reason.startswith("empty"):
-            raise EmptyLightCurveError(reason)
-        if "points" in reason or "coverage" in reason or "minimum" in reason:
-            raise SparseLightCurveError(reason)
-        raise ValueError(reason)
+    status, reason = str(result[STATUS][0]), str(result[REASON][0])
+    if status != STATUS_OK:
+        where = f"TCE with period={period}, t0={t0}, duration={duration}: {reason}"
+        if status == "empty":
+            raise EmptyLightCurveError(where)
+        if status == "sparse":
+            raise SparseLightCurveError(where)
+        raise InputError(f"{where}; check the ephemeris and the light curve's time system")
     names = list(num_bins(kind))
     return tuple(result[name][0] for name in names)

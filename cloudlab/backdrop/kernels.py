@@ -19,6 +19,10 @@ except ImportError:  # pragma: no cover - numba is in the tess extra
 
 AVAILABLE = numba is not None
 
+__all__ = ["AVAILABLE", "band"]
+if AVAILABLE:
+    __all__ += ["block_sums", "rhs"]
+
 
 def band(br: np.ndarray, degree: int) -> tuple[np.ndarray, np.ndarray]:
     """First non-zero basis index of every row and the ``degree + 1`` values from there."""

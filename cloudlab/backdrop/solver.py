@@ -26,6 +26,20 @@ import numpy as np
 import scipy.linalg
 
 from cloudlab.backdrop import basis, kernels
+from cloudlab.errors import InputError
+
+__all__ = [
+    "BLOCK",
+    "CLIP",
+    "CLIP_PASSES",
+    "POLY_PRIOR",
+    "SPLINE_PRIOR",
+    "STRAP_PRIOR",
+    "ZERO_GRADIENT",
+    "ZERO_LEVEL",
+    "Solver",
+    "build_solver",
+]
 
 POLY_PRIOR = 3000.0
 SPLINE_PRIOR = 400.0
@@ -306,9 +320,15 @@ def build_solver(
     rows = np.asarray(rows)
     columns = np.asarray(columns)
     if mask.shape != (len(rows), len(columns)):
-        raise ValueError(f"mask shape {mask.shape} does not match {len(rows)} x {len(columns)}")
+        raise InputError(
+            f"mask shape {mask.shape} does not match the {len(rows)} rows x {len(columns)} "
+            "columns of the region; build the mask on the same region"
+        )
     if not mask.any():
-        raise ValueError("no unmasked pixels: every pixel is flagged as star or saturated")
+        raise InputError(
+            "no unmasked pixels: every pixel is flagged as star or saturated; "
+            "raise the star/saturation thresholds or fit a larger region"
+        )
     k_r = k_c = nknots
     row_knots = basis.knots(rows, nknots, degree)
     column_knots = basis.knots(columns, nknots, degree)

@@ -7,6 +7,8 @@ import tempfile
 
 import numpy as np
 
+__all__ = ["register", "run_demo"]
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` sub-command."""
@@ -45,9 +47,7 @@ def run_demo(dest: str, *, n_frames: int = 24, n_workers: int = 2) -> int:
     int
         0 on success.
     """
-    from distributed import progress
-
-    from cloudlab.cluster import connect
+    from cloudlab.cluster import compute, connect
     from cloudlab.fits import open_hdu, open_stack
     from cloudlab.simulate import tess_sector
 
@@ -65,13 +65,11 @@ def run_demo(dest: str, *, n_frames: int = 24, n_workers: int = 2) -> int:
         box = cube[r - 2 : r + 3, c - 2 : c + 3, :, 0].sum(["row", "column"])
         good = np.asarray(sector.quality) == 0
         median = ffis.isel(time=np.flatnonzero(good)).median(["y", "x"])
-        median_f, box_f = client.compute([median.data, box.data])
-        progress([median_f, box_f])
-        print()
-        background, lightcurve = median_f.result(), box_f.result()[good]
+        background, lightcurve = compute(median.data, box.data)
+        lightcurve = lightcurve[good]
     print(f"frames: {n_frames} ({int((~good).sum())} flagged by DQUALITY)")
-    print(f"median FFI level of unflagged frames: {np.nanmedian(background):.1f} e-/s")
+    print(f"median FFI level of unflagged frames: {np.nanmedian(background):.1f} electron / s")
     print(f"brightest star: TIC {int(star['ticid'])} at row {r}, column {c}")
     level, scatter = np.nanmedian(lightcurve), np.nanstd(lightcurve)
-    print(f"  5x5 aperture: {level:.0f} e-/s, scatter {scatter:.1f} e-/s")
+    print(f"  5x5 aperture: {level:.0f} electron / s, scatter {scatter:.1f} electron / s")
     return 0

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from cloudlab.commands.timelag import add_simulate_arguments
 
+__all__ = ["KINDS", "register"]
+
 
 def _shape(text: str) -> tuple[int, int]:
     try:

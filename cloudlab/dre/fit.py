@@ -10,14 +10,35 @@ import scipy.fft
 import xarray as xr
 from astropy.io import fits
 
-from cloudlab.backend import array_module
+from cloudlab.backend import array_module, asnumpy
 from cloudlab.dre.kernels import chi_block
 from cloudlab.dre.models import AXES
+from cloudlab.errors import REASON, STATUS, STATUS_OK, FITSFormatError, InputError
 from cloudlab.storage import read_bytes
 
-#: Bits of the per-galaxy ``flag``: why a galaxy has no usable χ.
+__all__ = [
+    "FLAGS",
+    "FLAG_REASONS",
+    "MODEL_DIMS",
+    "convolve_models",
+    "fit",
+    "flag_reasons",
+    "flag_status",
+    "read_psf",
+]
+
+#: Bits of the per-galaxy ``flag``: why a galaxy has no usable χ (each name is also the
+#: galaxy's ``status`` code, the lowest bit set winning).
 FLAGS = {1: "nan_in_cut", 2: "empty_mask", 4: "chi_all_nan"}
+#: The sentence of each ``flag`` bit, as written to the ``reason`` variable.
+FLAG_REASONS = {
+    1: "the cut has NaN pixels (it touches the tile's edge or a masked area)",
+    2: "the galaxy's segmentation mask in the cut is empty",
+    4: "chi is NaN for every model (rms or model values are not usable)",
+}
 MODEL_DIMS = tuple(AXES)
+STATUS_DTYPE = "<U16"
+REASON_DTYPE = "<U160"
 
 
 def flag_reasons(flag: int) -> str:
@@ -25,21 +46,52 @@ def flag_reasons(flag: int) -> str:
     return ",".join(reason for bit, reason in FLAGS.items() if int(flag) & bit)
 
 
+def flag_status(flag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-galaxy ``status`` and ``reason`` from ``flag`` values.
+
+    Parameters
+    ----------
+    flag : numpy.ndarray
+        ``flag`` bitmask values (see :data:`FLAGS`).
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        ``status``: ``"ok"`` where the flag is 0, else the name of its lowest bit;
+        ``reason``: '' or the sentences of all bits set, joined by "; ".
+    """
+    flag = np.asarray(asnumpy(flag)).astype(np.uint8)
+    status = np.full(flag.shape, STATUS_OK, dtype=STATUS_DTYPE)
+    reason = np.full(flag.shape, "", dtype=object)
+    for bit in sorted(FLAGS, reverse=True):  # the lowest bit set is the status
+        status[(flag & bit) != 0] = FLAGS[bit]
+    for bit in sorted(FLAGS):
+        has = (flag & bit) != 0
+        reason[has] = [f"{r}; {FLAG_REASONS[bit]}" if r else FLAG_REASONS[bit] for r in reason[has]]
+    return status, reason.astype(REASON_DTYPE)
+
+
 def _psf_from_fits(url: str, storage_options: dict | None) -> np.ndarray:
     import io
 
-    with fits.open(io.BytesIO(read_bytes(url, storage_options))) as hdul:
+    with fits.open(io.BytesIO(read_bytes(url, storage_options=storage_options))) as hdul:
         tables = [
             h for h in hdul[1:] if isinstance(h, fits.BinTableHDU) and "PSF_MASK" in h.columns.names
         ]
         if not tables:
             if hdul[0].data is None:
-                raise ValueError(f"{url}: no PSF image in the primary HDU and no PSFEx table")
+                raise FITSFormatError(
+                    f"{url}: no PSF image in the primary HDU and no PSFEx table; "
+                    "pass a PSFEx .psf file or a FITS image"
+                )
             return np.asarray(hdul[0].data)
         for h in tables:
             if h.header.get("ACCEPTED", 0) != 0:
                 return np.asarray(h.data["PSF_MASK"][0][0])
-        raise ValueError(f"{url}: no PSFEx extension with ACCEPTED != 0 (PSFEx kept no star)")
+        raise InputError(
+            f"{url}: no PSFEx extension with ACCEPTED != 0 (PSFEx kept no star); "
+            "loosen the SExtractor/PSFEx selection or pass another PSF"
+        )
 
 
 def read_psf(
@@ -64,23 +116,30 @@ def read_psf(
 
     Raises
     ------
-    ValueError
+    InputError
         For a PSF that is not 2-D, larger than the stamps, contains NaN/inf or sums to ≤ 0.
+    FITSFormatError
+        For a FITS file with neither a PSF image nor a PSFEx table.
     """
     name = psf if isinstance(psf, str) else "PSF array"
     if isinstance(psf, str):
         psf = _psf_from_fits(psf, storage_options)
     psf = np.asarray(psf, dtype=np.float64)
     if psf.ndim != 2 or min(psf.shape) < 1:
-        raise ValueError(f"{name}: a PSF must be a 2-D image, got shape {psf.shape}")
+        raise InputError(f"{name}: a PSF must be a 2-D image, got shape {psf.shape}")
     if boxsize is not None and max(psf.shape) > boxsize:
-        raise ValueError(f"{name}: PSF of shape {psf.shape} is larger than the {boxsize}-px stamps")
+        raise InputError(
+            f"{name}: PSF of shape {psf.shape} is larger than the {boxsize}-px stamps; "
+            "crop the PSF or use a model grid with larger stamps"
+        )
     if not np.all(np.isfinite(psf)):
-        raise ValueError(f"{name}: PSF contains NaN or infinite pixels")
+        raise InputError(f"{name}: PSF contains NaN or infinite pixels; replace them first")
     psf = np.where(psf < 0, 0.0, psf)
     total = psf.sum()
     if not total > 0:
-        raise ValueError(f"{name}: PSF sums to {total} after clipping negative pixels")
+        raise InputError(
+            f"{name}: PSF sums to {total} after clipping negative pixels; it needs a positive peak"
+        )
     return psf / total
 
 
@@ -157,17 +216,27 @@ def _flag_block(chi, seg, flag):
     return out | ((all_nan & (out == 0)) * np.uint8(4)).astype(np.uint8)
 
 
+def _status_block(flag):
+    return flag_status(flag)[0]
+
+
+def _reason_block(flag):
+    return flag_status(flag)[1]
+
+
 def _check_cuts(cuts: xr.Dataset, boxsize: int) -> None:
     missing = [v for v in ("obj", "seg", "rms") if v not in cuts]
     if missing:
-        raise ValueError(f"cuts lack the variable(s) {missing}; use cloudlab.io.galaxies.open_cuts")
+        raise InputError(f"cuts lack the variable(s) {missing}; use cloudlab.io.galaxies.open_cuts")
     for name in ("obj", "seg", "rms"):
         if cuts[name].dims != ("galaxy", "y", "x"):
-            raise ValueError(f"cuts[{name!r}] must have dims (galaxy, y, x), got {cuts[name].dims}")
+            raise InputError(
+                f"cuts[{name!r}] must have dims (galaxy, y, x), got {cuts[name].dims}; transpose it"
+            )
     if (cuts.sizes["y"], cuts.sizes["x"]) != (boxsize, boxsize):
-        raise ValueError(
+        raise InputError(
             f"cuts are {cuts.sizes['y']}×{cuts.sizes['x']} but the model stamps are "
-            f"{boxsize}×{boxsize} (BOXSIZE)"
+            f"{boxsize}×{boxsize} (BOXSIZE); cut the galaxies with size={boxsize}"
         )
 
 
@@ -200,11 +269,20 @@ def fit(
     -------
     xarray.Dataset
         ``chi`` (float32, dims ``galaxy, index, ax_ratio, angle, log_r``), ``flag`` (uint8
-        bitmask, see :data:`FLAGS`) and ``models`` (the convolved cube), with the galaxy
-        coordinates of ``cuts`` and the model axes as coordinates.
+        bitmask, see :data:`FLAGS`), ``status`` and ``reason`` (galaxy; derived from ``flag``
+        by :func:`flag_status`: ``"ok"`` and '' for a usable χ) and ``models`` (the convolved
+        cube), with the galaxy coordinates of ``cuts`` and the model axes as coordinates.
+
+    Raises
+    ------
+    InputError
+        Models or cuts with the wrong dims or stamp size, or a bad PSF (see :func:`read_psf`).
     """
     if tuple(models.dims) != (*MODEL_DIMS, "y", "x"):
-        raise ValueError(f"models must have dims {(*MODEL_DIMS, 'y', 'x')}, got {models.dims}")
+        raise InputError(
+            f"models must have dims {(*MODEL_DIMS, 'y', 'x')}, got {models.dims}; "
+            "use cloudlab.dre.load_models or model_grid"
+        )
     boxsize = models.sizes["x"]
     _check_cuts(cuts, boxsize)
     conv = models if psf is None else convolve_models(models, psf, storage_options=storage_options)
@@ -247,12 +325,16 @@ def fit(
         concatenate=True,
         meta=flag._meta.astype(np.uint8),
     )
+    status = flags.map_blocks(_status_block, dtype=STATUS_DTYPE, meta=np.array((), STATUS_DTYPE))
+    reason = flags.map_blocks(_reason_block, dtype=REASON_DTYPE, meta=np.array((), REASON_DTYPE))
     galaxy_coords = {k: c for k, c in cuts.coords.items() if c.dims == ("galaxy",)}
     model_coords = {k: conv.coords[k] for k in (*MODEL_DIMS, "y", "x")}
     result = xr.Dataset(
         {
             "chi": (("galaxy", *MODEL_DIMS), chi),
             "flag": ("galaxy", flags),
+            STATUS: ("galaxy", status),
+            REASON: ("galaxy", reason),
             "models": conv.variable,
         },
         coords={**galaxy_coords, **model_coords},

@@ -27,6 +27,8 @@ import numpy as np
 
 from cloudlab.backend import array_module
 
+__all__ = ["chi_block", "chi_cupy", "chi_numba", "chi_numpy", "numba_available", "pack_masks"]
+
 #: Models processed at once by the numpy fallback (bounds its temporaries).
 _NUMPY_MODEL_BLOCK = 128
 

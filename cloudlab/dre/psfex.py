@@ -13,6 +13,8 @@ from cloudlab.dre.fit import read_psf
 from cloudlab.dre.tools import PSFEX_NAMES, ToolError, config_file, find_tool, option_args, run_tool
 from cloudlab.storage import atomic_write, resolve
 
+__all__ = ["PSFModel", "psfex"]
+
 
 @dataclass
 class PSFModel:
@@ -69,11 +71,15 @@ def psfex(
     ------
     ToolError
         When PSFEx is missing (naming the ``psfex`` package) or fails (with its own message).
+    FileNotFoundError
+        When ``catalog`` does not exist.
     """
     binary = find_tool(PSFEX_NAMES, "psfex")
-    fs, path = resolve(catalog, storage_options)
+    fs, path = resolve(catalog, storage_options=storage_options)
     if not fs.exists(path):
-        raise FileNotFoundError(f"catalog {catalog!r} does not exist")
+        raise FileNotFoundError(
+            f"catalog {catalog!r} does not exist; make it with cloudlab.dre.sextract first"
+        )
     stem = os.path.basename(path).removesuffix(".fits").removesuffix(".cat")
     if dest is None:
         dest = os.path.join(tempfile.mkdtemp(prefix="cloudlab-psfex-"), f"{stem}.psf")
@@ -100,7 +106,10 @@ def psfex(
         log = run_tool("PSFEx", args, cwd=work)
         produced = os.path.join(work, f"{stem}.psf")
         if not os.path.isfile(produced):
-            raise ToolError(f"PSFEx wrote no PSF file for {catalog!r}: {log.strip()[-500:]}")
+            raise ToolError(
+                f"PSFEx wrote no PSF file for {catalog!r} (is it FITS_LDAC with VIGNET?): "
+                f"{log.strip()[-500:]}"
+            )
         psf = read_psf(produced)
         with atomic_write(dest, storage_options=storage_options) as tmp:
             shutil.copyfile(produced, tmp)

@@ -21,6 +21,8 @@ from cloudlab.dre.tools import (
 from cloudlab.io.galaxies import read_catalog
 from cloudlab.storage import atomic_write, is_local, resolve
 
+__all__ = ["CHECK_IMAGES", "Sextracted", "sextract"]
+
 #: Check images produced for DRE, and the file suffix of each.
 CHECK_IMAGES = {
     "BACKGROUND": "bkg",
@@ -58,11 +60,11 @@ class Sextracted:
 
 def _local_copy(url: str, directory: str, storage_options: dict | None) -> str:
     if is_local(url):
-        path = resolve(url, storage_options)[1]
+        path = resolve(url, storage_options=storage_options)[1]
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"tile {url!r} does not exist")
+            raise FileNotFoundError(f"tile {url!r} does not exist; check the path")
         return path
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     local = os.path.join(directory, os.path.basename(path))
     fs.get_file(path, local)
     return local
@@ -113,7 +115,7 @@ def sextract(
         own message).
     """
     binary = find_tool(SEXTRACTOR_NAMES, "source-extractor")
-    base = os.path.basename(resolve(tile, storage_options)[1])
+    base = os.path.basename(resolve(tile, storage_options=storage_options)[1])
     name = name or base.removesuffix(".gz").removesuffix(".fits").removesuffix(".fit")
     dest = dest if dest is not None else tempfile.mkdtemp(prefix="cloudlab-sextract-")
     with tempfile.TemporaryDirectory(prefix="cloudlab-sex-") as work:
@@ -144,7 +146,10 @@ def sextract(
         log = run_tool("SExtractor", args, cwd=work)
         missing = [p for p in [catalog, *outputs.values()] if not os.path.isfile(p)]
         if missing:
-            raise ToolError(f"SExtractor wrote no {', '.join(map(os.path.basename, missing))}")
+            raise ToolError(
+                f"SExtractor wrote no {', '.join(map(os.path.basename, missing))} for {tile!r}; "
+                f"its log ends: {log.strip()[-300:]}"
+            )
         table = read_catalog(catalog)
         urls = {}
         for local in [catalog, *outputs.values()]:

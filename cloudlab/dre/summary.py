@@ -7,7 +7,9 @@ import xarray as xr
 from astropy.table import Table
 
 from cloudlab.backend import asnumpy
-from cloudlab.dre.fit import MODEL_DIMS, flag_reasons
+from cloudlab.dre.fit import MODEL_DIMS, flag_reasons, flag_status
+
+__all__ = ["SUMMARY_COLUMNS", "parabola_log_r", "parameters", "summarize"]
 
 #: DRE's Summary columns, in order (catalogue columns follow).
 SUMMARY_COLUMNS = (
@@ -133,8 +135,10 @@ def summarize(result: xr.Dataset) -> Table:
     astropy.table.Table
         One row per galaxy: ``ROW``, ``MODEL_IDX``, ``CHI``, ``CHI_STD``, ``LOGR_CHI``,
         ``LOGR_VAR``, ``LOGR_CHI_VAR``, ``LOGR_PARAB``, ``LOGR_STD``, ``INDEX``, ``LOGR``,
-        ``AX_RATIO``, ``ANGLE``, ``EXT_NUMBER``, ``NUMBER``, then ``FLAG`` and ``REASON`` (why
-        a galaxy has no fit; DRE drops such galaxies) and the remaining catalogue columns.
+        ``AX_RATIO``, ``ANGLE``, ``EXT_NUMBER``, ``NUMBER``, then ``FLAG``, ``STATUS``
+        (``"ok"`` or the code of the lowest flag bit, as in the fit's ``status``) and ``REASON``
+        (the codes of all flag bits, comma-separated: why a galaxy has no fit; DRE drops such
+        galaxies) and the remaining catalogue columns.
         Galaxies with a non-zero ``FLAG`` have NaN parameters and ``MODEL_IDX = -1``.
     """
     computed = result[["chi", "flag"]].compute()
@@ -153,6 +157,7 @@ def summarize(result: xr.Dataset) -> Table:
     table["EXT_NUMBER"] = coords.get("EXT_NUMBER", np.zeros(n, dtype=np.int64))
     table["NUMBER"] = coords.get("NUMBER", np.arange(1, n + 1))
     table["FLAG"] = flag.astype(np.uint8)
+    table["STATUS"] = flag_status(flag)[0] if n else np.zeros(0, "U2")
     table["REASON"] = [flag_reasons(f) for f in flag] if n else np.zeros(0, "U1")
     for name, values in coords.items():
         if name not in table.colnames:

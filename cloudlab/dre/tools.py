@@ -7,7 +7,19 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from cloudlab.errors import ExternalToolError
+from cloudlab.errors import ExternalToolError, InputError
+
+__all__ = [
+    "NNW_CANDIDATES",
+    "PSFEX_NAMES",
+    "SEXTRACTOR_NAMES",
+    "ToolError",
+    "config_file",
+    "find_nnw",
+    "find_tool",
+    "option_args",
+    "run_tool",
+]
 
 #: Binary names, tried in order (Debian ships ``source-extractor``, others ``sex``).
 SEXTRACTOR_NAMES = ("source-extractor", "sex", "sextractor")
@@ -60,10 +72,18 @@ def find_nnw() -> str:
 
 
 def config_file(name: str) -> str:
-    """Return the path of a shipped DRE configuration file (``default.sex`` …)."""
-    path = resources.files("cloudlab") / "data" / "dre" / name
+    """Return the path of a shipped DRE configuration file (``default.sex`` …).
+
+    Raises
+    ------
+    InputError
+        For a name cloudlab does not ship (the message lists those it does).
+    """
+    folder = resources.files("cloudlab") / "data" / "dre"
+    path = folder / name
     if not path.is_file():
-        raise FileNotFoundError(f"cloudlab ships no DRE configuration file {name!r}")
+        shipped = sorted(p.name for p in folder.iterdir() if p.is_file())
+        raise InputError(f"cloudlab ships no DRE configuration file {name!r}; it has {shipped}")
     return str(path)
 
 
@@ -79,7 +99,11 @@ def run_tool(tool: str, args: list[str], cwd: str) -> str:
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         errors = [ln for ln in lines if "error" in ln.lower()] or lines[-5:]
-        raise ToolError(f"{tool} failed (exit status {proc.returncode}): " + " | ".join(errors))
+        raise ToolError(
+            f"{tool} failed (exit status {proc.returncode}): "
+            + " | ".join(errors)
+            + "; check the input file and the options passed to it"
+        )
     return proc.stderr
 
 

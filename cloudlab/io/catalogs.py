@@ -15,21 +15,34 @@ import numpy as np
 import pandas as pd
 
 from cloudlab import storage
+from cloudlab.errors import InputError, check_on_error
+
+__all__ = [
+    "OLD_TCE_NAMES",
+    "TCE_TIME_SYSTEMS",
+    "TCE_UNITS",
+    "add_coordinates",
+    "filter_tces",
+    "one_per_tic",
+    "read_coordinate_table",
+    "read_tce",
+    "resolve_tic_mast",
+]
 
 TCE_UNITS = {
     "tce_period": "d",
-    "tce_time0bt": "BTJD (BJD - 2457000)",
-    "tce_time0": "BJD",
+    "tce_time0bt": "d",
+    "tce_time0": "d",
     "tce_duration": "h",
     "tce_depth": "ppm",
     "tce_ingress": "h",
-    "tce_prad": "Earth radii",
+    "tce_prad": "earthRad",
     "tce_sma": "AU",
     "tce_eqt": "K",
-    "tce_insol": "Earth flux",
-    "tce_sradius": "solar radii",
+    "tce_insol": "1361 W / m2",
+    "tce_sradius": "solRad",
     "tce_steff": "K",
-    "tce_slogg": "log10(cm s-2)",
+    "tce_slogg": "dex(cm / s2)",
     "tce_smet": "dex",
     "tce_sdensity": "g cm-3",
     "tce_dicco_mra": "arcsec",
@@ -41,7 +54,12 @@ TCE_UNITS = {
     "ra": "deg",
     "dec": "deg",
 }
-"""Units of the TCE columns (inferred from the data: see docs/cutouts.md)."""
+"""Units of the TCE columns (inferred from the data: see docs/cutouts.md), as strings that
+``astropy.units.Unit`` parses (``"ppm"`` needs astropy's CDS units: ``format="cds"`` or
+``astropy.units.cds.enable()``); ``tce_insol`` is in Earth's insolation (1361 W m⁻²)."""
+
+TCE_TIME_SYSTEMS = {"tce_time0bt": "BTJD (BJD - 2457000), TDB", "tce_time0": "BJD, TDB"}
+"""Time systems of the TCE epoch columns (their unit is ``"d"``)."""
 
 OLD_TCE_NAMES = {
     "orbitalPeriodDays": "tce_period",
@@ -62,12 +80,12 @@ _DEC_NAMES = ("dec", "dec_deg", "dej2000", "decj2000", "dec_j2000")
 
 
 def _text(url: str, storage_options: dict | None) -> str:
-    raw = storage.read_bytes(url, storage_options)
+    raw = storage.read_bytes(url, storage_options=storage_options)
     # normalise CR-only and CRLF line endings (some team CSVs use CR only)
     return raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").decode("utf-8", errors="replace")
 
 
-def read_tce(url: str | os.PathLike, storage_options: dict | None = None) -> pd.DataFrame:
+def read_tce(url: str | os.PathLike, *, storage_options: dict | None = None) -> pd.DataFrame:
     """Read a TESS TCE bulk CSV (``*_dvr-tcestats.csv``).
 
     Parameters
@@ -82,12 +100,13 @@ def read_tce(url: str | os.PathLike, storage_options: dict | None = None) -> pd.
         One row per TCE, all columns of the file (123 in sector 55); ``tceid``, ``sectors`` and
         ``tce_sectors`` (a bit string) kept as str, ``ticid`` int64. Early-sector column names
         are renamed to the ``tce_*`` ones (:data:`OLD_TCE_NAMES`). ``attrs``: ``units`` (see
-        :data:`TCE_UNITS`: period d, time0bt BTJD, duration h, depth ppm), ``comments`` (the
-        ``#`` header lines as a dict), ``source``.
+        :data:`TCE_UNITS`: period d, time0bt d, duration h, depth ppm), ``time_systems`` (see
+        :data:`TCE_TIME_SYSTEMS`: time0bt is BTJD), ``comments`` (the ``#`` header lines as a
+        dict), ``source``.
 
     Raises
     ------
-    ValueError
+    InputError
         Empty file or no ``ticid`` column (the message names the file).
     """
     url = os.fspath(url)
@@ -102,13 +121,17 @@ def read_tce(url: str | os.PathLike, storage_options: dict | None = None) -> pd.
     try:
         df = pd.read_csv(io.StringIO(text), comment="#", dtype=_STRING_COLUMNS)
     except pd.errors.EmptyDataError as exc:
-        raise ValueError(f"{url}: empty TCE file") from exc
+        raise InputError(f"{url}: empty TCE file; download it again") from exc
     df = df.rename(columns={k: v for k, v in OLD_TCE_NAMES.items() if k in df.columns})
     if "ticid" not in df.columns:
-        raise ValueError(f"{url}: not a TCE file: no 'ticid' column (columns: {list(df)[:8]} ...)")
+        raise InputError(
+            f"{url}: not a TCE file: no 'ticid' column (columns: {list(df)[:8]} ...); "
+            "pass a *_dvr-tcestats.csv bulk file"
+        )
     df["ticid"] = df["ticid"].astype(np.int64)
     df.attrs = {
         "units": {k: v for k, v in TCE_UNITS.items() if k in df.columns},
+        "time_systems": {k: v for k, v in TCE_TIME_SYSTEMS.items() if k in df.columns},
         "comments": comments,
         "source": url,
     }
@@ -164,7 +187,10 @@ def filter_tces(
     ):
         if bounds is not None:
             if column not in df.columns:
-                raise ValueError(f"filter_tces: the catalog has no {column!r} column")
+                raise InputError(
+                    f"filter_tces: the catalog has no {column!r} column; "
+                    "drop that filter or read the file with read_tce"
+                )
             keep &= _between(df[column], bounds)
     out = df[keep]
     out.attrs = dict(df.attrs)
@@ -192,7 +218,7 @@ def one_per_tic(df: pd.DataFrame, *, keep: str = "first") -> pd.DataFrame:
         order = df.sort_values(column, ascending=False, kind="stable")
         out = order.drop_duplicates("ticid", keep="first").sort_index()
     else:
-        raise ValueError(f"one_per_tic: keep must be 'first', 'deepest' or 'snr', got {keep!r}")
+        raise InputError(f"one_per_tic: keep={keep!r}; use 'first', 'deepest' or 'snr'")
     out.attrs = dict(df.attrs)
     return out
 
@@ -202,11 +228,14 @@ def _pick(columns: Sequence[str], names: Sequence[str], what: str, source: str) 
     for name in names:
         if name in lower:
             return lower[name]
-    raise ValueError(f"{source}: no {what} column (looked for {', '.join(names)})")
+    raise InputError(
+        f"{source}: no {what} column (looked for {', '.join(names)}; has {list(columns)}); "
+        "rename the column"
+    )
 
 
 def read_coordinate_table(
-    url: str | os.PathLike, storage_options: dict | None = None
+    url: str | os.PathLike, *, storage_options: dict | None = None
 ) -> pd.DataFrame:
     """Read a TIC coordinate table (CSV, FITS or Parquet) as ``ticid``, ``ra``, ``dec``.
 
@@ -222,15 +251,22 @@ def read_coordinate_table(
     Returns
     -------
     pandas.DataFrame
+
+    Raises
+    ------
+    InputError
+        No TIC id, RA or Dec column, or a row whose values are not numbers (the message names
+        the file, the column and the row).
     """
     url = os.fspath(url)
     lower = url.lower()
     if lower.endswith((".parquet", ".pq")):
-        df = pd.read_parquet(io.BytesIO(storage.read_bytes(url, storage_options)))
+        df = pd.read_parquet(io.BytesIO(storage.read_bytes(url, storage_options=storage_options)))
     elif lower.endswith((".fits", ".fit", ".fits.gz")):
         from astropy.table import Table
 
-        table = Table.read(io.BytesIO(storage.read_bytes(url, storage_options)), format="fits")
+        data = storage.read_bytes(url, storage_options=storage_options)
+        table = Table.read(io.BytesIO(data), format="fits")
         names = [n for n in table.colnames if len(table[n].shape) <= 1]
         df = table[names].to_pandas()
     else:
@@ -240,12 +276,26 @@ def read_coordinate_table(
     dec = _pick(df.columns, _DEC_NAMES, "Dec", url)
     out = pd.DataFrame(
         {
-            "ticid": df[tic].astype(np.int64),
-            "ra": df[ra].astype(float),
-            "dec": df[dec].astype(float),
+            "ticid": _numbers(df[tic], url, np.int64),
+            "ra": _numbers(df[ra], url, float),
+            "dec": _numbers(df[dec], url, float),
         }
     )
     return out.drop_duplicates("ticid")
+
+
+def _numbers(column: pd.Series, source: str, dtype: type) -> pd.Series:
+    """``column`` as ``dtype``; InputError naming the first row that is not a number."""
+    try:
+        return column.astype(dtype)
+    except (TypeError, ValueError) as exc:
+        numeric = pd.to_numeric(column, errors="coerce")
+        bad = column[numeric.isna() & column.notna()] if dtype is float else column[numeric.isna()]
+        row, value = (bad.index[0], bad.iloc[0]) if len(bad) else ("?", "?")
+        raise InputError(
+            f"{source}: column {column.name!r}, row {row}: {value!r} is not a number; "
+            "fix or remove that row"
+        ) from exc
 
 
 def resolve_tic_mast(ticids: Sequence[int]) -> pd.DataFrame:
@@ -263,7 +313,9 @@ def resolve_tic_mast(ticids: Sequence[int]) -> pd.DataFrame:
     try:
         from astroquery.mast import Catalogs
     except ImportError as exc:
-        raise ImportError("resolve_tic_mast needs astroquery: pip install astroquery") from exc
+        raise ImportError(
+            "resolve_tic_mast needs astroquery: pip install astroquery, or pass a coordinate table"
+        ) from exc
     ids = [int(t) for t in ticids]
     result = Catalogs.query_criteria(catalog="Tic", ID=ids)
     return pd.DataFrame(
@@ -280,6 +332,7 @@ def add_coordinates(
     *,
     coords: str | os.PathLike | pd.DataFrame | None = None,
     resolver: Callable[[Sequence[int]], pd.DataFrame] | None = None,
+    on_error: str = "raise",
     storage_options: dict | None = None,
 ) -> pd.DataFrame:
     """Give every target ``ra`` and ``dec`` (deg).
@@ -296,6 +349,10 @@ def add_coordinates(
         ``ticid``, ``ra``, ``dec``.
     resolver : callable, optional
         ``resolver(ticids) -> DataFrame(ticid, ra, dec)``, e.g. :func:`resolve_tic_mast`.
+    on_error : {"raise", "skip"}
+        What to do with targets that still have no coordinates: raise, or keep them with NaN
+        ``ra``/``dec`` (:func:`cloudlab.cutouts.locate` with ``on_error="skip"`` then reports
+        them with status ``"no_coordinates"``).
     storage_options : dict, optional
 
     Returns
@@ -305,11 +362,15 @@ def add_coordinates(
 
     Raises
     ------
-    ValueError
-        Some targets still have no (finite) coordinates; the message lists their TIC ids.
+    InputError
+        No ``ticid`` column, a bad ``on_error``, or (``on_error="raise"``) targets that still
+        have no (finite) coordinates; the message lists their TIC ids.
     """
+    check_on_error(on_error)
     if "ticid" not in df.columns:
-        raise ValueError("add_coordinates: the targets have no 'ticid' column")
+        raise InputError(
+            f"add_coordinates: the targets have no 'ticid' column (columns: {list(df.columns)})"
+        )
     out = df.copy()
     out.attrs = dict(df.attrs)
     ra = out["ra"].astype(float) if "ra" in out.columns else pd.Series(np.nan, index=out.index)
@@ -326,7 +387,7 @@ def add_coordinates(
         table = (
             coords
             if isinstance(coords, pd.DataFrame)
-            else read_coordinate_table(coords, storage_options)
+            else read_coordinate_table(coords, storage_options=storage_options)
         )
         fill(table)
     missing = ~(np.isfinite(ra) & np.isfinite(dec))
@@ -334,8 +395,11 @@ def add_coordinates(
         fill(resolver(sorted(set(out.loc[missing, "ticid"].tolist()))))
     out["ra"], out["dec"] = ra, dec
     bad = out.loc[~(np.isfinite(ra) & np.isfinite(dec)), "ticid"].tolist()
-    if bad:
+    if bad and on_error == "raise":
         shown = ", ".join(str(t) for t in bad[:20])
         more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise ValueError(f"no coordinates for {len(bad)} target(s): TIC {shown}{more}")
+        raise InputError(
+            f"no coordinates for {len(bad)} target(s): TIC {shown}{more}; add them to the "
+            "coordinate table, pass a resolver, or use on_error='skip'"
+        )
     return out

@@ -1,8 +1,9 @@
-"""Seeded synthetic data with known truth, re-exported here (one line per simulator; keep the
-``noqa`` so that ruff accepts the re-export)."""
+"""Seeded synthetic data with known truth: one simulator per workflow's input, re-exported here."""
 
-from cloudlab.simulate.aia import aia_series  # noqa: F401
-from cloudlab.simulate.ffis import ffi_stack  # noqa: F401
-from cloudlab.simulate.galaxies import galaxy_tile  # noqa: F401
-from cloudlab.simulate.lightcurves import lightcurves  # noqa: F401
-from cloudlab.simulate.tess import tess_sector  # noqa: F401
+from cloudlab.simulate.aia import aia_series
+from cloudlab.simulate.ffis import ffi_stack
+from cloudlab.simulate.galaxies import galaxy_tile
+from cloudlab.simulate.lightcurves import lightcurves
+from cloudlab.simulate.tess import tess_sector
+
+__all__ = ["aia_series", "ffi_stack", "galaxy_tile", "lightcurves", "tess_sector"]

@@ -19,6 +19,9 @@ import numpy as np
 from astropy.io import fits
 
 from cloudlab import storage
+from cloudlab.errors import InputError
+
+__all__ = ["AIA_CHANNELS", "AIASeries", "aia_series", "default_lag_map"]
 
 #: AIA EUV channels (Å)
 AIA_CHANNELS = (94, 131, 171, 193, 211, 335)
@@ -103,7 +106,10 @@ def _delays(channels, shape, cadence_s, lag_map) -> dict[int, np.ndarray]:
     if isinstance(lag_map, Mapping):
         unknown = set(lag_map) - set(channels)
         if unknown:
-            raise ValueError(f"lag_map names channels {sorted(unknown)} not in {list(channels)}")
+            raise InputError(
+                f"lag_map names channels {sorted(unknown)} that are not simulated "
+                f"({list(channels)}); add them to channels or drop them from lag_map"
+            )
         return {
             c: np.broadcast_to(np.asarray(lag_map.get(c, 0.0), float), shape).copy()
             for c in channels
@@ -228,12 +234,12 @@ def aia_series(
         The file lists and the truth (delays, times, exposure times, pulses).
     """
     if n_frames < 2:
-        raise ValueError(f"n_frames must be >= 2, got {n_frames}")
+        raise InputError(f"n_frames={n_frames}: simulate at least 2 frames")
     if len(shape) != 2 or min(shape) < 1:
-        raise ValueError(f"shape must be (ny, nx) with positive sizes, got {shape}")
+        raise InputError(f"shape={shape}: give (ny, nx) with positive sizes")
     channels = [int(c) for c in channels]
     if not channels:
-        raise ValueError("no channels to simulate")
+        raise InputError(f"channels is empty: name at least one of {AIA_CHANNELS}")
     rng = np.random.default_rng(seed)
     delays = _delays(channels, shape, cadence_s, lag_map)
     duration = (n_frames - 1) * cadence_s
@@ -241,9 +247,9 @@ def aia_series(
     max_delay = max(float(np.max(d)) for d in delays.values())
     margin = 3 * width
     if duration - 2 * margin - max_delay <= 0:
-        raise ValueError(
-            f"{n_frames} frames at {cadence_s} s are too short for pulses of width {width} s "
-            f"and delays up to {max_delay} s: use more frames"
+        raise InputError(
+            f"n_frames={n_frames}: frames at {cadence_s} s are too short for pulses of width "
+            f"{width} s and delays up to {max_delay} s: use more frames"
         )
     pulse_shape = (n_pulses, *shape)
     pulse_times = rng.uniform(margin, duration - margin - max_delay, pulse_shape)
@@ -266,7 +272,8 @@ def aia_series(
             header = _header(channel, t_obs[k], slots[k], float(exptime[k]), shape, center)
             stamp = str(t_obs[k].astype("datetime64[ms]")).replace("-", "_").replace(":", "_")
             url = f"{base}/{channel:04d}/aia_lev1_{channel}a_{stamp.lower()}z_image_lev1.fits"
-            storage.write_bytes(url, _encode(data[k], header, compressed), storage_options)
+            data_k = _encode(data[k], header, compressed)
+            storage.write_bytes(url, data_k, storage_options=storage_options)
             files.append(url)
         series.files[channel] = files
         series.t_obs[channel] = t_obs

@@ -5,7 +5,7 @@ The model is defined in normalised detector coordinates (``y = row / n_rows``,
 evaluated frame by frame from the frame time, so any subset of times or rows gives values identical
 to the full evaluation.
 
-Components (all in e-/s per pixel):
+Components (all in electron / s per pixel):
 
 * a sky pedestal ``A0`` (zodiacal light), constant over the sector;
 * a planar gradient whose amplitude follows the orbit: scattered Earth/Moon light rises as a
@@ -21,6 +21,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from cloudlab.errors import InputError
+
+__all__ = [
+    "ORBIT_DAYS",
+    "BackgroundParams",
+    "background_params",
+    "orbital_modulation",
+    "scattered_light",
+    "strap_profile",
+]
 
 ORBIT_DAYS = 13.7
 """Length of a TESS orbit in days (two orbits per sector)."""
@@ -140,11 +151,11 @@ def scattered_light(
     Returns
     -------
     numpy.ndarray
-        float32 array ``(time, row, column)`` in e-/s per pixel.
+        float32 array ``(time, row, column)`` in electron / s per pixel.
     """
     n_rows, n_cols = (int(s) for s in shape)
     if n_rows <= 0 or n_cols <= 0:
-        raise ValueError(f"scattered_light: shape must be positive, got {shape}")
+        raise InputError(f"scattered_light: shape={shape}; give positive (rows, columns)")
     row_idx = np.arange(n_rows)[rows if rows is not None else slice(None)]
     params = background_params(seed)
     y = ((row_idx + 0.5) / n_rows)[:, None]

@@ -22,6 +22,9 @@ import pandas as pd
 import xarray as xr
 
 from cloudlab import storage
+from cloudlab.errors import InputError
+
+__all__ = ["START", "TMAG", "lightcurves", "trapezoid"]
 
 START = 1325.3  # BTJD of sector 1's first cadence
 TMAG = 10.0
@@ -121,7 +124,7 @@ def lightcurves(
         columns).
     """
     if fmt not in ("qlp", "fits"):
-        raise ValueError(f"fmt must be 'qlp' or 'fits', got {fmt!r}")
+        raise InputError(f"fmt={fmt!r}: use 'qlp' or 'fits'")
     rng = np.random.default_rng(seed)
     time = START + np.arange(0, days, cadence_minutes / 1440)
     middle = START + days / 2

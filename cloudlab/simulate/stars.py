@@ -6,12 +6,24 @@ import numpy as np
 import pandas as pd
 from scipy.special import erf
 
+from cloudlab.errors import InputError
+
+__all__ = [
+    "TMAG_ZERO_FLUX",
+    "bleed_columns",
+    "psf_stamp",
+    "render_stars",
+    "star_catalog",
+    "tmag_to_flux",
+    "transit_factor",
+]
+
 TMAG_ZERO_FLUX = 15000.0
-"""TESS flux of a Tmag = 10 star in e-/s (TESS Instrument Handbook)."""
+"""TESS flux of a Tmag = 10 star in electron / s (TESS Instrument Handbook)."""
 
 
 def tmag_to_flux(tmag: np.ndarray) -> np.ndarray:
-    """Flux in e-/s of stars of TESS magnitude ``tmag``."""
+    """Flux in electron / s of stars of TESS magnitude ``tmag``."""
     return TMAG_ZERO_FLUX * 10.0 ** (-0.4 * (np.asarray(tmag, dtype=float) - 10.0))
 
 
@@ -45,12 +57,12 @@ def star_catalog(
     Returns
     -------
     pandas.DataFrame
-        Columns ``row``, ``column`` (0-based pixel of the PSF centre), ``tmag``, ``flux`` (e-/s),
-        ``period`` (days), ``t0`` (days), ``depth`` (fraction), ``duration`` (days); non-transiting
-        stars have ``depth = 0`` and NaN period/t0/duration.
+        Columns ``row``, ``column`` (0-based pixel of the PSF centre), ``tmag``,
+        ``flux`` (electron / s), ``period`` (days), ``t0`` (days), ``depth`` (fraction),
+        ``duration`` (days); non-transiting stars have ``depth = 0`` and NaN period/t0/duration.
     """
     if n_stars < 0:
-        raise ValueError(f"n_stars must be >= 0, got {n_stars}")
+        raise InputError(f"n_stars={n_stars}: use 0 or more stars")
     rng = np.random.default_rng([seed, 0x57A5])
     row = rng.uniform(rows[0], rows[1], n_stars)
     col = rng.uniform(columns[0], columns[1], n_stars)
@@ -141,7 +153,7 @@ def render_stars(
     shape : (int, int)
         Image shape.
     stars : pandas.DataFrame
-        With ``row``, ``column``, ``flux`` (0-based pixel centres, e-/s).
+        With ``row``, ``column``, ``flux`` (0-based pixel centres, electron / s).
     sigma : float, optional
         PSF sigma in pixels.
     fluxes : numpy.ndarray, optional
@@ -150,7 +162,7 @@ def render_stars(
     Returns
     -------
     numpy.ndarray
-        float64 image in e-/s.
+        float64 image in electron / s.
     """
     image = np.zeros(shape)
     flux = stars["flux"].to_numpy() if fluxes is None else np.asarray(fluxes)
@@ -172,7 +184,7 @@ def bleed_columns(image: np.ndarray, saturation: float) -> np.ndarray:
     Parameters
     ----------
     image : numpy.ndarray
-        2-D image (e-/s); not modified.
+        2-D image (electron / s); not modified.
     saturation : float
         Full-well level in the image's units.
 
