@@ -23,6 +23,8 @@ __all__ = [
     "FITSFormatError",
     "HDUNotFoundError",
     "InputError",
+    "MissingDependencyError",
+    "NotFoundError",
     "OverwriteError",
     "StorageError",
     "check_on_error",
@@ -59,12 +61,20 @@ class StorageError(CloudlabError, OSError):
     """Reading or writing through fsspec failed (after retries) or a product cannot be written."""
 
 
+class NotFoundError(StorageError, FileNotFoundError):
+    """A file, object or match for a pattern that should exist does not."""
+
+
 class OverwriteError(StorageError, FileExistsError):
     """A product already exists at the destination and overwriting was not asked for."""
 
 
 class ExternalToolError(CloudlabError, RuntimeError):
     """An external program (SExtractor, PSFEx, ...) is missing or failed."""
+
+
+class MissingDependencyError(CloudlabError, ImportError):
+    """An optional Python package a feature needs is not installed; the message says which extra."""
 
 
 def check_on_error(on_error: str) -> str:
