@@ -697,11 +697,18 @@ def _clean_attrs(attrs: dict, secrets: set[str]) -> dict:
 def _for_zarr(ds: Any, secrets: set[str]) -> Any:
     """A shallow copy of ``ds`` safe to write: no secrets in attrs, no stale chunk encodings,
     text as variable-length strings."""
+    import numpy as np
+    import xarray as xr
+
     ds = ds.copy(deep=False)
     text = [name for name, var in ds.variables.items() if var.dtype.kind == "U"]
-    if text:  # variable-length strings have a zarr v3 specification, fixed-length ones not
-        ds = ds.assign({name: ds[name].astype(object) for name in text if name in ds.data_vars})
-        ds = ds.assign_coords({name: ds[name].astype(object) for name in text if name in ds.coords})
+    for name in text:  # variable-length strings have a zarr v3 specification, fixed-length not
+        var = ds.variables[name]  # (text is small: labels, names, URLs; loaded here)
+        text_var = xr.Variable(var.dims, np.asarray(var.values, dtype=object), var.attrs)
+        if name in ds.coords:
+            ds = ds.assign_coords({name: text_var})
+        else:
+            ds[name] = text_var
     ds.attrs = _clean_attrs(dict(ds.attrs), secrets)
     for var in ds.variables.values():
         var.attrs = _clean_attrs(dict(var.attrs), secrets)
