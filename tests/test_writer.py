@@ -165,9 +165,7 @@ def test_failure_while_copying_into_place_names_the_complete_copy():
         storage.write_zarr(_product(3.0), url, overwrite=True, progress=False)
     FailingWriteFileSystem.arm(None)
     staging = str(info.value).split("complete at ")[1].split(" but")[0]
-    np.testing.assert_array_equal(
-        storage.read_zarr(staging)["value"].values, 3.0 * np.arange(40)
-    )
+    np.testing.assert_array_equal(storage.read_zarr(staging)["value"].values, 3.0 * np.arange(40))
     # nothing was copied: the previous store is still whole
     np.testing.assert_array_equal(storage.read_zarr(url)["value"].values, np.arange(40.0))
 
