@@ -143,7 +143,7 @@ def read_chi_hdf5(url: str, *, storage_options: dict | None = None) -> dict[str,
     """Read a DRE ``_chi.h5`` file as ``{EE_NNNN: χ cube}``."""
     import h5py
 
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     with fs.open(path, "rb") as f, h5py.File(f, "r") as h5:
         return {name: np.asarray(h5[name]) for name in h5}
 
@@ -243,7 +243,7 @@ def read_cuts_hdf5(url: str, *, storage_options: dict | None = None) -> xr.Datas
     """
     import h5py
 
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     with fs.open(path, "rb") as f, h5py.File(f, "r") as h5:
         names = sorted(h5)
         arrays = {v: [np.asarray(h5[n][v]) for n in names] for v in ("obj", "seg", "rms")}

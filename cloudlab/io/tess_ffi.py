@@ -159,7 +159,7 @@ def open_ffis(
         or with different shapes, or no readable frame at all.
     """
     check_on_error(on_error)
-    urls = storage.expand(urls_or_glob, storage_options)
+    urls = storage.expand(urls_or_glob, storage_options=storage_options)
     if not urls:
         raise FileNotFoundError(f"no frames given: {urls_or_glob!r}")
     metas, bad = _read_all(urls, storage_options)
