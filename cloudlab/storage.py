@@ -16,6 +16,35 @@ Defaults applied by :func:`resolve` (lowest to highest priority):
 
 Transient errors (connection resets, timeouts, HTTP 5xx/429) are retried with exponential backoff;
 missing files and permission errors are raised at once.
+
+Writing products: one overwrite policy
+--------------------------------------
+Every product cloudlab writes goes through :func:`write_zarr` (zarr stores) or :func:`write_file` /
+:func:`write_bytes` (single files), and every product writer and CLI follows one rule:
+
+* ``overwrite=False`` (the default of every product writer): if the destination exists the writer
+  raises :class:`~cloudlab.errors.OverwriteError` naming it, **before any computation starts**.
+  Callers that write several products call :func:`check_writable` on all their destinations
+  before they build or compute anything.
+* ``overwrite=True``: the previous product is replaced **only after the new one is complete**;
+  if anything fails before that, the previous product is left readable and unchanged.
+* A product never appears half-written under its final name:
+
+  - single files are written to a temporary file and then renamed (local disk) or uploaded in
+    one ``put`` (object stores, where one object upload is atomic);
+  - zarr stores are written completely under a fresh sibling prefix
+    ``.<name>.<token>.partial`` (by the workers, on a cluster). Local disk: the store is then
+    renamed into place (a previous store is renamed aside first and removed last). Object stores
+    (no rename): the objects are copied into place server-side, chunk data first and the
+    metadata (``.zarray``/``.zattrs``/``.zgroup``/``zarr.json``, the consolidated
+    ``.zmetadata`` of the root last of all), then keys of the previous product that the new one
+    does not have are removed, then the staging prefix. A failure while computing or writing the
+    staging copy removes it and leaves the previous product untouched; a failure while copying
+    into place keeps the complete staging copy and the error names it.
+
+Storage options can hold credentials: they reach filesystems, never ``attrs`` or products
+(:func:`write_zarr` drops a ``storage_options`` attribute and any attribute that contains one of
+the credential values given to it).
 """
 
 from __future__ import annotations
@@ -40,9 +69,13 @@ import dask.config  # noqa: E402
 import fsspec  # noqa: E402
 from fsspec.implementations.local import LocalFileSystem  # noqa: E402
 
+from cloudlab.errors import InputError, OverwriteError, StorageError  # noqa: E402
+
 __all__ = [
     "atomic_write",
     "cat_ranges",
+    "check_writable",
+    "existing",
     "expand",
     "expand_detail",
     "file_info",
@@ -50,10 +83,13 @@ __all__ = [
     "is_transient",
     "local_path",
     "read_bytes",
+    "read_zarr",
     "resolve",
     "retry",
     "worker_environment",
     "write_bytes",
+    "write_file",
+    "write_zarr",
 ]
 
 log = logging.getLogger(__name__)
@@ -212,7 +248,9 @@ def resolve(url: str, storage_options: dict | None = None) -> tuple[fsspec.Abstr
     try:
         return fsspec.core.url_to_fs(url, **opts)
     except ValueError as exc:  # unknown protocol
-        raise ValueError(f"cannot open {url!r}: {exc}") from exc
+        raise InputError(
+            f"cannot open {url!r}: {exc}; use a local path or a protocol fsspec knows"
+        ) from exc
 
 
 def _unstrip(fs: fsspec.AbstractFileSystem, path: str, template: str) -> str:
@@ -455,44 +493,99 @@ def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
     return retry(lambda: fs.cat_file(path), what=url)
 
 
-def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
-    """Write ``data`` to ``url`` atomically (local: temporary name then rename; object stores:
-    one object upload, which is atomic by nature).
+def existing(urls: str | Sequence[str], *, storage_options: dict | None = None) -> list[str]:
+    """Which of ``urls`` exist (files or store prefixes), in the order given.
+
+    Destinations in one directory of an object store are checked with one listing.
 
     Parameters
     ----------
-    url : str
-        Destination URL or local path.
-    data : bytes
-        Content.
+    urls : str or sequence of str
+        Destination URLs or local paths.
     storage_options : dict, optional
         Filesystem keyword arguments.
+
+    Returns
+    -------
+    list of str
+        The URLs that exist.
     """
-    fs, path = resolve(url, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        directory = os.path.dirname(path) or "."
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    single = isinstance(urls, (str, os.PathLike))
+    items = [os.fspath(urls)] if single else [os.fspath(u) for u in urls]
+    found: set[str] = set()
+    groups: dict[tuple[int, str], tuple[fsspec.AbstractFileSystem, str, list]] = {}
+    for url in items:
+        fs, path = resolve(url, storage_options)
+        if isinstance(fs, LocalFileSystem):
+            if os.path.lexists(path):
+                found.add(url)
+            continue
+        parent = path.rstrip("/").rpartition("/")[0]
+        groups.setdefault((id(fs), parent), (fs, parent, []))[2].append((url, path.rstrip("/")))
+    for fs, parent, members in groups.values():
+        if len(members) == 1:
+            url, path = members[0]
+            fs.invalidate_cache(path)
+            if retry(lambda fs=fs, path=path: fs.exists(path), what=url):
+                found.add(url)
+            continue
+        fs.invalidate_cache(parent)
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            listing = retry(lambda fs=fs, parent=parent: fs.ls(parent, detail=False), what=parent)
+        except FileNotFoundError:
+            continue
+        names = {p.rstrip("/") for p in listing}
+        found.update(url for url, path in members if path in names)
+    return [url for url in items if url in found]
+
+
+def check_writable(
+    urls: str | Sequence[str], *, overwrite: bool = False, storage_options: dict | None = None
+) -> None:
+    """Refuse, before any work, to write over existing products unless ``overwrite`` is set.
+
+    Parameters
+    ----------
+    urls : str or sequence of str
+        Every destination the caller is about to write.
+    overwrite : bool
+        Whether existing products may be replaced (then nothing is checked).
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+
+    Raises
+    ------
+    OverwriteError
+        Some destinations exist; the message names them.
+    """
+    if overwrite:
         return
-    retry(lambda: fs.pipe_file(path, bytes(data)), what=url)
+    found = existing(urls, storage_options=storage_options)
+    if found:
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        verb = "exists" if len(found) == 1 else "exist"
+        raise OverwriteError(
+            f"{', '.join(found[:5])}{more} already {verb}: pass overwrite=True (CLI: --overwrite) "
+            "to replace, or choose another destination"
+        )
 
 
 @contextlib.contextmanager
-def atomic_write(url: str, storage_options: dict | None = None) -> Iterator[str]:
-    """Context manager yielding a local path to write to; on success the file appears at ``url``
-    in one step, on error nothing is left behind.
+def write_file(
+    url: str, *, overwrite: bool = False, storage_options: dict | None = None
+) -> Iterator[str]:
+    """Context manager yielding a local path to write one product file to.
+
+    The destination is checked first (see the module's overwrite policy); on success the file
+    appears at ``url`` in one step (local rename or one object upload), on error nothing is left
+    behind and a previous file is untouched.
 
     Parameters
     ----------
     url : str
         Destination URL or local path.
+    overwrite : bool
+        Replace an existing file (else :class:`~cloudlab.errors.OverwriteError`).
     storage_options : dict, optional
         Filesystem keyword arguments.
 
@@ -500,7 +593,14 @@ def atomic_write(url: str, storage_options: dict | None = None) -> Iterator[str]
     ------
     str
         A temporary local path (next to the destination for local files).
+
+    Raises
+    ------
+    OverwriteError
+        ``url`` exists and ``overwrite`` is False (checked before the body runs and again before
+        the file is put in place).
     """
+    check_writable(url, overwrite=overwrite, storage_options=storage_options)
     fs, path = resolve(url, storage_options)
     local = isinstance(fs, LocalFileSystem)
     if local:
@@ -515,6 +615,7 @@ def atomic_write(url: str, storage_options: dict | None = None) -> Iterator[str]
         yield tmp
         if not os.path.exists(tmp):
             raise FileNotFoundError(f"nothing was written for {url!r}")
+        check_writable(url, overwrite=overwrite, storage_options=storage_options)
         if local:
             os.replace(tmp, path)
         else:
@@ -524,6 +625,292 @@ def atomic_write(url: str, storage_options: dict | None = None) -> Iterator[str]
             os.unlink(tmp)
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def atomic_write(url: str, storage_options: dict | None = None):
+    """Deprecated: :func:`write_file` with ``overwrite=True`` (kept for existing callers)."""
+    return write_file(url, overwrite=True, storage_options=storage_options)
+
+
+def write_bytes(
+    url: str, data: bytes, storage_options: dict | None = None, *, overwrite: bool = True
+) -> None:
+    """Write ``data`` to ``url`` in one step (local: temporary file then rename; object stores:
+    one object upload, which is atomic by nature).
+
+    Parameters
+    ----------
+    url : str
+        Destination URL or local path.
+    data : bytes
+        Content.
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+    overwrite : bool
+        Replace an existing file. The default (True) keeps this raw helper usable for inputs,
+        caches and simulated data; every product writer passes its own ``overwrite`` (default
+        False) so that products follow the module's overwrite policy.
+
+    Raises
+    ------
+    OverwriteError
+        ``url`` exists and ``overwrite`` is False.
+    """
+    fs, path = resolve(url, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        with write_file(url, overwrite=overwrite, storage_options=storage_options) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        return
+    check_writable(url, overwrite=overwrite, storage_options=storage_options)
+    retry(lambda: fs.pipe_file(path, bytes(data)), what=url)
+
+
+#: zarr metadata documents (v2 and v3); copied into place after every chunk
+_ZARR_METADATA = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"})
+#: storage-option keys whose values are credentials
+_SECRET_WORDS = ("key", "secret", "token", "pass", "cred", "auth")
+
+
+def _secret_values(options: Any) -> set[str]:
+    """String values stored under credential-like keys of ``options`` (nested mappings too)."""
+    out: set[str] = set()
+    if isinstance(options, dict):
+        for key, value in options.items():
+            if isinstance(value, dict):
+                out |= _secret_values(value)
+            elif isinstance(value, str) and len(value) >= 4:
+                if any(word in str(key).lower() for word in _SECRET_WORDS):
+                    out.add(value)
+    return out
+
+
+def _clean_attrs(attrs: dict, secrets: set[str]) -> dict:
+    """``attrs`` without ``storage_options`` and without values that contain a credential."""
+    return {
+        k: v
+        for k, v in attrs.items()
+        if k != "storage_options" and not any(s in repr(v) for s in secrets)
+    }
+
+
+def _for_zarr(ds: Any, secrets: set[str]) -> Any:
+    """A shallow copy of ``ds`` safe to write: no secrets in attrs, no stale chunk encodings,
+    text as variable-length strings."""
+    import numpy as np
+    import xarray as xr
+
+    ds = ds.copy(deep=False)
+    text = [name for name, var in ds.variables.items() if var.dtype.kind == "U"]
+    for name in text:  # variable-length strings have a zarr v3 specification, fixed-length not
+        var = ds.variables[name]  # (text is small: labels, names, URLs; loaded here)
+        text_var = xr.Variable(var.dims, np.asarray(var.values, dtype=object), var.attrs)
+        if name in ds.coords:
+            ds = ds.assign_coords({name: text_var})
+        else:
+            ds[name] = text_var
+    ds.attrs = _clean_attrs(dict(ds.attrs), secrets)
+    for var in ds.variables.values():
+        var.attrs = _clean_attrs(dict(var.attrs), secrets)
+        var.encoding = {
+            k: v for k, v in var.encoding.items() if k not in ("chunks", "preferred_chunks")
+        }
+    return ds
+
+
+def _is_lazy(ds: Any) -> bool:
+    return any(dask.is_dask_collection(v.data) for v in ds.variables.values())
+
+
+def _zarr_store(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    """What ``to_zarr``/``open_zarr`` take for ``path``: the path locally, a mapper elsewhere."""
+    return path if isinstance(fs, LocalFileSystem) else fs.get_mapper(path)
+
+
+def _metadata_last(keys: list[str], root: str) -> list[str]:
+    """Object keys ordered chunk data first, then metadata deepest first, the root's last."""
+
+    def rank(key: str) -> tuple[int, int]:
+        if key.rsplit("/", 1)[-1] not in _ZARR_METADATA:
+            return (0, 0)
+        return (1, -key[len(root) :].count("/"))
+
+    return sorted(keys, key=rank)
+
+
+def _switch_local(staging: str, path: str, url: str, overwrite: bool) -> None:
+    """Rename the complete ``staging`` store to ``path`` (the previous one aside, then away)."""
+    if not os.path.lexists(path):
+        os.rename(staging, path)
+        return
+    if not overwrite:
+        raise OverwriteError(f"{url} appeared while it was written: pass overwrite=True to replace")
+    aside = f"{staging[: -len('.partial')]}.previous"
+    os.rename(path, aside)
+    try:
+        os.rename(staging, path)
+    except OSError:
+        os.rename(aside, path)
+        raise
+    if os.path.isdir(aside):
+        shutil.rmtree(aside)
+    else:
+        os.unlink(aside)
+
+
+def _switch_remote(
+    fs: fsspec.AbstractFileSystem, staging: str, path: str, url: str, overwrite: bool
+) -> None:
+    """Copy the complete ``staging`` store to ``path``: data, then metadata, then clean up."""
+    fs.invalidate_cache(path)
+    old = set(fs.find(path)) if fs.exists(path) else set()
+    if old and not overwrite:
+        raise OverwriteError(f"{url} appeared while it was written: pass overwrite=True to replace")
+    fs.invalidate_cache(staging)
+    new = _metadata_last(fs.find(staging), staging)
+    targets = [f"{path}{key[len(staging) :]}" for key in new]
+    n_data = sum(key.rsplit("/", 1)[-1] not in _ZARR_METADATA for key in new)
+    try:
+        if n_data:
+            retry(lambda: fs.copy(new[:n_data], targets[:n_data]), what=url)
+        for key, target in zip(new[n_data:], targets[n_data:], strict=True):
+            retry(lambda key=key, target=target: fs.copy(key, target), what=target)
+    except Exception as exc:
+        raise StorageError(
+            f"{url}: the new store is complete at {_unstrip(fs, staging, url)} but copying it into "
+            f"place failed ({type(exc).__name__}: {exc}); {url} may mix old and new chunks: "
+            "copy the complete store over it or write again with overwrite=True"
+        ) from exc
+    stale = sorted(old - set(targets))
+    if stale:
+        retry(lambda: fs.rm(stale), what=url)
+    retry(lambda: fs.rm(staging, recursive=True), what=url)
+    fs.invalidate_cache(path)
+
+
+def write_zarr(
+    ds: Any,
+    url: str,
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    progress: bool = True,
+    zarr_format: int | None = None,
+    consolidated: bool = True,
+) -> str:
+    """Write an xarray Dataset to a zarr store, following the module's overwrite policy.
+
+    The destination is checked before anything is computed. The store is written complete under
+    a fresh sibling prefix and then put in place (renamed locally, copied data-first and
+    metadata-last on object stores), so ``url`` never holds a half-written store and a previous
+    store survives any failure before the new one is complete. Dask-backed variables are
+    computed by :func:`cloudlab.cluster.compute` (on the active cluster, the workers write their
+    chunks; progress bar on stderr). ``storage_options`` never reach the store: a
+    ``storage_options`` attribute, and any attribute containing one of its credentials, is left
+    out.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        What to write (lazy or in memory).
+    url : str
+        Destination URL or local path of the store.
+    overwrite : bool
+        Replace an existing store (only once the new one is complete).
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+    progress : bool
+        Show a progress bar while dask-backed variables are computed.
+    zarr_format : {2, 3}, optional
+        zarr format; default zarr's.
+    consolidated : bool
+        Write consolidated metadata (default True).
+
+    Returns
+    -------
+    str
+        ``url``.
+
+    Raises
+    ------
+    OverwriteError
+        ``url`` exists and ``overwrite`` is False (nothing is computed).
+    StorageError
+        The new store is complete but could not be copied into place (object stores); the
+        message names the complete copy.
+    """
+    import warnings
+
+    check_writable(url, overwrite=overwrite, storage_options=storage_options)
+    secrets = _secret_values(storage_options_for(url, storage_options))
+    clean = _for_zarr(ds, secrets)
+    fs, path = resolve(url, storage_options)
+    path = path.rstrip("/")
+    parent, _, name = path.rpartition("/")
+    staging = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.partial"
+    local = isinstance(fs, LocalFileSystem)
+    if local:
+        os.makedirs(parent or ".", exist_ok=True)
+    try:
+        with warnings.catch_warnings():  # consolidated metadata is not in the zarr v3 spec (yet)
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            delayed = clean.to_zarr(
+                _zarr_store(fs, staging),
+                mode="w",
+                compute=False,
+                zarr_format=zarr_format,
+                consolidated=consolidated,
+            )
+            from cloudlab.cluster import compute
+
+            compute(delayed, progress=progress and _is_lazy(clean))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.invalidate_cache(staging)
+            if fs.exists(staging):
+                fs.rm(staging, recursive=True)
+        raise
+    if local:
+        try:
+            _switch_local(staging, path, url, overwrite)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    else:
+        try:
+            _switch_remote(fs, staging, path, url, overwrite)
+        except OverwriteError:
+            fs.rm(staging, recursive=True)
+            raise
+    return url
+
+
+def read_zarr(url: str, *, storage_options: dict | None = None) -> Any:
+    """Open a zarr store written by :func:`write_zarr` (lazily, dask-backed).
+
+    Parameters
+    ----------
+    url : str
+        Store URL or local path.
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+
+    Returns
+    -------
+    xarray.Dataset
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``url``.
+    """
+    import xarray as xr
+
+    fs, path = resolve(url, storage_options)
+    path = path.rstrip("/")
+    fs.invalidate_cache(path)
+    if not retry(lambda: fs.exists(path), what=url):
+        raise FileNotFoundError(errno.ENOENT, "no zarr store", url)
+    return xr.open_zarr(_zarr_store(fs, path))
 
 
 def worker_environment() -> dict[str, str]:

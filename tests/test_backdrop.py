@@ -337,3 +337,58 @@ def test_in_memory_stack_with_a_blank_frame(stack):
     model = backdrop.evaluate(w, mem.row.values, mem.column.values, times=[0]).values[0]
     good = w["star_mask"].values
     assert np.median(np.abs(model - truth.background(0))[good]) < 0.15
+
+
+def test_write_read_pairs_and_overwrite_policy(tmp_path, weights):
+    from cloudlab.errors import OverwriteError
+
+    url = str(tmp_path / "w.fits")
+    assert backdrop.write_weights_fits(weights, url) == url
+    back = backdrop.read_weights_fits(url)
+    np.testing.assert_allclose(back["strap_w"].values, weights["strap_w"].values)
+    with pytest.raises(OverwriteError, match="w.fits already exists"):
+        backdrop.write_weights(weights, url)
+    backdrop.write_weights(weights.isel(time=[0]), url, overwrite=True)
+    assert backdrop.read_weights(url).sizes["time"] == 1
+    masks_url = str(tmp_path / "masks.fits")
+    backdrop.write_masks_fits(weights, masks_url)
+    masks = backdrop.read_masks_fits(masks_url)
+    np.testing.assert_array_equal(masks["star_mask"].values, weights["star_mask"].values)
+    np.testing.assert_allclose(masks["average_image"].values, weights["average_image"].values)
+    with pytest.raises(ValueError, match="not a BackDrop masks file"):
+        backdrop.read_masks_fits(url)
+    assert backdrop.save is backdrop.write_weights and backdrop.load is backdrop.read_weights
+
+
+def test_zarr_overwrite_keeps_previous_weights_when_the_fit_fails(tmp_path, stack, weights):
+    _, ffis = stack
+    url = str(tmp_path / "w.zarr")
+    backdrop.write_weights_zarr(weights, url)
+
+    def lost(block):
+        raise RuntimeError("worker lost")
+
+    broken = weights.copy()
+    strap = da.from_array(weights["strap_w"].values, chunks=(1, -1))
+    broken["strap_w"] = (("time", "column"), strap.map_blocks(lost, dtype=float))
+    with pytest.raises(RuntimeError, match="worker lost"):
+        backdrop.write_weights_zarr(broken, url, overwrite=True, progress=False)
+    np.testing.assert_array_equal(
+        backdrop.read_weights_zarr(url)["strap_w"].values, weights["strap_w"].values
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.zarr"]
+
+
+def test_fit_takes_an_explicit_frame_source(stack, weights):
+    from cloudlab.errors import InputError
+    from cloudlab.io.tess_ffi import frame_source
+
+    _, ffis = stack
+    source = frame_source(ffis)
+    assert source.box == (0, 44, SHAPE[0], SHAPE[1])
+    with dask.config.set(scheduler="sync"):
+        again = backdrop.fit(ffis, nknots=NKNOTS, frames_per_batch=3, source=source).compute()
+    np.testing.assert_allclose(again["poly_w"].values, weights["poly_w"].values, rtol=1e-10)
+    assert (again.attrs["image_row_offset"], again.attrs["image_column_offset"]) == (0, 44)
+    with pytest.raises(InputError, match="frame source has 4 frames"):
+        backdrop.fit(ffis.isel(time=[0, 2, 3]), nknots=NKNOTS, source=source)

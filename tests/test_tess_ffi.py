@@ -12,7 +12,7 @@ from _paths import REAL_FFI
 from astropy.io import fits
 
 from cloudlab.io.tess import open_ffis
-from cloudlab.io.tess_ffi import FFIError
+from cloudlab.io.tess_ffi import FFIError, frame_source
 from cloudlab.simulate.ffis import ffi_stack
 
 
@@ -115,3 +115,27 @@ def test_missing_and_corrupt_frames(sim, tmp_path):
         open_ffis(urls, on_error="ignore")
     with pytest.raises(FileNotFoundError, match="no files match"):
         open_ffis(str(tmp_path / "none*.fits"))
+
+
+def test_status_reason_and_frame_source(sim, tmp_path):
+    truth, dest = sim
+    options = {"auto_mkdir": True}  # a harmless local option, passed explicitly
+    ds = open_ffis(str(dest / "*.fits"), storage_options=options)
+    assert list(ds["status"].values) == ["ok"] * 3 and list(ds["reason"].values) == [""] * 3
+    assert ds["flux"].attrs["units"] == "electron / s"
+    assert "storage_options" not in ds.attrs  # options never enter attrs
+    part = ds.isel(time=[2, 0], row=slice(5, 25), column=slice(10, 40))
+    source = frame_source(part, storage_options=options)
+    assert source.urls == (truth.urls[2], truth.urls[0])
+    assert source.box == (5, 44 + 10, 20, 30) and source.hdu == 1
+    assert source.storage_options == options and "auto_mkdir" not in repr(source)
+    np.testing.assert_array_equal(source.read(source.urls[0]), part["flux"].values[0])
+    assert frame_source(ds.isel(row=[0, 2])) is None  # not contiguous: use the flux chunks
+    assert frame_source(ds.drop_vars("url")) is None
+    # a stack without an uncertainty HDU says so per frame
+    with fits.open(truth.urls[0]) as hdul:
+        fits.HDUList([hdul[0].copy(), hdul[1].copy()]).writeto(tmp_path / "noerr_ffic.fits")
+    one = open_ffis(str(tmp_path / "noerr_ffic.fits"))
+    assert list(one["status"].values) == ["no_uncertainty"]
+    assert "no uncertainty HDU" in str(one["reason"].values[0])
+    assert np.isnan(one["flux_err"].values).all()

@@ -222,9 +222,14 @@ def write_tfrecords(
     *,
     split: Sequence[float] = (0.8, 0.1, 0.1),
     seed: int = 123,
+    overwrite: bool = False,
     storage_options: dict | None = None,
+    progress: bool = True,
 ) -> dict[str, int]:
     """Write views to AstroNet TFRecord shards (a sink: computes ``views``).
+
+    Follows :mod:`cloudlab.storage`'s overwrite policy: existing shards are refused (naming them)
+    before anything is computed unless ``overwrite``; each shard is written in one step.
 
     Parameters
     ----------
@@ -238,24 +243,35 @@ def write_tfrecords(
         Train, validation and test fractions.
     seed : int
         Shuffle seed (123 in the reference).
+    overwrite : bool
+        Replace existing shards.
     storage_options : dict, optional
         fsspec options for ``dest``.
+    progress : bool
+        Progress bar (stderr) while lazy views are computed.
 
     Returns
     -------
     dict
         Shard name → number of records written.
     """
+    from cloudlab.cluster import compute
+
     for name in ("global_view", "local_view"):
         if name not in views:
-            raise ValueError(f"views has no {name!r} variable; got {list(views.data_vars)}")
-    views = views.compute()
+            raise InputError(
+                f"write_tfrecords: views has no {name!r} variable; got {list(views.data_vars)}"
+            )
+    shards = list(split_indices(1, split, seed))  # the names only depend on the split
+    urls = {shard: f"{dest.rstrip('/')}/{shard}" for shard in shards}
+    storage.check_writable([*urls.values()], overwrite=overwrite, storage_options=storage_options)
+    (views,) = compute(views, progress=progress and bool(views.chunks))
     if "valid" in views:
         views = views.isel(tce=np.flatnonzero(views["valid"].values))
     counts = {}
     for shard, index in split_indices(views.sizes["tce"], split, seed).items():
         data = frame_records(_examples(views, index))
-        storage.write_bytes(f"{dest.rstrip('/')}/{shard}", data, storage_options=storage_options)
+        storage.write_bytes(urls[shard], data, overwrite=overwrite, storage_options=storage_options)
         counts[shard] = len(index)
     return counts
 

@@ -1,8 +1,9 @@
 """BackDrop: TESS FFI scattered-light background models (tess-backdrop's model, solved fast).
 
 ``fit`` builds a lazy graph that fits every frame of an FFI stack; ``evaluate`` gives the
-background on any pixel grid; ``subtract`` removes it from cutouts; ``save``/``load`` write and
-read weights as tess-backdrop-layout FITS or zarr.
+background on any pixel grid; ``subtract`` removes it from cutouts; ``write_weights`` and
+``read_weights`` write and read weights as tess-backdrop-layout FITS or zarr (``save``/``load``:
+deprecated aliases).
 """
 
 from cloudlab.backdrop.evaluate import (
@@ -13,7 +14,18 @@ from cloudlab.backdrop.evaluate import (
     subtract,
 )
 from cloudlab.backdrop.fit import fit
-from cloudlab.backdrop.io import load, load_fits, load_zarr, save, save_fits, save_zarr
+from cloudlab.backdrop.io import (
+    load,
+    read_masks_fits,
+    read_weights,
+    read_weights_fits,
+    read_weights_zarr,
+    save,
+    write_masks_fits,
+    write_weights,
+    write_weights_fits,
+    write_weights_zarr,
+)
 
 __all__ = [
     "ccd_to_science",
@@ -21,11 +33,15 @@ __all__ = [
     "fit",
     "frame_index",
     "load",
-    "load_fits",
-    "load_zarr",
+    "read_masks_fits",
+    "read_weights",
+    "read_weights_fits",
+    "read_weights_zarr",
     "save",
-    "save_fits",
-    "save_zarr",
     "science_to_ccd",
     "subtract",
+    "write_masks_fits",
+    "write_weights",
+    "write_weights_fits",
+    "write_weights_zarr",
 ]

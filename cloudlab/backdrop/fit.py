@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import dask
@@ -13,26 +14,32 @@ import xarray as xr
 from cloudlab.backdrop import basis, masks
 from cloudlab.backdrop.solver import Solver, build_solver
 from cloudlab.backend import gpu_tasks
+from cloudlab.errors import InputError
+from cloudlab.io.tess_ffi import FrameSource, frame_source
+
+__all__ = [
+    "average_batches",
+    "batch_mean",
+    "default_frames_per_batch",
+    "fit",
+    "frame_sources",
+    "model_grid",
+    "prepare_solver",
+]
 
 BATCH_BYTES = 128 * 2**20
 SUBSAMPLE = 16
 
 
-def _read_frame(url: str, box: tuple) -> np.ndarray:
-    """Read one frame's image box ``(row0, col0, rows, cols[, storage_options])`` of HDU 1."""
-    from cloudlab.io.tess_ffi import read_science
-
-    return read_science(url, 1, tuple(box[:4]), box[4] if len(box) > 4 else None)[0]
-
-
-def batch_mean(frames: list, box: tuple | None = None) -> np.ndarray:
+def batch_mean(frames: list, source: FrameSource | None = None) -> np.ndarray:
     """Mean of frames, each minus the median of its ``[::16, ::16]`` subsample.
 
-    ``frames`` holds one-frame arrays ``(1, rows, columns)``, or URLs read here (with ``box``).
-    Non-finite pixels are left out of the mean (NaN where no frame has a finite value).
+    ``frames`` holds one-frame arrays ``(1, rows, columns)``, or URLs read here through
+    ``source``. Non-finite pixels are left out of the mean (NaN where no frame has a finite
+    value).
     """
     acc = count = None
-    for frame in _frames(frames, box):
+    for frame in _frames(frames, source):
         if acc is None:
             acc = np.zeros(frame.shape, np.float64)
             count = np.zeros(frame.shape, np.int32)
@@ -46,41 +53,53 @@ def batch_mean(frames: list, box: tuple | None = None) -> np.ndarray:
         return (acc / count).astype(np.float32)
 
 
-def frame_sources(ffis: xr.Dataset) -> tuple[list, tuple | None]:
-    """What each task reads: frame URLs and the image box, or one-frame dask blocks.
+def frame_sources(ffis: xr.Dataset, source: FrameSource | None = None) -> list:
+    """What each task reads: one frame URL per time step (with ``source``), or one-frame blocks.
 
-    Stacks from :func:`cloudlab.io.tess.open_ffis` (a ``url`` coordinate and image offsets) are
-    read by the tasks that use them, so no frame is held in memory between the average pass and
-    the fit pass; other datasets are used through their ``flux`` chunks.
+    With a :class:`~cloudlab.io.tess_ffi.FrameSource` the tasks read their frames themselves, so
+    no frame is held in memory between the average pass and the fit pass; otherwise the
+    dataset's ``flux`` chunks are used.
     """
-    rows, cols = ffis["row"].values, ffis["column"].values
-    a = ffis.attrs
-    contiguous = bool(np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1))
-    if "url" in ffis.coords and "image_row_offset" in a and contiguous:
-        box = (
-            int(a["image_row_offset"] + rows[0]),
-            int(a["image_column_offset"] + cols[0]),
-            len(rows),
-            len(cols),
-            a.get("storage_options"),
-        )
-        return [str(u) for u in ffis["url"].values], box
+    if source is not None:
+        return list(source.urls)
     flux = ffis["flux"].data
     if not isinstance(flux, da.Array):
         flux = da.from_array(np.asarray(flux))
-    return list(flux.rechunk((1, *flux.shape[1:])).to_delayed().ravel()), None
+    return list(flux.rechunk((1, *flux.shape[1:])).to_delayed().ravel())
 
 
-def _frames(items: list, box: tuple | None) -> list[np.ndarray]:
+def _frames(items: list, source: FrameSource | None) -> list[np.ndarray]:
     return [
-        (_read_frame(item, box) if isinstance(item, str) else np.asarray(item)[0]).astype(
+        (source.read(item) if isinstance(item, str) else np.asarray(item)[0]).astype(
             np.float32, copy=False
         )
         for item in items
     ]
 
 
-def average_batches(ffis: xr.Dataset, good: np.ndarray) -> list:
+def _source_for(
+    ffis: xr.Dataset, source: FrameSource | None, storage_options: dict | None
+) -> FrameSource | None:
+    """``source``, checked against ``ffis``, or the stack's own :func:`frame_source`."""
+    if source is None:
+        return frame_source(ffis, storage_options=storage_options)
+    n_t, n_r, n_c = ffis["flux"].shape
+    if len(source.urls) != n_t or tuple(source.box[2:]) != (n_r, n_c):
+        raise InputError(
+            f"fit: the frame source has {len(source.urls)} frames of {source.box[2:]} pixels but "
+            f"the stack has {n_t} of {(n_r, n_c)}; build it with "
+            "cloudlab.io.tess_ffi.frame_source(ffis) after any selection"
+        )
+    return source
+
+
+def average_batches(
+    ffis: xr.Dataset,
+    good: np.ndarray,
+    source: FrameSource | None = None,
+    *,
+    storage_options: dict | None = None,
+) -> list:
     """tess-backdrop's average-image batches, lazily: one task per batch of good frames.
 
     Parameters
@@ -89,6 +108,11 @@ def average_batches(ffis: xr.Dataset, good: np.ndarray) -> list:
         The frames (``flux``, dims ``time, row, column``).
     good : numpy.ndarray
         Boolean per frame: frames that may enter the average.
+    source : FrameSource, optional
+        Where tasks read the frames; default :func:`~cloudlab.io.tess_ffi.frame_source` of
+        ``ffis`` (with ``storage_options``).
+    storage_options : dict, optional
+        Filesystem keyword arguments for the frames.
 
     Returns
     -------
@@ -96,11 +120,20 @@ def average_batches(ffis: xr.Dataset, good: np.ndarray) -> list:
         Batch means (float32 images); :func:`prepare_solver` takes their per-pixel median.
     """
     idx = np.flatnonzero(good)
-    sources, box = frame_sources(ffis)
+    source = _source_for(ffis, source, storage_options)
+    items = frame_sources(ffis, source)
+    reader = _shared(source)
     return [
-        dask.delayed(batch_mean, pure=True)([sources[k] for k in idx[b]], box)
+        dask.delayed(batch_mean, pure=True)([items[k] for k in idx[b]], reader)
         for b in masks.frame_batches(len(idx))
     ]
+
+
+def _shared(source: FrameSource | None) -> Any:
+    """One graph key holding the source's reader (its box, HDU and options), not its URLs."""
+    if source is None:
+        return None
+    return dask.delayed(dataclasses.replace(source, urls=()), pure=True)
 
 
 def prepare_solver(
@@ -152,9 +185,9 @@ def model_grid(
     return out
 
 
-def _fit_block(items: list, solver: Solver, gpu: bool, box: tuple | None) -> tuple:
+def _fit_block(items: list, solver: Solver, gpu: bool, source: FrameSource | None) -> tuple:
     """Read (URLs) or take (one-frame blocks) a batch of frames and fit them."""
-    frames = _frames(items, box)
+    frames = _frames(items, source)
     if gpu:
         import cupy
 
@@ -176,6 +209,8 @@ def fit(
     degree: int = 2,
     frames_per_batch: int | None = None,
     gpu: bool = False,
+    source: FrameSource | None = None,
+    storage_options: dict | None = None,
 ) -> xr.Dataset:
     """Fit tess-backdrop's background model to every frame of an FFI stack (lazily).
 
@@ -196,13 +231,21 @@ def fit(
         Frames per time chunk (right-hand sides solved together); default about 128 MiB.
     gpu : bool
         Run the per-chunk kernels on CuPy (tasks ask for the ``GPU`` resource).
+    source : cloudlab.io.tess_ffi.FrameSource, optional
+        Where the tasks read the frames; default :func:`cloudlab.io.tess_ffi.frame_source` of
+        ``ffis``.
+    storage_options : dict, optional
+        Filesystem keyword arguments for reading the frames (give the same as to ``open_ffis``;
+        they stay in the tasks, never in the result's ``attrs``).
 
     Notes
     -----
-    For stacks from :func:`cloudlab.io.tess.open_ffis` the tasks read their frames from the
-    ``url`` coordinate themselves (one ranged read of the science region per frame), so no frame
-    is kept in memory between the average-image pass and the fit pass; any other Dataset is used
-    through its ``flux`` chunks.
+    For stacks from :func:`cloudlab.io.tess.open_ffis` the tasks read their frames through the
+    :class:`~cloudlab.io.tess_ffi.FrameSource` themselves (one ranged read of the science region
+    per frame), so no frame is kept in memory between the average-image pass and the fit pass;
+    any other Dataset is used through its ``flux`` chunks. The weights' ``image_row_offset`` and
+    ``image_column_offset`` (image pixel of science pixel 0) come from the source's box, else
+    from ``ffis.attrs``, else the full-frame values 0 and 44.
 
     Returns
     -------
@@ -215,17 +258,17 @@ def fit(
 
     Raises
     ------
-    ValueError
-        Missing variables, every frame flagged, a region too small for ``nknots``.
+    InputError
+        Missing variables, every frame flagged, a region too small for ``nknots``, a ``source``
+        that does not match ``ffis``.
     RuntimeError
         ``gpu=True`` without a usable GPU.
     """
-    for name in ("flux",):
-        if name not in ffis:
-            raise ValueError(f"fit: the dataset has no {name!r} variable")
+    if "flux" not in ffis:
+        raise InputError("fit: the dataset has no 'flux' variable; open the frames with open_ffis")
     flux = ffis["flux"]
     if flux.dims != ("time", "row", "column"):
-        raise ValueError(f"fit: flux must have dims (time, row, column), got {flux.dims}")
+        raise InputError(f"fit: flux must have dims (time, row, column), got {flux.dims}")
     ccd = int(ffis.attrs.get("ccd", 0))
     basis.boresight(ccd)  # validates the CCD number
     if gpu:
@@ -236,7 +279,7 @@ def fit(
     quality = ffis["quality"].values if "quality" in ffis.coords else np.zeros(n_t, int)
     good = masks.good_frames(quality)
     if not good.any():
-        raise ValueError(
+        raise InputError(
             f"fit: all {n_t} frames carry bad quality bits ({masks.BAD_QUALITY_BITS}); "
             "no frame can build the average image"
         )
@@ -246,20 +289,22 @@ def fit(
     column_knots = basis.knots(columns, nknots, degree)
     fpb = frames_per_batch or default_frames_per_batch(n_r, n_c, n_t)
     if fpb < 1:
-        raise ValueError(f"frames_per_batch must be >= 1, got {frames_per_batch}")
+        raise InputError(f"fit: frames_per_batch must be >= 1, got {frames_per_batch}")
 
-    means = average_batches(ffis, good)
+    source = _source_for(ffis, source, storage_options)
+    means = average_batches(ffis, good, source)
     solver = dask.delayed(prepare_solver, pure=True)(
         means, rows, columns, ccd=ccd, npoly=npoly, nrad=nrad, nknots=nknots, degree=degree
     )
     n_poly = npoly * npoly + nrad - 1
-    sources, box = frame_sources(ffis)
+    items = frame_sources(ffis, source)
+    reader = _shared(source)
     poly, spline, strap = [], [], []
     with gpu_tasks() if gpu else contextlib.nullcontext():
         for start in range(0, n_t, fpb):
-            group = sources[start : start + fpb]
+            group = items[start : start + fpb]
             n = len(group)
-            out = dask.delayed(_fit_block, nout=3, pure=True)(group, solver, gpu, box)
+            out = dask.delayed(_fit_block, nout=3, pure=True)(group, solver, gpu, reader)
             poly.append(da.from_delayed(out[0], (n, n_poly), np.float64))
             spline.append(da.from_delayed(out[1], (n, nknots, nknots), np.float64))
             strap.append(da.from_delayed(out[2], (n, n_c), np.float64))
@@ -268,12 +313,17 @@ def fit(
     sat_mask = da.from_delayed(_attr(solver, "saturation"), (n_r, n_c), bool)
 
     time_coords = {k: v for k, v in ffis.coords.items() if v.dims == ("time",)}
+    if source is not None:  # image pixel of science pixel 0
+        row_offset, column_offset = source.box[0] - int(rows[0]), source.box[1] - int(columns[0])
+    else:
+        row_offset = int(ffis.attrs.get("image_row_offset", 0))
+        column_offset = int(ffis.attrs.get("image_column_offset", 44))
     ds = xr.Dataset(
         {
             "poly_w": (("time", "poly_term"), da.concatenate(poly)),
             "spline_w": (("time", "column_knot", "row_knot"), da.concatenate(spline)),
             "strap_w": (("time", "column"), da.concatenate(strap)),
-            "average_image": (("row", "column"), average, {"units": "electrons/s"}),
+            "average_image": (("row", "column"), average, {"units": "electron / s"}),
             "star_mask": (("row", "column"), star_mask),
             "sat_mask": (("row", "column"), sat_mask),
             "row_knots": ("row_knot_edge", row_knots),
@@ -288,8 +338,8 @@ def fit(
             "nrad": nrad,
             "nknots": nknots,
             "degree": degree,
-            "image_row_offset": int(ffis.attrs.get("image_row_offset", 0)),
-            "image_column_offset": int(ffis.attrs.get("image_column_offset", 44)),
+            "image_row_offset": row_offset,
+            "image_column_offset": column_offset,
             "bore_row": basis.boresight(ccd)[0],
             "bore_column": basis.boresight(ccd)[1],
             "model": "tess-backdrop: poly+radial on 8x8 block means; B-spline + column straps",

@@ -1,4 +1,8 @@
-"""Save and load BackDrop weights: FITS in tess-backdrop's HDU layout, or zarr.
+"""Write and read BackDrop weights: FITS in tess-backdrop's HDU layout, or zarr.
+
+Every writer follows :mod:`cloudlab.storage`'s overwrite policy (``overwrite=False`` refuses an
+existing destination before anything is computed; ``overwrite=True`` replaces it only once the new
+product is complete) and computes lazy weights through :func:`cloudlab.cluster.compute`.
 
 FITS layout (tess-backdrop 0.1.6, extended compatibly):
 
@@ -19,20 +23,36 @@ HDU   name        content
 
 The masks and the average image go to a separate file (``STARMASK``, ``SATMASK``, ``AVGIMG``), as
 tess-backdrop does.
+
+``save``/``load``/``save_fits``/``save_zarr``/``save_masks_fits`` are deprecated aliases of
+:func:`write_weights`, :func:`read_weights`, :func:`write_weights_fits`,
+:func:`write_weights_zarr` and :func:`write_masks_fits` (used by a notebook, the docs and the
+``backdrop`` command).
 """
 
 from __future__ import annotations
 
 import io as _io
-import uuid
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 from astropy.io import fits
 
 import cloudlab
 from cloudlab import storage
+from cloudlab.errors import FITSFormatError, InputError
+
+__all__ = [
+    "default_name",
+    "read_masks_fits",
+    "read_weights",
+    "read_weights_fits",
+    "read_weights_zarr",
+    "write_masks_fits",
+    "write_weights",
+    "write_weights_fits",
+    "write_weights_zarr",
+]
 
 WEIGHT_VARS = ("poly_w", "spline_w", "strap_w")
 HEADER_KEYS = ("sector", "camera", "ccd", "nknots", "npoly", "nrad", "degree")
@@ -45,14 +65,34 @@ def default_name(weights: xr.Dataset, kind: str = "") -> str:
     return f"tessbackdrop{part}_sector{a['sector']}_camera{a['camera']}_ccd{a['ccd']}.fits"
 
 
+def _computed(ds: xr.Dataset, progress: bool) -> xr.Dataset:
+    """``ds`` in memory, computed through :func:`cloudlab.cluster.compute` when lazy."""
+    from cloudlab.cluster import compute
+
+    return compute(ds, progress=progress)[0]
+
+
+def _fits_bytes(hdul: fits.HDUList) -> bytes:
+    buf = _io.BytesIO()
+    hdul.writeto(buf)
+    return buf.getvalue()
+
+
 def _time_column(weights: xr.Dataset, name: str) -> np.ndarray:
     if name in weights.coords:
         return np.asarray(weights[name].values, dtype=float)
     return np.full(weights.sizes["time"], np.nan)
 
 
-def save_fits(weights: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
-    """Write the weights as a tess-backdrop-layout FITS file (atomically).
+def write_weights_fits(
+    weights: xr.Dataset,
+    url: str,
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> str:
+    """Write the weights as a tess-backdrop-layout FITS file (in one step).
 
     Parameters
     ----------
@@ -60,10 +100,21 @@ def save_fits(weights: xr.Dataset, url: str, *, storage_options: dict | None = N
         From :func:`cloudlab.backdrop.fit` (computed here if lazy).
     url : str
         Destination URL or path.
+    overwrite : bool
+        Replace an existing file (else :class:`~cloudlab.errors.OverwriteError`, raised before
+        anything is computed).
     storage_options : dict, optional
         Filesystem keyword arguments.
+    progress : bool
+        Progress bar (stderr) while lazy weights are computed.
+
+    Returns
+    -------
+    str
+        ``url``.
     """
-    w = weights[list(WEIGHT_VARS) + ["row_knots", "column_knots"]].compute()
+    storage.check_writable(url, overwrite=overwrite, storage_options=storage_options)
+    w = _computed(weights[list(WEIGHT_VARS) + ["row_knots", "column_knots"]], progress)
     a = weights.attrs
     primary = fits.PrimaryHDU()
     h = primary.header
@@ -110,14 +161,26 @@ def save_fits(weights: xr.Dataset, url: str, *, storage_options: dict | None = N
             row_knots,
         ]
     )
-    buf = _io.BytesIO()
-    hdul.writeto(buf)
-    storage.write_bytes(url, buf.getvalue(), storage_options)
+    storage.write_bytes(
+        url, _fits_bytes(hdul), overwrite=overwrite, storage_options=storage_options
+    )
+    return url
 
 
-def save_masks_fits(weights: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
-    """Write ``STARMASK``, ``SATMASK`` (uint8) and ``AVGIMG`` (float32) like tess-backdrop."""
-    m = weights[["star_mask", "sat_mask", "average_image"]].compute()
+def write_masks_fits(
+    weights: xr.Dataset,
+    url: str,
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> str:
+    """Write ``STARMASK``, ``SATMASK`` (uint8) and ``AVGIMG`` (float32) like tess-backdrop.
+
+    Parameters and overwrite rule as :func:`write_weights_fits`; returns ``url``.
+    """
+    storage.check_writable(url, overwrite=overwrite, storage_options=storage_options)
+    m = _computed(weights[["star_mask", "sat_mask", "average_image"]], progress)
     hdul = fits.HDUList(
         [
             fits.PrimaryHDU(),
@@ -126,13 +189,45 @@ def save_masks_fits(weights: xr.Dataset, url: str, *, storage_options: dict | No
             fits.ImageHDU(m["average_image"].values.astype(np.float32), name="AVGIMG"),
         ]
     )
-    buf = _io.BytesIO()
-    hdul.writeto(buf)
-    storage.write_bytes(url, buf.getvalue(), storage_options)
+    storage.write_bytes(
+        url, _fits_bytes(hdul), overwrite=overwrite, storage_options=storage_options
+    )
+    return url
 
 
-def load_fits(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
-    """Read weights written by :func:`save_fits` (or by tess-backdrop itself).
+def read_masks_fits(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Read a file written by :func:`write_masks_fits` (or tess-backdrop's masks file).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``star_mask``, ``sat_mask`` (bool) and ``average_image`` (float32), dims ``(row, column)``.
+
+    Raises
+    ------
+    FITSFormatError
+        ``url`` is not a FITS file or lacks ``STARMASK``/``SATMASK``/``AVGIMG``.
+    """
+    data = storage.read_bytes(url, storage_options=storage_options)
+    try:
+        with fits.open(_io.BytesIO(data)) as hdul:
+            star, sat, avg = (np.asarray(hdul[n].data) for n in ("STARMASK", "SATMASK", "AVGIMG"))
+    except (OSError, KeyError) as exc:
+        raise FITSFormatError(
+            f"{url}: not a BackDrop masks file ({exc}); expected STARMASK, SATMASK, AVGIMG HDUs"
+        ) from exc
+    dims = ("row", "column")
+    return xr.Dataset(
+        {
+            "star_mask": (dims, star.astype(bool)),
+            "sat_mask": (dims, sat.astype(bool)),
+            "average_image": (dims, avg.astype(np.float32), {"units": "electron / s"}),
+        }
+    )
+
+
+def read_weights_fits(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Read weights written by :func:`write_weights_fits` (or by tess-backdrop itself).
 
     tess-backdrop files carry no region keys: they load with rows ``0..2047`` and columns
     ``0..n-1`` in *their* pixel grid (one column off from the true science columns), and with
@@ -140,14 +235,14 @@ def load_fits(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
 
     Raises
     ------
-    ValueError
-        The file lacks one of the BackDrop HDUs or header keys.
+    FITSFormatError
+        The file is not FITS, or lacks one of the BackDrop HDUs or header keys.
     """
-    data = storage.read_bytes(url, storage_options)
+    data = storage.read_bytes(url, storage_options=storage_options)
     try:
         hdul = fits.open(_io.BytesIO(data))
     except OSError as exc:
-        raise ValueError(f"{url}: not a FITS file: {exc}") from exc
+        raise FITSFormatError(f"{url}: not a FITS file: {exc}") from exc
     with hdul:
         h = hdul[0].header
         try:
@@ -158,7 +253,9 @@ def load_fits(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
             strap = np.asarray(hdul["STRAP_W"].data, float)
             poly = np.asarray(hdul["POLY_W"].data, float)
         except (KeyError, IndexError, TypeError) as exc:
-            raise ValueError(f"{url}: not a BackDrop weights file ({exc})") from exc
+            raise FITSFormatError(
+                f"{url}: not a BackDrop weights file ({exc}); write one with write_weights_fits"
+            ) from exc
         names = [n.upper() for n in table.columns.names]
         row_knots = (
             np.asarray(hdul["ROWKNOTS"].data["KNOTS"], float) if "ROWKNOTS" in hdul else col_knots
@@ -200,60 +297,88 @@ def load_fits(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
     )
 
 
-def _store(fs, path: str):
-    """A zarr store for ``path``: the plain path on local disk, an fsspec mapper elsewhere."""
-    from fsspec.implementations.local import LocalFileSystem
-
-    return path if isinstance(fs, LocalFileSystem) else fs.get_mapper(path)
-
-
-def save_zarr(weights: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
+def write_weights_zarr(
+    weights: xr.Dataset,
+    url: str,
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> str:
     """Write the weights (and masks/average image, when present) as a zarr store.
 
-    The store is written under a temporary name and then moved into place, so an error never
-    leaves a half-written store at ``url``.
+    Written by :func:`cloudlab.storage.write_zarr`: refused before any computation when ``url``
+    exists and ``overwrite`` is False; never half-written; a previous store survives until the
+    new one is complete. Only scalar attributes are kept.
+
+    Returns
+    -------
+    str
+        ``url``.
     """
-    fs, path = storage.resolve(url, storage_options)
-    if fs.exists(path):
-        raise FileExistsError(f"{url} already exists; remove it first")
-    tmp = f"{path.rstrip('/')}.{uuid.uuid4().hex}.tmp"
     ds = weights.copy()
-    for name, var in ds.variables.items():
-        if isinstance(var.data, da.Array):
-            ds[name].encoding = {}
     ds.attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, (int, float, str))}
-    try:
-        ds.to_zarr(_store(fs, tmp), mode="w")
-        fs.mv(tmp, path, recursive=True)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp, recursive=True)
+    return storage.write_zarr(
+        ds, url, overwrite=overwrite, storage_options=storage_options, progress=progress
+    )
 
 
-def load_zarr(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
-    """Open weights written by :func:`save_zarr` (lazily)."""
-    fs, path = storage.resolve(url, storage_options)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"no weights store at {url}")
-    ds = xr.open_zarr(_store(fs, path))
+def read_weights_zarr(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Open weights written by :func:`write_weights_zarr` (lazily).
+
+    Raises
+    ------
+    FileNotFoundError
+        No store at ``url``.
+    InputError
+        The store lacks the weight variables.
+    """
+    ds = storage.read_zarr(url, storage_options=storage_options)
     missing = [v for v in WEIGHT_VARS if v not in ds]
     if missing:
-        raise ValueError(f"{url}: not a BackDrop weights store (missing {missing})")
+        raise InputError(f"{url}: not a BackDrop weights store (missing {missing})")
     return ds
 
 
-def save(weights: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
-    """Save weights as FITS (``.fits``) or zarr (``.zarr``), chosen by the URL's extension."""
-    if url.rstrip("/").endswith(".zarr"):
-        save_zarr(weights, url, storage_options=storage_options)
-    elif url.endswith((".fits", ".fits.gz", ".fit")):
-        save_fits(weights, url, storage_options=storage_options)
-    else:
-        raise ValueError(f"cannot tell the format of {url!r}: use a .fits or .zarr name")
+def _is_zarr(url: str) -> bool:
+    return url.rstrip("/").endswith(".zarr")
 
 
-def load(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
-    """Load weights saved as FITS or zarr (chosen by the URL's extension)."""
-    if url.rstrip("/").endswith(".zarr"):
-        return load_zarr(url, storage_options=storage_options)
-    return load_fits(url, storage_options=storage_options)
+def write_weights(
+    weights: xr.Dataset,
+    url: str,
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> str:
+    """Write weights as FITS (``.fits``) or zarr (``.zarr``), chosen by the URL's extension.
+
+    Raises
+    ------
+    InputError
+        ``url`` ends in neither.
+    OverwriteError
+        ``url`` exists and ``overwrite`` is False.
+    """
+    kwargs = {"overwrite": overwrite, "storage_options": storage_options, "progress": progress}
+    if _is_zarr(url):
+        return write_weights_zarr(weights, url, **kwargs)
+    if url.endswith((".fits", ".fits.gz", ".fit")):
+        return write_weights_fits(weights, url, **kwargs)
+    raise InputError(f"cannot tell the format of {url!r}: use a .fits or .zarr name")
+
+
+def read_weights(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Read weights written as FITS or zarr (chosen by the URL's extension)."""
+    if _is_zarr(url):
+        return read_weights_zarr(url, storage_options=storage_options)
+    return read_weights_fits(url, storage_options=storage_options)
+
+
+# deprecated names (a notebook, the docs and the ``backdrop`` command use them)
+save = write_weights
+load = read_weights
+save_fits = write_weights_fits
+save_zarr = write_weights_zarr
+save_masks_fits = write_masks_fits

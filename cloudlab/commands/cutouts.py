@@ -7,7 +7,10 @@ import json
 import sys
 import time
 
-from cloudlab.commands._common import add_cluster_argument
+from cloudlab.commands._common import add_cluster_argument, cluster_context
+from cloudlab.errors import InputError
+
+__all__ = ["register"]
 
 
 def _size(text: str) -> int | tuple[int, int]:
@@ -48,7 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cube", help="cut every target from this one cube")
     p.add_argument("--limit", type=int, help="only the first N targets")
     p.add_argument("--out", required=True, help="output directory (local path or URL)")
-    p.add_argument("--overwrite", action="store_true", help="rewrite existing TPFs")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rewrite existing TPFs (without it, targets whose TPF exists are skipped)",
+    )
     add_cluster_argument(p, " (default: threads)")
     p.set_defaults(func=_run)
 
@@ -81,24 +88,11 @@ def _targets(args: argparse.Namespace):
     return n_rows, targets
 
 
-def _run(args: argparse.Namespace) -> int:
+def _cut_and_write(args: argparse.Namespace, targets) -> tuple | None:
+    """Cut every target and write the TPFs; ``None`` when nothing could be cut at all."""
     from cloudlab.cutouts import make_cutouts, write_tpfs
     from cloudlab.cutouts.tpf import TPFWriteError
 
-    if args.sector is None and args.cube is None:
-        raise ValueError("give --sector (targets grouped by cube) or --cube")
-    t0 = time.perf_counter()
-    n_rows, targets = _targets(args)
-    print(f"catalog: {n_rows} rows -> {len(targets)} targets")
-    if targets.empty:
-        print("nothing to cut")
-        return 0
-    client = None
-    if args.cluster:
-        from cloudlab.cluster import connect
-
-        client = connect(args.cluster)
-        print(f"cluster: {client.dashboard_link}")
     try:
         ds = make_cutouts(
             targets,
@@ -108,19 +102,35 @@ def _run(args: argparse.Namespace) -> int:
             cube_base=args.cube_base,
             on_error="skip",
         )
-        failed = json.loads(ds.attrs["failed"])
-        failures = {}
-        try:
-            urls = write_tpfs(ds, args.out, overwrite=args.overwrite, progress=True)
-        except TPFWriteError as err:
-            urls, failures = err.urls, err.failed
     except ValueError as err:
         # nothing could be cut at all: list the targets and stop
         print(f"cloudlab cutouts: {err}", file=sys.stderr)
-        return 1
-    finally:
+        return None
+    failed = json.loads(ds.attrs["failed"])
+    failures = {}
+    try:
+        urls = write_tpfs(ds, args.out, overwrite=args.overwrite, progress=True)
+    except TPFWriteError as err:
+        urls, failures = err.urls, err.failed
+    return ds, urls, failed, failures
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.sector is None and args.cube is None:
+        raise InputError("cutouts: give --sector (targets grouped by cube) or --cube")
+    t0 = time.perf_counter()
+    n_rows, targets = _targets(args)
+    print(f"catalog: {n_rows} rows -> {len(targets)} targets")
+    if targets.empty:
+        print("nothing to cut")
+        return 0
+    with cluster_context(args) as client:
         if client is not None:
-            client.close()
+            print(f"cluster: {client.dashboard_link}")
+        outcome = _cut_and_write(args, targets)
+    if outcome is None:
+        return 1
+    ds, urls, failed, failures = outcome
     elapsed = time.perf_counter() - t0
     written = [u for u in urls if u not in failures]
     print(f"\n{len(written)} TPF(s) in {args.out} ({ds.sizes['time']} frames, "

@@ -24,7 +24,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from cloudlab import storage
-from cloudlab.errors import StorageError
+from cloudlab.errors import InputError, StorageError
 from cloudlab.io.tess import _wcs_from_text
 from cloudlab.sky import gnomonic
 
@@ -402,7 +402,10 @@ class TPFTemplate:
         self.table_offset = infos[1]["datLoc"]
         self.aperture_offset = infos[2]["datLoc"]
         if self.row_dtype.itemsize * self.shape[0] != table_bytes:
-            raise ValueError("unexpected TPF table layout")
+            raise InputError(
+                "TPF template: the PIXELS table does not have build_tpf's layout "
+                "(FLUX, FLUX_ERR columns, APERTURE image)"
+            )
 
     def _card_slots(self, start: int, stop: int) -> dict[str, int]:
         slots = {}
@@ -415,7 +418,10 @@ class TPFTemplate:
     def render(self, flux: np.ndarray, flux_err: np.ndarray, meta: dict, linear=None) -> bytes:
         """The TPF of another target of the same cube and size, as bytes."""
         if flux.shape != self.shape:
-            raise ValueError(f"template is for {self.shape}, got {flux.shape}")
+            raise InputError(
+                f"TPF template is for cutouts of {self.shape}, got {flux.shape}: "
+                "use one template per cube and cutout size"
+            )
         if linear is None:
             corner = (meta["corner_column"], meta["corner_row"])
             linear = linear_wcs(_wcs_from_text(meta["cube_wcs"]), self.shape[1:], [corner])[0]
@@ -425,7 +431,7 @@ class TPFTemplate:
             for key, (value, comment) in cards.items():
                 image = _card_image(key, value, comment)
                 if key not in slots:
-                    raise ValueError(f"card {key} is not in the template")
+                    raise InputError(f"TPF template: card {key} is not in the template header")
                 buf[slots[key] : slots[key] + 80] = image
         rows = np.frombuffer(
             buf, dtype=self.row_dtype, count=self.shape[0], offset=self.table_offset
@@ -462,7 +468,7 @@ def _card_image(key: str, value, comment: str) -> bytes:
     if image is None or len(image) > 80:
         image = fits.Card(key, value, comment).image
         if len(image) != 80:
-            raise ValueError(f"card {key} does not fit in 80 characters")
+            raise InputError(f"TPF card {key}={value!r} does not fit in 80 characters")
     return f"{image:80}".encode("ascii")
 
 
@@ -493,7 +499,7 @@ def _linear_for(metas: list[dict], size: tuple[int, int]) -> list[tuple[dict, fl
     return out
 
 
-def _write_group(flux, flux_err, metas, urls, storage_options) -> dict[str, str]:
+def _write_group(flux, flux_err, metas, urls, overwrite, storage_options) -> dict[str, str]:
     """Write a chunk of TPFs; one failure does not stop the others. Returns URL → error."""
     failed = {}
     templates: dict[int, TPFTemplate] = {}
@@ -501,7 +507,7 @@ def _write_group(flux, flux_err, metas, urls, storage_options) -> dict[str, str]
     for i, (meta, url) in enumerate(zip(metas, urls, strict=True)):
         try:
             data = _render(templates, flux[i], flux_err[i], meta, linears[i])
-            storage.write_bytes(url, data, storage_options)
+            storage.write_bytes(url, data, overwrite=overwrite, storage_options=storage_options)
         except Exception as exc:  # noqa: BLE001 - reported per file to the caller
             failed[url] = f"{type(exc).__name__}: {exc}"
     return failed
@@ -512,13 +518,20 @@ def write_tpfs(
     dest: str,
     *,
     overwrite: bool = False,
+    skip_existing: bool = True,
     storage_options: dict | None = None,
     progress: bool = False,
 ) -> list[str]:
     """Write one TPF per target of ``ds`` under ``dest`` (a sink: computes the cutouts).
 
     Each task computes one chunk of targets and writes their files from the worker, so on a
-    cluster the pixels never pass through the client.
+    cluster the pixels never pass through the client. Each TPF is written in one step
+    (:func:`cloudlab.storage.write_bytes`), so none is ever half-written.
+
+    A TPF directory is a collection of per-target products, so by default a run resumes: TPFs
+    that exist are kept and their targets are not computed again. With ``skip_existing=False``
+    the storage module's policy applies to the whole set: existing TPFs are refused (an
+    :class:`~cloudlab.errors.OverwriteError` naming them) before anything is computed.
 
     Parameters
     ----------
@@ -527,7 +540,9 @@ def write_tpfs(
     dest : str
         Directory URL or local path.
     overwrite : bool, optional
-        Rewrite files that exist (default: skip them).
+        Rewrite files that exist (each replaced only once its new bytes are complete).
+    skip_existing : bool, optional
+        Without ``overwrite``: keep existing TPFs and skip their targets (default), or refuse.
     storage_options : dict, optional
     progress : bool, optional
         Show a progress bar (``distributed.progress`` on a cluster, else dask's ProgressBar).
@@ -539,6 +554,10 @@ def write_tpfs(
 
     Raises
     ------
+    InputError
+        Several targets map to the same file name.
+    OverwriteError
+        ``skip_existing=False`` and some TPFs exist (raised before any computation).
     TPFWriteError
         Some files could not be written (after all others were); it carries the URLs and the
         error of each failed file.
@@ -558,10 +577,18 @@ def write_tpfs(
     ]
     if len(set(urls)) != len(urls):
         dupes = sorted({u for u in urls if urls.count(u) > 1})
-        raise ValueError(f"write_tpfs: several targets map to the same file: {dupes[:5]}")
-    fs, _ = storage.resolve(urls[0], storage_options)
-    paths = [storage.resolve(u, storage_options)[1] for u in urls]
-    todo = [i for i, p in enumerate(paths) if overwrite or not fs.exists(p)]
+        raise InputError(
+            f"write_tpfs: several targets map to the same file: {dupes[:5]}; "
+            "give each target a distinct ticid"
+        )
+    if overwrite:
+        todo = list(range(len(urls)))
+    elif skip_existing:
+        done = set(storage.existing(urls, storage_options=storage_options))
+        todo = [i for i, url in enumerate(urls) if url not in done]
+    else:
+        storage.check_writable(urls, overwrite=False, storage_options=storage_options)
+        todo = list(range(len(urls)))
     if not todo:
         return urls
     sub = ds.isel(target=todo)
@@ -574,8 +601,12 @@ def write_tpfs(
         idx = range(bounds[b], bounds[b + 1])
         metas = [target_meta(sub, j) for j in idx]
         group_urls = [urls[todo[j]] for j in idx]
-        tasks.append(dask.delayed(_write_group)(fb, eb, metas, group_urls, storage_options))
-    results = _compute(tasks, progress)
+        tasks.append(
+            dask.delayed(_write_group)(fb, eb, metas, group_urls, overwrite, storage_options)
+        )
+    from cloudlab.cluster import compute
+
+    results = compute(*tasks, progress=progress)
     failed = {u: e for group in results for u, e in group.items()}
     if failed:
         raise TPFWriteError(urls, failed)
@@ -587,24 +618,3 @@ def _as_dask(data) -> da.Array:
     if isinstance(data, da.Array):
         return data.rechunk({1: -1, 2: -1, 3: -1})
     return da.from_array(data, chunks=(64, -1, -1, -1))
-
-
-def _compute(tasks: list, progress: bool) -> list:
-    try:
-        from distributed import default_client
-        from distributed import progress as dist_progress
-
-        client = default_client()
-    except (ImportError, ValueError):
-        client = None
-    if client is not None:
-        futures = client.compute(tasks)
-        if progress:
-            dist_progress(futures)
-        return client.gather(futures)
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar():
-            return list(dask.compute(*tasks))
-    return list(dask.compute(*tasks))

@@ -1,21 +1,41 @@
 """DRE products on any fsspec URL: Summary FITS, χ cubes (zarr, DRE's HDF5), cuts, mosaics.
 
-Every writer goes through :func:`cloudlab.storage.atomic_write`, so an error never leaves a
+Every writer goes through :mod:`cloudlab.storage` (:func:`~cloudlab.storage.write_file`,
+:func:`~cloudlab.storage.write_zarr`) and follows its overwrite policy: with ``overwrite=False``
+(the default) an existing destination is refused, naming it, before anything is computed; with
+``overwrite=True`` it is replaced only once the new product is complete. An error never leaves a
 half-written file under the final name.
 """
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
-import dask
 import numpy as np
 import xarray as xr
 from astropy.io import fits
 from astropy.table import Table
 
+from cloudlab import storage
 from cloudlab.backend import asnumpy
-from cloudlab.storage import atomic_write, resolve
+from cloudlab.errors import FITSFormatError, InputError
+from cloudlab.storage import check_writable, resolve, write_file
+
+__all__ = [
+    "COMPRESSION",
+    "mosaics",
+    "read_chi_hdf5",
+    "read_chi_zarr",
+    "read_cuts_hdf5",
+    "read_mosaic",
+    "read_summary",
+    "write_chi_hdf5",
+    "write_chi_zarr",
+    "write_cuts_hdf5",
+    "write_mosaics",
+    "write_summary",
+]
 
 #: DRE's HDF5 compression levels.
 COMPRESSION: dict[str, dict[str, Any]] = {
@@ -28,14 +48,42 @@ COMPRESSION: dict[str, dict[str, Any]] = {
 
 def _compression(level: str) -> dict[str, Any]:
     if level not in COMPRESSION:
-        raise ValueError(f"compression must be one of {sorted(COMPRESSION)}, got {level!r}")
+        raise InputError(f"compression must be one of {sorted(COMPRESSION)}, got {level!r}")
     return COMPRESSION[level]
 
 
-def write_summary(table: Table, url: str, *, storage_options: dict | None = None) -> None:
-    """Write a Summary table as a FITS binary table (DRE: ``Summary/{tile}_dre.fits``)."""
-    with atomic_write(url, storage_options=storage_options) as path:
+def _compute(*collections: Any, progress: bool) -> tuple:
+    from cloudlab.cluster import compute
+
+    return compute(*collections, progress=progress)
+
+
+def write_summary(
+    table: Table,
+    url: str,
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> str:
+    """Write a Summary table as a FITS binary table (DRE: ``Summary/{tile}_dre.fits``).
+
+    Returns
+    -------
+    str
+        ``url``.
+    """
+    with write_file(url, overwrite=overwrite, storage_options=storage_options) as path:
         table.write(path, format="fits")
+    return url
+
+
+def read_summary(url: str, *, storage_options: dict | None = None) -> Table:
+    """Read a Summary table written by :func:`write_summary`."""
+    data = storage.read_bytes(url, storage_options=storage_options)
+    try:
+        return Table.read(io.BytesIO(data), format="fits")
+    except (OSError, ValueError) as exc:
+        raise FITSFormatError(f"{url}: not a DRE Summary table ({exc})") from exc
 
 
 def write_chi_hdf5(
@@ -43,7 +91,9 @@ def write_chi_hdf5(
     url: str,
     *,
     compression: str = "medium",
+    overwrite: bool = False,
     storage_options: dict | None = None,
+    progress: bool = True,
 ) -> int:
     """Write χ cubes in DRE's HDF5 layout (DRE: ``Chi/{tile}_chi.h5``).
 
@@ -59,8 +109,12 @@ def write_chi_hdf5(
         Destination URL.
     compression : {'none', 'low', 'medium', 'high'}
         DRE's levels: none, lzf, gzip 4, gzip 9.
+    overwrite : bool
+        Replace an existing file (else refused before anything is computed).
     storage_options : dict, optional
         fsspec options.
+    progress : bool
+        Progress bar (stderr) while χ is computed.
 
     Returns
     -------
@@ -70,12 +124,15 @@ def write_chi_hdf5(
     import h5py
 
     options = _compression(compression)
+    check_writable(url, overwrite=overwrite, storage_options=storage_options)
     names = np.asarray(result["name"].values)
     written = 0
-    chi = result["chi"].data
-    flag = result["flag"].data
-    chi, flag = (asnumpy(a) for a in dask.compute(chi, flag))  # one graph for all galaxies
-    with atomic_write(url, storage_options=storage_options) as path, h5py.File(path, "w") as h5:
+    chi, flag = _compute(result["chi"].data, result["flag"].data, progress=progress)
+    chi, flag = asnumpy(chi), asnumpy(flag)  # one graph for all galaxies
+    with (
+        write_file(url, overwrite=overwrite, storage_options=storage_options) as path,
+        h5py.File(path, "w") as h5,
+    ):
         for i in np.flatnonzero(flag == 0):
             h5.create_dataset(str(names[i]), data=chi[i].astype(np.float32), **options)
             written += 1
@@ -86,33 +143,49 @@ def read_chi_hdf5(url: str, *, storage_options: dict | None = None) -> dict[str,
     """Read a DRE ``_chi.h5`` file as ``{EE_NNNN: χ cube}``."""
     import h5py
 
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     with fs.open(path, "rb") as f, h5py.File(f, "r") as h5:
         return {name: np.asarray(h5[name]) for name in h5}
 
 
-def write_chi_zarr(result: xr.Dataset, url: str, *, storage_options: dict | None = None) -> None:
-    """Write ``chi`` and ``flag`` (with all coordinates) to a zarr store.
+def write_chi_zarr(
+    result: xr.Dataset,
+    url: str,
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> str:
+    """Write ``chi`` and ``flag`` (with all coordinates) to a zarr (v2) store.
 
-    The store is written under a temporary sibling name and moved into place when complete.
+    Written by :func:`cloudlab.storage.write_zarr`: refused before any computation when ``url``
+    exists and ``overwrite`` is False; never half-written; a previous store survives until the
+    new one is complete.
+
+    Returns
+    -------
+    str
+        ``url``.
     """
     ds = result[["chi", "flag"]]
     ds.attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)}
     ds.attrs["dre_header"] = repr(result.attrs.get("dre_header", {}))
-    fs, path = resolve(url, storage_options)
-    partial = f"{path.rstrip('/')}.partial"
-    if fs.exists(partial):
-        fs.rm(partial, recursive=True)
-    protocol = url.split("://")[0] + "://" if "://" in url else ""
-    ds.to_zarr(
-        protocol + partial,
-        mode="w",
+    return storage.write_zarr(
+        ds,
+        url,
+        overwrite=overwrite,
+        storage_options=storage_options,
+        progress=progress,
         zarr_format=2,
-        storage_options=storage_options if protocol else None,
     )
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-    fs.mv(partial, path, recursive=True)
+
+
+def read_chi_zarr(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Open a store written by :func:`write_chi_zarr` (lazily)."""
+    ds = storage.read_zarr(url, storage_options=storage_options)
+    if "chi" not in ds:
+        raise InputError(f"{url}: not a DRE chi store (no 'chi' variable)")
+    return ds
 
 
 def write_cuts_hdf5(
@@ -120,24 +193,33 @@ def write_cuts_hdf5(
     url: str,
     *,
     compression: str = "medium",
+    overwrite: bool = False,
     storage_options: dict | None = None,
 ) -> int:
     """Write cuts in DRE's layout (DRE: ``Cuts/{tile}_cuts.h5``).
 
     One group ``EE_NNNN`` per galaxy with ``obj`` (float32), ``seg`` (bool) and ``rms``
     (float32). Cuts flagged by :func:`cloudlab.io.galaxies.open_cuts` (NaN in the science cut)
-    are left out, as DRE does. Returns the number of groups written.
+    are left out, as DRE does. The cuts are computed one chunk of galaxies at a time; an existing
+    ``url`` is refused before that unless ``overwrite``. Returns the number of groups written.
     """
     import h5py
 
     options = _compression(compression)
+    check_writable(url, overwrite=overwrite, storage_options=storage_options)
     names = np.asarray(cuts["name"].values)
     written = 0
-    with atomic_write(url, storage_options=storage_options) as path, h5py.File(path, "w") as h5:
+    chunks = cuts["obj"].chunks[0] if cuts["obj"].chunks else (cuts.sizes["galaxy"],)
+    with (
+        write_file(url, overwrite=overwrite, storage_options=storage_options) as path,
+        h5py.File(path, "w") as h5,
+    ):
         start = 0
-        for size in cuts["obj"].data.chunks[0]:
+        for size in chunks:
             variables = ["obj", "seg", "rms"] + (["flag"] if "flag" in cuts else [])
-            block = cuts[variables].isel(galaxy=slice(start, start + size)).compute()
+            (block,) = _compute(
+                cuts[variables].isel(galaxy=slice(start, start + size)), progress=False
+            )
             for i in range(size):
                 if "flag" in block and int(block["flag"][i]) != 0:
                     continue
@@ -161,12 +243,12 @@ def read_cuts_hdf5(url: str, *, storage_options: dict | None = None) -> xr.Datas
     """
     import h5py
 
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     with fs.open(path, "rb") as f, h5py.File(f, "r") as h5:
         names = sorted(h5)
         arrays = {v: [np.asarray(h5[n][v]) for n in names] for v in ("obj", "seg", "rms")}
     if not names:
-        raise ValueError(f"{url}: no cuts in the file")
+        raise InputError(f"{url}: no cuts in the file")
     dims = ("galaxy", "y", "x")
     ext, number = zip(*(map(int, n.split("_")) for n in names), strict=True)
     size = arrays["obj"][0].shape[-1]
@@ -259,7 +341,9 @@ def write_mosaics(
     *,
     prefix: str = "",
     png: bool = True,
+    overwrite: bool = False,
     storage_options: dict | None = None,
+    progress: bool = True,
 ) -> list[str]:
     """Write each galaxy's mosaic as ``{prefix}{EE_NNNN}_mosaic.fits`` (and ``.png``).
 
@@ -273,8 +357,13 @@ def write_mosaics(
         File name prefix (DRE: ``{tile}_``).
     png : bool
         Also write a PNG rendering (arcsinh stretch per panel row).
+    overwrite : bool
+        Replace existing files; without it any existing mosaic file of these galaxies is
+        refused before anything is computed.
     storage_options : dict, optional
         fsspec options.
+    progress : bool
+        Progress bar (stderr) while the mosaics are computed and written.
 
     Returns
     -------
@@ -284,23 +373,42 @@ def write_mosaics(
     import dask.array as da
 
     names = np.asarray(mosaic["name"].values)
+    directory = directory.rstrip("/")
+    suffixes = ("_mosaic.fits", "_mosaic.png") if png else ("_mosaic.fits",)
+    check_writable(
+        [f"{directory}/{prefix}{name}{suffix}" for name in names for suffix in suffixes],
+        overwrite=overwrite,
+        storage_options=storage_options,
+    )
+    data = mosaic.data if isinstance(mosaic.data, da.Array) else da.from_array(mosaic.data)
     written = da.map_blocks(
         _write_mosaic_block,
-        mosaic.data,
+        data,
         names=names,
-        directory=directory.rstrip("/"),
+        directory=directory,
         prefix=prefix,
         png=png,
+        overwrite=overwrite,
         storage_options=storage_options,
         drop_axis=[1, 2],
         dtype=object,
         meta=np.empty((0,), dtype=object),
     )
-    return [url for url in written.compute() if url]  # one graph: models convolved once
+    (urls,) = _compute(written, progress=progress)  # one graph: models convolved once
+    return [url for url in urls if url]
+
+
+def read_mosaic(url: str, *, storage_options: dict | None = None) -> np.ndarray:
+    """Read one mosaic written by :func:`write_mosaics` (float64 ``(y, 4 · x)``)."""
+    data = storage.read_bytes(url, storage_options=storage_options)
+    try:
+        return np.asarray(fits.getdata(io.BytesIO(data)), np.float64)
+    except (OSError, IndexError) as exc:
+        raise FITSFormatError(f"{url}: not a mosaic FITS file ({exc})") from exc
 
 
 def _write_mosaic_block(
-    block, names, directory, prefix, png, storage_options, block_info=None
+    block, names, directory, prefix, png, overwrite, storage_options, block_info=None
 ) -> np.ndarray:
     block = asnumpy(block)
     start = block_info[0]["array-location"][0][0]
@@ -309,15 +417,15 @@ def _write_mosaic_block(
         if np.all(np.isnan(image)):
             continue
         base = f"{directory}/{prefix}{names[start + i]}_mosaic"
-        with atomic_write(base + ".fits", storage_options=storage_options) as path:
-            fits.PrimaryHDU(image).writeto(path)
+        with write_file(base + ".fits", overwrite=overwrite, storage_options=storage_options) as p:
+            fits.PrimaryHDU(image).writeto(p)
         if png:
-            _write_png(image, base + ".png", storage_options)
+            _write_png(image, base + ".png", overwrite, storage_options)
         out[i] = base + ".fits"
     return out
 
 
-def _write_png(image: np.ndarray, url: str, storage_options: dict | None) -> None:
+def _write_png(image: np.ndarray, url: str, overwrite: bool, storage_options: dict | None) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -330,5 +438,7 @@ def _write_png(image: np.ndarray, url: str, storage_options: dict | None) -> Non
     for k, label in enumerate(("data", "mask", "model", "residual")):
         ax.text(k * b + 3, b - 10, label, color="yellow", fontsize=8)
     ax.set_axis_off()
-    with atomic_write(url, storage_options=storage_options) as path:
-        fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+    with write_file(url, overwrite=overwrite, storage_options=storage_options) as path:
+        fig.savefig(
+            path, format="png", dpi=100, bbox_inches="tight", metadata={"Software": "cloudlab"}
+        )

@@ -5,6 +5,11 @@ Only the science region is exposed: 0-based image rows ``SCIROWS-1 .. SCIROWE-1`
 stored (trimmed test files are smaller). Coordinates ``row`` and ``column`` are 0-based *science*
 pixels; ``ccd_row``/``ccd_column`` give the 1-based CCD pixels that TPF headers use
 (``ccd_column = column + SCCSA``, ``ccd_row = row + SCIROWS``).
+
+Algorithms that re-read frames inside their own tasks (BackDrop) do not dig into attributes:
+:func:`frame_source` turns a stack's documented coordinates (``url``, ``ccd_row``,
+``ccd_column``) and the caller's storage options into a :class:`FrameSource`, the explicit
+contract between this reader and them. Storage options never enter a dataset's ``attrs``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import dask
 import dask.array as da
@@ -20,7 +26,9 @@ import numpy as np
 import xarray as xr
 
 from cloudlab import fits, storage
-from cloudlab.errors import InputError
+from cloudlab.errors import REASON, STATUS, STATUS_OK, HDUNotFoundError, InputError, check_on_error
+
+__all__ = ["FFIError", "FrameSource", "frame_source", "open_ffis", "read_science"]
 
 SECTOR_RE = re.compile(r"-s(\d{4})-")
 FULL_SHAPE = (2078, 2136)
@@ -39,8 +47,10 @@ def _frame_meta(url: str, storage_options: dict | None) -> dict:
         raise FFIError(f"{url}: HDU 1 is not a 2-D image (kind {cal.kind}, shape {cal.shape})")
     try:
         err = fits.hdu_info(url, 2, storage_options)
-    except fits.FITSError as exc:
-        if "range" not in str(exc).lower() and "no hdu" not in str(exc).lower():
+    except HDUNotFoundError:
+        err = None
+    except fits.FITSError as exc:  # until cloudlab.fits raises HDUNotFoundError for this
+        if "out of range" not in str(exc).lower():
             raise
         err = None
     h = cal.header
@@ -122,18 +132,23 @@ def open_ffis(
         A glob, a URL or a list of URLs (any fsspec protocol).
     on_error : {"raise", "skip"}
         What to do with missing or corrupt frames: raise an error naming them, or warn and
-        leave them out.
+        leave them out (their URLs are listed in ``attrs["skipped"]``).
     storage_options : dict, optional
         Filesystem keyword arguments.
 
     Returns
     -------
     xarray.Dataset
-        ``flux`` and ``flux_err`` (float32, e/s) with dims ``(time, row, column)``; coordinates
-        ``time`` (BTJD mid-exposure), ``tstart``/``tstop`` (BTJD), ``tstart_tjd`` (primary-header
-        ``TSTART``, spacecraft TJD), ``quality`` (``DQUALITY``), ``url``, ``row``/``column``
-        (0-based science pixels) and ``ccd_row``/``ccd_column`` (1-based CCD pixels); attrs
-        ``sector``, ``camera``, ``ccd``. Frames are sorted by time.
+        ``flux`` and ``flux_err`` (float32, electron / s) with dims ``(time, row, column)``;
+        ``status``/``reason`` along ``time`` (``"ok"``, or ``"no_uncertainty"`` where the frame
+        has no uncertainty HDU and ``flux_err`` is NaN); coordinates ``time`` (BTJD
+        mid-exposure), ``tstart``/``tstop`` (BTJD), ``tstart_tjd`` (primary-header ``TSTART``,
+        spacecraft TJD), ``quality`` (``DQUALITY``), ``url``, ``row``/``column`` (0-based science
+        pixels) and ``ccd_row``/``ccd_column`` (1-based CCD pixels, the image pixel plus one);
+        attrs ``sector``, ``camera``, ``ccd``, ``image_row_offset``/``image_column_offset``
+        (0-based image pixel of science pixel 0) and ``skipped`` (URLs left out with
+        ``on_error="skip"``). Frames are sorted by time. :func:`frame_source` gives what tasks
+        need to re-read the frames.
 
     Raises
     ------
@@ -143,9 +158,8 @@ def open_ffis(
         Corrupt frames (with ``on_error="raise"``), frames from different sectors/cameras/CCDs
         or with different shapes, or no readable frame at all.
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    urls = storage.expand(urls_or_glob, storage_options)
+    check_on_error(on_error)
+    urls = storage.expand(urls_or_glob, storage_options=storage_options)
     if not urls:
         raise FileNotFoundError(f"no frames given: {urls_or_glob!r}")
     metas, bad = _read_all(urls, storage_options)
@@ -179,7 +193,8 @@ def open_ffis(
     n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
     box = (rows.start, cols.start, n_rows, n_cols)
     flux = _stack(good_urls, 1, box, storage_options)
-    if metas[0]["err_shape"] is None:
+    no_err = metas[0]["err_shape"] is None
+    if no_err:
         flux_err = da.full((len(good_urls), n_rows, n_cols), np.nan, np.float32, chunks=flux.chunks)
     else:
         flux_err = _stack(good_urls, 2, box, storage_options)
@@ -212,21 +227,101 @@ def open_ffis(
         "image_column_offset": cols.start,
         "skipped": [u for u, _ in bad],
     }
-    if storage_options:
-        attrs["storage_options"] = dict(storage_options)  # for tasks that re-read the frames
     dims = ("time", "row", "column")
+    status = np.full(len(metas), "no_uncertainty" if no_err else STATUS_OK, dtype=object)
+    reason = np.full(
+        len(metas), "the frame has no uncertainty HDU (2); flux_err is NaN" if no_err else ""
+    )
     return xr.Dataset(
         {
-            "flux": (dims, flux, {"units": "electrons/s"}),
-            "flux_err": (dims, flux_err, {"units": "electrons/s"}),
+            "flux": (dims, flux, {"units": "electron / s"}),
+            "flux_err": (dims, flux_err, {"units": "electron / s"}),
+            STATUS: ("time", status.astype(str)),
+            REASON: ("time", reason.astype(str)),
         },
         coords=coords,
         attrs=attrs,
     )
 
 
+@dataclass(frozen=True)
+class FrameSource:
+    """Where the frames of a stack live: what a task needs to re-read them itself.
+
+    This is the public contract between :func:`open_ffis` and algorithms that read frames inside
+    their own tasks (so that no frame stays in memory between passes). Build it with
+    :func:`frame_source`. ``storage_options`` travel with the tasks, never into ``attrs`` or
+    products, and are left out of ``repr``.
+
+    Attributes
+    ----------
+    urls : tuple of str
+        One frame per time step, in the stack's order.
+    box : (int, int, int, int)
+        ``(row0, column0, rows, columns)``: 0-based image pixel of the stack's first row and
+        column, and the region's size.
+    hdu : int
+        HDU holding the pixels (1: calibrated flux).
+    storage_options : dict, optional
+        Filesystem keyword arguments for reading ``urls``.
+    """
+
+    urls: tuple[str, ...]
+    box: tuple[int, int, int, int]
+    hdu: int = 1
+    storage_options: dict | None = field(default=None, repr=False, compare=False)
+
+    def read(self, url: str) -> np.ndarray:
+        """The ``box`` of frame ``url`` as a 2-D float32 array (NaN beyond a trimmed image)."""
+        return read_science(url, self.hdu, self.box, storage_options=self.storage_options)[0]
+
+
+def _contiguous(values: np.ndarray) -> bool:
+    return bool(len(values) and np.all(np.diff(values) == 1))
+
+
+def frame_source(
+    ffis: xr.Dataset, *, hdu: int = 1, storage_options: dict | None = None
+) -> FrameSource | None:
+    """The :class:`FrameSource` of a stack from :func:`open_ffis` (any time/pixel selection).
+
+    Built from the stack's documented coordinates: ``url`` (per time), ``ccd_row`` and
+    ``ccd_column`` (1-based, so the 0-based image pixel is one less).
+
+    Parameters
+    ----------
+    ffis : xarray.Dataset
+        A stack from :func:`open_ffis`, possibly sliced with ``isel``/``sel``.
+    hdu : int
+        HDU to read (1: flux, 2: uncertainty).
+    storage_options : dict, optional
+        Filesystem keyword arguments for the frames (the same as given to :func:`open_ffis`).
+
+    Returns
+    -------
+    FrameSource or None
+        ``None`` when the dataset lacks those coordinates or its rows/columns are not contiguous
+        (then its ``flux`` chunks are the only source).
+    """
+    if not all(name in ffis.coords for name in ("url", "ccd_row", "ccd_column")):
+        return None
+    rows, cols = np.asarray(ffis["ccd_row"].values), np.asarray(ffis["ccd_column"].values)
+    if not (_contiguous(rows) and _contiguous(cols)):
+        return None
+    return FrameSource(
+        urls=tuple(str(u) for u in ffis["url"].values),
+        box=(int(rows[0]) - 1, int(cols[0]) - 1, len(rows), len(cols)),
+        hdu=hdu,
+        storage_options=storage_options,
+    )
+
+
 def read_science(
-    url: str, hdu: int, box: tuple[int, int, int, int], storage_options: dict | None = None
+    url: str,
+    hdu: int,
+    box: tuple[int, int, int, int],
+    *,
+    storage_options: dict | None = None,
 ) -> np.ndarray:
     """Read the image box ``(row0, col0, rows, cols)`` of one HDU as ``(1, rows, cols)`` float32.
 
@@ -250,7 +345,9 @@ def _stack(
     return da.concatenate(
         [
             da.from_delayed(
-                dask.delayed(read_science, pure=True)(url, hdu, box, storage_options),
+                dask.delayed(read_science, pure=True)(
+                    url, hdu, box, storage_options=storage_options
+                ),
                 shape,
                 np.float32,
             )

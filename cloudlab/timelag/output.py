@@ -1,13 +1,13 @@
-"""Outputs of time-lag maps: sunpy Maps, zarr stores, FITS files and PNG plots (all atomic)."""
+"""Outputs of time-lag maps: sunpy Maps, zarr stores, FITS files and PNG plots.
+
+Every writer follows :mod:`cloudlab.storage`'s overwrite policy: with ``overwrite=False`` (the
+default) an existing destination is refused before anything is computed; with ``overwrite=True``
+it is replaced only once the new product is complete. No product is ever half-written.
+"""
 
 from __future__ import annotations
 
 import io
-import os
-import shutil
-import tempfile
-import uuid
-import warnings
 
 import numpy as np
 import xarray as xr
@@ -15,6 +15,18 @@ from astropy.io import fits
 
 from cloudlab import storage
 from cloudlab.backend import asnumpy
+from cloudlab.errors import FITSFormatError, InputError
+
+__all__ = [
+    "map_header",
+    "on_host",
+    "plot_maps",
+    "read_fits",
+    "read_zarr",
+    "to_map",
+    "write_fits",
+    "write_zarr",
+]
 
 #: header keys that describe the original frames' data, not a derived map
 _DROP_KEYS = ("BLANK", "BSCALE", "BZERO", "BITPIX", "DATAMEAN", "DATAMIN", "DATAMAX", "ZBLANK",
@@ -22,9 +34,15 @@ _DROP_KEYS = ("BLANK", "BSCALE", "BZERO", "BITPIX", "DATAMEAN", "DATAMIN", "DATA
               "EXPTIME", "QUALITY", "CHECKSUM", "DATASUM")  # fmt: skip
 
 
-def on_host(results: xr.Dataset) -> xr.Dataset:
-    """Compute a result Dataset and bring its arrays to host memory (from CuPy if needed)."""
-    results = results.compute()
+def on_host(results: xr.Dataset, *, progress: bool = False) -> xr.Dataset:
+    """Compute a result Dataset and bring its arrays to host memory (from CuPy if needed).
+
+    Lazy results are computed by :func:`cloudlab.cluster.compute` (progress bar on stderr when
+    ``progress``).
+    """
+    from cloudlab.cluster import compute
+
+    (results,) = compute(results, progress=progress and _is_lazy(results))
     return results.copy(data={name: asnumpy(var.data) for name, var in results.data_vars.items()})
 
 
@@ -67,9 +85,13 @@ def to_map(obj: xr.DataArray | xr.Dataset):
     if "pair" in obj.dims:
         return {str(p): to_map(obj.sel(pair=p)) for p in obj["pair"].values}
     if obj.ndim != 2:
-        raise ValueError(f"to_map needs a 2-D map, got dims {obj.dims}")
+        raise InputError(f"to_map needs a 2-D map, got dims {obj.dims}; select one pair first")
     arr = obj.compute()
     return sunpy.map.Map(asnumpy(arr.data), map_header(arr))
+
+
+def _is_lazy(results: xr.Dataset) -> bool:
+    return any(var.chunks is not None for var in results.variables.values())
 
 
 def _pair_maps(results: xr.Dataset):
@@ -77,19 +99,46 @@ def _pair_maps(results: xr.Dataset):
         yield str(pair), results.sel(pair=pair)
 
 
-def write_fits(results: xr.Dataset, directory: str, storage_options: dict | None = None) -> list:
+def _pair_urls(results: xr.Dataset, directory: str, suffix: str) -> list[str]:
+    """``<directory>/timelag_<a>_<b><suffix>`` for every pair (known without computing)."""
+    base = directory.rstrip("/")
+    return [f"{base}/timelag_{str(p).replace('-', '_')}{suffix}" for p in results["pair"].values]
+
+
+def write_fits(
+    results: xr.Dataset,
+    directory: str,
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> list[str]:
     """Write one FITS file per pair: time lag (s) in HDU 0, maximum correlation in HDU 1.
 
-    Each file is written atomically as ``<directory>/timelag_<a>_<b>.fits``.
+    Each file is ``<directory>/timelag_<a>_<b>.fits``, written in one step.
+
+    Parameters
+    ----------
+    results : xarray.Dataset
+        Output of :func:`cloudlab.timelag.timelag_maps` (computed here if lazy).
+    directory : str
+        Destination directory URL or path.
+    overwrite : bool
+        Replace existing files; without it any existing file is refused before computing.
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+    progress : bool
+        Progress bar (stderr) while lazy results are computed.
 
     Returns
     -------
     list of str
         The URLs written.
     """
-    results = on_host(results)
-    written = []
-    for pair, maps in _pair_maps(results):
+    urls = _pair_urls(results, directory, ".fits")
+    storage.check_writable(urls, overwrite=overwrite, storage_options=storage_options)
+    results = on_host(results, progress=progress)
+    for url, (_, maps) in zip(urls, _pair_maps(results), strict=True):
         timelag, maxcc = maps["timelag"], maps["max_correlation"]
         timelag.name, maxcc.name = "timelag", "max_correlation"
         primary = fits.PrimaryHDU(timelag.values.astype(np.float64), map_header(timelag))
@@ -97,60 +146,81 @@ def write_fits(results: xr.Dataset, directory: str, storage_options: dict | None
         second.header["EXTNAME"] = "MAX_CORRELATION"
         buffer = io.BytesIO()
         fits.HDUList([primary, second]).writeto(buffer)
-        url = f"{directory.rstrip('/')}/timelag_{pair.replace('-', '_')}.fits"
-        storage.write_bytes(url, buffer.getvalue(), storage_options)
-        written.append(url)
-    return written
+        storage.write_bytes(
+            url, buffer.getvalue(), overwrite=overwrite, storage_options=storage_options
+        )
+    return urls
 
 
-def _to_zarr(results: xr.Dataset, path: str) -> None:
-    with warnings.catch_warnings():  # consolidated metadata is not in the zarr v3 spec (yet)
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        results.to_zarr(path, mode="w", consolidated=True)
+def read_fits(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Read one file written by :func:`write_fits`.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``timelag`` (s) and ``max_correlation`` with dims ``(y, x)``, each with its FITS header
+        in ``attrs["fits_header"]``; scalar coordinates ``channel_a``/``channel_b`` when the
+        header has them.
+
+    Raises
+    ------
+    FITSFormatError
+        Not a FITS file, or no ``MAX_CORRELATION`` HDU.
+    """
+    data = storage.read_bytes(url, storage_options=storage_options)
+    try:
+        with fits.open(io.BytesIO(data)) as hdul:
+            lag, lag_header = np.asarray(hdul[0].data), hdul[0].header
+            cc, cc_header = np.asarray(hdul["MAX_CORRELATION"].data), hdul["MAX_CORRELATION"].header
+    except (OSError, KeyError) as exc:
+        raise FITSFormatError(
+            f"{url}: not a time-lag map file ({exc}); write one with write_fits"
+        ) from exc
+
+    def variable(values: np.ndarray, header: fits.Header) -> xr.Variable:
+        attrs = {"units": header.get("BUNIT", ""), "fits_header": header.tostring()}
+        return xr.Variable(("y", "x"), values, attrs)
+
+    coords = {
+        name: int(lag_header[key])
+        for name, key in (("channel_a", "CHAN_A"), ("channel_b", "CHAN_B"))
+        if key in lag_header
+    }
+    return xr.Dataset(
+        {"timelag": variable(lag, lag_header), "max_correlation": variable(cc, cc_header)},
+        coords=coords,
+    )
 
 
-def write_zarr(results: xr.Dataset, url: str, storage_options: dict | None = None) -> str:
-    """Write results to a zarr store so that it never appears half-written.
+def write_zarr(
+    results: xr.Dataset,
+    url: str,
+    *,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> str:
+    """Write results to a zarr store with :func:`cloudlab.storage.write_zarr`.
 
-    The (small) maps are computed first. Locally the store is written under a temporary name
-    and renamed into place; on object stores it is uploaded with its metadata last and removed
-    again if anything fails.
+    The (small) maps are computed first (after the destination was checked) and brought to host
+    memory; the store never appears half-written and a previous one survives until the new one
+    is complete.
 
     Returns
     -------
     str
         ``url``.
     """
-    results = on_host(results)
-    if "pair" in results.coords:  # variable-length strings have a zarr v3 specification
-        results = results.assign_coords(pair=results["pair"].values.astype(object))
-    fs, path = storage.resolve(url, storage_options)
-    if storage.is_local(url):
-        parent = os.path.dirname(os.path.abspath(path)) or "."
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            _to_zarr(results, tmp)
-            if os.path.exists(path):
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return url
-    with tempfile.TemporaryDirectory(prefix="cloudlab-zarr-") as tmpdir:
-        local = os.path.join(tmpdir, "store.zarr")
-        _to_zarr(results, local)
-        files = [os.path.join(d, f) for d, _, names in os.walk(local) for f in names]
-        metadata = [f for f in files if os.path.basename(f) in ("zarr.json", ".zmetadata")]
-        try:
-            for f in [f for f in files if f not in metadata] + sorted(metadata, key=len)[::-1]:
-                target = f"{path.rstrip('/')}/{os.path.relpath(f, local)}"
-                storage.retry(lambda f=f, t=target: fs.put_file(f, t), what=target)
-        except BaseException:
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
-            raise
-    return url
+    storage.check_writable(url, overwrite=overwrite, storage_options=storage_options)
+    results = on_host(results, progress=progress)
+    return storage.write_zarr(
+        results, url, overwrite=overwrite, storage_options=storage_options, progress=False
+    )
+
+
+def read_zarr(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Open a store written by :func:`write_zarr` (lazily)."""
+    return storage.read_zarr(url, storage_options=storage_options)
 
 
 def plot_maps(
@@ -158,8 +228,10 @@ def plot_maps(
     directory: str,
     *,
     vmax_s: float | None = None,
+    overwrite: bool = False,
     storage_options: dict | None = None,
-) -> list:
+    progress: bool = True,
+) -> list[str]:
     """Save a PNG per pair: the time-lag map (diverging colours) beside its correlation map.
 
     Parameters
@@ -167,9 +239,15 @@ def plot_maps(
     results : xarray.Dataset
         Output of :func:`cloudlab.timelag.timelag_maps`.
     directory : str
-        Where ``timelag_<a>_<b>.png`` files go (atomic writes).
+        Where ``timelag_<a>_<b>.png`` files go (each written in one step).
     vmax_s : float, optional
         Colour range of the lag maps (symmetric); default the largest absolute lag.
+    overwrite : bool
+        Replace existing files; without it any existing file is refused before computing.
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+    progress : bool
+        Progress bar (stderr) while lazy results are computed.
 
     Returns
     -------
@@ -181,12 +259,13 @@ def plot_maps(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = on_host(results)
+    urls = _pair_urls(results, directory, ".png")
+    storage.check_writable(urls, overwrite=overwrite, storage_options=storage_options)
+    results = on_host(results, progress=progress)
     if vmax_s is None:
         finite = np.abs(results["timelag"].values[np.isfinite(results["timelag"].values)])
         vmax_s = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    written = []
-    for pair, maps in _pair_maps(results):
+    for url, (pair, maps) in zip(urls, _pair_maps(results), strict=True):
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
         image = left.imshow(
             maps["timelag"].values, origin="lower", cmap="RdBu_r", vmin=-vmax_s, vmax=vmax_s
@@ -200,9 +279,9 @@ def plot_maps(
             ax.set_xlabel("x [pixel]")
             ax.set_ylabel("y [pixel]")
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
+        fig.savefig(buffer, format="png", dpi=100, metadata={"Software": "cloudlab"})
         plt.close(fig)
-        url = f"{directory.rstrip('/')}/timelag_{pair.replace('-', '_')}.png"
-        storage.write_bytes(url, buffer.getvalue(), storage_options)
-        written.append(url)
-    return written
+        storage.write_bytes(
+            url, buffer.getvalue(), overwrite=overwrite, storage_options=storage_options
+        )
+    return urls
