@@ -42,7 +42,7 @@ from astropy.io import fits
 from fsspec.implementations.local import LocalFileSystem
 
 from cloudlab import fits as cf
-from cloudlab.fits_header import padded
+from cloudlab.fits.header import padded
 
 ROWS, COLS = 2078, 2136
 
