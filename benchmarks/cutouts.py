@@ -44,31 +44,32 @@ from cloudlab import fits, storage
 from cloudlab.cutouts import locate, make_cutouts, write_tpfs
 from cloudlab.cutouts.cutout import cutout_boxes
 from cloudlab.cutouts.pointing import radec_to_pixel
+from cloudlab.fits import regions
 from cloudlab.fits.regions import plan_reads
 from cloudlab.io.tess import cube_meta
 from cloudlab.simulate import tess_sector
 
 
 class ReadCounter:
-    """Wraps ``storage.cat_ranges`` (what ``fits.read_regions`` fetches with) to count calls and
-    bytes."""
+    """Wraps ``fits.regions.fetch_ranges`` (the batched request of ``fits.read_regions``) to count
+    calls and bytes."""
 
     def __init__(self):
         self.calls = 0
         self.bytes = 0
-        self._real = storage.cat_ranges
+        self._real = regions.fetch_ranges
 
-    def __call__(self, url, starts, ends, storage_options=None):
+    def __call__(self, info, starts, ends):
         self.calls += 1
         self.bytes += int(np.sum(np.subtract(ends, starts)))
-        return self._real(url, starts, ends, storage_options)
+        return self._real(info, starts, ends)
 
     def __enter__(self):
-        storage.cat_ranges = self
+        regions.fetch_ranges = self
         return self
 
     def __exit__(self, *exc):
-        storage.cat_ranges = self._real
+        regions.fetch_ranges = self._real
 
 
 def random_targets(cube_url: str, n: int, seed: int = 0) -> pd.DataFrame:

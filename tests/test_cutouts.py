@@ -16,6 +16,7 @@ from cloudlab import fits as cf
 from cloudlab import storage
 from cloudlab.cutouts import cutout_wcs, make_cutouts, write_tpfs
 from cloudlab.cutouts.cutout import cutout_boxes
+from cloudlab.fits import regions
 from cloudlab.fits.regions import plan_reads
 from cloudlab.io.tess import cube_meta
 from cloudlab.simulate import tess_sector
@@ -100,13 +101,13 @@ def test_grouped_by_cube_in_input_order(sims):
 def test_one_batched_read_per_task_and_lazy(sims, monkeypatch):
     _, one, _ = sims
     calls = []
-    real = storage.cat_ranges
+    real = regions.fetch_ranges
 
-    def counting(url, starts, ends, storage_options=None):
+    def counting(info, starts, ends):
         calls.append((len(starts), int(np.sum(np.subtract(ends, starts)))))
-        return real(url, starts, ends, storage_options)
+        return real(info, starts, ends)
 
-    monkeypatch.setattr(storage, "cat_ranges", counting)
+    monkeypatch.setattr(regions, "fetch_ranges", counting)
     # 10 targets; pairs of neighbours overlap, so their rows merge
     pixels = [[20 + 10 * k + d, 30 + 6 * k] for k in range(5) for d in (0, 2)]
     targets = _targets_at(one, pixels)

@@ -2,8 +2,9 @@
 
 This is the one place where FITS bytes become numbers. A box of an image HDU maps to one byte
 range per contiguous run in C order; the runs of every box asked for at once are merged when they
-overlap or lie closer than a small gap, fetched with one ``storage.cat_ranges`` call (gzip files:
-one decompressed span), cut back into boxes and scaled exactly as astropy scales them.
+overlap or lie closer than a small gap, fetched with one batched request (:func:`fetch_ranges`:
+one ``storage.cat_ranges`` call, one open of a local file, or one decompressed span of a gzip
+file), cut back into boxes and scaled exactly as astropy scales them.
 Tile-compressed HDUs are read through astropy's ``section``, opening the file once per call.
 """
 
@@ -21,12 +22,13 @@ from astropy.io import fits
 from cloudlab import storage
 from cloudlab.errors import FITSFormatError, InputError
 from cloudlab.fits.header import HDUInfo
-from cloudlab.fits.sources import read_gzip_span
+from cloudlab.fits.sources import read_gzip_span, read_local_ranges
 
 __all__ = [
     "DEFAULT_MERGE_GAP",
     "ReadPlan",
     "check_image",
+    "fetch_ranges",
     "merge_ranges",
     "normalize_index",
     "plan_ranges",
@@ -187,10 +189,13 @@ def merge_ranges(starts: np.ndarray, ends: np.ndarray, gap: int) -> tuple[np.nda
     """
     starts = np.asarray(starts, dtype=np.int64)
     ends = np.asarray(ends, dtype=np.int64)
-    if len(starts) == 0:
+    if len(starts) <= 1:
         return starts, ends
-    order = np.argsort(starts, kind="stable")
-    s, e = starts[order], ends[order]
+    if np.all(starts[1:] >= starts[:-1]):
+        s, e = starts, ends
+    else:
+        order = np.argsort(starts, kind="stable")
+        s, e = starts[order], ends[order]
     reach = np.maximum.accumulate(e)
     new = np.ones(len(s), dtype=bool)
     new[1:] = s[1:] > reach[:-1] + gap
@@ -265,53 +270,82 @@ def plan_reads(
 
 
 def _assemble(
-    parts: list[np.ndarray], mstarts: np.ndarray, starts: np.ndarray, run_bytes: int
+    buf: np.ndarray, offsets: np.ndarray, mstarts: np.ndarray, starts: np.ndarray, run_bytes: int
 ) -> np.ndarray:
-    """Copy a box's runs out of the fetched ranges into one contiguous byte buffer."""
+    """A box's runs as one contiguous byte buffer: a view of ``buf`` when they lie there back to
+    back (a box read by itself), else a copy.
+
+    ``offsets[k]`` is where merged range ``k`` (starting at file byte ``mstarts[k]``) lies in
+    ``buf``.
+    """
     where = np.searchsorted(mstarts, starts, side="right") - 1
-    rel = starts - mstarts[where]
-    if len(starts) == 1 and rel[0] == 0 and len(parts[where[0]]) == run_bytes:
-        return parts[where[0]]
-    out = np.empty((len(starts), run_bytes), dtype=np.uint8)
-    cuts = np.flatnonzero(np.diff(where)) + 1
-    for lo, hi in zip(np.append(0, cuts), np.append(cuts, len(starts)), strict=True):
-        buf = parts[where[lo]]
-        if hi - lo == 1:
-            out[lo] = buf[rel[lo] : rel[lo] + run_bytes]
-            continue
-        steps = np.diff(rel[lo:hi])
-        if np.all(steps == steps[0]):
-            out[lo:hi] = np.lib.stride_tricks.as_strided(
-                buf[rel[lo] :],
-                shape=(hi - lo, run_bytes),
-                strides=(int(steps[0]), 1),
-                writeable=False,
-            )
-        else:
-            for k in range(lo, hi):
-                out[k] = buf[rel[k] : rel[k] + run_bytes]
+    pos = offsets[where] + (starts - mstarts[where])
+    n = len(pos)
+    steps = np.diff(pos)
+    if n == 1 or np.all(steps == run_bytes):
+        return buf[pos[0] : pos[0] + n * run_bytes]
+    if np.all(steps == steps[0]) and steps[0] > 0:
+        strided = np.lib.stride_tricks.as_strided(
+            buf[pos[0] :], shape=(n, run_bytes), strides=(int(steps[0]), 1), writeable=False
+        )
+        return strided.copy().reshape(-1)
+    out = np.empty((n, run_bytes), dtype=np.uint8)
+    for k, p in enumerate(pos.tolist()):
+        out[k] = buf[p : p + run_bytes]
     return out.reshape(-1)
 
 
-def _fetch(info: HDUInfo, plan: ReadPlan) -> list[np.ndarray]:
-    """The merged ranges of ``plan`` as uint8 arrays: one ``cat_ranges`` call, or one
-    decompressed span of a gzip file."""
+def fetch_ranges(
+    info: HDUInfo, starts: np.ndarray, ends: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fetch merged byte ranges of ``info``'s file with one batched request.
+
+    Remote files: one ``storage.cat_ranges`` call; local files: one open, read straight into one
+    writable buffer; gzip files: one decompressed span from the first start to the last end.
+
+    Parameters
+    ----------
+    info : HDUInfo
+        The HDU (its file, storage options and whether it is gzip-compressed).
+    starts, ends : numpy.ndarray
+        Sorted, disjoint byte ranges ``[start, end)``.
+
+    Returns
+    -------
+    buf : numpy.ndarray
+        uint8 buffer holding every range.
+    offsets : numpy.ndarray of int64
+        Where each range starts in ``buf``.
+
+    Raises
+    ------
+    FITSFormatError
+        The file is shorter than a range (truncated).
+    """
+    sizes = ends - starts
+    local = None if info.gzip else storage.local_path(info.url, info.storage_options)
     if info.gzip:
-        first, last = int(plan.starts[0]), int(plan.ends[-1])
-        span = np.frombuffer(read_gzip_span(info.url, info.storage_options, first, last), np.uint8)
-        parts = [span[s - first : e - first] for s, e in zip(plan.starts, plan.ends, strict=True)]
+        first, last = int(starts[0]), int(ends[-1])
+        buf = np.frombuffer(read_gzip_span(info.url, info.storage_options, first, last), np.uint8)
+        offsets = starts - first
+        got = np.clip(len(buf) - offsets, 0, sizes)
+    elif local is not None:
+        buf, got = read_local_ranges(local, starts.tolist(), ends.tolist())
+        offsets = np.cumsum(sizes) - sizes
     else:
-        raw = storage.cat_ranges(
-            info.url, plan.starts.tolist(), plan.ends.tolist(), info.storage_options
+        raw = storage.cat_ranges(info.url, starts.tolist(), ends.tolist(), info.storage_options)
+        got = np.array([len(part) for part in raw], dtype=np.int64)
+        joined = raw[0] if len(raw) == 1 else bytearray().join(raw)
+        buf = np.frombuffer(joined, dtype=np.uint8)
+        offsets = np.cumsum(got) - got
+    short = np.flatnonzero(got != sizes)
+    if len(short):
+        k = short[0]
+        raise FITSFormatError(
+            f"{info.url}: truncated: asked for bytes {starts[k]}-{ends[k]} of HDU {info.index}, "
+            f"got {got[k]} bytes; the file is shorter than its header says"
         )
-        parts = [np.frombuffer(part, dtype=np.uint8) for part in raw]
-    for part, s, e in zip(parts, plan.starts, plan.ends, strict=True):
-        if len(part) != e - s:
-            raise FITSFormatError(
-                f"{info.url}: truncated: asked for bytes {s}-{e} of HDU {info.index}, got "
-                f"{len(part)} bytes; the file is shorter than its header says"
-            )
-    return parts
+    return buf, offsets
 
 
 def _read_compressed(info: HDUInfo, boxes: Sequence[Box]) -> list[np.ndarray]:
@@ -352,10 +386,10 @@ def _read_boxes(info: HDUInfo, boxes: Sequence[Box]) -> list[np.ndarray]:
         return out
     plan = plan_reads([boxes[k] for k in todo], info.shape, info.raw_dtype.itemsize,
                       info.data_offset)  # fmt: skip
-    parts = _fetch(info, plan)
+    buf, offsets = fetch_ranges(info, plan.starts, plan.ends)
     for k, (starts, run_bytes) in zip(todo, plan.runs, strict=True):
         counts = tuple(b - a for a, b in boxes[k])
-        raw = _assemble(parts, plan.starts, starts, run_bytes).view(info.raw_dtype)
+        raw = _assemble(buf, offsets, plan.starts, starts, run_bytes).view(info.raw_dtype)
         out[k] = scale(raw.reshape(counts), info)
     return out
 
@@ -408,9 +442,9 @@ def read_regions(info: HDUInfo, boxes: Sequence[Any]) -> list[np.ndarray]:
     """Read many boxes of one image HDU with one batched request, scaled exactly as astropy does.
 
     The contiguous byte runs of all boxes are merged where they overlap or lie closer than the
-    merge gap (dask config ``cloudlab.fits.merge-gap``, default 1024 bytes) and fetched with a
-    single ``storage.cat_ranges`` call (gzip files: one decompressed span; tile-compressed HDUs:
-    astropy's ``section``, one open of the file).
+    merge gap (dask config ``cloudlab.fits.merge-gap``, default 1024 bytes) and fetched with one
+    batched request (:func:`fetch_ranges`: a single ``storage.cat_ranges`` call for remote files;
+    tile-compressed HDUs: astropy's ``section``, one open of the file).
 
     Parameters
     ----------

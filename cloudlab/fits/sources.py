@@ -1,19 +1,23 @@
 """Byte sources of FITS files: ranged reads of plain files, decompressed reads of ``.gz`` files.
 
-The header walk reads through a source (a few blocks per request); region reads of gzip files
-decompress one span with :func:`read_gzip_span`. Plain files' pixel bytes are fetched by
-:mod:`cloudlab.fits.regions` with ``storage.cat_ranges`` directly.
+The header walk reads through a source (a few blocks per request). Region reads
+(:func:`cloudlab.fits.regions.fetch_ranges`) fetch remote files' pixel bytes with one
+``storage.cat_ranges`` call, local files' with :func:`read_local_ranges` (straight into one
+writable buffer, no intermediate copies) and gzip files' with :func:`read_gzip_span`.
 """
 
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from typing import IO
+
+import numpy as np
 
 from cloudlab import storage
 from cloudlab.errors import FITSFormatError
 
-__all__ = ["GzipSource", "RangedSource", "read_gzip_span"]
+__all__ = ["GzipSource", "RangedSource", "read_gzip_span", "read_local_ranges"]
 
 
 class RangedSource:
@@ -136,3 +140,41 @@ def read_gzip_span(url: str, storage_options: dict | None, start: int, end: int)
         raise FITSFormatError(
             f"{url}: corrupt or truncated gzip stream: {exc}; check the file or re-download it"
         ) from exc
+
+
+def read_local_ranges(
+    path: str, starts: Sequence[int], ends: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Byte ranges of a local file read straight into one writable buffer (one open).
+
+    Parameters
+    ----------
+    path : str
+        Local file path.
+    starts, ends : sequence of int
+        Byte ranges ``[start, end)``.
+
+    Returns
+    -------
+    buf : numpy.ndarray
+        uint8, the ranges back to back (each at the sum of the sizes before it).
+    got : numpy.ndarray of int64
+        Bytes read per range: shorter than asked where the file ends early.
+    """
+    sizes = [int(e) - int(s) for s, e in zip(starts, ends, strict=True)]
+    buf = np.empty(sum(sizes), dtype=np.uint8)
+    view = memoryview(buf)
+    got = []
+    pos = 0
+    with open(path, "rb", buffering=0) as f:
+        for start, size in zip(starts, sizes, strict=True):
+            f.seek(int(start))
+            done = 0
+            while done < size:
+                n = f.readinto(view[pos + done : pos + size])
+                if not n:
+                    break
+                done += n
+            got.append(done)
+            pos += size
+    return buf, np.array(got, dtype=np.int64)
