@@ -118,7 +118,9 @@ def open_hdu(
     ------
     FileNotFoundError, FITSError
         Raised now, naming the file: missing file, not FITS, truncated, header without END,
-        HDU out of range, a table HDU, data larger than the file.
+        a table HDU, data larger than the file.
+    HDUNotFoundError
+        No such HDU (a ``FITSError`` and a ``KeyError``).
     """
     url = os.fspath(url)
     info = hdu_info(url, hdu, storage_options)

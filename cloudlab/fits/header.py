@@ -558,7 +558,11 @@ def hdu_info(
     FileNotFoundError
         The file does not exist.
     FITSError
-        Not FITS, truncated, header without END, HDU out of range, data larger than the file.
+        Not FITS, truncated, header without END, data larger than the file.
+    HDUNotFoundError
+        No such HDU (a ``FITSError`` and a ``KeyError``); the message lists the file's HDUs.
+    InputError
+        A negative HDU index.
     """
     url = str(url)
     target = _normalize_target(hdu)
