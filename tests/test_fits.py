@@ -408,6 +408,20 @@ def test_read_regions_many_cube_boxes_one_request(tmp_path: Path) -> None:
     assert CountingFileSystem.bytes_read == union.sum() * 9 * 2 * 4
 
 
+@pytest.mark.parametrize("dtype", [">f4", ">i2", ">f8"])
+def test_read_regions_repeated_and_overlapping_whole_rows(tmp_path: Path, dtype: str) -> None:
+    """Boxes that share bytes (whole rows: contiguous runs) each get their own correct copy."""
+    data = (np.arange(60 * 70) % 3000).astype(dtype).reshape(60, 70)
+    path = write(tmp_path / "rows.fits", fits.PrimaryHDU(data))
+    ref = fits.getdata(path)
+    boxes = [(slice(3, 9),), (slice(3, 9),), (slice(5, 12),), (slice(0, 60), slice(0, 70))]
+    for url in (path, f"countfile://{path}"):
+        cf.clear_cache()
+        got = cf.read_regions(cf.hdu_info(url), boxes)
+        for box, cut in zip(boxes, got, strict=True):
+            assert_same(cut, ref[box])
+
+
 def test_read_regions_in_memory_filesystem() -> None:
     data = RNG.integers(-500, 500, (30, 40)).astype("i2")
     buf = io.BytesIO()

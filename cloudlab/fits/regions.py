@@ -270,20 +270,27 @@ def plan_reads(
 
 
 def _assemble(
-    buf: np.ndarray, offsets: np.ndarray, mstarts: np.ndarray, starts: np.ndarray, run_bytes: int
+    buf: np.ndarray,
+    offsets: np.ndarray,
+    mstarts: np.ndarray,
+    starts: np.ndarray,
+    run_bytes: int,
+    alone: bool,
 ) -> np.ndarray:
-    """A box's runs as one contiguous byte buffer: a view of ``buf`` when they lie there back to
-    back (a box read by itself), else a copy.
+    """A box's runs as one contiguous byte buffer of its own.
 
     ``offsets[k]`` is where merged range ``k`` (starting at file byte ``mstarts[k]``) lies in
-    ``buf``.
+    ``buf``. A box read ``alone`` whose runs lie back to back in ``buf`` is a view of it (no
+    copy); boxes read together are copies, since scaling may swap bytes in place and boxes may
+    share bytes.
     """
     where = np.searchsorted(mstarts, starts, side="right") - 1
     pos = offsets[where] + (starts - mstarts[where])
     n = len(pos)
     steps = np.diff(pos)
     if n == 1 or np.all(steps == run_bytes):
-        return buf[pos[0] : pos[0] + n * run_bytes]
+        view = buf[pos[0] : pos[0] + n * run_bytes]
+        return view if alone else view.copy()
     if np.all(steps == steps[0]) and steps[0] > 0:
         strided = np.lib.stride_tricks.as_strided(
             buf[pos[0] :], shape=(n, run_bytes), strides=(int(steps[0]), 1), writeable=False
@@ -387,9 +394,10 @@ def _read_boxes(info: HDUInfo, boxes: Sequence[Box]) -> list[np.ndarray]:
     plan = plan_reads([boxes[k] for k in todo], info.shape, info.raw_dtype.itemsize,
                       info.data_offset)  # fmt: skip
     buf, offsets = fetch_ranges(info, plan.starts, plan.ends)
+    alone = len(todo) == 1
     for k, (starts, run_bytes) in zip(todo, plan.runs, strict=True):
         counts = tuple(b - a for a, b in boxes[k])
-        raw = _assemble(buf, offsets, plan.starts, starts, run_bytes).view(info.raw_dtype)
+        raw = _assemble(buf, offsets, plan.starts, starts, run_bytes, alone).view(info.raw_dtype)
         out[k] = scale(raw.reshape(counts), info)
     return out
 
