@@ -263,8 +263,11 @@ def plan_reads(
     if not runs:
         empty = np.empty(0, dtype=np.int64)
         return ReadPlan(empty, empty, [])
-    starts = np.concatenate([s for s, _ in runs])
-    ends = np.concatenate([s + n for s, n in runs])
+    if len(runs) == 1:
+        starts, ends = runs[0][0], runs[0][0] + runs[0][1]
+    else:
+        starts = np.concatenate([s for s, _ in runs])
+        ends = np.concatenate([s + n for s, n in runs])
     mstarts, mends = merge_ranges(starts, ends, merge_gap() if gap is None else gap)
     return ReadPlan(mstarts, mends, runs)
 
