@@ -40,34 +40,36 @@ import dask
 import numpy as np
 import pandas as pd
 
-from cloudlab import storage
-from cloudlab.cutouts import cutout as cutout_mod
+from cloudlab import fits, storage
 from cloudlab.cutouts import locate, make_cutouts, write_tpfs
-from cloudlab.cutouts.cutout import plan_ranges
+from cloudlab.cutouts.cutout import cutout_boxes
 from cloudlab.cutouts.pointing import radec_to_pixel
+from cloudlab.fits import regions
+from cloudlab.fits.regions import plan_reads
 from cloudlab.io.tess import cube_meta
 from cloudlab.simulate import tess_sector
 
 
 class ReadCounter:
-    """Wraps ``storage.cat_ranges`` inside the cutout module to count calls and bytes."""
+    """Wraps ``fits.regions.fetch_ranges`` (the batched request of ``fits.read_regions``) to count
+    calls and bytes."""
 
     def __init__(self):
         self.calls = 0
         self.bytes = 0
-        self._real = storage.cat_ranges
+        self._real = regions.fetch_ranges
 
-    def __call__(self, url, starts, ends, storage_options=None):
+    def __call__(self, info, starts, ends):
         self.calls += 1
         self.bytes += int(np.sum(np.subtract(ends, starts)))
-        return self._real(url, starts, ends, storage_options)
+        return self._real(info, starts, ends)
 
     def __enter__(self):
-        cutout_mod.storage.cat_ranges = self
+        regions.fetch_ranges = self
         return self
 
     def __exit__(self, *exc):
-        cutout_mod.storage.cat_ranges = self._real
+        regions.fetch_ranges = self._real
 
 
 def random_targets(cube_url: str, n: int, seed: int = 0) -> pd.DataFrame:
@@ -108,10 +110,12 @@ def bench_local(tmp: str, n_targets: int, n_astrocut: int, frames: int, size: in
         ds = make_cutouts(targets, cube_url=sim.cube_url, size=size).compute()
         t_cut = time.perf_counter() - t0
     meta = cube_meta(sim.cube_url)
-    needed = plan_ranges(
+    _, boxes = cutout_boxes(
         ds["corner_column"].values, ds["corner_row"].values, (size, size), n_rows=meta.n_rows,
-        n_cols=meta.n_cols, n_frames=meta.n_frames, data_offset=meta.data_offset,
-    )[3]  # fmt: skip
+        n_cols=meta.n_cols,
+    )  # fmt: skip
+    info = fits.hdu_info(sim.cube_url, 1)
+    needed = plan_reads(boxes, info.shape, info.raw_dtype.itemsize, info.data_offset).needed
     out = os.path.join(tmp, "tpfs")
     with dask.config.set(scheduler="threads", num_workers=2):
         t0 = time.perf_counter()

@@ -9,8 +9,11 @@ variables from the environment) are forwarded to the workers of every cluster ki
 from __future__ import annotations
 
 import os
+import socket
 import sys
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlparse
 
 import dask
 from dask_gateway import Gateway  # importing registers the gateway.* dask config defaults
@@ -29,6 +32,9 @@ __all__ = [
     "describe_target",
     "gpu_resources",
     "gpu_tasks",
+    "local_hosts",
+    "reading_workers",
+    "worker_addresses",
 ]
 
 
@@ -45,6 +51,58 @@ def active_client() -> Client | None:
     except ValueError:
         return None
     return client if active == client.get else None
+
+
+def local_hosts() -> set[str]:
+    """Names and addresses of this machine (to tell whether a worker runs here)."""
+    hosts = {"127.0.0.1", "localhost", "::1", socket.gethostname()}
+    try:
+        hosts.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        pass
+    return hosts
+
+
+def worker_addresses(client: Client) -> list[str]:
+    """Addresses of every worker of ``client``'s cluster."""
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # older distributed: no n_workers argument, lists every worker
+        info = client.scheduler_info()
+    return list(info.get("workers", {}))
+
+
+def reading_workers(urls: Sequence[str]) -> tuple[Client | None, list[str]]:
+    """The active client and the addresses of its workers that can read every one of ``urls``.
+
+    Workers cannot see an in-memory filesystem (``memory://``, it lives in this process) nor
+    local files when any of them runs on another machine; then the list is empty and the caller
+    reads here instead.
+
+    Parameters
+    ----------
+    urls : sequence of str
+        The files to read.
+
+    Returns
+    -------
+    (distributed.Client or None, list of str)
+        The active client (``None`` when dask's scheduler is not a distributed client) and the
+        worker addresses to send reads to (empty: read in this process).
+    """
+    from cloudlab.storage import is_local
+
+    client = active_client()
+    if client is None:
+        return None, []
+    workers = worker_addresses(client)
+    if any(u.startswith("memory:") for u in urls):
+        return client, []
+    if workers and any(is_local(u) for u in urls):
+        here = local_hosts()
+        if not all(urlparse(w).hostname in here for w in workers):
+            return client, []
+    return client, workers
 
 
 def compute(*collections: Any, progress: bool = True, persist: bool = False) -> tuple:

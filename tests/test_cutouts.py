@@ -12,10 +12,12 @@ import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 
-import cloudlab.cutouts.cutout as cutout_mod
+from cloudlab import fits as cf
 from cloudlab import storage
 from cloudlab.cutouts import cutout_wcs, make_cutouts, write_tpfs
-from cloudlab.cutouts.cutout import plan_ranges
+from cloudlab.cutouts.cutout import cutout_boxes
+from cloudlab.fits import regions
+from cloudlab.fits.regions import plan_reads
 from cloudlab.io.tess import cube_meta
 from cloudlab.simulate import tess_sector
 
@@ -99,13 +101,13 @@ def test_grouped_by_cube_in_input_order(sims):
 def test_one_batched_read_per_task_and_lazy(sims, monkeypatch):
     _, one, _ = sims
     calls = []
-    real = storage.cat_ranges
+    real = regions.fetch_ranges
 
-    def counting(url, starts, ends, storage_options=None):
+    def counting(info, starts, ends):
         calls.append((len(starts), int(np.sum(np.subtract(ends, starts)))))
-        return real(url, starts, ends, storage_options)
+        return real(info, starts, ends)
 
-    monkeypatch.setattr(cutout_mod.storage, "cat_ranges", counting)
+    monkeypatch.setattr(regions, "fetch_ranges", counting)
     # 10 targets; pairs of neighbours overlap, so their rows merge
     pixels = [[20 + 10 * k + d, 30 + 6 * k] for k in range(5) for d in (0, 2)]
     targets = _targets_at(one, pixels)
@@ -114,19 +116,22 @@ def test_one_batched_read_per_task_and_lazy(sims, monkeypatch):
     ds["flux"].compute()
     assert len(calls) == 3  # ceil(10 / 4) tasks, one batched call each
     meta = cube_meta(one.cube_url)
-    _, _, _, needed = plan_ranges(
+    _, boxes = cutout_boxes(
         ds["corner_column"].values, ds["corner_row"].values, (8, 8), n_rows=meta.n_rows,
-        n_cols=meta.n_cols, n_frames=meta.n_frames, data_offset=meta.data_offset,
+        n_cols=meta.n_cols,
     )  # fmt: skip
+    info = cf.hdu_info(one.cube_url, 1)
+    needed = plan_reads(boxes, info.shape, 4, info.data_offset).needed
     fetched = sum(b for _, b in calls)
     assert fetched < needed  # overlapping neighbours fetched once
     assert sum(n for n, _ in calls) < 10 * 8  # merged ranges
 
 
-def test_plan_ranges_merges_adjacent():
-    starts, ends, pieces, needed = plan_ranges(
-        np.array([0, 4]), np.array([0, 0]), (2, 4), n_rows=5, n_cols=10, n_frames=3, data_offset=100
-    )
+def test_plan_reads_merges_adjacent():
+    _, boxes = cutout_boxes(np.array([0, 4]), np.array([0, 0]), (2, 4), n_rows=5, n_cols=10)
+    plan = plan_reads(boxes, (5, 10, 3, 2), 4, data_offset=100, gap=0)
+    starts, ends, needed = plan.starts, plan.ends, plan.needed
+    pieces = [run for run_starts, _ in plan.runs for run in run_starts]
     # two targets side by side: each image row is one merged range of 8 pixels
     assert len(pieces) == 4 and starts.tolist() == [100, 100 + 10 * 24]
     assert (ends - starts).tolist() == [8 * 24, 8 * 24] and needed == 16 * 24
@@ -284,8 +289,8 @@ def test_tpf_template_gives_astropy_bytes(sims):
         assert template.render(flux[i], err[i], meta) == buf.getvalue()
 
 
-def test_cube_urls_and_open_cube(sims):
-    from cloudlab.io.tess import cube_url, open_cube
+def test_cube_urls_meta_and_pixels(sims):
+    from cloudlab.io.tess import cube_url
 
     dest, one, _ = sims
     assert cube_url(55, 1, 2) == "s3://stpubdata/tess/public/mast/tess-s0055-1-2-cube.fits"
@@ -293,11 +298,13 @@ def test_cube_urls_and_open_cube(sims):
         assert cube_url(55, 1, 1) == one.cube_url
     with pytest.raises(ValueError, match="bad sector/camera/ccd"):
         cube_url(55, 5, 1)
-    ds = open_cube(sector=55, camera=1, ccd=1, base=dest)
-    assert ds["flux"].dims == ("time", "row", "column") and ds.attrs["camera"] == 1
-    np.testing.assert_array_equal(ds["quality"].values, one.quality)
-    np.testing.assert_allclose(ds["barycorr"].values, one.barycorr)
+    meta = cube_meta(cube_url(55, 1, 1, dest))
+    pixels = cf.open_hdu(meta.url, 1, dims=("row", "column", "time", "plane"))
+    flux = pixels.isel(plane=0).transpose("time", "row", "column")
+    assert flux.dims == ("time", "row", "column") and meta.camera == 1
+    np.testing.assert_array_equal(meta.quality, one.quality)
+    np.testing.assert_allclose(meta.barycorr, one.barycorr)
     np.testing.assert_array_equal(
-        ds["flux"][:, 3:6, 7:9].values,
+        flux[:, 3:6, 7:9].values,
         np.moveaxis(fits.getdata(one.cube_url, 1)[3:6, 7:9, :, 0], 2, 0),
     )

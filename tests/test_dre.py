@@ -356,7 +356,7 @@ def test_writers(tmp_path, grid, cuts):
 
 
 def test_no_selected_galaxy_gives_empty_products(tmp_path, grid):
-    from cloudlab.io.galaxies import open_cuts
+    from cloudlab.dre.cuts import open_cuts
 
     tile, seg = str(tmp_path / "tile.fits"), str(tmp_path / "seg.fits")
     fits.PrimaryHDU(np.zeros((200, 200), np.float32)).writeto(tile)

@@ -13,8 +13,8 @@ from astropy.table import Table
 
 from cloudlab import dre
 from cloudlab.commands import dre as dre_cli
+from cloudlab.dre.cuts import open_cuts
 from cloudlab.dre.tools import PSFEX_NAMES, SEXTRACTOR_NAMES
-from cloudlab.io.galaxies import open_cuts
 from cloudlab.simulate import galaxy_tile
 
 HAVE_TOOLS = any(map(shutil.which, SEXTRACTOR_NAMES)) and any(map(shutil.which, PSFEX_NAMES))

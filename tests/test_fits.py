@@ -18,8 +18,10 @@ from astropy.io import fits
 from astropy.table import Table
 from fsspec.implementations.local import LocalFileSystem
 
+from cloudlab import cluster
 from cloudlab import fits as cf
-from cloudlab.fits_header import BLOCK
+from cloudlab.errors import HDUNotFoundError, InputError
+from cloudlab.fits.header import BLOCK
 
 RNG = np.random.default_rng(42)
 
@@ -339,6 +341,150 @@ def test_cube_cutout_byte_ratio(tmp_path: Path) -> None:
     assert CountingFileSystem.cat_ranges_calls == 1
 
 
+# ------------------------------------------------------------------------ batched multi-box
+BOXES = [
+    (slice(3, 9), slice(5, 17)),  # interior
+    (slice(6, 12), slice(10, 20)),  # overlaps the first
+    ((20, 23), (30, 37)),  # the last corner, as (start, stop) pairs
+    (slice(0, 1), slice(None)),  # the whole first row
+    ((11, 12), (0, 1)),  # one pixel
+    (slice(None), slice(36, 37)),  # the last column
+    (slice(0, 23),),  # trailing axis left out: whole
+]
+REGION_CASES = [
+    "bitpix8",
+    "bitpix16",
+    "bitpix64",
+    "bitpix-64",
+    "int16-scaled",
+    "int16-blank-scaled",
+    "int32-blank-unscaled",
+    "uint16-bzero",
+    "uint64-bzero",
+    "int8-bzero",
+    "float32-scaled",
+]
+
+
+@pytest.mark.parametrize("case", REGION_CASES)
+def test_read_regions_equal_astropy_in_one_call(tmp_path: Path, case: str) -> None:
+    make = {**BITPIX_CASES, **SCALED_CASES}[case]
+    path = write(tmp_path / f"{case}.fits", make())
+    ref = fits.getdata(path)
+    info = cf.hdu_info(f"countfile://{path}")
+    CountingFileSystem.reset()
+    got = cf.read_regions(info, BOXES)
+    assert CountingFileSystem.cat_ranges_calls == 1
+    assert len(got) == len(BOXES)
+    for box, cut in zip(BOXES, got, strict=True):
+        index = tuple(b if isinstance(b, slice) else slice(*b) for b in box)
+        assert_same(cut, ref[index])
+    if "blank-scaled" in case:
+        assert np.isnan(got[3]).any() or np.isnan(got[6]).any()  # BLANK rows 2 and 7 -> NaN
+
+
+def test_read_regions_many_cube_boxes_one_request(tmp_path: Path) -> None:
+    """Cutouts of an astrocut-layout cube: 40 boxes, one cat_ranges call, overlaps fetched once."""
+    cube = RNG.normal(size=(60, 70, 9, 2)).astype("f4")
+    path = write(tmp_path / "cube.fits", fits.PrimaryHDU(), fits.ImageHDU(cube))
+    info = cf.hdu_info(f"countfile://{path}", 1)
+    corners = RNG.integers(0, 55, (40, 2))
+    boxes = [(slice(r, r + 5), slice(c, c + 5)) for r, c in corners]
+    boxes[1] = boxes[0]  # an identical box
+    CountingFileSystem.reset()
+    got = cf.read_regions(info, boxes)
+    assert CountingFileSystem.cat_ranges_calls == 1
+    for box, cut in zip(boxes, got, strict=True):
+        assert cut.dtype == np.float32
+        np.testing.assert_array_equal(cut, cube[box])
+    # merging only overlaps: the bytes fetched are the union of the boxes (repeats fetched once)
+    with dask.config.set({"cloudlab.fits.merge-gap": 0}):
+        CountingFileSystem.reset()
+        cf.read_regions(info, boxes)
+    assert CountingFileSystem.cat_ranges_calls == 1
+    union = np.zeros(cube.shape[:2], bool)
+    for box in boxes:
+        union[box] = True
+    assert CountingFileSystem.bytes_read == union.sum() * 9 * 2 * 4
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">i2", ">f8"])
+def test_read_regions_repeated_and_overlapping_whole_rows(tmp_path: Path, dtype: str) -> None:
+    """Boxes that share bytes (whole rows: contiguous runs) each get their own correct copy."""
+    data = (np.arange(60 * 70) % 3000).astype(dtype).reshape(60, 70)
+    path = write(tmp_path / "rows.fits", fits.PrimaryHDU(data))
+    ref = fits.getdata(path)
+    boxes = [(slice(3, 9),), (slice(3, 9),), (slice(5, 12),), (slice(0, 60), slice(0, 70))]
+    for url in (path, f"countfile://{path}"):
+        cf.clear_cache()
+        got = cf.read_regions(cf.hdu_info(url), boxes)
+        for box, cut in zip(boxes, got, strict=True):
+            assert_same(cut, ref[box])
+
+
+def test_read_regions_in_memory_filesystem() -> None:
+    data = RNG.integers(-500, 500, (30, 40)).astype("i2")
+    buf = io.BytesIO()
+    hdu = fits.PrimaryHDU(data)
+    hdu.header["BSCALE"], hdu.header["BZERO"] = 0.5, 3.0
+    hdu.writeto(buf)
+    url = "memory://cl-regions/a.fits"
+    fsspec.filesystem("memory").pipe_file("/cl-regions/a.fits", buf.getvalue())
+    ref = fits.getdata(io.BytesIO(buf.getvalue()))
+    got = cf.read_regions(cf.hdu_info(url), [(slice(2, 9), slice(30, 40)), ((0, 1), (0, 1))])
+    assert_same(got[0], ref[2:9, 30:40])
+    assert_same(got[1], ref[0:1, 0:1])
+
+
+@pytest.mark.parametrize("algorithm", ["RICE_1", "GZIP_2"])
+def test_read_regions_tile_compressed_equal_astropy(tmp_path: Path, algorithm: str) -> None:
+    data = RNG.integers(-2000, 2000, (64, 48)).astype("i2")
+    hdu = fits.CompImageHDU(data, compression_type=algorithm, tile_shape=(8, 48), name="SCI")
+    path = write(tmp_path / f"{algorithm}.fits", fits.PrimaryHDU(), hdu)
+    ref = fits.getdata(path, "SCI")
+    boxes = [(slice(5, 30), slice(7, 20)), ((63, 64), (47, 48)), (slice(0, 64), slice(0, 48))]
+    got = cf.read_regions(cf.hdu_info(path, "SCI"), boxes)
+    assert_same(got[0], ref[5:30, 7:20])
+    assert_same(got[1], ref[63:64, 47:48])
+    assert_same(got[2], ref)
+
+
+def test_read_regions_gzip_file(tmp_path: Path) -> None:
+    data = RNG.normal(size=(6, 30, 40)).astype("f4")
+    plain = write(tmp_path / "a.fits", fits.PrimaryHDU(), fits.ImageHDU(data, name="SCI"))
+    path = tmp_path / "a.fits.gz"
+    path.write_bytes(gzip.compress(Path(plain).read_bytes()))
+    info = cf.hdu_info(str(path), "SCI")
+    got = cf.read_regions(info, [(slice(1, 3), slice(5, 9)), (slice(5, 6),)])
+    np.testing.assert_array_equal(got[0], data[1:3, 5:9])
+    np.testing.assert_array_equal(got[1], data[5:6])
+
+
+def test_read_regions_bad_boxes(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.fits", fits.PrimaryHDU(np.ones((10, 12), "f4")))
+    info = cf.hdu_info(path)
+    assert cf.read_regions(info, []) == []
+    assert cf.read_regions(info, [(slice(3, 3), slice(0, 4))])[0].shape == (0, 4)
+    with pytest.raises(InputError, match=r"a\.fits.*box 1.*axis 1 spans 10:13, outside 0:12"):
+        cf.read_regions(info, [(slice(0, 2),), (slice(0, 2), slice(10, 13))])
+    with pytest.raises(InputError, match="step 2"):
+        cf.read_regions(info, [(slice(0, 8, 2),)])
+    with pytest.raises(InputError, match="3 axes"):
+        cf.read_regions(info, [(slice(0, 1), slice(0, 1), slice(0, 1))])
+    table = fits.BinTableHDU.from_columns([fits.Column("x", "E", array=np.arange(3.0))])
+    tpath = write(tmp_path / "t.fits", fits.PrimaryHDU(), table)
+    with pytest.raises(cf.FITSError, match="read_table"):
+        cf.read_regions(cf.hdu_info(tpath, 1), [(slice(0, 1),)])
+
+
+def test_hdu_not_found_is_a_key_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "two.fits", fits.PrimaryHDU(), fits.ImageHDU(np.ones((3, 3))))
+    for hdu in (2, "NOPE", ("SCI", 2)):
+        with pytest.raises(HDUNotFoundError, match="out of range") as err:
+            cf.hdu_info(path, hdu)
+        assert isinstance(err.value, KeyError) and path in str(err.value)
+
+
 def test_header_scan_reads_header_blocks_only(tmp_path: Path) -> None:
     big = np.zeros((500, 600), "f4")
     path = write(
@@ -487,7 +633,7 @@ def test_open_stack_on_local_cluster(tmp_path: Path, local_client) -> None:
     paths = _stack_files(tmp_path, n=6)
     ref = np.stack([fits.getdata(p, 1) for p in paths])
     with dask.config.set(scheduler=local_client.get):
-        assert cf._get_client() is local_client
+        assert cluster.active_client() is local_client
         stack = cf.open_stack(str(tmp_path / "f*.fits"), 1, keys=["TSTART"])
         got = local_client.compute(stack.data).result()
         cut = local_client.compute(stack.data[:, 3:5, 2:9]).result()

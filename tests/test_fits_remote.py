@@ -10,8 +10,8 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
+from cloudlab import cluster, storage
 from cloudlab import fits as cf
-from cloudlab import storage
 
 RNG = np.random.default_rng(7)
 
@@ -133,7 +133,7 @@ def test_stack_on_gateway_workers_from_s3(stores: dict[str, str], gateway_client
     prefix = stores["s3"]
     ref = np.stack([fits.getdata(f"{stores['local']}/stack_{i}.fits") for i in range(4)])
     with gateway_client.as_current(), dask.config.set(scheduler=gateway_client.get):
-        assert cf._get_client() is gateway_client
+        assert cluster.active_client() is gateway_client
         stack = cf.open_stack(f"{prefix}/stack_*.fits", keys=["TSTART"])
         got = gateway_client.compute(stack.data[:, 5:15, 3:20]).result()
         cube = cf.open_hdu(f"{prefix}/mef.fits", "CUBE")

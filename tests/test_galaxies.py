@@ -1,4 +1,5 @@
-"""Galaxy cut stacks (cloudlab.io.galaxies) and the galaxy tile simulator."""
+"""Galaxy cut stacks (cloudlab.dre.cuts), SExtractor catalogues (cloudlab.io.galaxies) and the
+galaxy tile simulator."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from astropy.nddata import Cutout2D
 from astropy.table import Table
 from scipy import ndimage
 
-import cloudlab.io.galaxies as galaxies
-from cloudlab.io.galaxies import clean_mask, open_cuts, read_catalog
+import cloudlab.dre.cuts as galaxy_cuts
+from cloudlab.dre.cuts import clean_mask, open_cuts
+from cloudlab.io.galaxies import read_catalog
 from cloudlab.simulate import galaxy_tile
 from cloudlab.simulate.galaxies import gaussian_psf, sersic_stamp
 
@@ -134,13 +136,13 @@ def test_open_cuts_filters_constant_rms_and_nan_flag(images, tmp_path):
 def test_open_cuts_reads_only_its_windows(images, monkeypatch):
     paths, catalog, _ = images
     calls = []
-    original = galaxies.read_region
+    original = galaxy_cuts.read_regions
 
-    def counting(info, index):
-        calls.append((info.url, index))
-        return original(info, index)
+    def counting(info, boxes):
+        calls.extend((info.url, box) for box in boxes)
+        return original(info, boxes)
 
-    monkeypatch.setattr(galaxies, "read_region", counting)
+    monkeypatch.setattr(galaxy_cuts, "read_regions", counting)
     cuts = open_cuts(
         paths["tile"],
         catalog,
@@ -155,6 +157,30 @@ def test_open_cuts_reads_only_its_windows(images, monkeypatch):
     cuts["obj"][1].compute()
     assert len(calls) == 4  # tile, background, rms, segmentation windows of galaxy 1 only
     assert all(index[0].stop - index[0].start == 64 for _, index in calls)
+
+
+def test_open_cuts_reads_each_image_once_per_chunk(images, monkeypatch):
+    paths, catalog, tile = images
+    calls = []
+    original = galaxy_cuts.read_regions
+
+    def counting(info, boxes):
+        calls.append((info.url, len(boxes)))
+        return original(info, boxes)
+
+    monkeypatch.setattr(galaxy_cuts, "read_regions", counting)
+    cuts = open_cuts(paths["tile"], catalog, size=64, margin=40, max_stellarity=1.0,
+                     background=paths["bkg"], rms=paths["rms"], segmentation=paths["seg"],
+                     chunk_size=8)  # fmt: skip
+    out = cuts.compute()
+    n = out.sizes["galaxy"]
+    assert n >= 2
+    # one batched read per image for the one chunk, each holding every galaxy's window
+    assert sorted(calls) == sorted((paths[k], n) for k in ("tile", "bkg", "rms", "seg"))
+    for i in range(n):
+        r0 = int(np.ceil(out["Y_IMAGE"].values[i] - 1 - 32))
+        c0 = int(np.ceil(out["X_IMAGE"].values[i] - 1 - 32))
+        np.testing.assert_array_equal(out["obj"].values[i], tile[r0 : r0 + 64, c0 : c0 + 64] - 7)
 
 
 def test_open_cuts_bad_input(images, tmp_path):

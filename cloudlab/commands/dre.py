@@ -162,7 +162,7 @@ def _psfex(args: argparse.Namespace) -> int:
 
 def _cuts(args: argparse.Namespace) -> int:
     from cloudlab.dre import write_cuts_hdf5
-    from cloudlab.io.galaxies import open_cuts
+    from cloudlab.dre.cuts import open_cuts
 
     root = args.root.rstrip("/")
     for name in _progress(_names(args, "Tiles/*.fits", ".fits"), "cuts"):

@@ -2,9 +2,9 @@
 
 In a cube (numpy shape ``(rows, columns, frames, 2)``, big-endian float32) the pixels of one
 cutout row are contiguous over all frames and both planes, so a ``ny × nx`` cutout is ``ny`` byte
-ranges of ``8 · nx · n_frames`` bytes. A task collects the row ranges of all its targets, merges
-overlapping or adjacent ones, fetches them with a single ``cat_ranges`` call and slices the
-cutouts out of the buffers.
+ranges of ``8 · nx · n_frames`` bytes. A task hands the boxes of all its targets to
+:func:`cloudlab.fits.read_regions`, which merges overlapping or nearby ranges and fetches them with
+a single ``cat_ranges`` call.
 """
 
 from __future__ import annotations
@@ -16,15 +16,28 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
-from astropy.io import fits
+from astropy.io import fits as afits
 from astropy.wcs import WCS
 from dask.base import tokenize
 
-from cloudlab import storage
+from cloudlab import fits
 from cloudlab.cutouts.locate import check_targets, wcs_pixels
 from cloudlab.cutouts.pointing import radec_to_pixel, sector_geometry
+from cloudlab.errors import InputError, check_on_error
 from cloudlab.io.tess import CubeMeta, cube_meta
 from cloudlab.io.tess import cube_url as make_cube_url
+
+__all__ = [
+    "BYTES_PER_PIXEL_FRAME",
+    "TARGET_BATCH_BYTES",
+    "cutout_boxes",
+    "cutout_header",
+    "cutout_limits",
+    "cutout_wcs",
+    "make_cutouts",
+    "parse_size",
+    "read_cutouts",
+]
 
 BYTES_PER_PIXEL_FRAME = 8
 """Flux and uncertainty, float32 each."""
@@ -37,17 +50,17 @@ def parse_size(size: int | tuple[int, int]) -> tuple[int, int]:
 
     Raises
     ------
-    ValueError
+    InputError
         Non-positive or non-integer sizes.
     """
     if np.ndim(size) == 0:
         size = (size, size)
     if len(size) != 2:
-        raise ValueError(f"size must be an int or (rows, columns), got {size!r}")
+        raise InputError(f"size must be an int or (rows, columns), got {size!r}")
     out = []
     for s in size:
         if isinstance(s, bool) or not float(s).is_integer() or int(s) <= 0:
-            raise ValueError(f"cutout size must be positive integers, got {size!r}")
+            raise InputError(f"cutout size must be positive integers, got {size!r}")
         out.append(int(s))
     return out[0], out[1]
 
@@ -78,81 +91,57 @@ def cutout_limits(
     return c0, r0
 
 
-def plan_ranges(
+def cutout_boxes(
     corner_col: np.ndarray,
     corner_row: np.ndarray,
     size: tuple[int, int],
     *,
     n_rows: int,
     n_cols: int,
-    n_frames: int,
-    data_offset: int,
-) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int, int]], int]:
-    """Byte ranges for a batch of cutouts, merged.
-
-    Returns
-    -------
-    starts, ends : numpy.ndarray
-        Merged ranges ``[start, end)`` (sorted, disjoint, not adjacent).
-    pieces : list of (target, row in cutout, first col in cutout, n cols, byte start)
-        Where each cutout row comes from.
-    needed : int
-        Bytes the cutouts need (before merging; overlapping targets counted once each).
-    """
-    ny, nx = size
-    stride = n_frames * BYTES_PER_PIXEL_FRAME
-    pieces = []
-    raw_starts, raw_ends = [], []
-    for t, (c0, r0) in enumerate(zip(corner_col.tolist(), corner_row.tolist(), strict=True)):
-        cs, ce = max(c0, 0), min(c0 + nx, n_cols)
-        if cs >= ce:
-            continue
-        for r in range(max(r0, 0), min(r0 + ny, n_rows)):
-            start = data_offset + (r * n_cols + cs) * stride
-            pieces.append((t, r - r0, cs - c0, ce - cs, start))
-            raw_starts.append(start)
-            raw_ends.append(start + (ce - cs) * stride)
-    if not pieces:
-        return np.empty(0, np.int64), np.empty(0, np.int64), pieces, 0
-    starts = np.asarray(raw_starts, dtype=np.int64)
-    ends = np.asarray(raw_ends, dtype=np.int64)
-    needed = int((ends - starts).sum())
-    order = np.argsort(starts, kind="stable")
-    s_sorted, e_sorted = starts[order], ends[order]
-    run_end = np.maximum.accumulate(e_sorted)
-    new_run = np.ones(len(s_sorted), dtype=bool)
-    new_run[1:] = s_sorted[1:] > run_end[:-1]
-    idx = np.flatnonzero(new_run)
-    merged_starts = s_sorted[idx]
-    merged_ends = np.append(run_end[idx[1:] - 1], run_end[-1])
-    return merged_starts, merged_ends, pieces, needed
-
-
-def read_cutouts(
-    url: str,
-    corner_col: np.ndarray,
-    corner_row: np.ndarray,
-    size: tuple[int, int],
-    *,
-    n_rows: int,
-    n_cols: int,
-    n_frames: int,
-    data_offset: int,
-    storage_options: dict | None = None,
-) -> np.ndarray:
-    """Read a batch of cutouts from one cube with one batched ranged read.
+) -> tuple[np.ndarray, list[tuple[tuple[int, int], tuple[int, int]]]]:
+    """The part of each cutout that lies on the image, as (rows, columns) boxes of the cube.
 
     Parameters
     ----------
-    url : str
-        Cube URL.
     corner_col, corner_row : numpy.ndarray
         0-based first column and row of each cutout (may lie off the image).
     size : (int, int)
         (rows, columns).
-    n_rows, n_cols, n_frames, data_offset : int
-        The cube's geometry (:class:`cloudlab.io.tess.CubeMeta`).
-    storage_options : dict, optional
+    n_rows, n_cols : int
+        Image size of the cube.
+
+    Returns
+    -------
+    (numpy.ndarray, list)
+        Positions of the cutouts that touch the image, and their boxes
+        ``((row_start, row_stop), (col_start, col_stop))`` clipped to the image.
+    """
+    ny, nx = size
+    corner_col = np.asarray(corner_col, dtype=np.int64)
+    corner_row = np.asarray(corner_row, dtype=np.int64)
+    rs, re = np.clip(corner_row, 0, n_rows), np.clip(corner_row + ny, 0, n_rows)
+    cs, ce = np.clip(corner_col, 0, n_cols), np.clip(corner_col + nx, 0, n_cols)
+    on = np.flatnonzero((re > rs) & (ce > cs))
+    boxes = [((int(rs[t]), int(re[t])), (int(cs[t]), int(ce[t]))) for t in on]
+    return on, boxes
+
+
+def read_cutouts(
+    info: fits.HDUInfo,
+    corner_col: np.ndarray,
+    corner_row: np.ndarray,
+    size: tuple[int, int],
+) -> np.ndarray:
+    """Read a batch of cutouts from one cube with one batched read (:func:`fits.read_regions`).
+
+    Parameters
+    ----------
+    info : cloudlab.fits.HDUInfo
+        HDU 1 of the cube (``fits.hdu_info(url, 1)``): shape ``(rows, columns, frames, 2)``.
+    corner_col, corner_row : numpy.ndarray
+        0-based first column and row of each cutout (may lie off the image).
+    size : (int, int)
+        (rows, columns).
 
     Returns
     -------
@@ -160,6 +149,7 @@ def read_cutouts(
         float32 ``(2, target, frame, row, column)``: flux then uncertainty; NaN off the image.
     """
     ny, nx = size
+    n_rows, n_cols, n_frames, _ = info.shape
     corner_col = np.asarray(corner_col, dtype=np.int64)
     corner_row = np.asarray(corner_row, dtype=np.int64)
     out = np.empty((2, len(corner_col), n_frames, ny, nx), dtype=np.float32)
@@ -170,27 +160,12 @@ def read_cutouts(
         | (corner_row + ny > n_rows)
     )
     out[:, partial] = np.nan  # NaN padding only where a cutout leaves the image
-    starts, ends, pieces, _ = plan_ranges(
-        corner_col, corner_row, size, n_rows=n_rows, n_cols=n_cols, n_frames=n_frames,
-        data_offset=data_offset,
-    )  # fmt: skip
-    if not pieces:
-        return out
-    buffers = storage.cat_ranges(url, starts, ends, storage_options)
-    for b, s, e in zip(buffers, starts, ends, strict=True):
-        if len(b) != e - s:
-            raise ValueError(
-                f"{url}: truncated cube: asked bytes {s}–{e}, got {len(b)} bytes; "
-                "the file is shorter than its header says"
-            )
-    piece_starts = np.array([p[4] for p in pieces], dtype=np.int64)
-    seg = np.searchsorted(starts, piece_starts, side="right") - 1
-    for (t, ry, cx, width, start), k in zip(pieces, seg.tolist(), strict=True):
-        offset = int(start - starts[k])
-        raw = np.frombuffer(buffers[k], dtype=">f4", count=width * n_frames * 2, offset=offset)
-        # byte-swap contiguously first: the transposed copy below is then a plain copy
-        block = raw.astype(np.float32).reshape(width, n_frames, 2)
-        out[:, t, :, ry, cx : cx + width] = block.transpose(2, 1, 0)
+    on, boxes = cutout_boxes(corner_col, corner_row, size, n_rows=n_rows, n_cols=n_cols)
+    for t, box, cut in zip(on.tolist(), boxes, fits.read_regions(info, boxes), strict=True):
+        (r0, r1), (c0, c1) = box
+        rows = slice(r0 - corner_row[t], r1 - corner_row[t])
+        cols = slice(c0 - corner_col[t], c1 - corner_col[t])
+        out[:, t, :, rows, cols] = cut.transpose(3, 2, 0, 1)  # (rows, cols, frames, 2)
     return out
 
 
@@ -207,7 +182,7 @@ def _assign_cubes(t, sector, cube_url, cube_base, failed):
         urls[:] = str(cube_url)
         return urls
     if sector is None:
-        raise ValueError("make_cutouts: give sector (targets are grouped by cube) or cube_url")
+        raise InputError("make_cutouts: give sector (targets are grouped by cube) or cube_url")
     sector_geometry(sector)
     cam, ccd, _, _ = radec_to_pixel(t["ra"].to_numpy(), t["dec"].to_numpy(), sector)
     for i in np.flatnonzero(cam == 0):
@@ -275,12 +250,11 @@ def make_cutouts(
 
     Raises
     ------
-    ValueError
+    InputError
         Bad size (≤ 0, larger than the CCD), bad coordinates, missing sector, cubes with
         different frame counts, or (``on_error="raise"``) targets that cannot be cut.
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    check_on_error(on_error)
     ny, nx = parse_size(size)
     t = check_targets(targets)
     failed: list[dict] = []
@@ -302,7 +276,7 @@ def make_cutouts(
             urls[members] = ""
             continue
         if ny > meta.n_rows or nx > meta.n_cols:
-            raise ValueError(
+            raise InputError(
                 f"cutout size {ny}×{nx} is larger than the cube {url} ({meta.n_rows}×{meta.n_cols})"
             )
         metas[url] = meta
@@ -317,13 +291,13 @@ def make_cutouts(
         center_col[members[~outside]] = c[~outside]
         center_row[members[~outside]] = r[~outside]
     if failed and on_error == "raise":
-        raise ValueError(_failures_message(failed))
+        raise InputError(_failures_message(failed))
     if not metas or not (urls != "").any():
-        raise ValueError(_failures_message(failed) if failed else "make_cutouts: no targets")
+        raise InputError(_failures_message(failed) if failed else "make_cutouts: no targets")
     frames = {m.n_frames for m in metas.values()}
     if len(frames) > 1:
         listing = ", ".join(f"{u} ({m.n_frames})" for u, m in metas.items())
-        raise ValueError(f"cubes have different numbers of frames: {listing}")
+        raise InputError(f"cubes have different numbers of frames: {listing}")
     n_frames = frames.pop()
     keep = np.flatnonzero(urls != "")
     cube_list = [u for u in metas if (urls[keep] == u).any()]
@@ -416,19 +390,17 @@ def _build_graph(
     if batch_size is None:
         batch_size = int(np.clip(TARGET_BATCH_BYTES // max(per_target, 1), 1, 512))
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     blocks, order = [], []
     for k, url in enumerate(cube_list):
-        meta = metas[url]
+        info = fits.hdu_info(url, 1, storage_options).light()  # cached by cube_meta
         # targets keep their input order inside a cube: with a single cube the result needs no
         # re-ordering (a permutation would copy every cutout once more)
         members = np.flatnonzero(cube_index == k)
         for b in range(0, len(members), batch_size):
             idx = members[b : b + batch_size]
             task = dask.delayed(read_cutouts, pure=True)(
-                url, corner_col[idx], corner_row[idx], size, n_rows=meta.n_rows,
-                n_cols=meta.n_cols, n_frames=n_frames, data_offset=meta.data_offset,
-                storage_options=storage_options,
+                info, corner_col[idx], corner_row[idx], size,
                 dask_key_name="cutouts-" + tokenize(url, corner_col[idx], corner_row[idx], size),
             )  # fmt: skip
             blocks.append(
@@ -459,15 +431,15 @@ def cutout_wcs(ds: xr.Dataset, target: int) -> WCS:
     return WCS(cutout_header(ds, target), relax=True)
 
 
-def cutout_header(ds: xr.Dataset, target: int) -> fits.Header:
+def cutout_header(ds: xr.Dataset, target: int) -> afits.Header:
     """WCS header of one cutout (SIP WCS with CRPIX shifted, plus the physical RAWX/RAWY WCS
     giving 1-based CCD pixels), as astrocut builds it before its linear fit."""
     k = int(ds["cube_index"].values[target])
-    header = fits.Header.fromstring(str(ds["cube_wcs"].values[k]), sep="\n")
+    header = afits.Header.fromstring(str(ds["cube_wcs"].values[k]), sep="\n")
     c0 = int(ds["corner_column"].values[target])
     r0 = int(ds["corner_row"].values[target])
     ny, nx = ds.sizes["row"], ds.sizes["column"]
-    out = fits.Header()
+    out = afits.Header()
     out["WCSAXES"] = 2
     wcs_keys = ("RADESYS", "EQUINOX", "CTYPE1", "CTYPE2", "CUNIT1", "CUNIT2", "CRVAL1", "CRVAL2",
                 "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2", "PC1_1", "PC1_2", "PC2_1",

@@ -3,15 +3,15 @@
 Typical use::
 
     from cloudlab import dre
-    from cloudlab.io.galaxies import open_cuts
 
     sex = dre.sextract("Tiles/t.fits", "Sextracted/t")
     psf = dre.psfex(sex.catalog, "PSF/t.psf")
-    cuts = open_cuts("Tiles/t.fits", sex, max_stellarity=1.0)
+    cuts = dre.open_cuts("Tiles/t.fits", sex, max_stellarity=1.0)
     result = dre.fit(cuts, dre.load_models("modelbulge.fits"), psf.url)
     table = dre.summarize(result)
 """
 
+from cloudlab.dre.cuts import open_cuts
 from cloudlab.dre.fit import FLAGS, convolve_models, fit, read_psf
 from cloudlab.dre.io import (
     mosaics,
@@ -39,6 +39,7 @@ __all__ = [
     "load_models",
     "model_grid",
     "mosaics",
+    "open_cuts",
     "psfex",
     "read_chi_hdf5",
     "read_cuts_hdf5",

@@ -1,8 +1,10 @@
-"""TESS cutout cubes (astrocut/MAST layout) as lazy xarray datasets.
+"""TESS cutout cubes (astrocut/MAST layout): URLs, headers, per-frame table and WCS.
 
 A cube has HDU 1 = big-endian float32 ``(rows, columns, frames, 2)`` (``[..., 0]`` calibrated
 flux in e-/s, ``[..., 1]`` its uncertainty) and HDU 2 = one table row per FFI with that FFI's
 ext-1 header cards (TSTART/TSTOP in BTJD, BARYCORR, DQUALITY, the WCS, ...) and FFI_FILE.
+:func:`cube_meta` reads everything but the pixels; pixels are read through :mod:`cloudlab.fits`
+(``fits.open_hdu(url, 1)`` lazily, ``fits.read_regions`` for batches of cutouts).
 """
 
 from __future__ import annotations
@@ -14,12 +16,22 @@ from dataclasses import dataclass
 
 import dask.config
 import numpy as np
-import xarray as xr
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from cloudlab import fits as lfits
-from cloudlab.io.tess_ffi import open_ffis  # noqa: F401  (re-exported: TESS FFI stacks)
+from cloudlab.errors import FITSFormatError, InputError
+from cloudlab.io.tess_ffi import open_ffis  # re-exported: TESS FFI stacks
+
+__all__ = [
+    "CUBE_BASE",
+    "FULL_SCIENCE",
+    "CubeMeta",
+    "cube_meta",
+    "cube_url",
+    "cube_wcs_header",
+    "open_ffis",
+]
 
 CUBE_BASE = "s3://stpubdata/tess/public/mast"
 """MAST's public bucket of SPOC cutout cubes."""
@@ -43,7 +55,10 @@ def cube_url(sector: int, camera: int, ccd: int, base: str | None = None) -> str
     str
     """
     if not (1 <= int(camera) <= 4 and 1 <= int(ccd) <= 4) or int(sector) < 1:
-        raise ValueError(f"bad sector/camera/ccd: {sector}/{camera}/{ccd}")
+        raise InputError(
+            f"bad sector/camera/ccd: {sector}/{camera}/{ccd}; cameras and CCDs are 1-4, "
+            "sectors start at 1"
+        )
     base = (base or dask.config.get("cloudlab.tess.cube-base", None) or CUBE_BASE).rstrip("/")
     return f"{base}/tess-s{int(sector):04d}-{int(camera)}-{int(ccd)}-cube.fits"
 
@@ -133,7 +148,7 @@ def cube_wcs_header(
     """
     n = len(table)
     if key not in table.colnames:
-        raise ValueError(f"cube table has no {key} column: no WCS")
+        raise FITSFormatError(f"cube table has no {key} column: no WCS")
     for k in range(n):
         i = (n // 2 + k) % n
         cell = table[key][i]
@@ -141,7 +156,7 @@ def cube_wcs_header(
         if cell.strip() == value:
             break
     else:
-        raise ValueError(f"no row of the cube table has {key} = {value!r}: no WCS")
+        raise FITSFormatError(f"no row of the cube table has {key} = {value!r}: no WCS")
     header = fits.Header()
     row = table[i]
     for name in table.colnames:
@@ -178,22 +193,25 @@ def _cube_meta_cached(url: str, options_key: str) -> CubeMeta:
     primary = lfits.hdu_info(url, 0, storage_options)
     info = lfits.hdu_info(url, 1, storage_options)
     if info.kind != "image" or len(info.shape) != 4 or info.shape[3] != 2:
-        raise ValueError(
+        raise FITSFormatError(
             f"{url}: HDU 1 is not a cutout cube (expected (rows, columns, frames, 2), "
             f"got {info.kind} {info.shape})"
         )
     if info.raw_dtype != np.dtype(">f4"):
-        raise ValueError(f"{url}: HDU 1 must be big-endian float32, got {info.raw_dtype}")
+        raise FITSFormatError(f"{url}: HDU 1 must be big-endian float32, got {info.raw_dtype}")
     n_rows, n_cols, n_frames, _ = info.shape
     if info.file_size is not None and info.data_offset + info.data_size > info.file_size:
-        raise ValueError(f"{url}: truncated cube: data end beyond the end of the file")
+        raise FITSFormatError(f"{url}: truncated cube: data end beyond the end of the file")
     table = lfits.read_table(url, 2, storage_options)
     if len(table) != n_frames:
-        raise ValueError(f"{url}: HDU 2 has {len(table)} rows for {n_frames} frames")
+        raise FITSFormatError(f"{url}: HDU 2 has {len(table)} rows for {n_frames} frames")
     for col in ("TSTART", "TSTOP"):
         if col not in table.colnames:
-            raise ValueError(f"{url}: HDU 2 lacks the {col} column")
-    wcs_header, wcs_row = cube_wcs_header(table)
+            raise FITSFormatError(f"{url}: HDU 2 lacks the {col} column")
+    try:
+        wcs_header, wcs_row = cube_wcs_header(table)
+    except FITSFormatError as exc:
+        raise FITSFormatError(f"{url}: HDU 2: {exc}") from exc
 
     def column(name, default, dtype):
         if name in table.colnames:
@@ -241,79 +259,8 @@ def cube_meta(url: str, storage_options: dict | None = None) -> CubeMeta:
     ------
     FileNotFoundError
         The cube does not exist (the message names it).
-    ValueError
+    FITSFormatError
         Not a cutout cube, truncated, or no WCS.
     """
     key = json.dumps(storage_options or {}, sort_keys=True, default=str)
     return _cube_meta_cached(str(url), key)
-
-
-def open_cube(
-    url: str | None = None,
-    *,
-    sector: int | None = None,
-    camera: int | None = None,
-    ccd: int | None = None,
-    base: str | None = None,
-    chunks: int | str = "auto",
-    storage_options: dict | None = None,
-) -> xr.Dataset:
-    """Open a TESS cutout cube lazily.
-
-    Parameters
-    ----------
-    url : str, optional
-        Cube URL; or give ``sector``, ``camera``, ``ccd`` (and optionally ``base``) to use MAST's
-        layout ``{base}/tess-s{sector:04d}-{camera}-{ccd}-cube.fits``.
-    chunks : int or "auto", optional
-        Rows per dask chunk (each chunk is one contiguous byte range of the file).
-    storage_options : dict, optional
-
-    Returns
-    -------
-    xarray.Dataset
-        ``flux`` and ``flux_err`` (``time, row, column``, float32, e-/s), coordinates ``time``
-        (BTJD mid-exposure), ``quality``, ``barycorr``, ``ffi_file``, ``row``, ``column``
-        (0-based); attrs ``wcs`` (header text of the WCS astrocut uses), ``wcs_row``,
-        ``primary_header``, ``url``, ``sector``, ``camera``, ``ccd``. Only headers and HDU 2
-        are read now.
-    """
-    if url is None:
-        if None in (sector, camera, ccd):
-            raise ValueError("open_cube: give url, or sector, camera and ccd")
-        url = cube_url(sector, camera, ccd, base)
-    meta = cube_meta(url, storage_options)
-    pixels = lfits.open_hdu(
-        url,
-        1,
-        chunks="auto" if chunks == "auto" else (int(chunks), -1, -1, -1),
-        dims=("row", "column", "time", "plane"),
-        storage_options=storage_options,
-    )
-    flux = pixels.isel(plane=0).transpose("time", "row", "column")
-    err = pixels.isel(plane=1).transpose("time", "row", "column")
-    units = {"units": "electron / s"}
-    ds = xr.Dataset(
-        {
-            "flux": (flux.dims, flux.data, units),
-            "flux_err": (err.dims, err.data, units),
-        },
-        coords={
-            "time": ("time", meta.time, {"units": "BTJD (BJD - 2457000), TDB, mid-exposure"}),
-            "quality": ("time", meta.quality),
-            "barycorr": ("time", meta.barycorr, {"units": "d"}),
-            "ffi_file": ("time", meta.ffi_file),
-            "row": ("row", np.arange(meta.n_rows)),
-            "column": ("column", np.arange(meta.n_cols)),
-        },
-        attrs={
-            "url": url,
-            "sector": meta.sector,
-            "camera": meta.camera,
-            "ccd": meta.ccd,
-            "wcs": meta.wcs_header,
-            "wcs_row": meta.wcs_row,
-            "primary_header": meta.primary_header,
-        },
-    )
-    return ds

@@ -49,10 +49,6 @@ def _frame_meta(url: str, storage_options: dict | None) -> dict:
         err = fits.hdu_info(url, 2, storage_options)
     except HDUNotFoundError:
         err = None
-    except fits.FITSError as exc:  # until cloudlab.fits raises HDUNotFoundError for this
-        if "out of range" not in str(exc).lower():
-            raise
-        err = None
     h = cal.header
     missing = [k for k in ("CAMERA", "CCD", "TSTART", "TSTOP") if k not in h]
     if missing:

@@ -1,12 +1,12 @@
-"""FITS header walking with ranged reads: locate an HDU and describe its data layout.
+"""FITS headers: card parsing, :class:`HDUInfo`, the HDU walk with ranged reads, the header cache.
 
 Only header blocks are read: a few 2880-byte blocks per request until the END card, then a jump
-over the data of each HDU before the one asked for.
+over the data of each HDU before the one asked for. Results are cached per (url, hdu, storage
+options) and revalidated against the file's size and modification marker.
 """
 
 from __future__ import annotations
 
-import gzip
 import math
 import re
 import threading
@@ -21,9 +21,22 @@ from astropy.io import fits
 from dask.base import tokenize
 
 from cloudlab import storage
-from cloudlab.errors import FITSFormatError
+from cloudlab.errors import FITSFormatError, HDUNotFoundError, InputError
+from cloudlab.fits.sources import GzipSource, RangedSource
 
-__all__ = ["BLOCK", "FITSError", "HDUInfo", "clear_cache", "hdu_info"]
+__all__ = [
+    "BITPIX_DTYPES",
+    "BLOCK",
+    "FITSError",
+    "HDUInfo",
+    "card_fields",
+    "clear_cache",
+    "fits_text",
+    "hdu_info",
+    "padded",
+    "parse_value",
+    "scaled_dtype",
+]
 
 #: FITS block size in bytes.
 BLOCK = 2880
@@ -209,74 +222,6 @@ def _fingerprint(finfo: dict[str, Any]) -> tuple:
 
 
 # --------------------------------------------------------------------------------------------
-# byte sources
-# --------------------------------------------------------------------------------------------
-
-
-class _RangedSource:
-    """Ranged reads of a plain file with a small read-ahead buffer."""
-
-    def __init__(self, url: str, storage_options: dict | None, size: int):
-        self.url = url
-        self.storage_options = storage_options
-        self.size = size
-        self._start = 0
-        self._buf = b""
-
-    def read(self, start: int, end: int, readahead: int = 0) -> bytes:
-        """Bytes ``[start, end)`` (short at end of file); fetches at least ``readahead`` bytes."""
-        end = min(end, self.size)
-        if start >= end:
-            return b""
-        if self._start <= start and end <= self._start + len(self._buf):
-            return self._buf[start - self._start : end - self._start]
-        stop = min(max(end, start + readahead), self.size)
-        (data,) = storage.cat_ranges(self.url, [start], [stop], self.storage_options)
-        self._start, self._buf = start, data
-        return data[: end - start]
-
-    def read_some(self, start: int, want: int) -> bytes:
-        """Up to ``want`` bytes from ``start``: what the buffer holds when it holds at least one
-        block there, else a new read of ``want`` bytes (short only at end of file)."""
-        offset = start - self._start
-        if 0 <= offset and offset + BLOCK <= len(self._buf):
-            return self._buf[offset : offset + want]
-        return self.read(start, start + want, readahead=want)
-
-
-class _GzipSource:
-    """Sequential reads of a gzip-compressed file (decompressed offsets)."""
-
-    def __init__(self, url: str, storage_options: dict | None):
-        self.url = url
-        self.storage_options = storage_options
-        self.size: int | None = None
-        self._file = None
-        self._raw = None
-
-    def read(self, start: int, end: int, readahead: int = 0) -> bytes:
-        if self._file is None or self._file.tell() > start:
-            self.close()
-            fs, path = storage.resolve(self.url, self.storage_options)
-            self._raw = fs.open(path, "rb")
-            self._file = gzip.GzipFile(fileobj=self._raw)
-        try:
-            self._file.seek(start)
-            return self._file.read(end - start)
-        except (OSError, EOFError) as exc:
-            raise FITSError(f"{self.url}: corrupt gzip stream: {exc}") from exc
-
-    def read_some(self, start: int, want: int) -> bytes:
-        return self.read(start, start + want)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._raw.close()
-        self._file = self._raw = None
-
-
-# --------------------------------------------------------------------------------------------
 # header parsing
 # --------------------------------------------------------------------------------------------
 
@@ -296,7 +241,7 @@ def _read_header(src, url: str, offset: int, index: int) -> tuple[str, int]:
     pos = offset
     nblocks = _FIRST_BLOCKS
     while True:
-        data = src.read_some(pos, nblocks * BLOCK)
+        data = src.read_some(pos, nblocks * BLOCK, BLOCK)
         whole = len(data) - len(data) % BLOCK
         if whole == 0:
             where = f"header of HDU {index} starting at byte {offset}"
@@ -498,11 +443,11 @@ def _walk(
     size = finfo.get("size")
     if size == 0:
         raise FITSError(f"{url}: not a FITS file (empty file)")
-    src: Any = _RangedSource(url, storage_options, size if size is not None else 2**62)
+    src: Any = RangedSource(url, storage_options, size if size is not None else 2**62)
     magic = src.read(0, 9, readahead=_FIRST_BLOCKS * BLOCK)
     is_gzip = magic[:2] == b"\x1f\x8b"
     if is_gzip:
-        src = _GzipSource(url, storage_options)
+        src = GzipSource(url, storage_options)
         magic = src.read(0, 9)
     if magic != b"SIMPLE  =":
         kind = "gzip stream " if is_gzip else ""
@@ -518,9 +463,9 @@ def _walk(
                 start = src.read(offset, offset + 9, readahead=_FIRST_BLOCKS * BLOCK)
                 if start != b"XTENSION=":
                     extra = "" if not start else " (followed by bytes that are not an HDU)"
-                    raise FITSError(
+                    raise HDUNotFoundError(
                         f"{url}: {_describe(target)} out of range: the file has {index} HDU(s)"
-                        f" {names}{extra}"
+                        f" {names}{extra}; ask for one of those"
                     )
             text, data_offset = _read_header(src, url, offset, index)
             info = _info_from_header(text, url, index, offset, data_offset)
@@ -545,14 +490,13 @@ def _walk(
                         f"{url}: truncated: HDU {index} data ends at byte {data_end}, but the "
                         f"file has {size} bytes"
                     )
-                raise FITSError(
+                raise HDUNotFoundError(
                     f"{url}: {_describe(target)} out of range: the file has {index + 1} HDU(s) "
-                    f"{names}"
+                    f"{names}; ask for one of those"
                 )
             index += 1
     finally:
-        if is_gzip:
-            src.close()
+        src.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -574,7 +518,7 @@ def _normalize_target(hdu: int | str | tuple) -> int | str | tuple:
         raise TypeError(f"hdu must be an index or an EXTNAME, not {hdu!r}")
     if isinstance(hdu, (int, np.integer)):
         if hdu < 0:
-            raise ValueError(f"hdu index must be >= 0, got {hdu}")
+            raise InputError(f"hdu index must be >= 0, got {hdu}")
         return int(hdu)
     if isinstance(hdu, str):
         return hdu
@@ -614,7 +558,11 @@ def hdu_info(
     FileNotFoundError
         The file does not exist.
     FITSError
-        Not FITS, truncated, header without END, HDU out of range, data larger than the file.
+        Not FITS, truncated, header without END, data larger than the file.
+    HDUNotFoundError
+        No such HDU (a ``FITSError`` and a ``KeyError``); the message lists the file's HDUs.
+    InputError
+        A negative HDU index.
     """
     url = str(url)
     target = _normalize_target(hdu)

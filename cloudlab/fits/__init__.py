@@ -1,0 +1,37 @@
+"""Lazy FITS core: headers from ranged reads, dask arrays whose chunks read only their bytes.
+
+Modules, bottom to top:
+
+- :mod:`~cloudlab.fits.sources`: byte sources (ranged reads, gzip streams);
+- :mod:`~cloudlab.fits.header`: card parsing, :class:`HDUInfo`, the HDU walk and header cache;
+- :mod:`~cloudlab.fits.regions`: index normalisation, byte-range planning and merging, scaling,
+  :func:`read_region` and the batched multi-box :func:`read_regions` (the one path from FITS
+  bytes to numbers);
+- :mod:`~cloudlab.fits.tables`: :func:`read_table`, :func:`read_headers`, parallel header scans;
+- :mod:`~cloudlab.fits.arrays`: :func:`open_hdu`, :func:`open_stack` and their array-likes.
+
+Public API (see ``docs/architecture.md``): :class:`HDUInfo`, :func:`hdu_info`, :func:`open_hdu`,
+:func:`read_region`, :func:`read_regions`, :func:`open_stack`, :func:`read_headers`,
+:func:`read_table`.
+"""
+
+from __future__ import annotations
+
+from cloudlab.fits.arrays import default_dims, open_hdu, open_stack
+from cloudlab.fits.header import FITSError, HDUInfo, clear_cache, hdu_info
+from cloudlab.fits.regions import read_region, read_regions
+from cloudlab.fits.tables import read_headers, read_table
+
+__all__ = [
+    "FITSError",
+    "HDUInfo",
+    "clear_cache",
+    "default_dims",
+    "hdu_info",
+    "open_hdu",
+    "open_stack",
+    "read_headers",
+    "read_region",
+    "read_regions",
+    "read_table",
+]

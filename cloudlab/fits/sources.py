@@ -1,0 +1,180 @@
+"""Byte sources of FITS files: ranged reads of plain files, decompressed reads of ``.gz`` files.
+
+The header walk reads through a source (a few blocks per request). Region reads
+(:func:`cloudlab.fits.regions.fetch_ranges`) fetch remote files' pixel bytes with one
+``storage.cat_ranges`` call, local files' with :func:`read_local_ranges` (straight into one
+writable buffer, no intermediate copies) and gzip files' with :func:`read_gzip_span`.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Sequence
+from typing import IO
+
+import numpy as np
+
+from cloudlab import storage
+from cloudlab.errors import FITSFormatError
+
+__all__ = ["GzipSource", "RangedSource", "read_gzip_span", "read_local_ranges"]
+
+
+class RangedSource:
+    """Ranged reads of a plain file with a small read-ahead buffer.
+
+    Parameters
+    ----------
+    url : str
+        Any fsspec URL or local path.
+    storage_options : dict or None
+        Filesystem keyword arguments.
+    size : int
+        File size in bytes (reads stop there).
+    """
+
+    def __init__(self, url: str, storage_options: dict | None, size: int):
+        self.url = url
+        self.storage_options = storage_options
+        self.size = size
+        self._start = 0
+        self._buf = b""
+
+    def read(self, start: int, end: int, readahead: int = 0) -> bytes:
+        """Bytes ``[start, end)`` (short at end of file); fetches at least ``readahead`` bytes."""
+        end = min(end, self.size)
+        if start >= end:
+            return b""
+        if self._start <= start and end <= self._start + len(self._buf):
+            return self._buf[start - self._start : end - self._start]
+        stop = min(max(end, start + readahead), self.size)
+        (data,) = storage.cat_ranges(self.url, [start], [stop], self.storage_options)
+        self._start, self._buf = start, data
+        return data[: end - start]
+
+    def read_some(self, start: int, want: int, at_least: int) -> bytes:
+        """Up to ``want`` bytes from ``start``: what the buffer holds when it holds at least
+        ``at_least`` bytes there, else a new read of ``want`` bytes (short only at end of file)."""
+        offset = start - self._start
+        if 0 <= offset and offset + at_least <= len(self._buf):
+            return self._buf[offset : offset + want]
+        return self.read(start, start + want, readahead=want)
+
+    def close(self) -> None:
+        """Drop the buffer."""
+        self._buf = b""
+
+
+class GzipSource:
+    """Sequential reads of a gzip-compressed file, at decompressed offsets.
+
+    Reading backwards restarts the decompression from the beginning of the file.
+    """
+
+    def __init__(self, url: str, storage_options: dict | None):
+        self.url = url
+        self.storage_options = storage_options
+        self._file: gzip.GzipFile | None = None
+        self._raw: IO[bytes] | None = None
+
+    def read(self, start: int, end: int, readahead: int = 0) -> bytes:
+        """Decompressed bytes ``[start, end)`` (short at the end of the stream)."""
+        if self._file is None or self._file.tell() > start:
+            self.close()
+            fs, path = storage.resolve(self.url, self.storage_options)
+            self._raw = fs.open(path, "rb")
+            self._file = gzip.GzipFile(fileobj=self._raw)
+        try:
+            self._file.seek(start)
+            return self._file.read(end - start)
+        except (OSError, EOFError) as exc:
+            raise FITSFormatError(
+                f"{self.url}: corrupt gzip stream: {exc}; check the file or re-download it"
+            ) from exc
+
+    def read_some(self, start: int, want: int, at_least: int) -> bytes:
+        """``want`` decompressed bytes from ``start`` (``at_least`` is not needed here)."""
+        return self.read(start, start + want)
+
+    def close(self) -> None:
+        """Close the decompressor and the underlying file."""
+        if self._file is not None:
+            self._file.close()
+        if self._raw is not None:
+            self._raw.close()
+        self._file = self._raw = None
+
+
+def read_gzip_span(url: str, storage_options: dict | None, start: int, end: int) -> bytes:
+    """Decompress a gzip-compressed file from its start up to ``end`` and keep ``[start, end)``.
+
+    Parameters
+    ----------
+    url : str
+        Any fsspec URL or local path of a ``.gz`` FITS file.
+    storage_options : dict or None
+        Filesystem keyword arguments.
+    start, end : int
+        Decompressed byte range.
+
+    Returns
+    -------
+    bytes
+        Short when the stream ends before ``end``.
+
+    Raises
+    ------
+    FITSFormatError
+        A corrupt or truncated gzip stream.
+    """
+    fs, path = storage.resolve(url, storage_options)
+
+    def read() -> bytes:
+        with fs.open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as f:
+            f.seek(start)
+            return f.read(end - start)
+
+    try:
+        return storage.retry(read, what=url)
+    except (EOFError, gzip.BadGzipFile) as exc:
+        raise FITSFormatError(
+            f"{url}: corrupt or truncated gzip stream: {exc}; check the file or re-download it"
+        ) from exc
+
+
+def read_local_ranges(
+    path: str, starts: Sequence[int], ends: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Byte ranges of a local file read straight into one writable buffer (one open).
+
+    Parameters
+    ----------
+    path : str
+        Local file path.
+    starts, ends : sequence of int
+        Byte ranges ``[start, end)``.
+
+    Returns
+    -------
+    buf : numpy.ndarray
+        uint8, the ranges back to back (each at the sum of the sizes before it).
+    got : numpy.ndarray of int64
+        Bytes read per range: shorter than asked where the file ends early.
+    """
+    sizes = [int(e) - int(s) for s, e in zip(starts, ends, strict=True)]
+    buf = np.empty(sum(sizes), dtype=np.uint8)
+    view = memoryview(buf)
+    got = []
+    pos = 0
+    with open(path, "rb", buffering=0) as f:
+        for start, size in zip(starts, sizes, strict=True):
+            f.seek(int(start))
+            done = 0
+            while done < size:
+                n = f.readinto(view[pos + done : pos + size])
+                if not n:
+                    break
+                done += n
+            got.append(done)
+            pos += size
+    return buf, np.array(got, dtype=np.int64)

@@ -1,0 +1,243 @@
+"""FITS tables and header scans: :func:`read_table`, :func:`read_headers` and the parallel
+header pass that :func:`cloudlab.fits.open_stack` uses.
+
+Header scans of many files run on the workers of the active distributed client when they can
+read the files (:func:`cloudlab.cluster.reading_workers`), otherwise in threads here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pandas as pd
+from astropy.io import fits
+from astropy.table import Table
+
+from cloudlab import storage
+from cloudlab.errors import FITSFormatError
+from cloudlab.fits.header import hdu_info, padded
+from cloudlab.fits.sources import GzipSource
+
+__all__ = [
+    "gather_infos",
+    "header_rows",
+    "raise_errors",
+    "raise_missing",
+    "read_headers",
+    "read_infos",
+    "read_table",
+    "stack_infos",
+]
+
+_MAX_ERRORS_LISTED = 20
+
+
+def read_infos(
+    entries: list[tuple[str, dict | None]], hdu: int | str | tuple, storage_options: dict | None
+) -> list[tuple]:
+    """Header information of many files (runs on cluster workers or in threads).
+
+    Returns
+    -------
+    list of tuple
+        Per file ``("ok", HDUInfo)``, ``("missing", url, message)`` or ``("error", url, message)``.
+    """
+    out: list[tuple] = []
+    for url, finfo in entries:
+        try:
+            out.append(("ok", hdu_info(url, hdu, storage_options, file_info=finfo)))
+        except FileNotFoundError as exc:
+            out.append(("missing", url, str(exc)))
+        except (OSError, ValueError, TypeError) as exc:
+            out.append(("error", url, f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def stack_infos(
+    entries: list[tuple[str, dict | None]],
+    hdu: int | str | tuple,
+    storage_options: dict | None,
+    keys: tuple[str, ...] = (),
+) -> list[tuple]:
+    """Like :func:`read_infos`, plus the values of ``keys``; headers are dropped (except the
+    first one) to keep results small when they travel back from cluster workers.
+
+    Returns
+    -------
+    list of tuple
+        Per file ``("ok", HDUInfo, {key: value})`` or ``("missing"|"error", url, message)``.
+    """
+    out: list[tuple] = []
+    first = True
+    for result in read_infos(entries, hdu, storage_options):
+        if result[0] != "ok":
+            out.append(result)
+            continue
+        info = result[1]
+        values = {key: info.get(key) for key in keys}
+        out.append(("ok", info if first else info.light(), values))
+        first = False
+    return out
+
+
+def header_rows(
+    entries: list[tuple[str, dict | None]], hdu: int | str | tuple, storage_options: dict | None
+) -> list[tuple]:
+    """Header keywords of many files as dicts (runs on cluster workers or in threads).
+
+    Returns
+    -------
+    list of tuple
+        Per file ``("ok", url, {keyword: value})``, or ``("missing"|"error", url, message)``.
+    """
+    out: list[tuple] = []
+    for result in read_infos(entries, hdu, storage_options):
+        if result[0] != "ok":
+            out.append(result)
+            continue
+        info = result[1]
+        row: dict[str, Any] = {}
+        for card in info.header.cards:
+            key = card.keyword
+            if key in ("", "COMMENT", "HISTORY", "CONTINUE") or key in row:
+                continue
+            row[key] = card.value
+        out.append(("ok", info.url, row))
+    return out
+
+
+def _batches(items: list, n: int) -> list[list]:
+    n = max(1, min(n, len(items)))
+    size = -(-len(items) // n)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def gather_infos(
+    entries: list[tuple[str, dict | None]],
+    hdu: int | str | tuple,
+    storage_options: dict | None,
+    func: Callable[..., list[tuple]] = read_infos,
+) -> list[tuple]:
+    """Read headers in parallel with ``func`` (:func:`read_infos` or :func:`header_rows`): on
+    the cluster's workers when they can read the files, else in threads.
+
+    Returns
+    -------
+    list of tuple
+        ``func``'s results, in the order of ``entries``.
+    """
+    if not entries:
+        return []
+    from cloudlab.cluster import reading_workers  # lazy: cluster imports dask_gateway
+
+    client, workers = reading_workers([u for u, _ in entries])
+    if workers and len(entries) > 1:
+        batches = _batches(entries, 4 * len(workers))
+        futures = client.map(func, batches, hdu=hdu, storage_options=storage_options, pure=False)
+        results = client.gather(futures)
+    else:
+        threads = 4 if all(storage.is_local(u) for u, _ in entries) else 16
+        batches = _batches(entries, 4 * threads)
+        with ThreadPoolExecutor(max_workers=min(threads, len(batches))) as pool:
+            results = list(pool.map(lambda b: func(b, hdu, storage_options), batches))
+    return [r for batch in results for r in batch]
+
+
+def raise_errors(errors: list[tuple], what: str) -> None:
+    if not errors:
+        return
+    lines = [f"  {url}: {msg}" for _, url, msg in errors[:_MAX_ERRORS_LISTED]]
+    more = len(errors) - _MAX_ERRORS_LISTED
+    if more > 0:
+        lines.append(f"  ... and {more} more")
+    raise FITSFormatError(f"{what}: {len(errors)} file(s) could not be read:\n" + "\n".join(lines))
+
+
+def raise_missing(missing: list[str], what: str) -> None:
+    lines = [f"  {url}" for url in missing[:_MAX_ERRORS_LISTED]]
+    if len(missing) > _MAX_ERRORS_LISTED:
+        lines.append(f"  ... and {len(missing) - _MAX_ERRORS_LISTED} more")
+    raise FileNotFoundError(f"{what}: {len(missing)} file(s) not found:\n" + "\n".join(lines))
+
+
+def read_headers(
+    urls: str | Sequence[str], hdu: int | str | tuple = 0, storage_options: dict | None = None
+) -> pd.DataFrame:
+    """Header keywords of many files as a table, read in parallel.
+
+    Parameters
+    ----------
+    urls : str or sequence of str
+        A glob, a URL or a list.
+    hdu : int, str or (str, int)
+        HDU index or EXTNAME.
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per file (index ``url``), one column per keyword (COMMENT/HISTORY left out;
+        a repeated keyword keeps its first value; absent keywords are missing values).
+    """
+    entries = storage.expand_detail(urls, storage_options)
+    what = f"read_headers({len(entries)} files, hdu={hdu!r})"
+    results = gather_infos(entries, hdu, storage_options, header_rows)
+    raise_errors([r for r in results if r[0] == "error"], what)
+    missing = [r[1] for r in results if r[0] == "missing"]
+    if missing:
+        raise_missing(missing, what)
+    index = pd.Index([r[1] for r in results], name="url")
+    return pd.DataFrame([r[2] for r in results], index=index)
+
+
+def read_table(url: str, hdu: int | str | tuple = 1, storage_options: dict | None = None) -> Table:
+    """Read one table HDU, fetching only that HDU's header and data bytes.
+
+    Parameters
+    ----------
+    url : str
+        Any fsspec URL or local path.
+    hdu : int, str or (str, int)
+        HDU index or EXTNAME.
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+
+    Returns
+    -------
+    astropy.table.Table
+        As ``Table.read(url, hdu=hdu)`` gives it.
+    """
+    url = os.fspath(url)
+    info = hdu_info(url, hdu, storage_options)
+    if info.kind != "table":
+        raise FITSFormatError(
+            f"{url}: HDU {info.index} is not a table (kind {info.kind!r}); use open_hdu for images"
+        )
+    start = info.header_offset
+    end = info.data_offset + padded(info.data_size)
+    if info.gzip:
+        src = GzipSource(url, storage_options)
+        try:
+            blob = src.read(start, end)
+        finally:
+            src.close()
+    else:
+        end = min(end, info.file_size) if info.file_size is not None else end
+        (blob,) = storage.cat_ranges(url, [start], [end], storage_options)
+    if len(blob) < info.data_offset - start + info.data_size:
+        raise FITSFormatError(
+            f"{url}: truncated: HDU {info.index} data ends beyond the end of file"
+        )
+    blob = blob + b"\0" * (padded(len(blob)) - len(blob))
+    if info.index > 0:
+        primary = fits.PrimaryHDU().header.tostring().encode("ascii")
+        blob = primary + b" " * (padded(len(primary)) - len(primary)) + blob
+    hdul = fits.HDUList.fromstring(blob)
+    target = 0 if info.index == 0 else 1
+    table = Table.read(hdul, hdu=target)
+    hdul.close()
+    return table
