@@ -103,7 +103,7 @@ def evaluate(weights: xr.Dataset, rows: Any, columns: Any, *, times: Any = None)
     Parameters
     ----------
     weights : xarray.Dataset
-        From :func:`cloudlab.backdrop.fit` or :func:`cloudlab.backdrop.load`.
+        From :func:`cloudlab.backdrop.fit` or :func:`cloudlab.backdrop.read_weights`.
     rows, columns : array-like
         1-D 0-based science coordinates (use :func:`ccd_to_science` for 1-based CCD pixels).
     times : array-like, optional

@@ -227,7 +227,7 @@ def _reason_block(flag):
 def _check_cuts(cuts: xr.Dataset, boxsize: int) -> None:
     missing = [v for v in ("obj", "seg", "rms") if v not in cuts]
     if missing:
-        raise InputError(f"cuts lack the variable(s) {missing}; use cloudlab.io.galaxies.open_cuts")
+        raise InputError(f"cuts lack the variable(s) {missing}; use cloudlab.dre.open_cuts")
     for name in ("obj", "seg", "rms"):
         if cuts[name].dims != ("galaxy", "y", "x"):
             raise InputError(
@@ -257,7 +257,7 @@ def fit(
     ----------
     cuts : xarray.Dataset
         ``obj``, ``seg``, ``rms`` with dims ``(galaxy, y, x)`` and optionally ``flag``
-        ``(galaxy)`` (as made by :func:`cloudlab.io.galaxies.open_cuts`).
+        ``(galaxy)`` (as made by :func:`cloudlab.dre.open_cuts`).
     models : xarray.DataArray
         Model cube ``(index, ax_ratio, angle, log_r, y, x)``.
     psf : array-like, str or None

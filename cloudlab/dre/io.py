@@ -199,7 +199,7 @@ def write_cuts_hdf5(
     """Write cuts in DRE's layout (DRE: ``Cuts/{tile}_cuts.h5``).
 
     One group ``EE_NNNN`` per galaxy with ``obj`` (float32), ``seg`` (bool) and ``rms``
-    (float32). Cuts flagged by :func:`cloudlab.io.galaxies.open_cuts` (NaN in the science cut)
+    (float32). Cuts flagged by :func:`cloudlab.dre.open_cuts` (NaN in the science cut)
     are left out, as DRE does. The cuts are computed one chunk of galaxies at a time; an existing
     ``url`` is refused before that unless ``overwrite``. Returns the number of groups written.
     """
