@@ -114,7 +114,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from cloudlab.io import aia
-    from cloudlab.timelag import plot_maps, timelag_maps, write_fits, write_zarr
+    from cloudlab.timelag import plot_maps, prepare_channels, timelag_maps, write_fits, write_zarr
 
     if not args.channel:
         raise ValueError("give at least two --channel CHANNEL=URLS")
@@ -136,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
         for name, urls in files.items():
             channels[keys[name]] = aia.open_stack(urls if len(urls) > 1 else urls[0])
             print(f"channel {name}: {channels[keys[name]].sizes['time']} frames")
-        prepared = aia.prepare_channels(
+        prepared = prepare_channels(
             channels, bottom_left=args.bottom_left, top_right=args.top_right,
             start=args.start, end=args.end, every=args.every, cadence=args.cadence,
             drop_bad=not args.keep_bad,

@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from cloudlab.backend import array_module
-from cloudlab.chunking import plan_spatial_chunks, timelag_bytes_per_pixel
+from cloudlab.chunking import plan_spatial_chunks
 from cloudlab.timelag import kernels
 
 #: AIA EUV channels ordered hot to cool, so that a positive lag means cooling
@@ -50,7 +50,7 @@ def lags_from_times(seconds: np.ndarray) -> np.ndarray:
     if not np.allclose(step, step[0]) or step[0] <= 0:
         raise ValueError(
             "times must be evenly sampled and increasing; interpolate the channels onto a common "
-            "uniform grid first (cloudlab.io.aia.align_channels)"
+            "uniform grid first (cloudlab.timelag.align_channels)"
         )
     positive = np.cumsum(step)
     return np.concatenate([-positive[::-1], [0.0], positive])
@@ -174,7 +174,7 @@ def _inputs(
         if not np.array_equal(arr["time"].values, first["time"].values):
             raise ValueError(
                 f"channels {names[0]!r} and {name!r} are not sampled at the same times; "
-                "interpolate them onto one common grid first (cloudlab.io.aia.align_channels)"
+                "interpolate them onto one common grid first (cloudlab.timelag.align_channels)"
             )
     _check_wcs(names, arrays)
     seconds = time_seconds(first["time"].values)
@@ -183,7 +183,7 @@ def _inputs(
         chunks = _existing_chunks(arrays, spatial)
     if chunks is None:
         itemsize = max(np.dtype(a.dtype).itemsize for a in arrays)
-        per_pixel = timelag_bytes_per_pixel(seconds.size, len(arrays), itemsize)
+        per_pixel = kernels.timelag_bytes_per_pixel(seconds.size, len(arrays), itemsize)
         chunks = plan_spatial_chunks(shape, per_pixel)
     if len(chunks) != len(spatial):
         raise ValueError(f"chunks {tuple(chunks)} do not match the spatial dims {spatial}")
@@ -369,7 +369,7 @@ def timelag_maps(
     ----------
     channels : mapping
         Channel name (e.g. wavelength in Å) to its cube, all on one common time grid and pixel
-        grid (see :func:`cloudlab.io.aia.align_channels`).
+        grid (see :func:`cloudlab.timelag.align_channels`).
     pairs : sequence of (a, b), optional
         Pairs to correlate; default every pair ordered hot to cool (15 pairs for the six AIA EUV
         channels), so that positive lags mean cooling.
