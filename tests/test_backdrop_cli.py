@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ from astropy.io import fits
 
 from cloudlab import backdrop
 from cloudlab.commands import backdrop as command
+from cloudlab.errors import FITSFormatError, InputError
+from cloudlab.io.tess import open_ffis
 from cloudlab.simulate.ffis import ffi_stack
 
 
@@ -102,3 +105,31 @@ def test_apply_reports_bad_tpfs(tmp_path, capsys):
 def test_fit_refuses_an_empty_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="no files match"):
         _run(["backdrop", "fit", "--in-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")])
+
+
+def test_correct_tpf_subtracts_the_evaluated_background(tmp_path):
+    """The library call behind ``backdrop apply``: bytes in, corrected bytes out."""
+    truth = ffi_stack(str(tmp_path / "in"), n_frames=2, shape=(64, 64), seed=2, ccd=2)
+    weights = backdrop.fit(open_ffis(f"{tmp_path / 'in'}/*_ffic.fits*"), nknots=6).compute()
+    corner_row, corner_column = 10, 44 + 20
+    frames = np.stack([fits.getdata(u, 1) for u in truth.urls])
+    flux = frames[:, corner_row : corner_row + 5, corner_column : corner_column + 4]
+    tpf = tmp_path / "tpf.fits"
+    _write_tpf(tpf, flux.astype(np.float32), truth.times, corner_row, corner_column, ccd=2)
+    corrected = backdrop.correct_tpf(tpf.read_bytes(), weights)
+    with fits.open(io.BytesIO(corrected)) as hdul:
+        expect = backdrop.evaluate(weights, np.arange(10, 15), np.arange(20, 24)).values
+        np.testing.assert_allclose(hdul[1].data["FLUX_BKG"], expect, atol=1e-3)
+        np.testing.assert_allclose(hdul[1].data["FLUX"], flux - expect, atol=1e-3)
+    with pytest.raises(FITSFormatError, match="odd.fits: not a target pixel file"):
+        backdrop.correct_tpf(_primary_only(), weights, name="odd.fits")
+    other = tmp_path / "other.fits"
+    _write_tpf(other, flux.astype(np.float32), truth.times, corner_row, corner_column, ccd=4)
+    with pytest.raises(InputError, match="from CCD 4, weights fitted on CCD 2"):
+        backdrop.correct_tpf(other.read_bytes(), weights)
+
+
+def _primary_only() -> bytes:
+    out = io.BytesIO()
+    fits.PrimaryHDU().writeto(out)
+    return out.getvalue()
