@@ -133,3 +133,23 @@ def _primary_only() -> bytes:
     out = io.BytesIO()
     fits.PrimaryHDU().writeto(out)
     return out.getvalue()
+
+
+def test_detector_facts_match_the_simulated_ffis_and_the_tpf_corners(tmp_path):
+    """One module holds the TESS geometry: the simulated FFIs and the TPF conversions agree."""
+    from cloudlab import tess_detector as det
+
+    columns = det.LEADING_COLUMNS + det.SCIENCE_SIZE + det.TRAILING_COLUMNS
+    assert det.FULL_SHAPE == (det.SCIENCE_SIZE + det.COLLATERAL_ROWS, columns)
+    assert det.SCIENCE_KEYWORDS == {"SCIROWS": 1, "SCIROWE": 2048, "SCCSA": 45, "SCCED": 2092}
+    assert det.BAD_QUALITY_BITS == 2048 | 175
+    assert backdrop.science_to_ccd(0, 0) == (1, 45)
+    science = backdrop.ccd_to_science([1, 2048], [45, 2092])
+    np.testing.assert_array_equal(science, [[0, 2047], [0, 2047]])
+    truth = ffi_stack(str(tmp_path), n_frames=1, shape=(32, 40), seed=0, bad_frames=[0])
+    with fits.open(truth.urls[0]) as hdul:
+        header = hdul[1].header
+        assert hdul[1].data.shape == (32 + det.COLLATERAL_ROWS, det.LEADING_COLUMNS + 40 + 44)
+        assert (header["SCIROWS"], header["SCCSA"]) == (det.SCIROWS, det.SCCSA)
+        assert header["VROWE"] == 32 + det.COLLATERAL_ROWS
+        assert header["DQUALITY"] == det.QUALITY_DESAT

@@ -5,16 +5,11 @@ background on any pixel grid; ``subtract`` removes it from cutouts and ``correct
 target pixel file; ``save``/``load`` write and read weights as tess-backdrop-layout FITS or zarr.
 """
 
-from cloudlab.backdrop.evaluate import (
-    ccd_to_science,
-    evaluate,
-    frame_index,
-    science_to_ccd,
-    subtract,
-)
+from cloudlab.backdrop.evaluate import evaluate, frame_index, subtract
 from cloudlab.backdrop.fit import fit
 from cloudlab.backdrop.io import load, load_fits, load_zarr, save, save_fits, save_zarr
 from cloudlab.backdrop.tpf import correct_tpf
+from cloudlab.tess_detector import ccd_to_science, science_to_ccd
 
 __all__ = [
     "ccd_to_science",
