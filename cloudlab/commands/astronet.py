@@ -7,6 +7,11 @@ import json
 import sys
 
 from cloudlab.commands._common import add_cluster_argument, cluster_context, run_graph
+from cloudlab.errors import InputError
+
+__all__ = [
+    "register",
+]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -113,7 +118,6 @@ def _train(args: argparse.Namespace) -> int:
     from cloudlab import storage
     from cloudlab.astronet.tfrecords import read_tfrecords
     from cloudlab.astronet.train import evaluate, train
-    from cloudlab.errors import InputError
 
     data = args.data.rstrip("/")
     if args.ensemble > 1 and "{seed}" not in args.out:
@@ -182,7 +186,7 @@ def _predict(args: argparse.Namespace) -> int:
         ds = ds.assign({c: ("tce", tces[c].to_numpy()) for c in tces.columns})
         reason = ds["reason"].values
     else:
-        raise ValueError("give --data (TFRecords) or --lightcurves and --tces")
+        raise InputError("give --data (TFRecords) or --lightcurves and --tces")
     columns = [c for c in ("row_id", "tic_id", "Disposition") if c in ds]
     table = pd.DataFrame({c: ds[c].values for c in columns})
     table["prediction"] = ds["prediction"].values

@@ -7,6 +7,10 @@ import time
 
 from cloudlab.commands._common import add_cluster_argument, cluster_context, run_graph
 
+__all__ = [
+    "register",
+]
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``backdrop`` command group."""

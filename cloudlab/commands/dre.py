@@ -10,6 +10,10 @@ import argparse
 
 from cloudlab.commands._common import add_cluster_argument, cluster_context
 
+__all__ = [
+    "register",
+]
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``dre`` command group."""

@@ -49,6 +49,18 @@ from cloudlab.tess_detector import (
     SCIROWS,
 )
 
+__all__ = [
+    "DEADC",
+    "DEFAULT_SHAPE",
+    "DetectorLayout",
+    "READ_NOISE",
+    "SATURATION",
+    "TessSector",
+    "fit_sip_header",
+    "sector_wcs",
+    "tess_sector",
+]
+
 DEFAULT_SHAPE = (208, 214)
 """A tenth of the real FFI in each direction: ``make demo`` runs in seconds."""
 

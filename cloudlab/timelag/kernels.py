@@ -21,6 +21,21 @@ import scipy.fft
 
 from cloudlab.backend import array_module
 
+__all__ = [
+    "FLAT_TOLERANCE",
+    "correlate_spectra",
+    "cross_correlation_block",
+    "fft_length",
+    "from_rows",
+    "lag_indices",
+    "pairs_block",
+    "peak_from_correlation",
+    "spectrum",
+    "standardize",
+    "timelag_bytes_per_pixel",
+    "to_rows",
+]
+
 #: a pixel whose standard deviation is below this fraction of its mean is called flat
 FLAT_TOLERANCE = 64 * np.finfo(np.float64).eps
 
