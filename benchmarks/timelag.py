@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     from cloudlab.cluster import connect
     from cloudlab.io import aia
     from cloudlab.simulate import aia_series
-    from cloudlab.timelag import default_pairs, timelag_maps
+    from cloudlab.timelag import default_pairs, prepare_channels, timelag_maps
 
     ny, nx = (int(v) for v in args.shape.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="timelag-bench-") as tmp:
@@ -117,7 +117,7 @@ def main(argv=None) -> None:
         try:
             with dask.config.set(scheduler=client):
                 channels = {c: aia.open_stack(f) for c, f in series.files.items()}
-                prepared = aia.prepare_channels(channels, chunks=(args.chunk, args.chunk))
+                prepared = prepare_channels(channels, chunks=(args.chunk, args.chunk))
                 prepared = {c: p.persist() for c, p in prepared.items()}
                 dask.compute(*[p.data for p in prepared.values()])
                 grid = next(iter(prepared.values()))["time"].values

@@ -7,6 +7,10 @@ from collections.abc import Sequence
 
 import psutil
 
+from cloudlab.errors import InputError
+
+__all__ = ["DEFAULT_MEMORY_FRACTION", "plan_spatial_chunks", "worker_memory_limit"]
+
 #: fraction of a worker's memory (per thread) that one task may use
 DEFAULT_MEMORY_FRACTION = 0.5
 
@@ -75,20 +79,26 @@ def plan_spatial_chunks(
 
     Raises
     ------
-    ValueError
+    InputError
         If even a single pixel does not fit, or the arguments are not positive.
     """
     if bytes_per_pixel <= 0 or not 0 < fraction <= 1:
-        raise ValueError("bytes_per_pixel must be > 0 and 0 < fraction <= 1")
+        raise InputError(
+            f"plan_spatial_chunks: bytes_per_pixel={bytes_per_pixel} and fraction={fraction} "
+            "must satisfy bytes_per_pixel > 0 and 0 < fraction <= 1"
+        )
     if any(n <= 0 for n in spatial_shape):
-        raise ValueError(f"empty spatial shape {tuple(spatial_shape)}")
+        raise InputError(
+            f"plan_spatial_chunks: spatial_shape {tuple(spatial_shape)} has an empty axis; "
+            "pass the shape of a non-empty image"
+        )
     limit = worker_memory_limit() if memory_limit is None else memory_limit
     budget = int(fraction * limit // bytes_per_pixel)
     if budget < 1:
-        raise ValueError(
-            f"one pixel needs {bytes_per_pixel / 2**20:.1f} MiB but a task may use only "
-            f"{fraction * limit / 2**20:.1f} MiB: shorten the time series or give workers "
-            "more memory"
+        raise InputError(
+            f"plan_spatial_chunks: one pixel needs {bytes_per_pixel / 2**20:.1f} MiB but a task "
+            f"may use only {fraction * limit / 2**20:.1f} MiB: shorten the time series or give "
+            "workers more memory"
         )
     shape = list(spatial_shape)
     if not shape:
@@ -99,20 +109,3 @@ def plan_spatial_chunks(
         axis = max(range(len(chunks)), key=lambda i: chunks[i])
         chunks[axis] = math.ceil(chunks[axis] / 2)
     return tuple(math.ceil(n / math.ceil(n / c)) for n, c in zip(shape, chunks, strict=True))
-
-
-def timelag_bytes_per_pixel(n_time: int, n_channels: int, input_itemsize: int = 8) -> float:
-    """Peak bytes per pixel of one cross-correlation task over ``n_channels`` channels.
-
-    Counts the channel blocks, their float64 standardised copies and spectra, and one pair's
-    product, circular correlation and selected lags (``(2N - 1) x 8`` bytes and friends).
-    """
-    from cloudlab.timelag.kernels import fft_length
-
-    nfft = fft_length(n_time)
-    spectrum_bytes = 16 * (nfft // 2 + 1)
-    inputs = n_channels * n_time * input_itemsize
-    standardised = 2 * n_time * 8
-    spectra = n_channels * spectrum_bytes
-    pair = spectrum_bytes + 8 * nfft + 8 * (2 * n_time - 1)
-    return float(inputs + standardised + spectra + pair)

@@ -274,3 +274,29 @@ def test_predict_catalog_on_gpu_workers(tiny_model, simulated_views):
     with connect("local", gpu=True, n_workers=1) as client:
         result = client.compute(predict_catalog(lc, tces, path, gpu=True)["prediction"]).result()
     np.testing.assert_allclose(result, predict(load(path), ds), rtol=1e-4)
+
+
+def test_cli_train_offers_the_training_options(simulated_views, tmp_path, capsys):
+    """--seed, --eval-every, --log json, --metrics, extra thresholds and the test split."""
+    import json
+
+    from cloudlab.cli import main
+
+    ds, _, _ = simulated_views
+    records = tmp_path / "records"
+    write_tfrecords(ds, str(records), seed=1)
+    metrics_url = tmp_path / "metrics.json"
+    args = ["astronet", "train", "--data", str(records), "--out", str(tmp_path / "m_{seed}.keras"),
+            "--steps", "2", "--eval-every", "1", "--seed", "5", "--log", "json",
+            "--extra-threshold", "0.2", "--metrics", str(metrics_url)]  # fmt: skip
+    assert main(args) == 0
+    assert (tmp_path / "m_5.keras").exists()
+    printed = capsys.readouterr().out
+    assert printed.count('"val_accuracy"') == 2  # one JSON line per validation pass
+    result = json.loads(metrics_url.read_text())
+    assert result["seed"] == 5 and result["history"]["step"] == [1, 2]
+    assert {"val", "test", "val_at_0.2", "test_at_0.2"} <= set(result)
+    test_views = read_tfrecords(str(records / "test-*"))
+    expect = evaluate(load(str(tmp_path / "m_5.keras")), test_views)
+    assert result["test"]["n"] == expect["n"] == test_views.sizes["tce"]
+    assert result["test"]["auc"] == pytest.approx(expect["auc"], abs=1e-6)

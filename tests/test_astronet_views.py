@@ -294,7 +294,7 @@ def test_views_from_cutout_photometry():
     """Light curves from a cutouts Dataset (target, time, row, column) feed the views directly."""
     import xarray as xr
 
-    from cloudlab.io.lightcurves import aperture_photometry
+    from cloudlab.cutouts import aperture_photometry
 
     lc, tces = simulate_lightcurves(2, 1, 0, noise=2e-4, seed=6)
     star = np.zeros((3, 3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ from astropy.io import fits
 
 from cloudlab import backdrop
 from cloudlab.commands import backdrop as command
+from cloudlab.errors import FITSFormatError, InputError
+from cloudlab.io.tess import open_ffis
 from cloudlab.simulate.ffis import ffi_stack
 
 
@@ -102,3 +105,51 @@ def test_apply_reports_bad_tpfs(tmp_path, capsys):
 def test_fit_refuses_an_empty_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="no files match"):
         _run(["backdrop", "fit", "--in-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")])
+
+
+def test_correct_tpf_subtracts_the_evaluated_background(tmp_path):
+    """The library call behind ``backdrop apply``: bytes in, corrected bytes out."""
+    truth = ffi_stack(str(tmp_path / "in"), n_frames=2, shape=(64, 64), seed=2, ccd=2)
+    weights = backdrop.fit(open_ffis(f"{tmp_path / 'in'}/*_ffic.fits*"), nknots=6).compute()
+    corner_row, corner_column = 10, 44 + 20
+    frames = np.stack([fits.getdata(u, 1) for u in truth.urls])
+    flux = frames[:, corner_row : corner_row + 5, corner_column : corner_column + 4]
+    tpf = tmp_path / "tpf.fits"
+    _write_tpf(tpf, flux.astype(np.float32), truth.times, corner_row, corner_column, ccd=2)
+    corrected = backdrop.correct_tpf(tpf.read_bytes(), weights)
+    with fits.open(io.BytesIO(corrected)) as hdul:
+        expect = backdrop.evaluate(weights, np.arange(10, 15), np.arange(20, 24)).values
+        np.testing.assert_allclose(hdul[1].data["FLUX_BKG"], expect, atol=1e-3)
+        np.testing.assert_allclose(hdul[1].data["FLUX"], flux - expect, atol=1e-3)
+    with pytest.raises(FITSFormatError, match="odd.fits: not a target pixel file"):
+        backdrop.correct_tpf(_primary_only(), weights, name="odd.fits")
+    other = tmp_path / "other.fits"
+    _write_tpf(other, flux.astype(np.float32), truth.times, corner_row, corner_column, ccd=4)
+    with pytest.raises(InputError, match="from CCD 4, weights fitted on CCD 2"):
+        backdrop.correct_tpf(other.read_bytes(), weights)
+
+
+def _primary_only() -> bytes:
+    out = io.BytesIO()
+    fits.PrimaryHDU().writeto(out)
+    return out.getvalue()
+
+
+def test_detector_facts_match_the_simulated_ffis_and_the_tpf_corners(tmp_path):
+    """One module holds the TESS geometry: the simulated FFIs and the TPF conversions agree."""
+    from cloudlab import tess_detector as det
+
+    columns = det.LEADING_COLUMNS + det.SCIENCE_SIZE + det.TRAILING_COLUMNS
+    assert det.FULL_SHAPE == (det.SCIENCE_SIZE + det.COLLATERAL_ROWS, columns)
+    assert det.SCIENCE_KEYWORDS == {"SCIROWS": 1, "SCIROWE": 2048, "SCCSA": 45, "SCCED": 2092}
+    assert det.BAD_QUALITY_BITS == 2048 | 175
+    assert backdrop.science_to_ccd(0, 0) == (1, 45)
+    science = backdrop.ccd_to_science([1, 2048], [45, 2092])
+    np.testing.assert_array_equal(science, [[0, 2047], [0, 2047]])
+    truth = ffi_stack(str(tmp_path), n_frames=1, shape=(32, 40), seed=0, bad_frames=[0])
+    with fits.open(truth.urls[0]) as hdul:
+        header = hdul[1].header
+        assert hdul[1].data.shape == (32 + det.COLLATERAL_ROWS, det.LEADING_COLUMNS + 40 + 44)
+        assert (header["SCIROWS"], header["SCCSA"]) == (det.SCIROWS, det.SCCSA)
+        assert header["VROWE"] == 32 + det.COLLATERAL_ROWS
+        assert header["DQUALITY"] == det.QUALITY_DESAT

@@ -13,8 +13,9 @@ from scipy.signal import fftconvolve
 from cloudlab import dre
 from cloudlab.backend import gpu_available
 from cloudlab.dre.kernels import chi_block, chi_numba, chi_numpy
+from cloudlab.dre.sersic import sersic_stamp
 from cloudlab.dre.summary import parabola_log_r, parameters
-from cloudlab.simulate.galaxies import gaussian_psf, sersic_stamp
+from cloudlab.simulate.galaxies import gaussian_psf
 
 AXES = {"ax_ratio": (0.2, 0.2, 5), "angle": (0.0, 30.0, 6), "log_r": (0.2, 0.2, 6)}
 B = 64

@@ -197,3 +197,77 @@ def test_remote_urls_and_cluster(tile, s3_bucket, local_client):
     dre.write_summary(dre.summarize(result), f"{base}/Summary/t1_dre.fits")
     dre.write_chi_hdf5(result, f"{base}/Chi/t1_chi.h5")
     assert len(dre.read_chi_hdf5(f"{base}/Chi/t1_chi.h5")) == cuts.sizes["galaxy"]
+
+
+def _sextracted_layout(root, name, sim):
+    """What SExtractor and PSFEx would leave for a simulated tile, built from its truth.
+
+    Catalogue from the true positions (stars with CLASS_STAR 0.99), constant background and rms
+    images at the true sky and noise, a segmentation of 25-px disks labelled by NUMBER, and the
+    true PSF as a FITS image.
+    """
+    ny, nx = sim.image.shape
+    truth = sim.truth
+    numbers = np.arange(1, len(truth) + 1)
+    folder = root / "Sextracted" / name
+    folder.mkdir(parents=True)
+    Table(
+        {
+            "NUMBER": numbers,
+            "X_IMAGE": truth["X_IMAGE"],
+            "Y_IMAGE": truth["Y_IMAGE"],
+            "CLASS_STAR": np.where(truth["KIND"] == "star", 0.99, 0.01),
+        }
+    ).write(folder / f"{name}_cat.fits")
+    fits.PrimaryHDU(np.full((ny, nx), sim.sky, np.float32)).writeto(folder / f"{name}_bkg.fits")
+    fits.PrimaryHDU(np.full((ny, nx), sim.noise, np.float32)).writeto(folder / f"{name}_rms.fits")
+    rows, cols = np.mgrid[0:ny, 0:nx]
+    seg = np.zeros((ny, nx), np.int32)
+    for number, x, y in zip(numbers, truth["X_IMAGE"], truth["Y_IMAGE"], strict=True):
+        seg[(rows - (y - 1)) ** 2 + (cols - (x - 1)) ** 2 < 25**2] = number
+    fits.PrimaryHDU(seg).writeto(folder / f"{name}_seg.fits")
+    (root / "PSF").mkdir(exist_ok=True)
+    fits.PrimaryHDU(sim.psf).writeto(root / "PSF" / f"{name}.psf")
+
+
+def test_pipeline_cuts_and_fits_tiles_without_the_tools(tmp_path):
+    """cut_tiles and fit_tiles on DRE's layout recover the simulated galaxies' grid cells."""
+    from cloudlab.dre.pipeline import Layout, cut_tiles, fit_tiles
+
+    root = tmp_path / "run"
+    sim = galaxy_tile(str(root / "Tiles" / "a.fits"), shape=(400, 400), n_galaxies=4, n_stars=2,
+                      seed=5, ax_ratio=_values(AXES["ax_ratio"])[:4], angle=_values(AXES["angle"]),
+                      log_r=_values(AXES["log_r"])[1:5], stamp=B, margin=40,
+                      min_separation=60)  # fmt: skip
+    _sextracted_layout(root, "a", sim)
+    models = str(tmp_path / "models.fits")
+    dre.model_grid(**AXES, boxsize=B, url=models)
+
+    assert Layout(str(root) + "/").names("cuts") == ["a"]
+    assert cut_tiles(str(root), size=B, margin=40, max_stellarity=0.5) == {"a": (4, 4)}
+    (root / "Cuts" / "b_cuts.h5").write_bytes((root / "Cuts" / "a_cuts.h5").read_bytes())
+    with pytest.warns(UserWarning, match="b: no PSF at .*b.psf"):
+        done = fit_tiles(str(root), models, zarr=True)
+    assert (
+        done["b"].as_dict()["status"] == "no_psf" and not (root / "Summary" / "b_dre.fits").exists()
+    )
+    assert done["a"].status == "ok" and done["a"].n_chi == done["a"].n_summary == 4
+    assert (root / "Chi" / "a_chi.zarr").is_dir()
+    summary = Table.read(root / "Summary" / "a_dre.fits")
+    assert {"MODEL_IDX", "LOGR_PARAB", "X_IMAGE", "CLASS_STAR"} <= set(summary.colnames)
+    by_number = {i + 1: row for i, row in enumerate(sim.truth)}
+    assert sorted(summary["NUMBER"]) == [n for n, t in by_number.items() if t["KIND"] == "galaxy"]
+    for row in summary:
+        true = by_number[int(row["NUMBER"])]
+        assert row["FLAG"] == 0
+        assert row["AX_RATIO"] == pytest.approx(true["AX_RATIO"])
+        assert row["ANGLE"] == pytest.approx(true["ANGLE"])
+        assert row["LOGR"] == pytest.approx(true["LOGR"])
+    # the CLI runs the same pipeline; one PSF for every tile (convolved once) gives the same chi
+    first = dre.read_chi_hdf5(str(root / "Chi" / "a_chi.h5"))
+    assert _cli("fit", str(root), "--models", models, "--tile", "a",
+                "--psf", str(root / "PSF" / "a.psf")) == 0  # fmt: skip
+    again = dre.read_chi_hdf5(str(root / "Chi" / "a_chi.h5"))
+    assert sorted(again) == sorted(first)
+    for key, value in first.items():
+        np.testing.assert_allclose(again[key], value, rtol=1e-6)

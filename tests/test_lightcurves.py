@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from cloudlab.cutouts import aperture_photometry
 from cloudlab.io.lightcurves import (
     LightCurveError,
-    aperture_photometry,
     read_kepler,
     read_lightcurves,
     read_qlp,

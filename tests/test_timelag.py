@@ -11,11 +11,12 @@ import xarray as xr
 from astropy.io import fits
 from sunkit_image import time_lag as skt
 
-from cloudlab.chunking import plan_spatial_chunks, timelag_bytes_per_pixel
+from cloudlab.chunking import plan_spatial_chunks
 from cloudlab.timelag import (
     cross_correlation,
     default_pairs,
     max_correlation_map,
+    timelag_bytes_per_pixel,
     timelag_map,
     timelag_maps,
 )

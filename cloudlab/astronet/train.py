@@ -1,19 +1,17 @@
 """Train, evaluate and predict with AstroCNN models; checkpoints; ensembles.
 
-Run the real Triage training as a module::
+From the shell, ``cloudlab astronet train`` runs :func:`train` on a TFRecord directory::
 
-    python -m cloudlab.astronet.train --data ../shared/data/astronet/triage \\
-        --out /tmp/astronet_model --steps 14000
+    cloudlab astronet train --data ../shared/data/astronet/triage \\
+        --out /tmp/astronet/model_{seed}.keras --steps 14000 --metrics /tmp/astronet/metrics.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,19 @@ import xarray as xr
 
 from cloudlab import storage
 from cloudlab.astronet.model import Config, build, get_config
-from cloudlab.astronet.tfrecords import read_tfrecords, to_tf_dataset
+from cloudlab.astronet.tfrecords import to_tf_dataset
+from cloudlab.errors import InputError
+
+__all__ = [
+    "average_precision",
+    "evaluate",
+    "load",
+    "metrics",
+    "predict",
+    "roc_auc",
+    "save",
+    "train",
+]
 
 
 def train(
@@ -69,10 +79,10 @@ def train(
     cfg = get_config(config, **overrides)
     steps = cfg.train_steps if steps is None else int(steps)
     if steps <= 0:
-        raise ValueError(f"steps must be positive, got {steps}")
+        raise InputError(f"train: steps must be positive, got {steps}")
     n = train_views.sizes["tce"]
     if n == 0:
-        raise ValueError("train_views holds no TCEs")
+        raise InputError("train: train_views holds no TCEs; check the TFRecord glob")
     eval_every = max(1, min(steps, eval_every or int(np.ceil(n / cfg.batch_size))))
     keras.utils.set_random_seed(seed)
     model = build(cfg)
@@ -128,7 +138,7 @@ def train(
     return model, history
 
 
-def save(model, url: str, storage_options: dict | None = None) -> None:
+def save(model, url: str, *, storage_options: dict | None = None) -> None:
     """Save a model (architecture, weights, optimiser state) to any URL, atomically.
 
     Parameters
@@ -146,7 +156,7 @@ def save(model, url: str, storage_options: dict | None = None) -> None:
         storage.write_bytes(url, path.read_bytes(), storage_options=storage_options)
 
 
-def load(url: str, storage_options: dict | None = None):
+def load(url: str, *, storage_options: dict | None = None):
     """Load a model saved by :func:`save`.
 
     Parameters
@@ -172,14 +182,17 @@ def load(url: str, storage_options: dict | None = None):
         try:
             return keras.models.load_model(path)
         except (ValueError, OSError) as err:
-            raise ValueError(f"{url} is not a readable AstroNet checkpoint: {err}") from err
+            raise InputError(f"{url} is not a readable AstroNet checkpoint: {err}") from err
 
 
 def _inputs(model, views: xr.Dataset) -> dict[str, np.ndarray]:
     names = [t.name.split(":")[0] for t in model.inputs]
     missing = [name for name in names if name not in views]
     if missing:
-        raise ValueError(f"views lack the model inputs {missing}; have {list(views.data_vars)}")
+        raise InputError(
+            f"views lack the model inputs {missing}; have {list(views.data_vars)}: make them with "
+            "the model's configuration (kind=)"
+        )
     return {
         name: np.asarray(views[name].values, np.float32).reshape(views.sizes["tce"], -1)
         for name in names
@@ -207,7 +220,7 @@ def predict(models, views: xr.Dataset, *, batch_size: int = 256) -> np.ndarray:
     if not isinstance(models, list | tuple):
         models = [models]
     if not models:
-        raise ValueError("predict needs at least one model")
+        raise InputError("predict needs at least one model (a keras.Model or checkpoint URL)")
     n = views.sizes["tce"]
     if n == 0:
         return np.zeros(0)
@@ -236,7 +249,10 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     scores = np.asarray(scores, np.float64)
     n_pos, n_neg = labels.sum(), (~labels).sum()
     if n_pos == 0 or n_neg == 0:
-        raise ValueError("AUC needs both positive and negative examples")
+        raise InputError(
+            f"AUC needs both positive and negative examples, got {int(n_pos)} positive and "
+            f"{int(n_neg)} negative"
+        )
     order = np.argsort(scores, kind="mergesort")
     ranks = np.empty(len(scores))
     sorted_scores = scores[order]
@@ -322,52 +338,5 @@ def evaluate(models, views: xr.Dataset, *, threshold: float = 0.5) -> dict[str, 
         See :func:`metrics`.
     """
     if "label" not in views:
-        raise ValueError("views have no 'label' variable; read them with read_tfrecords(label=...)")
+        raise InputError("views have no 'label' variable; read them with read_tfrecords(label=...)")
     return metrics(views["label"].values, predict(models, views), threshold)
-
-
-def _split(data: str, name: str) -> xr.Dataset:
-    return read_tfrecords(f"{data.rstrip('/')}/{name}-*")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point: train one model on a TFRecord directory and evaluate it."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="directory with train-*, val-*, test-*")
-    parser.add_argument("--out", required=True, help="checkpoint URL (.keras)")
-    parser.add_argument("--config", default="local_global")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--learning-rate", type=float, default=None)
-    parser.add_argument("--eval-every", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--metrics", default=None, help="write final metrics JSON here")
-    args = parser.parse_args(argv)
-    overrides = {}
-    if args.learning_rate is not None:
-        overrides["learning_rate"] = args.learning_rate
-    train_views, val_views = _split(args.data, "train"), _split(args.data, "val")
-    start = time.perf_counter()
-    model, history = train(
-        train_views,
-        val_views,
-        config=args.config,
-        steps=args.steps,
-        eval_every=args.eval_every,
-        seed=args.seed,
-        checkpoint=args.out,
-        verbose=2,
-        **overrides,
-    )
-    seconds = time.perf_counter() - start
-    result = {"train_seconds": seconds, "history": history}
-    for name in ("val", "test"):
-        views = _split(args.data, name)
-        result[name] = evaluate(model, views)
-        result[f"{name}_at_0.1"] = evaluate(model, views, threshold=0.1)
-    print(json.dumps(result, indent=1), flush=True)
-    if args.metrics:
-        storage.write_bytes(args.metrics, json.dumps(result, indent=1).encode())
-
-
-if __name__ == "__main__":
-    main()

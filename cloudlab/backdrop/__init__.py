@@ -1,18 +1,12 @@
 """BackDrop: TESS FFI scattered-light background models (tess-backdrop's model, solved fast).
 
 ``fit`` builds a lazy graph that fits every frame of an FFI stack; ``evaluate`` gives the
-background on any pixel grid; ``subtract`` removes it from cutouts; ``write_weights`` and
-``read_weights`` write and read weights as tess-backdrop-layout FITS or zarr (``save``/``load``:
-deprecated aliases).
+background on any pixel grid; ``subtract`` removes it from cutouts and ``correct_tpf`` from a
+target pixel file; ``write_weights`` and ``read_weights`` write and read weights as
+tess-backdrop-layout FITS or zarr (``save``/``load``: deprecated aliases).
 """
 
-from cloudlab.backdrop.evaluate import (
-    ccd_to_science,
-    evaluate,
-    frame_index,
-    science_to_ccd,
-    subtract,
-)
+from cloudlab.backdrop.evaluate import evaluate, frame_index, subtract
 from cloudlab.backdrop.fit import fit
 from cloudlab.backdrop.io import (
     load,
@@ -26,9 +20,12 @@ from cloudlab.backdrop.io import (
     write_weights_fits,
     write_weights_zarr,
 )
+from cloudlab.backdrop.tpf import correct_tpf
+from cloudlab.tess_detector import ccd_to_science, science_to_ccd
 
 __all__ = [
     "ccd_to_science",
+    "correct_tpf",
     "evaluate",
     "fit",
     "frame_index",

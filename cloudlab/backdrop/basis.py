@@ -9,8 +9,18 @@ from __future__ import annotations
 import numpy as np
 from scipy.interpolate import BSpline
 
-SCIENCE_SIZE = 2048
-"""Side of the science region of a TESS CCD; the polynomial coordinates are normalised by it."""
+from cloudlab.errors import InputError
+from cloudlab.tess_detector import SCIENCE_SIZE
+
+__all__ = [
+    "boresight",
+    "knots",
+    "poly_axes",
+    "poly_design",
+    "poly_grid",
+    "radius",
+    "spline_basis",
+]
 
 
 def boresight(ccd: int) -> tuple[float, float]:
@@ -30,7 +40,7 @@ def boresight(ccd: int) -> tuple[float, float]:
         return (float(SCIENCE_SIZE), float(SCIENCE_SIZE))
     if ccd in (2, 4):
         return (float(SCIENCE_SIZE), 0.0)
-    raise ValueError(f"ccd must be 1, 2, 3 or 4, got {ccd!r}")
+    raise InputError(f"ccd must be 1, 2, 3 or 4, got {ccd!r}")
 
 
 def knots(coords: np.ndarray, nknots: int, degree: int) -> np.ndarray:
@@ -56,9 +66,9 @@ def knots(coords: np.ndarray, nknots: int, degree: int) -> np.ndarray:
     """
     x = np.sort(np.asarray(coords, dtype=float))
     if nknots <= degree + 1:
-        raise ValueError(f"nknots must exceed degree + 1 = {degree + 1}, got {nknots}")
+        raise InputError(f"nknots must exceed degree + 1 = {degree + 1}, got {nknots}")
     if len(x) < nknots - degree:
-        raise ValueError(f"{len(x)} pixels cannot carry {nknots} spline knots")
+        raise InputError(f"{len(x)} pixels cannot carry {nknots} spline knots")
     chunks = np.array_split(x, nknots - degree)
     interior = [(a[-1] + b[0]) / 2 for a, b in zip(chunks[:-1], chunks[1:], strict=True)]
     return np.array([x[0]] * degree + interior + [x[-1]] * (degree + 1), dtype=float)
@@ -84,7 +94,7 @@ def spline_basis(x: np.ndarray, knot_vector: np.ndarray, degree: int) -> np.ndar
     x = np.asarray(x, dtype=float)
     lo, hi = float(knot_vector[0]), float(knot_vector[-1])
     if x.size and (x.min() < lo or x.max() > hi):
-        raise ValueError(
+        raise InputError(
             f"coordinates {x.min():g}..{x.max():g} lie outside the fitted range {lo:g}..{hi:g}"
         )
     t = np.concatenate([[lo], knot_vector])

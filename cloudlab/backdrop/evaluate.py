@@ -10,24 +10,14 @@ import numpy as np
 import xarray as xr
 
 from cloudlab.backdrop import basis
+from cloudlab.errors import InputError
+from cloudlab.tess_detector import SCIENCE_COLUMN_START, SCIENCE_ROW_START
 
-SCIENCE_ROW_OFFSET = 1
-"""1-based CCD row of science row 0."""
-SCIENCE_COLUMN_OFFSET = 45
-"""1-based CCD column of science column 0 (44 leading virtual columns)."""
-
-
-def ccd_to_science(ccd_row: Any, ccd_column: Any) -> tuple[np.ndarray, np.ndarray]:
-    """1-based CCD pixel coordinates (TPF ``2CRV5P``/``1CRV5P``) to 0-based science pixels."""
-    return (
-        np.asarray(ccd_row) - SCIENCE_ROW_OFFSET,
-        np.asarray(ccd_column) - SCIENCE_COLUMN_OFFSET,
-    )
-
-
-def science_to_ccd(row: Any, column: Any) -> tuple[np.ndarray, np.ndarray]:
-    """0-based science pixels to 1-based CCD pixel coordinates."""
-    return np.asarray(row) + SCIENCE_ROW_OFFSET, np.asarray(column) + SCIENCE_COLUMN_OFFSET
+__all__ = [
+    "evaluate",
+    "frame_index",
+    "subtract",
+]
 
 
 def frame_index(weights: xr.Dataset, times: Any = None, *, strict: bool = True) -> np.ndarray:
@@ -47,7 +37,7 @@ def frame_index(weights: xr.Dataset, times: Any = None, *, strict: bool = True) 
 
     Raises
     ------
-    ValueError
+    InputError
         An index out of range or (with ``strict``) a time outside every frame.
     """
     n_t = weights.sizes["time"]
@@ -56,7 +46,7 @@ def frame_index(weights: xr.Dataset, times: Any = None, *, strict: bool = True) 
     t = np.atleast_1d(np.asarray(times))
     if np.issubdtype(t.dtype, np.integer):
         if t.size and (t.min() < -n_t or t.max() >= n_t):
-            raise ValueError(f"frame index out of range 0..{n_t - 1}: {t[(t < -n_t) | (t >= n_t)]}")
+            raise InputError(f"frame index out of range 0..{n_t - 1}: {t[(t < -n_t) | (t >= n_t)]}")
         return t % n_t
     frame_t = weights["time"].values
     if "tstart" in weights.coords and "tstop" in weights.coords:
@@ -74,7 +64,7 @@ def frame_index(weights: xr.Dataset, times: Any = None, *, strict: bool = True) 
         idx = np.where(np.abs(t - frame_t[left]) <= np.abs(t - frame_t[idx]), left, idx)
     ok = (t >= lo[idx] - 1e-6) & (t <= hi[idx] + 1e-6) & np.isfinite(t)
     if strict and not ok.all():
-        raise ValueError(f"times outside every fitted frame: {t[~ok][:10]}")
+        raise InputError(f"times outside every fitted frame: {t[~ok][:10]}")
     return np.where(ok, idx, -1)
 
 
@@ -116,25 +106,25 @@ def evaluate(weights: xr.Dataset, rows: Any, columns: Any, *, times: Any = None)
 
     Raises
     ------
-    ValueError
+    InputError
         Coordinates outside the fitted region, or times outside every frame.
     """
     rows = np.atleast_1d(np.asarray(rows))
     columns = np.atleast_1d(np.asarray(columns))
     if rows.ndim != 1 or columns.ndim != 1:
-        raise ValueError("rows and columns must be 1-D arrays")
+        raise InputError("rows and columns must be 1-D arrays")
     fitted_cols = weights["column"].values
     pos = np.searchsorted(fitted_cols, columns)
     pos = np.clip(pos, 0, len(fitted_cols) - 1)
     off = fitted_cols[pos] != columns
     if off.any():
-        raise ValueError(
+        raise InputError(
             f"columns outside the fitted region {fitted_cols[0]}..{fitted_cols[-1]}: "
             f"{columns[off][:10]}"
         )
     fitted_rows = weights["row"].values
     if rows.min() < fitted_rows[0] or rows.max() > fitted_rows[-1]:
-        raise ValueError(
+        raise InputError(
             f"rows outside the fitted region {fitted_rows[0]}..{fitted_rows[-1]}: "
             f"{rows[(rows < fitted_rows[0]) | (rows > fitted_rows[-1])][:10]}"
         )
@@ -180,14 +170,14 @@ def evaluate(weights: xr.Dataset, rows: Any, columns: Any, *, times: Any = None)
     coords = {"time": sel["time"].values, "row": rows, "column": columns}
     return xr.DataArray(
         model, dims=("time", "row", "column"), coords=coords, name="background",
-        attrs={"units": "electrons/s"},
+        attrs={"units": "electron / s"},
     )  # fmt: skip
 
 
 def _corner(ds: xr.Dataset, name: str) -> np.ndarray:
     if name in ds.variables and ds[name].dims == ("target",):
         return np.asarray(ds[name].values).astype(np.int64)
-    raise ValueError(
+    raise InputError(
         f"subtract: the cutouts have no per-target {name!r} (0-based CCD pixel of cutout "
         "pixel [0, 0], dims (target,)); pass corner_row=/corner_column= to name it"
     )
@@ -274,24 +264,28 @@ def subtract(
 
     Raises
     ------
-    ValueError
+    InputError
         Missing corner variables, times outside every fitted frame, or a camera/CCD that
         differs from the weights'.
     """
     if "flux" not in cutouts or cutouts["flux"].dims != ("target", "time", "row", "column"):
-        raise ValueError("subtract: cutouts need flux with dims (target, time, row, column)")
+        raise InputError("subtract: cutouts need flux with dims (target, time, row, column)")
     for key in ("camera", "ccd"):
         if key in cutouts.variables and key in weights.attrs:
             values = np.unique(np.asarray(cutouts[key].values))
             if len(values) and not np.all(values == int(weights.attrs[key])):
-                raise ValueError(
+                raise InputError(
                     f"subtract: cutouts from {key} {values.tolist()}, weights fitted on {key} "
                     f"{weights.attrs[key]}"
                 )
     # corners are 0-based image pixels; the science region starts at the weights' image offsets
     # (rows 0 and columns 44 on real FFIs)
-    rows0 = _corner(cutouts, corner_row) - int(weights.attrs.get("image_row_offset", 0))
-    cols0 = _corner(cutouts, corner_column) - int(weights.attrs.get("image_column_offset", 44))
+    rows0 = _corner(cutouts, corner_row) - int(
+        weights.attrs.get("image_row_offset", SCIENCE_ROW_START)
+    )
+    cols0 = _corner(cutouts, corner_column) - int(
+        weights.attrs.get("image_column_offset", SCIENCE_COLUMN_START)
+    )
     n_rows, n_cols = cutouts.sizes["row"], cutouts.sizes["column"]
     idx = frame_index(weights, cutouts["time"].values, strict=strict)
     flux = cutouts["flux"].data
@@ -319,6 +313,6 @@ def subtract(
     bkg = bkg.rechunk(flux.chunks)
     dims = ("target", "time", "row", "column")
     out = cutouts.copy()
-    out["background"] = (dims, bkg, {"units": "electrons/s", "model": "cloudlab backdrop"})
+    out["background"] = (dims, bkg, {"units": "electron / s", "model": "cloudlab backdrop"})
     out["flux"] = (dims, flux - bkg.astype(flux.dtype), cutouts["flux"].attrs)
     return out

@@ -10,8 +10,21 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-BAD_QUALITY_BITS = 2048 | 175
-"""AttitudeTweak, SafeMode, CoarsePoint, EarthPoint, Desat, ManualExclude (175) and Straylight."""
+from cloudlab.tess_detector import BAD_QUALITY_BITS
+
+__all__ = [
+    "BAD_QUALITY_BITS",
+    "MAX_SATURATION_RADIUS",
+    "SATURATED_GRADIENT",
+    "SATURATED_VALUE",
+    "STAR_GRADIENT",
+    "WHISKER_WIDTH",
+    "background_mask",
+    "frame_batches",
+    "good_frames",
+    "saturation_mask",
+    "star_gradient_mask",
+]
 
 STAR_GRADIENT = 10.0
 SATURATED_GRADIENT = 1.0e4

@@ -7,6 +7,11 @@ import json
 import sys
 
 from cloudlab.commands._common import add_cluster_argument, cluster_context, run_graph
+from cloudlab.errors import InputError
+
+__all__ = [
+    "register",
+]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +34,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--config", default="local_global", help="model configuration")
     train.add_argument("--steps", type=int, default=None, help="training steps (default 14000)")
     train.add_argument("--learning-rate", type=float, default=None, help="Adam learning rate")
-    train.add_argument("--ensemble", type=int, default=1, help="number of models (seeds 1..N)")
+    train.add_argument(
+        "--eval-every", type=int, default=None, help="steps between validation passes (one epoch)"
+    )
+    train.add_argument("--seed", type=int, default=1, help="seed of the first model (default 1)")
+    train.add_argument(
+        "--ensemble", type=int, default=1, help="number of models (seeds SEED..SEED+N-1)"
+    )
+    train.add_argument(
+        "--threshold", type=float, default=0.5, help="operating point of the metrics (0.5)"
+    )
+    train.add_argument(
+        "--extra-threshold",
+        type=float,
+        nargs="*",
+        default=[0.1],
+        help="more operating points, reported as SPLIT_at_T (default 0.1)",
+    )
+    train.add_argument(
+        "--log",
+        choices=("progress", "json"),
+        default="progress",
+        help="a progress bar, or one JSON line per validation pass",
+    )
+    train.add_argument("--metrics", help="also write every model's results (JSON) to this URL")
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="accuracy, AUC, precision/recall of checkpoints")
@@ -87,30 +115,42 @@ def _views(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from cloudlab import storage
     from cloudlab.astronet.tfrecords import read_tfrecords
     from cloudlab.astronet.train import evaluate, train
 
     data = args.data.rstrip("/")
+    if args.ensemble > 1 and "{seed}" not in args.out:
+        raise InputError("--out needs a {seed} placeholder when --ensemble > 1")
+    splits = {"val": read_tfrecords(f"{data}/val-*")}
+    if storage.expand(f"{data}/test-*"):
+        splits["test"] = read_tfrecords(f"{data}/test-*")
     train_views = read_tfrecords(f"{data}/train-*")
-    val_views = read_tfrecords(f"{data}/val-*")
     overrides = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
-    for seed in range(1, args.ensemble + 1):
+    results = []
+    for seed in range(args.seed, args.seed + args.ensemble):
         out = args.out.replace("{seed}", str(seed))
-        if args.ensemble > 1 and out == args.out:
-            raise ValueError("--out needs a {seed} placeholder when --ensemble > 1")
         model, history = train(
             train_views,
-            val_views,
+            splits["val"],
             config=args.config,
             steps=args.steps,
+            eval_every=args.eval_every,
             seed=seed,
             checkpoint=out,
-            verbose=1,
+            verbose=2 if args.log == "json" else 1,
             **overrides,
         )
-        result = {"checkpoint": out, "val": evaluate(model, val_views)}
-        result["train_seconds"] = history["seconds"][-1]
-        print(json.dumps(result, indent=1))
+        result = {"checkpoint": out, "seed": seed, "train_seconds": history["seconds"][-1]}
+        for split, views in splits.items():
+            result[split] = evaluate(model, views, threshold=args.threshold)
+            for extra in args.extra_threshold:
+                result[f"{split}_at_{extra:g}"] = evaluate(model, views, threshold=extra)
+        print(json.dumps(result, indent=1), flush=True)
+        results.append({**result, "history": history})
+    if args.metrics:
+        document = results[0] if len(results) == 1 else results
+        storage.write_bytes(args.metrics, json.dumps(document, indent=1).encode())
     return 0
 
 
@@ -146,7 +186,7 @@ def _predict(args: argparse.Namespace) -> int:
         ds = ds.assign({c: ("tce", tces[c].to_numpy()) for c in tces.columns})
         reason = ds["reason"].values
     else:
-        raise ValueError("give --data (TFRecords) or --lightcurves and --tces")
+        raise InputError("give --data (TFRecords) or --lightcurves and --tces")
     columns = [c for c in ("row_id", "tic_id", "Disposition") if c in ds]
     table = pd.DataFrame({c: ds[c].values for c in columns})
     table["prediction"] = ds["prediction"].values

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import io
 import time
 
-import numpy as np
-
 from cloudlab.commands._common import add_cluster_argument, cluster_context, run_graph
+
+__all__ = [
+    "register",
+]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -104,7 +105,9 @@ def _apply(args: argparse.Namespace) -> int:
             name = url.rstrip("/").rsplit("/", 1)[-1]
             stem = name[: -len(".fits")] if name.endswith(".fits") else name.split(".fits")[0]
             dest = f"{args.out_dir.rstrip('/')}/{stem}{args.suffix}.fits"
-            storage.write_bytes(dest, correct_tpf(storage.read_bytes(url), weights))
+            storage.write_bytes(
+                dest, backdrop.correct_tpf(storage.read_bytes(url), weights, name=url)
+            )
             if args.verbose:
                 tqdm.write(f"wrote {dest}")
         except (OSError, ValueError, KeyError) as exc:
@@ -112,51 +115,3 @@ def _apply(args: argparse.Namespace) -> int:
             tqdm.write(f"failed {url}: {exc}")
     print(f"{len(args.tpf) - len(failures)} of {len(args.tpf)} TPFs corrected")
     return 1 if failures else 0
-
-
-def correct_tpf(data: bytes, weights) -> bytes:
-    """Subtract the background from one TPF (bytes in, bytes out).
-
-    ``FLUX`` loses the background, ``FLUX_BKG`` (when present) gains it; the corner comes from the
-    ``1CRV{n}P``/``2CRV{n}P`` keywords of the ``FLUX`` column (1-based CCD pixels), the frames from
-    ``TIME`` (BTJD). Cadences without a fitted frame and pixels outside the fitted region are set
-    to NaN.
-    """
-    import xarray as xr
-    from astropy.io import fits
-
-    from cloudlab import backdrop
-
-    with fits.open(io.BytesIO(data)) as hdul:
-        hdul = fits.HDUList([h.copy() for h in hdul])
-    if len(hdul) < 2 or not isinstance(hdul[1], fits.BinTableHDU):
-        raise ValueError("not a target pixel file: HDU 1 is not a table")
-    table = hdul[1]
-    names = [c.upper() for c in table.columns.names]
-    if "FLUX" not in names or "TIME" not in names:
-        raise ValueError("not a target pixel file: HDU 1 lacks FLUX or TIME")
-    n = names.index("FLUX") + 1
-    head = table.header
-    keys = (f"1CRV{n}P", f"2CRV{n}P")
-    if any(k not in head for k in keys):
-        raise ValueError(f"TPF lacks the corner keywords {keys}")
-    ccd = hdul[0].header.get("CCD")
-    if ccd is not None and int(ccd) != int(weights.attrs["ccd"]):
-        raise ValueError(f"TPF from CCD {ccd}, weights fitted on CCD {weights.attrs['ccd']}")
-    flux = np.asarray(table.data["FLUX"], dtype=np.float64)
-    cutouts = xr.Dataset(
-        {"flux": (("target", "time", "row", "column"), flux[None])},
-        coords={
-            "time": np.asarray(table.data["TIME"], float),
-            "corner_row": ("target", [int(head[keys[1]]) - 1]),
-            "corner_column": ("target", [int(head[keys[0]]) - 1]),
-        },
-    )
-    bkg = backdrop.subtract(cutouts, weights, strict=False)["background"].values[0]
-    table.data["FLUX"] = (flux - bkg).astype(table.data["FLUX"].dtype)
-    if "FLUX_BKG" in names:
-        table.data["FLUX_BKG"] = (table.data["FLUX_BKG"] + bkg).astype(table.data["FLUX"].dtype)
-    head["BKGMODEL"] = ("cloudlab backdrop", "scattered-light background subtracted")
-    out = io.BytesIO()
-    hdul.writeto(out)
-    return out.getvalue()

@@ -1,23 +1,18 @@
 """``cloudlab dre sextract|psfex|cuts|models|fit``: DRE's scripts over its directory layout.
 
-Every action works on a root URL (any fsspec URL) holding DRE's folders::
-
-    ROOT/Tiles/{name}.fits                    science tiles
-    ROOT/Sextracted/{name}/{name}_*.fits      catalogue (_cat) and check images (_bkg _rms _seg _nb)
-    ROOT/PSF/{name}.psf                       PSFEx models
-    ROOT/Cuts/{name}_cuts.h5                  cuts (groups EE_NNNN: obj, seg, rms)
-    ROOT/Chi/{name}_chi.h5                    χ cubes (datasets EE_NNNN)
-    ROOT/Summary/{name}_dre.fits              Summary tables
-    ROOT/Mosaics/{name}/{name}_EE_NNNN_mosaic.fits|png
+Every action works on a root URL holding DRE's folders (see :mod:`cloudlab.dre.pipeline`, which
+does the work; this module only parses arguments and prints).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-import warnings
 
-from cloudlab.commands._common import add_cluster_argument, cluster_context, run_graph
+from cloudlab.commands._common import add_cluster_argument, cluster_context
+
+__all__ = [
+    "register",
+]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -102,84 +97,53 @@ def _tool_args(parser: argparse.ArgumentParser, tool: str) -> None:
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
+    from cloudlab.errors import InputError
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+            raise InputError(f"--option expects KEY=VALUE, got {pair!r}")
         out[key] = value
     return out
 
 
-def _names(args: argparse.Namespace, pattern: str, suffix: str) -> list[str]:
-    from cloudlab import storage
-
-    root = args.root.rstrip("/")
-    if args.tile:
-        return list(args.tile)
-    names = [u.rsplit("/", 1)[-1].removesuffix(suffix) for u in storage.expand(f"{root}/{pattern}")]
-    if not names:
-        raise FileNotFoundError(f"nothing matches {root}/{pattern}")
-    return names
-
-
-def _progress(items: list[str], what: str):
-    from tqdm import tqdm
-
-    return tqdm(items, desc=what, unit="tile", file=sys.stderr)
-
-
 def _sextract(args: argparse.Namespace) -> int:
-    from cloudlab.dre import sextract
+    from cloudlab.dre.pipeline import sextract_tiles
 
-    root = args.root.rstrip("/")
-    for name in _progress(_names(args, "Tiles/*.fits", ".fits"), "sextract"):
-        result = sextract(
-            f"{root}/Tiles/{name}.fits",
-            f"{root}/Sextracted/{name}",
-            name=name,
-            config=args.config,
-            options=_options(args.option),
-        )
+    done = sextract_tiles(
+        args.root, tiles=args.tile, config=args.config, options=_options(args.option)
+    )
+    for name, result in done.items():
         print(f"{name}: {len(result.table)} objects -> {result.catalog}")
     return 0
 
 
 def _psfex(args: argparse.Namespace) -> int:
-    from cloudlab.dre import psfex
+    from cloudlab.dre.pipeline import psfex_tiles
 
-    root = args.root.rstrip("/")
-    for name in _progress(_names(args, "Sextracted/*/*_cat.fits", "_cat.fits"), "psfex"):
-        result = psfex(
-            f"{root}/Sextracted/{name}/{name}_cat.fits",
-            f"{root}/PSF/{name}.psf",
-            config=args.config,
-            options=_options(args.option),
-        )
+    done = psfex_tiles(
+        args.root, tiles=args.tile, config=args.config, options=_options(args.option)
+    )
+    for name, result in done.items():
         print(f"{name}: PSF {result.psf.shape} -> {result.url}")
     return 0
 
 
 def _cuts(args: argparse.Namespace) -> int:
-    from cloudlab.dre import write_cuts_hdf5
-    from cloudlab.dre.cuts import open_cuts
+    from cloudlab.dre.pipeline import cut_tiles
 
-    root = args.root.rstrip("/")
-    for name in _progress(_names(args, "Tiles/*.fits", ".fits"), "cuts"):
-        sx = f"{root}/Sextracted/{name}/{name}"
-        cuts = open_cuts(
-            f"{root}/Tiles/{name}.fits",
-            f"{sx}_cat.fits",
-            size=args.size,
-            margin=args.margin,
-            max_stellarity=args.max_stellarity,
-            background=f"{sx}_bkg.fits",
-            rms=f"{sx}_rms.fits",
-            segmentation=f"{sx}_seg.fits",
-            filters={p: (float(lo), float(hi)) for p, lo, hi in args.filter},
-        )
-        n = write_cuts_hdf5(cuts, f"{root}/Cuts/{name}_cuts.h5", compression=args.compression)
-        print(f"{name}: {n} cuts of {cuts.sizes['galaxy']} selected")
+    done = cut_tiles(
+        args.root,
+        tiles=args.tile,
+        size=args.size,
+        margin=args.margin,
+        max_stellarity=args.max_stellarity,
+        filters={p: (float(lo), float(hi)) for p, lo, hi in args.filter},
+        compression=args.compression,
+    )
+    for name, (written, selected) in done.items():
+        print(f"{name}: {written} cuts of {selected} selected")
     return 0
 
 
@@ -202,80 +166,22 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from contextlib import nullcontext
+    from cloudlab.dre.pipeline import fit_tiles
 
-    from cloudlab import dre, storage
-
-    root = args.root.rstrip("/")
-    models = dre.load_models(args.models)
     with cluster_context(args):
-        shared = None
-        if args.psf:  # one PSF for every tile: convolve the grid once, as DRE does
-            (shared,) = _persist(args, dre.convolve_models(models, args.psf))
-        for name in _progress(_names(args, "Cuts/*_cuts.h5", "_cuts.h5"), "fit"):
-            psf = args.psf or f"{root}/PSF/{name}.psf"
-            fs, path = storage.resolve(psf)
-            if not fs.exists(path):
-                warnings.warn(f"{name}: no PSF at {psf}; tile skipped", stacklevel=1)
-                continue
-            cuts = dre.read_cuts_hdf5(f"{root}/Cuts/{name}_cuts.h5")
-            tile_models, tile_psf = (models, psf) if shared is None else (shared, None)
-            on_gpu = nullcontext()
-            if args.gpu:
-                from cloudlab.backend import gpu_tasks
-
-                on_gpu = gpu_tasks() if args.cluster else nullcontext()
-            with on_gpu:  # GPU work lands on GPU workers only
-                if args.gpu:
-                    cuts, tile_models = _to_gpu(cuts, tile_models)
-                result = dre.fit(cuts, tile_models, tile_psf)
-            chi, flag = _persist(args, result["chi"], result["flag"])  # χ computed once
-            result = result.assign(chi=chi, flag=flag)
-            n = dre.write_chi_hdf5(
-                result, f"{root}/Chi/{name}_chi.h5", compression=args.compression
-            )
-            table = _with_catalog(dre.summarize(result), f"{root}/Sextracted/{name}/{name}")
-            dre.write_summary(table, f"{root}/Summary/{name}_dre.fits")
-            if args.zarr:
-                dre.write_chi_zarr(result, f"{root}/Chi/{name}_chi.zarr")
-            if args.mosaics:
-                dre.write_mosaics(
-                    dre.mosaics(result, cuts), f"{root}/Mosaics/{name}", prefix=f"{name}_"
-                )
-            print(f"{name}: {n} chi cubes, summary of {len(table)} rows")
+        done = fit_tiles(
+            args.root,
+            args.models,
+            tiles=args.tile,
+            psf=args.psf,
+            gpu=args.gpu,
+            mosaics=args.mosaics,
+            zarr=args.zarr,
+            compression=args.compression,
+        )
+    for name, record in done.items():
+        if record.status == "ok":
+            print(f"{name}: {record.n_chi} chi cubes, summary of {record.n_summary} rows")
+        else:
+            print(f"{name}: skipped ({record.reason})")
     return 0
-
-
-def _persist(args: argparse.Namespace, *collections):
-    """Compute dask collections once, keeping them chunked, with a progress bar."""
-    return (
-        run_graph(*collections, persist=True)
-        if len(collections) > 1
-        else (run_graph(*collections, persist=True),)
-    )
-
-
-def _to_gpu(cuts, models):
-    from cloudlab.backend import to_gpu
-
-    cuts = cuts.copy()
-    for var in ("obj", "seg", "rms", "flag"):
-        cuts[var] = cuts[var].copy(data=to_gpu(cuts[var].data))
-    return cuts, models.copy(data=to_gpu(models.data))
-
-
-def _with_catalog(table, prefix: str):
-    """Inner-join a Summary table with the tile's SExtractor catalogue, as DRE does."""
-    from astropy.table import join
-
-    from cloudlab import storage
-    from cloudlab.io.galaxies import read_catalog
-
-    fs, path = storage.resolve(f"{prefix}_cat.fits")
-    if not fs.exists(path):
-        return table
-    catalog = read_catalog(f"{prefix}_cat.fits")
-    catalog.remove_columns([c for c in catalog.colnames if catalog[c].ndim > 1])
-    keys = [k for k in ("EXT_NUMBER", "NUMBER") if k in catalog.colnames]
-    catalog.remove_columns([c for c in catalog.colnames if c in table.colnames and c not in keys])
-    return join(table, catalog, keys=keys, join_type="inner")

@@ -12,6 +12,11 @@ import re
 import time
 
 from cloudlab.commands._common import add_cluster_argument, cluster_context, run_graph
+from cloudlab.errors import InputError
+
+__all__ = [
+    "register",
+]
 
 _UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^([+-]?\d*\.?\d+(?:e[+-]?\d+)?)\s*([a-z]*)$")
@@ -114,19 +119,19 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from cloudlab.io import aia
-    from cloudlab.timelag import plot_maps, timelag_maps, write_fits, write_zarr
+    from cloudlab.timelag import plot_maps, prepare_channels, timelag_maps, write_fits, write_zarr
 
     if not args.channel:
-        raise ValueError("give at least two --channel CHANNEL=URLS")
+        raise InputError("give at least two --channel CHANNEL=URLS")
     if not args.out:
-        raise ValueError("give --out DIR")
+        raise InputError("give --out DIR")
     if (args.bottom_left is None) != (args.top_right is None):
-        raise ValueError("give both --bottom-left and --top-right, or neither")
+        raise InputError("give both --bottom-left and --top-right, or neither")
     files: dict[str, list[str]] = {}
     for name, urls in args.channel:
         files.setdefault(name, []).append(urls)
     if len(files) < 2:
-        raise ValueError(f"need at least two channels, got {sorted(files)}")
+        raise InputError(f"need at least two channels, got {sorted(files)}")
     t0 = time.perf_counter()
     with cluster_context(args) as client:
         if client is not None:
@@ -136,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         for name, urls in files.items():
             channels[keys[name]] = aia.open_stack(urls if len(urls) > 1 else urls[0])
             print(f"channel {name}: {channels[keys[name]].sizes['time']} frames")
-        prepared = aia.prepare_channels(
+        prepared = prepare_channels(
             channels, bottom_left=args.bottom_left, top_right=args.top_right,
             start=args.start, end=args.end, every=args.every, cadence=args.cadence,
             drop_bad=not args.keep_bad,

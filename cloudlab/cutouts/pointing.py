@@ -16,9 +16,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCIENCE_COL_MIN = 44.0
-SCIENCE_COL_MAX = 2093.0
-SCIENCE_ROW_MAX = 2049.0
+from cloudlab.errors import InputError
+from cloudlab.tess_detector import SCCED, SCCSA, SCIROWE, SCIROWS
+
+__all__ = [
+    "FOV_HALF_DEG",
+    "SectorGeometry",
+    "known_sectors",
+    "radec_to_pixel",
+    "sector_geometry",
+]
+
 FOV_HALF_DEG = 12.5
 
 
@@ -50,7 +58,7 @@ def sector_geometry(sector: int) -> SectorGeometry:
 
     Raises
     ------
-    ValueError
+    InputError
         Unknown sector.
     """
     try:
@@ -59,7 +67,7 @@ def sector_geometry(sector: int) -> SectorGeometry:
         raise ImportError("the offline pointing model needs tess-point") from exc
     sector = int(sector)
     if sector not in known_sectors():
-        raise ValueError(
+        raise InputError(
             f"unknown TESS sector {sector}: tess-point {tess_stars2px.max_sector} knows sectors "
             f"1–{tess_stars2px.max_sector}"
         )
@@ -144,9 +152,10 @@ def radec_to_pixel(
         iccd = np.where(x >= 0, np.where(y >= 0, 0, 3), np.where(y >= 0, 1, 2))
         x0, y0 = geo.ccdxy0[icam, iccd, 0], geo.ccdxy0[icam, iccd, 1]
         xc, yc = _rotate(geo.ccdang[icam, iccd], x - x0, y - y0)
-        px = xc / geo.pixsz[icam, iccd, 0] - 0.5 + 45.0
-        py = yc / geo.pixsz[icam, iccd, 1] - 0.5 + 1.0
-        ok = (px > SCIENCE_COL_MIN) & (px < SCIENCE_COL_MAX) & (py > 0) & (py < SCIENCE_ROW_MAX)
+        # 1-based pixel coordinates and tess-point's on-silicon test
+        px = xc / geo.pixsz[icam, iccd, 0] - 0.5 + SCCSA
+        py = yc / geo.pixsz[icam, iccd, 1] - 0.5 + SCIROWS
+        ok = (px > SCCSA - 1) & (px < SCCED + 1) & (py > SCIROWS - 1) & (py < SCIROWE + 1)
         hit = idx[ok]
         camera[hit] = icam + 1
         ccd[hit] = iccd[ok] + 1

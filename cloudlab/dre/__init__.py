@@ -9,6 +9,9 @@ Typical use::
     cuts = dre.open_cuts("Tiles/t.fits", sex, max_stellarity=1.0)
     result = dre.fit(cuts, dre.load_models("modelbulge.fits"), psf.url)
     table = dre.summarize(result)
+
+:mod:`cloudlab.dre.pipeline` runs these steps over every tile of DRE's directory layout
+(``sextract_tiles``, ``psfex_tiles``, ``cut_tiles``, ``fit_tiles``), as ``cloudlab dre`` does.
 """
 
 from cloudlab.dre.cuts import open_cuts
@@ -24,6 +27,15 @@ from cloudlab.dre.io import (
     write_summary,
 )
 from cloudlab.dre.models import load_models, model_grid, write_models
+from cloudlab.dre.pipeline import (
+    Layout,
+    TileFit,
+    cut_tiles,
+    fit_tiles,
+    join_catalog,
+    psfex_tiles,
+    sextract_tiles,
+)
 from cloudlab.dre.psfex import PSFModel, psfex
 from cloudlab.dre.sextractor import Sextracted, sextract
 from cloudlab.dre.summary import summarize
@@ -31,20 +43,27 @@ from cloudlab.dre.tools import ToolError
 
 __all__ = [
     "FLAGS",
+    "Layout",
     "PSFModel",
     "Sextracted",
+    "TileFit",
     "ToolError",
     "convolve_models",
+    "cut_tiles",
     "fit",
+    "fit_tiles",
+    "join_catalog",
     "load_models",
     "model_grid",
     "mosaics",
     "open_cuts",
     "psfex",
+    "psfex_tiles",
     "read_chi_hdf5",
     "read_cuts_hdf5",
     "read_psf",
     "sextract",
+    "sextract_tiles",
     "summarize",
     "write_chi_hdf5",
     "write_chi_zarr",

@@ -17,8 +17,11 @@ import xarray as xr
 from astropy.io import fits
 from dask.base import tokenize
 
-from cloudlab.simulate.galaxies import sersic_stamp
+from cloudlab.dre.sersic import sersic_stamp
+from cloudlab.errors import FITSFormatError, InputError
 from cloudlab.storage import atomic_write
+
+__all__ = ["AXES", "DEFAULT_INDEX", "UNITS", "load_models", "model_grid", "write_models"]
 
 #: Model axes in DRE's order, with their (count, start, step) header keys.
 AXES: dict[str, tuple[str, str, str]] = {
@@ -37,9 +40,9 @@ Axis = tuple[float, float, int]
 
 def _axis_values(start: float, step: float, count: int, name: str) -> np.ndarray:
     if int(count) != count or count < 1:
-        raise ValueError(f"{name}: the number of values must be a positive integer, got {count!r}")
+        raise InputError(f"{name}: the number of values must be a positive integer, got {count!r}")
     if count > 1 and not step:
-        raise ValueError(f"{name}: step must be non-zero when there are several values")
+        raise InputError(f"{name}: step must be non-zero when there are several values")
     return float(start) + float(step) * np.arange(int(count))
 
 
@@ -89,11 +92,13 @@ def model_grid(
         "log_r": _axis_values(*log_r, name="log_r"),
     }
     if np.any(values["ax_ratio"] <= 0) or np.any(values["ax_ratio"] > 1 + 1e-9):
-        raise ValueError("ax_ratio values must lie in (0, 1]")
+        raise InputError(
+            f"model_grid: ax_ratio values must lie in (0, 1], got {values['ax_ratio']}"
+        )
     if np.any(values["index"] <= 0):
-        raise ValueError("Sérsic index values must be > 0")
+        raise InputError(f"model_grid: Sérsic index values must be > 0, got {values['index']}")
     if boxsize < 16:
-        raise ValueError(f"boxsize must be at least 16, got {boxsize!r}")
+        raise InputError(f"model_grid: boxsize must be at least 16, got {boxsize!r}")
     n_t, n_r = len(values["angle"]), len(values["log_r"])
     chunks = (
         (1,) * len(values["index"]),
@@ -164,7 +169,10 @@ def _fits_header(cube: xr.DataArray) -> fits.Header:
         v = np.asarray(cube[name].values, dtype=float)
         step = float(v[1] - v[0]) if v.size > 1 else 0.0
         if v.size > 2 and not np.allclose(np.diff(v), step, rtol=1e-6, atol=1e-9):
-            raise ValueError(f"axis {name!r} is not evenly spaced; DRE's header cannot hold it")
+            raise InputError(
+                f"axis {name!r} is not evenly spaced; DRE's header cannot hold it: write a grid "
+                "made by model_grid or load_models"
+            )
         header[n_key] = (int(v.size), f"number of {name} values")
         header[x0_key] = (float(v[0]), f"first {name} value")
         header[dx_key] = (step, f"{name} step")
@@ -191,9 +199,14 @@ def write_models(cube: xr.DataArray, url: str, *, storage_options: dict | None =
     """
     expected = ("index", "ax_ratio", "angle", "log_r", "y", "x")
     if tuple(cube.dims) != expected:
-        raise ValueError(f"model cube dims must be {expected}, got {tuple(cube.dims)}")
+        raise InputError(
+            f"{url}: model cube dims must be {expected}, got {tuple(cube.dims)}: use a cube "
+            "from model_grid or load_models"
+        )
     if cube.sizes["x"] != cube.sizes["y"]:
-        raise ValueError("model stamps must be square")
+        raise InputError(
+            f"{url}: model stamps must be square, got {cube.sizes['y']}x{cube.sizes['x']}"
+        )
     header = _fits_header(cube)
     n_n, n_q, n_t, n_r, b, _ = cube.shape
     data = np.asarray(cube.data.compute() if hasattr(cube.data, "compute") else cube.data)
@@ -212,7 +225,7 @@ def _header_axes(header: fits.Header, url: str) -> tuple[dict[str, np.ndarray], 
             continue
         missing = [k for k in keys if k not in header]
         if missing:
-            raise ValueError(f"{url}: DRE model cube header lacks {', '.join(missing)}")
+            raise FITSFormatError(f"{url}: DRE model cube header lacks {', '.join(missing)}")
         n_key, x0_key, dx_key = keys
         values[name] = _axis_values(
             float(header[x0_key]), float(header[dx_key]), int(header[n_key]), f"{url} {name}"
@@ -244,7 +257,7 @@ def load_models(url: str, *, hdu: int = 0, storage_options: dict | None = None) 
 
     Raises
     ------
-    ValueError
+    FITSFormatError
         When the header lacks DRE's keys or disagrees with the data shape.
     """
     from cloudlab.fits import hdu_info
@@ -255,14 +268,14 @@ def load_models(url: str, *, hdu: int = 0, storage_options: dict | None = None) 
     n_n, n_q, n_t, n_r = (len(values[k]) for k in AXES)
     shape = tuple(info.shape)
     if len(shape) < 2:
-        raise ValueError(f"{url}: HDU {hdu} has shape {shape}; a DRE cube has at least 2 axes")
+        raise FITSFormatError(f"{url}: HDU {hdu} has shape {shape}; a DRE cube has at least 2 axes")
     if "BOXSIZE" in header:
         boxsize = int(header["BOXSIZE"])
     else:
         boxsize = shape[-1] // n_r
     leading = prod(shape[:-2])
     if shape[-2:] != (n_t * boxsize, n_r * boxsize) or leading != n_n * n_q:
-        raise ValueError(
+        raise FITSFormatError(
             f"{url}: data shape {shape} disagrees with the header "
             f"(NINDEX={n_n}, NAXRAT={n_q}, NPOSANG={n_t}, NLOGH={n_r}, BOXSIZE={boxsize} "
             f"imply {n_n * n_q} planes of {(n_t * boxsize, n_r * boxsize)})"

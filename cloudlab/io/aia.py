@@ -1,4 +1,4 @@
-"""SDO/AIA image stacks as lazy xarray cubes, and their lazy preparation for time-lag analysis.
+"""SDO/AIA image stacks as lazy xarray cubes.
 
 Files are JSOC level-1 style (empty primary HDU, RICE-compressed image in HDU 1) or plain images
 in HDU 0. A channel's frames become a ``(time, y, x)`` DataArray, one dask chunk per file, with
@@ -6,25 +6,23 @@ in HDU 0. A channel's frames become a ``(time, y, x)`` DataArray, one dask chunk
 ``wavelength`` as a scalar coordinate, BLANK pixels as NaN, and the WCS header of the first frame
 in ``attrs["fits_header"]``.
 
-Preparation steps are lazy and chain: :func:`drop_bad_frames`, :func:`normalize_exposure`,
-:func:`crop`, :func:`select_time`, then :func:`align_channels` puts every channel on one uniform
-time grid built from absolute times (:func:`common_time_grid`, :func:`interpolate_to_grid`).
-:func:`prepare_channels` runs the whole chain.
+This module only reads. Preparing the cubes for time-lag analysis (exposure normalisation, crop,
+common time grid) is :mod:`cloudlab.timelag.prepare`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Sequence
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 from astropy.io import fits as afits
 from astropy.wcs import WCS
 
 from cloudlab import fits, storage
-from cloudlab.backend import array_module
-from cloudlab.chunking import plan_spatial_chunks, timelag_bytes_per_pixel
+from cloudlab.errors import FITSFormatError, HDUNotFoundError, InputError
+
+__all__ = ["header_of", "image_hdu", "open_stack", "parse_time", "wcs_of"]
 
 #: header keys kept as per-frame coordinates
 _FRAME_KEYS = ("T_OBS", "EXPTIME", "WAVELNTH", "QUALITY")
@@ -36,20 +34,46 @@ def parse_time(value: str, url: str = "") -> np.datetime64:
     try:
         return np.datetime64(text, "ns")
     except ValueError as err:
-        raise ValueError(f"{url}: cannot parse time {value!r}") from err
+        raise FITSFormatError(
+            f"{url}: cannot parse time {value!r} (expected ISO 8601, e.g. 2011-02-15T00:00:01.34Z)"
+        ) from err
 
 
-def image_hdu(url: str, storage_options: dict | None = None) -> int:
-    """Index of the HDU holding the image: 1 for JSOC files (empty primary), else 0."""
+def image_hdu(url: str, *, storage_options: dict | None = None) -> int:
+    """Index of the HDU holding the image: 1 for JSOC files (empty primary), else 0.
+
+    Parameters
+    ----------
+    url : str
+        Any fsspec URL or local path.
+    storage_options : dict, optional
+        Filesystem options.
+
+    Returns
+    -------
+    int
+        0 or 1.
+
+    Raises
+    ------
+    FITSFormatError
+        If neither HDU 0 nor HDU 1 is a 2-D image, or the file is not FITS or is truncated (the
+        reader's own message, naming the file, is kept).
+    """
     primary = fits.hdu_info(url, 0, storage_options=storage_options)
     if len(primary.shape) == 2:
         return 0
     try:
         info = fits.hdu_info(url, 1, storage_options=storage_options)
-    except (IndexError, KeyError, ValueError) as err:
-        raise ValueError(f"{url}: no 2-D image in HDU 0 or HDU 1") from err
+    except HDUNotFoundError as err:
+        raise FITSFormatError(
+            f"{url}: no 2-D image in HDU 0 (shape {primary.shape}) and no HDU 1: "
+            "give AIA level-1 files"
+        ) from err
     if len(info.shape) != 2 or info.kind == "table":
-        raise ValueError(f"{url}: HDU 1 is not a 2-D image (shape {info.shape})")
+        raise FITSFormatError(
+            f"{url}: HDU 1 is not a 2-D image (shape {info.shape}): give AIA level-1 files"
+        )
     return 1
 
 
@@ -79,13 +103,15 @@ def open_stack(
     ------
     FileNotFoundError
         If nothing matches.
-    ValueError
-        If the files mix wavelengths or image shapes, repeat a ``T_OBS`` or lack a header key.
+    InputError
+        If the files mix wavelengths or image shapes, repeat a ``T_OBS`` or lack a header key
+        (a :class:`~cloudlab.errors.FITSFormatError` for a file that is not FITS or is
+        truncated).
     """
     urls = storage.expand(urls_or_glob, storage_options)
     if not urls:
         raise FileNotFoundError(f"no AIA files match {urls_or_glob!r}")
-    hdu = image_hdu(urls[0], storage_options)
+    hdu = image_hdu(urls[0], storage_options=storage_options)
     cube = fits.open_stack(
         urls, hdu, dim="time", keys=_FRAME_KEYS, dims=("y", "x"), storage_options=storage_options
     )
@@ -94,19 +120,23 @@ def open_stack(
         values = cube[key].values
         absent = [u for u, v in zip(urls, values, strict=True) if v is None or v != v]
         if absent:
-            raise ValueError(f"header key {key} missing in {absent[:3]}")
+            raise FITSFormatError(
+                f"header key {key} missing in {absent[:3]}: AIA stacks need "
+                f"{', '.join(_FRAME_KEYS)} in every file"
+            )
     times = np.array([parse_time(t, u) for u, t in zip(urls, cube["T_OBS"].values, strict=True)])
     order = np.argsort(times, kind="stable")
     times = times[order]
     repeated = np.flatnonzero(np.diff(times) == np.timedelta64(0, "ns"))
     if repeated.size:
         i = repeated[0]
-        raise ValueError(
-            f"{urls[order[i]]} and {urls[order[i + 1]]} have the same T_OBS {times[i]}"
+        raise InputError(
+            f"{urls[order[i]]} and {urls[order[i + 1]]} have the same T_OBS {times[i]}: "
+            "give each frame once"
         )
     wavelengths = np.unique(cube["WAVELNTH"].values.astype(float))
     if wavelengths.size != 1:
-        raise ValueError(
+        raise InputError(
             f"files mix wavelengths {sorted(wavelengths)}: open each channel separately"
         )
     wavelength = int(round(wavelengths[0]))
@@ -127,7 +157,10 @@ def header_of(cube: xr.DataArray) -> afits.Header:
     """The FITS header kept in ``attrs["fits_header"]`` (raises if there is none)."""
     text = cube.attrs.get("fits_header")
     if not text:
-        raise ValueError(f"{cube.name!r} carries no FITS header (attrs['fits_header'])")
+        raise InputError(
+            f"{cube.name!r} carries no FITS header (attrs['fits_header']): open it with "
+            "cloudlab.io.aia.open_stack or keep its attrs"
+        )
     return afits.Header.fromstring(text) if isinstance(text, str) else afits.Header(text)
 
 
@@ -138,339 +171,3 @@ def wcs_of(cube: xr.DataArray) -> WCS:
     header["NAXIS1"] = cube.sizes["x"]
     header["NAXIS2"] = cube.sizes["y"]
     return WCS(header, naxis=2)
-
-
-def drop_bad_frames(cube: xr.DataArray) -> xr.DataArray:
-    """Drop frames whose ``QUALITY`` is not 0 (raises if none is left)."""
-    good = cube["quality"].values == 0
-    if not good.any():
-        raise ValueError(f"{cube.name!r}: every frame has QUALITY != 0")
-    return cube.isel(time=np.flatnonzero(good))
-
-
-def normalize_exposure(cube: xr.DataArray) -> xr.DataArray:
-    """Divide each frame by its exposure time (lazy): DN -> DN/s.
-
-    Raises
-    ------
-    ValueError
-        If an ``EXPTIME`` is not positive (the message names the file).
-    """
-    exptime = cube["exptime"].values
-    bad = np.flatnonzero(~(exptime > 0))
-    if bad.size:
-        where = cube["url"].values[bad[0]] if "url" in cube.coords else f"frame {bad[0]}"
-        raise ValueError(f"{where}: EXPTIME {exptime[bad[0]]} is not positive")
-    dtype = np.result_type(cube.dtype, np.float32)
-    out = cube.astype(dtype) / cube["exptime"].astype(dtype)
-    out.attrs = {**cube.attrs, "units": "DN / s"}
-    out.name = cube.name
-    return out
-
-
-def _corner_pixels(cube: xr.DataArray, bottom_left, top_right) -> np.ndarray:
-    """Pixel coordinates (x, y) of the four corners of the world rectangle, as ``submap``."""
-    wcs = wcs_of(cube)
-    if hasattr(bottom_left, "frame"):
-        import sunpy.map
-        from astropy.coordinates import SkyCoord
-
-        # sunpy's WCS (observer from the HAE keys, CROTA2 as a PC matrix), as submap uses
-        empty = np.broadcast_to(np.float32(0), (cube.sizes["y"], cube.sizes["x"]))
-        wcs = sunpy.map.Map(empty, header_of(cube)).wcs
-
-        frame = bottom_left.frame
-        bl = bottom_left.transform_to(frame)
-        tr = top_right.transform_to(frame)
-        lon = [bl.spherical.lon, bl.spherical.lon, tr.spherical.lon, tr.spherical.lon]
-        lat = [bl.spherical.lat, tr.spherical.lat, tr.spherical.lat, bl.spherical.lat]
-        corners = SkyCoord(lon, lat, frame=frame)
-        return np.array(wcs.world_to_pixel(corners), dtype=float)
-    tx = [_arcsec(bottom_left[0]), _arcsec(top_right[0])]
-    ty = [_arcsec(bottom_left[1]), _arcsec(top_right[1])]
-    import astropy.units as u
-
-    lon = u.Quantity([tx[0], tx[0], tx[1], tx[1]], u.arcsec)
-    lat = u.Quantity([ty[0], ty[1], ty[1], ty[0]], u.arcsec)
-    lon_unit, lat_unit = (u.Unit(unit) for unit in wcs.world_axis_units)
-    return np.array(wcs.world_to_pixel_values(lon.to_value(lon_unit), lat.to_value(lat_unit)))
-
-
-def _arcsec(value) -> float:
-    if hasattr(value, "unit"):
-        import astropy.units as u
-
-        return float(value.to_value(u.arcsec))
-    return float(value)
-
-
-def crop(cube: xr.DataArray, bottom_left, top_right) -> xr.DataArray:
-    """Crop to the pixels covering a world-coordinate rectangle, exactly as ``Map.submap``.
-
-    Parameters
-    ----------
-    cube : xarray.DataArray
-        A cube or map with ``y``, ``x`` dims and a WCS header.
-    bottom_left, top_right : SkyCoord or (Tx, Ty)
-        Opposite corners; ``(Tx, Ty)`` pairs are helioprojective arcsec (floats or Quantities).
-
-    Returns
-    -------
-    xarray.DataArray
-        The lazy crop, with ``CRPIX1/2`` and ``NAXIS1/2`` of the header updated.
-
-    Raises
-    ------
-    ValueError
-        If a corner is not finite in pixel space (off the disk) or the crop is empty.
-    """
-    pixels = _corner_pixels(cube, bottom_left, top_right)
-    if not np.all(np.isfinite(pixels)):
-        raise ValueError(
-            f"corners {bottom_left}, {top_right} do not map to pixels of {cube.name!r} "
-            "(off-disk coordinates need a 3-D assumption)"
-        )
-    ny, nx = cube.sizes["y"], cube.sizes["x"]
-    left = int(np.clip(np.floor(pixels[0].min() + 0.5), 0, nx))
-    bottom = int(np.clip(np.floor(pixels[1].min() + 0.5), 0, ny))
-    right = int(np.clip(np.ceil(pixels[0].max() - 0.5) + 1, 0, nx))
-    top = int(np.clip(np.ceil(pixels[1].max() - 0.5) + 1, 0, ny))
-    if right <= left or top <= bottom:
-        raise ValueError(
-            f"the crop is empty on {cube.name!r}: its corners map to pixels "
-            f"x {pixels[0].min():.1f}..{pixels[0].max():.1f}, "
-            f"y {pixels[1].min():.1f}..{pixels[1].max():.1f}, outside the {nx}x{ny} image"
-        )
-    header = header_of(cube)
-    header["CRPIX1"] = float(header["CRPIX1"]) - left
-    header["CRPIX2"] = float(header["CRPIX2"]) - bottom
-    header["NAXIS1"] = right - left
-    header["NAXIS2"] = top - bottom
-    out = cube.isel(y=slice(bottom, top), x=slice(left, right))
-    out.attrs = {**cube.attrs, "fits_header": header.tostring()}
-    return out
-
-
-def select_time(cube: xr.DataArray, start=None, end=None, every: int = 1) -> xr.DataArray:
-    """Keep frames with ``start <= time <= end`` and then every ``every``-th one (lazy).
-
-    Raises
-    ------
-    ValueError
-        If ``every < 1`` or no frame is left.
-    """
-    if int(every) < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
-    times = cube["time"].values
-    keep = np.ones(times.size, bool)
-    if start is not None:
-        keep &= times >= np.datetime64(start, "ns")
-    if end is not None:
-        keep &= times <= np.datetime64(end, "ns")
-    index = np.flatnonzero(keep)[:: int(every)]
-    if index.size == 0:
-        raise ValueError(f"{cube.name!r} has no frame between {start} and {end}")
-    return cube.isel(time=index)
-
-
-def nominal_cadence(cube: xr.DataArray) -> float:
-    """A channel's cadence in seconds, robust to timing jitter and to missing frames.
-
-    The median step gives the number of nominal steps between consecutive frames (so gaps count
-    as several); the span divided by the total number of steps averages the jitter out, and the
-    result is rounded to the millisecond.
-    """
-    times = cube["time"].values
-    if times.size < 2:
-        raise ValueError(f"{cube.name!r} has fewer than 2 frames")
-    step = np.diff(times) / np.timedelta64(1, "s")
-    n_steps = np.maximum(np.rint(step / np.median(step)), 1).sum()
-    return round(float((times[-1] - times[0]) / np.timedelta64(1, "s")) / n_steps, 3)
-
-
-def common_time_grid(
-    cubes: Sequence[xr.DataArray] | Mapping[Hashable, xr.DataArray],
-    cadence=None,
-) -> np.ndarray:
-    """One uniform time grid (datetime64[ns]) covering the span that every cube observes.
-
-    The grid starts at the latest first ``T_OBS`` and stays within the earliest last one, so no
-    channel is extrapolated; all times are absolute, so the offsets between channels are kept.
-
-    Parameters
-    ----------
-    cubes : sequence or mapping of xarray.DataArray
-        Channels with a datetime64 ``time`` coordinate.
-    cadence : float seconds, Quantity or timedelta64, optional
-        Grid step; default the coarsest :func:`nominal_cadence` among the channels.
-
-    Returns
-    -------
-    numpy.ndarray
-        datetime64[ns] grid.
-    """
-    from cloudlab.timelag.maps import to_seconds
-
-    cubes = list(cubes.values()) if isinstance(cubes, Mapping) else list(cubes)
-    if not cubes:
-        raise ValueError("no channels given")
-    for cube in cubes:
-        if cube.sizes.get("time", 0) < 2:
-            raise ValueError(f"{cube.name!r} has fewer than 2 frames")
-    first = max(c["time"].values[0] for c in cubes)
-    last = min(c["time"].values[-1] for c in cubes)
-    step_s = max(nominal_cadence(c) for c in cubes) if cadence is None else to_seconds(cadence)
-    if not step_s > 0:
-        raise ValueError(f"cadence must be positive, got {cadence}")
-    step = np.timedelta64(int(round(step_s * 1e9)), "ns")
-    if last <= first:
-        raise ValueError(f"the channels do not overlap in time ({first} is after {last})")
-    n = int((last - first) // step) + 1
-    if n < 2:
-        raise ValueError(f"the common time span {first} - {last} holds fewer than 2 samples")
-    return first + step * np.arange(n)
-
-
-def _interpolation_weights(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ...]:
-    src = (source - target[0]) / np.timedelta64(1, "s")
-    dst = (target - target[0]) / np.timedelta64(1, "s")
-    if dst[0] < src[0] or dst[-1] > src[-1]:
-        raise ValueError("the target grid reaches outside the observed times (no extrapolation)")
-    left = np.clip(np.searchsorted(src, dst, side="right") - 1, 0, src.size - 2)
-    weight = (dst - src[left]) / (src[left + 1] - src[left])
-    return left, weight
-
-
-def _interpolate_block(block, left: np.ndarray, weight: np.ndarray):
-    xp = array_module(block)
-    dtype = block.dtype if block.dtype.kind == "f" else np.float64
-    left = xp.asarray(left)
-    w = xp.asarray(weight, dtype=dtype).reshape((-1,) + (1,) * (block.ndim - 1))
-    return block[left] * (1 - w) + block[left + 1] * w
-
-
-def interpolate_to_grid(
-    cube: xr.DataArray, grid: np.ndarray, chunks: Sequence[int] | None = None
-) -> xr.DataArray:
-    """Linearly interpolate a cube along absolute time onto ``grid`` (lazy, any backend).
-
-    Parameters
-    ----------
-    cube : xarray.DataArray
-        ``(time, y, x)`` with datetime64 ``time``.
-    grid : numpy.ndarray
-        Target datetime64 times inside the observed span.
-    chunks : (cy, cx), optional
-        Spatial chunks; time is always one chunk. Default: planned for worker memory.
-
-    Returns
-    -------
-    xarray.DataArray
-        ``(time, y, x)`` on ``grid``; per-frame coordinates are dropped.
-    """
-    grid = np.asarray(grid, "datetime64[ns]")
-    left, weight = _interpolation_weights(cube["time"].values, grid)
-    data = cube.transpose("time", "y", "x").data
-    if not isinstance(data, da.Array):
-        data = da.from_array(data)
-    if chunks is None:  # planned for the time-lag step over the six AIA EUV channels
-        per_pixel = timelag_bytes_per_pixel(grid.size, 6, 8)
-        chunks = plan_spatial_chunks((cube.sizes["y"], cube.sizes["x"]), per_pixel)
-    data = data.rechunk((-1, *chunks))
-    dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float64)
-    out = data.map_blocks(
-        _interpolate_block,
-        left,
-        weight,
-        chunks=((grid.size,), *data.chunks[1:]),
-        dtype=dtype,
-        meta=array_module(data).empty((0, 0, 0), dtype=dtype),
-    )
-    per_frame = [n for n, c in cube.coords.items() if c.dims == ("time",) and n != "time"]
-    coords = {k: v for k, v in cube.drop_vars(per_frame).coords.items() if "time" not in v.dims}
-    return xr.DataArray(
-        out, dims=("time", "y", "x"), coords={**coords, "time": grid},
-        attrs=dict(cube.attrs), name=cube.name,
-    )  # fmt: skip
-
-
-def align_channels(
-    channels: Mapping[Hashable, xr.DataArray],
-    *,
-    cadence=None,
-    chunks: Sequence[int] | None = None,
-) -> dict[Hashable, xr.DataArray]:
-    """Interpolate every channel onto one common uniform grid of absolute times.
-
-    Parameters
-    ----------
-    channels : mapping
-        Channel name to ``(time, y, x)`` cube (datetime64 times, same pixel grid).
-    cadence : optional
-        Grid step (see :func:`common_time_grid`).
-    chunks : (cy, cx), optional
-        Spatial chunks for every channel; default planned from the workers' memory for the
-        time-lag step, so no further rechunk is needed.
-
-    Returns
-    -------
-    dict
-        Channel name to its interpolated cube; all share the ``time`` coordinate.
-    """
-    grid = common_time_grid(channels, cadence)
-    shapes = {k: (c.sizes["y"], c.sizes["x"]) for k, c in channels.items()}
-    if len(set(shapes.values())) > 1:
-        raise ValueError(f"channels have different image shapes: {shapes}")
-    if chunks is None:
-        shape = next(iter(shapes.values()))
-        chunks = plan_spatial_chunks(shape, timelag_bytes_per_pixel(grid.size, len(channels)))
-    return {k: interpolate_to_grid(c, grid, chunks) for k, c in channels.items()}
-
-
-def prepare_channels(
-    channels: Mapping[Hashable, xr.DataArray],
-    *,
-    bottom_left=None,
-    top_right=None,
-    start=None,
-    end=None,
-    every: int = 1,
-    cadence=None,
-    drop_bad: bool = True,
-    chunks: Sequence[int] | None = None,
-) -> dict[Hashable, xr.DataArray]:
-    """The whole lazy preparation: quality filter, exposure, crop, time range, common grid.
-
-    Parameters
-    ----------
-    channels : mapping
-        Channel name to its cube from :func:`open_stack`.
-    bottom_left, top_right : SkyCoord or (Tx, Ty), optional
-        Crop corners (both or neither).
-    start, end : optional
-        Time range (anything ``numpy.datetime64`` parses).
-    every : int
-        Keep every ``every``-th frame of each channel.
-    cadence : optional
-        Common grid step (default: the coarsest channel's median cadence).
-    drop_bad : bool
-        Drop frames with ``QUALITY != 0``.
-    chunks : (cy, cx), optional
-        Spatial chunks of the result.
-
-    Returns
-    -------
-    dict
-        Channel name to its prepared cube (DN/s, common time grid).
-    """
-    if (bottom_left is None) != (top_right is None):
-        raise ValueError("give both bottom_left and top_right, or neither")
-    prepared = {}
-    for name, cube in channels.items():
-        if drop_bad:
-            cube = drop_bad_frames(cube)
-        cube = normalize_exposure(cube)
-        if bottom_left is not None:
-            cube = crop(cube, bottom_left, top_right)
-        prepared[name] = select_time(cube, start, end, every)
-    return align_channels(prepared, cadence=cadence, chunks=chunks)

@@ -1,8 +1,8 @@
-"""Light-curve readers: QLP HDF5 (Astronet-Triage), Kepler/TESS SPOC FITS, cutout photometry.
+"""Light-curve readers: QLP HDF5 (Astronet-Triage), Kepler/TESS SPOC FITS.
 
 ``read_qlp`` and ``read_kepler`` return ``(time, flux)`` for one target.  ``read_lightcurves``
 opens many targets as one lazy Dataset (target, cadence), one dask task per batch of targets.
-``aperture_photometry`` sums a cutouts Dataset (target, time, row, column) inside its aperture.
+Light curves from cutouts are :func:`cloudlab.cutouts.aperture_photometry`.
 """
 
 from __future__ import annotations
@@ -297,46 +297,3 @@ def read_lightcurves(
         coords={"target": np.asarray(targets)},
         attrs={"reader": reader},
     )
-
-
-def aperture_photometry(
-    cutouts: xr.Dataset, *, relative: bool = True, aperture: xr.DataArray | None = None
-) -> xr.Dataset:
-    """Simple aperture photometry of a cutouts Dataset, lazily.
-
-    Parameters
-    ----------
-    cutouts : xarray.Dataset
-        Dims ``target, time, row, column`` with ``flux`` and a boolean ``aperture``
-        (target, row, column) (the layout of :mod:`cloudlab.cutouts`).
-    relative : bool
-        Divide each target's light curve by its median.
-    aperture : xarray.DataArray, optional
-        Aperture to use instead of ``cutouts["aperture"]``.
-
-    Returns
-    -------
-    xarray.Dataset
-        ``flux`` (target, time) with the ``time`` coordinate and ``npix`` (pixels per aperture).
-        Cadences where every aperture pixel is NaN are NaN.
-    """
-    if "flux" not in cutouts:
-        raise ValueError("cutouts has no 'flux' variable")
-    mask = cutouts["aperture"] if aperture is None and "aperture" in cutouts else aperture
-    if mask is None:
-        raise ValueError("cutouts has no 'aperture' variable; pass aperture=")
-    flux = cutouts["flux"]
-    missing = {"target", "time", "row", "column"} - set(flux.dims)
-    if missing:
-        raise ValueError(f"cutouts 'flux' lacks dims {sorted(missing)}; has {flux.dims}")
-    mask = mask.astype(bool)
-    inside = flux.where(mask)
-    total = inside.sum(("row", "column"), skipna=True, min_count=1)
-    if relative:
-        if total.chunks:
-            total = total.chunk({"time": -1})
-        total = total / total.median("time", skipna=True)
-    out = xr.Dataset({"flux": total, "npix": mask.sum(("row", "column"))})
-    if "time" in cutouts.coords:
-        out = out.assign_coords(time=cutouts["time"])
-    return out

@@ -22,15 +22,25 @@ import numpy as np
 from astropy.io import fits
 
 from cloudlab import storage
+from cloudlab.errors import InputError
+from cloudlab.tess_detector import (
+    BUFFER_ROWS,
+    COLLATERAL_ROWS,
+    LEADING_COLUMNS,
+    QUALITY_DESAT,
+    SCCSA,
+    SCIENCE_SIZE,
+    SCIROWS,
+    SMEAR_ROWS,
+    TRAILING_COLUMNS,
+)
 
-LEADING_COLUMNS = 44
-TRAILING_COLUMNS = 44
-COLLATERAL_ROWS = 30
+__all__ = ["FFIStackTruth", "ffi_stack", "pixel_noise"]
+
 CADENCE_DAYS = 1800.0 / 86400.0
 BARYCORR_DAYS = 0.0056780875
 BTJD_EPOCH = datetime(2014, 12, 8, 12, 0, 0)  # BTJD 0 = JD 2457000 (UTC to within a minute)
 SATURATION = 2.0e5
-DESAT_FLAG = 32
 EXPOSURE_S = 1425.6  # effective exposure of a 30-minute FFI (EXPOSURE keyword, deadtime applied)
 N_READS = 900  # 2-s frames co-added into one 30-minute FFI
 READ_NOISE_E = 10.0  # electrons per 2-s read
@@ -132,7 +142,7 @@ def ffi_stack(
     dest: str,
     *,
     n_frames: int = 8,
-    shape: tuple[int, int] = (2048, 2048),
+    shape: tuple[int, int] = (SCIENCE_SIZE, SCIENCE_SIZE),
     seed: int = 0,
     sector: int = 1,
     camera: int = 1,
@@ -180,16 +190,19 @@ def ffi_stack(
     """
     n_rows, n_cols = (int(shape[0]), int(shape[1]))
     if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
-    if n_rows < 16 or n_cols < 16 or n_rows > 2048 or n_cols > 2048:
-        raise ValueError(f"shape must lie between (16, 16) and (2048, 2048), got {shape}")
+        raise InputError(f"n_frames must be >= 1, got {n_frames}")
+    if n_rows < 16 or n_cols < 16 or n_rows > SCIENCE_SIZE or n_cols > SCIENCE_SIZE:
+        raise InputError(
+            f"ffi_stack: shape must lie between (16, 16) and ({SCIENCE_SIZE}, {SCIENCE_SIZE}), "
+            f"got {shape}"
+        )
     if ccd not in (1, 2, 3, 4) or camera not in (1, 2, 3, 4):
-        raise ValueError(f"camera and ccd must be 1..4, got camera={camera} ccd={ccd}")
+        raise InputError(f"camera and ccd must be 1..4, got camera={camera} ccd={ccd}")
     bad = {int(b) for b in bad_frames}
     if any(not 0 <= b < n_frames for b in bad):
-        raise ValueError(f"bad_frames {sorted(bad)} outside 0..{n_frames - 1}")
+        raise InputError(f"bad_frames {sorted(bad)} outside 0..{n_frames - 1}")
     rng = np.random.default_rng(seed)
-    area = n_rows * n_cols / 2048.0**2
+    area = n_rows * n_cols / float(SCIENCE_SIZE) ** 2
     n_stars = max(30, int(3000 * area)) if n_stars is None else int(n_stars)
     n_saturated = max(1, int(round(5 * area))) if n_saturated is None else int(n_saturated)
 
@@ -208,7 +221,7 @@ def ffi_stack(
     stars_img, stars, saturated = _star_field(rng, n_rows, n_cols, n_stars, n_saturated)
 
     tstart = 1325.3 + np.arange(n_frames) * CADENCE_DAYS
-    quality = np.array([DESAT_FLAG if k in bad else 0 for k in range(n_frames)], dtype=np.int32)
+    quality = np.array([QUALITY_DESAT if k in bad else 0 for k in range(n_frames)], dtype=np.int32)
     truth = FFIStackTruth(
         urls=[],
         n_frames=n_frames,
@@ -297,7 +310,8 @@ def _frame_bytes(
 ) -> bytes:
     """One calibrated FFI file (primary, calibrated image, uncertainty image) as bytes."""
     n_rows, n_cols = science.shape
-    full = rng.normal(0.0, 1.0, (n_rows + COLLATERAL_ROWS, n_cols + 88)).astype(np.float32)
+    full_shape = (n_rows + COLLATERAL_ROWS, LEADING_COLUMNS + n_cols + TRAILING_COLUMNS)
+    full = rng.normal(0.0, 1.0, full_shape).astype(np.float32)
     full[:n_rows, LEADING_COLUMNS : LEADING_COLUMNS + n_cols] = science
     tstart = float(truth.times[k] - CADENCE_DAYS / 2)
     date_obs = (BTJD_EPOCH + timedelta(days=tstart)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
@@ -325,16 +339,16 @@ def _frame_bytes(
     hdr["IMAGTYPE"] = "cal"
     edges = np.linspace(0, n_cols, 5).astype(int)
     for i, out in enumerate("ABCD"):
-        hdr[f"SCCS{out}"] = LEADING_COLUMNS + 1 + int(edges[i])
+        hdr[f"SCCS{out}"] = SCCSA + int(edges[i])
         hdr[f"SCCE{out}"] = LEADING_COLUMNS + int(edges[i + 1])
-    hdr["SCIROWS"] = 1
+    hdr["SCIROWS"] = SCIROWS
     hdr["SCIROWE"] = n_rows
     hdr["BFROWS"] = n_rows + 1
-    hdr["BFROWE"] = n_rows + 10
-    hdr["SMROWS"] = n_rows + 11
-    hdr["SMROWE"] = n_rows + 20
-    hdr["VROWS"] = n_rows + 21
-    hdr["VROWE"] = n_rows + 30
+    hdr["BFROWE"] = n_rows + BUFFER_ROWS
+    hdr["SMROWS"] = n_rows + BUFFER_ROWS + 1
+    hdr["SMROWE"] = n_rows + BUFFER_ROWS + SMEAR_ROWS
+    hdr["VROWS"] = n_rows + BUFFER_ROWS + SMEAR_ROWS + 1
+    hdr["VROWE"] = n_rows + COLLATERAL_ROWS
     err_hdr = hdr.copy()
     hdr["EXTNAME"] = f"CAMERA.CCD {truth.camera}.{truth.ccd} cal"
     err_hdr["EXTNAME"] = f"CAMERA.CCD {truth.camera}.{truth.ccd} uncert"

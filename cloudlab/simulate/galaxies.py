@@ -1,8 +1,8 @@
 """Synthetic galaxy tiles: Sérsic galaxies of known parameters, stars, a PSF, sky and noise.
 
-The Sérsic renderer here is also what :func:`cloudlab.dre.model_grid` uses to build DRE model
-cubes, so a galaxy drawn on a grid cell is exactly (up to PSF, noise and neighbours) the model
-of that cell.
+Galaxies are drawn with :func:`cloudlab.dre.sersic.sersic_stamp`, the renderer that
+:func:`cloudlab.dre.model_grid` uses to build DRE model cubes, so a galaxy drawn on a grid cell is
+exactly (up to PSF, noise and neighbours) the model of that cell.
 """
 
 from __future__ import annotations
@@ -14,96 +14,12 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from scipy.signal import fftconvolve
-from scipy.special import gammaincinv
 
+from cloudlab.dre.sersic import sersic_stamp
+from cloudlab.errors import InputError
 from cloudlab.storage import atomic_write
 
-#: Sub-pixel sampling used in the central part of a stamp, where the profile is steep.
-_OVERSAMPLE = 7
-#: Half-width (pixels) of the centrally oversampled region.
-_CORE = 4
-
-
-def sersic_bn(index: float) -> float:
-    """Return the Sérsic ``b_n`` that makes ``R_e`` the half-light radius.
-
-    Parameters
-    ----------
-    index : float
-        Sérsic index ``n`` (> 0).
-
-    Returns
-    -------
-    float
-        ``b_n`` solving ``γ(2n, b_n) = Γ(2n) / 2``.
-    """
-    if not index > 0:
-        raise ValueError(f"Sérsic index must be > 0, got {index!r}")
-    return float(gammaincinv(2.0 * index, 0.5))
-
-
-def _profile(
-    dx: np.ndarray, dy: np.ndarray, index: float, ax_ratio: float, angle: float, radius: float
-) -> np.ndarray:
-    theta = np.deg2rad(angle)
-    cos, sin = np.cos(theta), np.sin(theta)
-    major = dx * cos + dy * sin
-    minor = -dx * sin + dy * cos
-    r = np.sqrt(major**2 + (minor / ax_ratio) ** 2)
-    return np.exp(-sersic_bn(index) * ((r / radius) ** (1.0 / index) - 1.0))
-
-
-def sersic_stamp(
-    index: float,
-    ax_ratio: float,
-    angle: float,
-    log_r: float,
-    size: int = 128,
-    center: tuple[float, float] | None = None,
-) -> np.ndarray:
-    """Render a unit-flux elliptical Sérsic profile on a square stamp.
-
-    Parameters
-    ----------
-    index : float
-        Sérsic index ``n`` (4 is de Vaucouleurs).
-    ax_ratio : float
-        Axis ratio ``b/a`` in (0, 1].
-    angle : float
-        Position angle of the major axis in degrees, counter-clockwise from +x (columns)
-        towards +y (increasing row index), as SExtractor's ``THETA_IMAGE``.
-    log_r : float
-        log10 of the effective (half-light) radius along the major axis, in pixels.
-    size : int
-        Stamp side in pixels.
-    center : (float, float), optional
-        ``(row, column)`` of the profile centre in 0-based pixel coordinates; defaults to
-        ``(size // 2, size // 2)``, where an integer catalogue position lands in a DRE cut.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 array ``(size, size)`` whose pixels sum to 1. The central ``2*4+1`` pixels are
-        integrated with 7×7 sub-pixels, the rest sampled at pixel centres.
-    """
-    if not 0 < ax_ratio <= 1:
-        raise ValueError(f"ax_ratio must be in (0, 1], got {ax_ratio!r}")
-    if size < 2 * _CORE + 1:
-        raise ValueError(f"size must be at least {2 * _CORE + 1}, got {size!r}")
-    cy, cx = (size // 2, size // 2) if center is None else center
-    radius = 10.0**log_r
-    rows, cols = np.mgrid[0:size, 0:size].astype(float)
-    image = _profile(cols - cx, rows - cy, index, ax_ratio, angle, radius)
-    # integrate the steep core with sub-pixels
-    r0, c0 = int(round(cy)), int(round(cx))
-    rs = slice(max(r0 - _CORE, 0), min(r0 + _CORE + 1, size))
-    cs = slice(max(c0 - _CORE, 0), min(c0 + _CORE + 1, size))
-    sub = (np.arange(_OVERSAMPLE) + 0.5) / _OVERSAMPLE - 0.5
-    core_r = rows[rs, cs][..., None, None] + sub[:, None]
-    core_c = cols[rs, cs][..., None, None] + sub[None, :]
-    core = _profile(core_c - cx, core_r - cy, index, ax_ratio, angle, radius)
-    image[rs, cs] = core.mean(axis=(-2, -1))
-    return image / image.sum()
+__all__ = ["GalaxyTile", "galaxy_tile", "gaussian_psf"]
 
 
 def gaussian_psf(fwhm: float, size: int = 25) -> np.ndarray:
@@ -115,11 +31,21 @@ def gaussian_psf(fwhm: float, size: int = 25) -> np.ndarray:
         Full width at half maximum, pixels.
     size : int
         Odd stamp side in pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(size, size)`` stamp summing to 1, centred on pixel ``size // 2``.
+
+    Raises
+    ------
+    InputError
+        If ``size`` is even or below 3, or ``fwhm`` is not positive.
     """
     if size % 2 == 0 or size < 3:
-        raise ValueError(f"PSF size must be odd and >= 3, got {size!r}")
+        raise InputError(f"gaussian_psf: PSF size must be odd and >= 3, got {size!r}")
     if not fwhm > 0:
-        raise ValueError(f"fwhm must be > 0, got {fwhm!r}")
+        raise InputError(f"gaussian_psf: fwhm must be > 0, got {fwhm!r}")
     sigma = fwhm / (2.0 * np.sqrt(2.0 * np.log(2.0)))
     y, x = np.mgrid[0:size, 0:size] - size // 2
     psf = np.exp(-(x**2 + y**2) / (2.0 * sigma**2))
@@ -158,7 +84,10 @@ class GalaxyTile:
 def _axis(values: Any, name: str) -> np.ndarray:
     out = np.atleast_1d(np.asarray(values, dtype=float))
     if out.ndim != 1 or out.size == 0 or not np.all(np.isfinite(out)):
-        raise ValueError(f"{name} must be a non-empty 1-D sequence of finite numbers")
+        raise InputError(
+            f"galaxy_tile: {name} must be a non-empty 1-D sequence of finite numbers, "
+            f"got {values!r}"
+        )
     return out
 
 
@@ -225,10 +154,12 @@ def galaxy_tile(
     axes = [_axis(v, n) for v, n in ((index, "index"), (ax_ratio, "ax_ratio"))]
     axes += [_axis(v, n) for v, n in ((angle, "angle"), (log_r, "log_r"))]
     if np.any(axes[1] <= 0) or np.any(axes[1] > 1):
-        raise ValueError("ax_ratio values must be in (0, 1]")
+        raise InputError(f"galaxy_tile: ax_ratio values must be in (0, 1], got {axes[1]}")
     ny, nx = shape
     if min(ny, nx) <= 2 * margin:
-        raise ValueError(f"shape {shape} leaves no room inside a {margin}-pixel margin")
+        raise InputError(
+            f"galaxy_tile: shape {shape} leaves no room inside a {margin}-pixel margin"
+        )
     rng = np.random.default_rng(seed)
     psf = gaussian_psf(psf_fwhm, psf_size)
 
@@ -242,9 +173,9 @@ def galaxy_tile(
         if all((y - py) ** 2 + (x - px) ** 2 >= min_separation**2 for py, px in positions):
             positions.append((y, x))
     if len(positions) < n_total:
-        raise ValueError(
-            f"cannot place {n_total} sources {min_separation} px apart in a {shape} tile; "
-            "use a larger shape or fewer sources"
+        raise InputError(
+            f"galaxy_tile: cannot place {n_total} sources {min_separation} px apart in a "
+            f"{shape} tile; use a larger shape or fewer sources"
         )
 
     image = np.zeros(shape)

@@ -32,16 +32,34 @@ from astropy.time import Time
 from astropy.wcs import WCS
 
 from cloudlab import storage
+from cloudlab.errors import InputError
 from cloudlab.simulate.background import scattered_light
 from cloudlab.simulate.stars import bleed_columns, render_stars, star_catalog, transit_factor
 from cloudlab.sky import gnomonic
+from cloudlab.tess_detector import (
+    COLLATERAL_ROWS,
+    FULL_SHAPE,
+    LEADING_COLUMNS,
+    QUALITY_DESAT,
+    QUALITY_MANUAL_EXCLUDE,
+    QUALITY_SAFE_MODE,
+    QUALITY_STRAYLIGHT,
+    SCCSA,
+    SCIENCE_SIZE,
+    SCIROWS,
+)
 
-FULL_SHAPE = (2078, 2136)
-"""Rows × columns of a real SPOC FFI."""
-FULL_LEAD_COLS = 44
-FULL_TRAIL_COLS = 44
-FULL_TOP_ROWS = 30
-SCIENCE_SIZE = 2048
+__all__ = [
+    "DEADC",
+    "DEFAULT_SHAPE",
+    "DetectorLayout",
+    "READ_NOISE",
+    "SATURATION",
+    "TessSector",
+    "fit_sip_header",
+    "sector_wcs",
+    "tess_sector",
+]
 
 DEFAULT_SHAPE = (208, 214)
 """A tenth of the real FFI in each direction: ``make demo`` runs in seconds."""
@@ -52,11 +70,6 @@ READ_NOISE = 10.0
 """Read noise per 2-s frame in electrons."""
 DEADC = 0.792
 """Dead-time correction (fraction of the cadence spent integrating)."""
-
-QUALITY_DESAT = 32
-QUALITY_MANUAL_EXCLUDE = 128
-QUALITY_SAFE_MODE = 2
-QUALITY_STRAYLIGHT = 2048
 
 
 @dataclass(frozen=True)
@@ -74,12 +87,12 @@ class DetectorLayout:
         """Layout of an FFI of ``shape``, collateral scaled from the real 2078 × 2136 one."""
         n_rows, n_cols = (int(s) for s in shape)
         if n_rows > FULL_SHAPE[0] or n_cols > FULL_SHAPE[1]:
-            raise ValueError(f"shape {shape} is larger than a TESS FFI {FULL_SHAPE}")
-        lead = max(1, round(FULL_LEAD_COLS * n_cols / FULL_SHAPE[1]))
-        top = max(1, round(FULL_TOP_ROWS * n_rows / FULL_SHAPE[0]))
+            raise InputError(f"shape {shape} is larger than a TESS FFI {FULL_SHAPE}")
+        lead = max(1, round(LEADING_COLUMNS * n_cols / FULL_SHAPE[1]))
+        top = max(1, round(COLLATERAL_ROWS * n_rows / FULL_SHAPE[0]))
         layout = cls(n_rows, n_cols, lead, lead, top)
         if layout.science_shape[0] < 8 or layout.science_shape[1] < 8:
-            raise ValueError(f"shape {shape} is too small: the science area must be ≥ 8 × 8")
+            raise InputError(f"shape {shape} is too small: the science area must be ≥ 8 × 8")
         return layout
 
     @property
@@ -106,8 +119,8 @@ class DetectorLayout:
         """0-based pixel of this image → 1-based SPOC FFI (column, row) of the real CCD."""
         off_r, off_c = self.window_offset
         return (
-            np.asarray(col) - self.lead_cols + off_c + FULL_LEAD_COLS + 1,
-            np.asarray(row) + off_r + 1,
+            np.asarray(col) - self.lead_cols + off_c + SCCSA,
+            np.asarray(row) + off_r + SCIROWS,
         )
 
     def science_mask(self) -> np.ndarray:
@@ -198,7 +211,7 @@ def _pointing(sector: int):
         raise ImportError("simulate.tess_sector needs tess-point: pip install tess-point") from exc
     known = np.asarray(tess_stars2px.TESS_Spacecraft_Pointing_Data.sectors)
     if sector not in known[known < 1000]:
-        raise ValueError(
+        raise InputError(
             f"unknown TESS sector {sector}: tess-point knows sectors 1–{tess_stars2px.max_sector}"
         )
     return tess_stars2px, tess_stars2px.TESS_Spacecraft_Pointing_Data(trySector=sector)
@@ -391,7 +404,7 @@ def _collateral_cards(layout: DetectorLayout) -> list[tuple[str, object, str]]:
         ]
     top0 = layout.science_rows.stop + 1
     cards += [
-        ("SCIROWS", 1, "science rows start"),
+        ("SCIROWS", SCIROWS, "science rows start"),
         ("SCIROWE", layout.science_rows.stop, "science rows end (inclusive)"),
         ("BFROWS", top0, "buffer rows start"),
         ("BFROWE", layout.n_rows, "buffer/smear/virtual rows end (inclusive)"),
@@ -685,15 +698,15 @@ def tess_sector(
     FFI_FILE).
     """
     if not 1 <= camera <= 4 or not 1 <= ccd <= 4:
-        raise ValueError(f"camera and ccd must be 1–4, got camera={camera}, ccd={ccd}")
+        raise InputError(f"camera and ccd must be 1–4, got camera={camera}, ccd={ccd}")
     if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        raise InputError(f"n_frames must be >= 1, got {n_frames}")
     if cadence_s <= 0:
-        raise ValueError(f"cadence_s must be > 0, got {cadence_s}")
+        raise InputError(f"cadence_s must be > 0, got {cadence_s}")
     if not (ffis or cube):
-        raise ValueError("nothing to write: ffis and cube are both False")
+        raise InputError("nothing to write: ffis and cube are both False")
     if sparse and (ffis or not cube):
-        raise ValueError("sparse=True writes only the cube: use ffis=False, cube=True")
+        raise InputError("sparse=True writes only the cube: use ffis=False, cube=True")
     layout = DetectorLayout.for_shape(shape)
     shape = (layout.n_rows, layout.n_cols)
     wcs_cards, pointing = sector_wcs(sector, camera, ccd, layout)

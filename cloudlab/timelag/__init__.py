@@ -1,5 +1,7 @@
-"""AIA time-lag analysis: FFT cross-correlation maps between channels, lazy and distributed."""
+"""AIA time-lag analysis: lazy preparation of AIA cubes, FFT cross-correlation maps between
+channels, and their products."""
 
+from cloudlab.timelag.kernels import timelag_bytes_per_pixel
 from cloudlab.timelag.maps import (
     HOT_TO_COOL,
     cross_correlation,
@@ -9,15 +11,36 @@ from cloudlab.timelag.maps import (
     timelag_maps,
 )
 from cloudlab.timelag.output import plot_maps, to_map, write_fits, write_zarr
+from cloudlab.timelag.prepare import (
+    align_channels,
+    common_time_grid,
+    crop,
+    drop_bad_frames,
+    interpolate_to_grid,
+    nominal_cadence,
+    normalize_exposure,
+    prepare_channels,
+    select_time,
+)
 
 __all__ = [
     "HOT_TO_COOL",
+    "align_channels",
+    "common_time_grid",
+    "crop",
     "cross_correlation",
     "default_pairs",
+    "drop_bad_frames",
+    "interpolate_to_grid",
     "max_correlation_map",
+    "nominal_cadence",
+    "normalize_exposure",
+    "plot_maps",
+    "prepare_channels",
+    "select_time",
+    "timelag_bytes_per_pixel",
     "timelag_map",
     "timelag_maps",
-    "plot_maps",
     "to_map",
     "write_fits",
     "write_zarr",

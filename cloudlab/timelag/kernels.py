@@ -21,6 +21,21 @@ import scipy.fft
 
 from cloudlab.backend import array_module
 
+__all__ = [
+    "FLAT_TOLERANCE",
+    "correlate_spectra",
+    "cross_correlation_block",
+    "fft_length",
+    "from_rows",
+    "lag_indices",
+    "pairs_block",
+    "peak_from_correlation",
+    "spectrum",
+    "standardize",
+    "timelag_bytes_per_pixel",
+    "to_rows",
+]
+
 #: a pixel whose standard deviation is below this fraction of its mean is called flat
 FLAT_TOLERANCE = 64 * np.finfo(np.float64).eps
 
@@ -39,6 +54,36 @@ def fft_length(n_time: int) -> int:
         A 5-smooth length at least ``2N - 1`` (any such length gives the same linear correlation).
     """
     return scipy.fft.next_fast_len(2 * n_time - 1, real=True)
+
+
+def timelag_bytes_per_pixel(n_time: int, n_channels: int, input_itemsize: int = 8) -> float:
+    """Peak bytes per pixel of one cross-correlation task over ``n_channels`` channels.
+
+    Counts the channel blocks, their float64 standardised copies and spectra, and one pair's
+    product, circular correlation and selected lags (``(2N - 1) x 8`` bytes and friends). Pass it
+    to :func:`cloudlab.chunking.plan_spatial_chunks` to size the spatial chunks.
+
+    Parameters
+    ----------
+    n_time : int
+        Number of time samples ``N`` per channel.
+    n_channels : int
+        Number of channels one task holds.
+    input_itemsize : int
+        Bytes per input sample (8 for float64 blocks).
+
+    Returns
+    -------
+    float
+        Bytes one task needs per spatial pixel.
+    """
+    nfft = fft_length(n_time)
+    spectrum_bytes = 16 * (nfft // 2 + 1)
+    inputs = n_channels * n_time * input_itemsize
+    standardised = 2 * n_time * 8
+    spectra = n_channels * spectrum_bytes
+    pair = spectrum_bytes + 8 * nfft + 8 * (2 * n_time - 1)
+    return float(inputs + standardised + spectra + pair)
 
 
 def to_rows(block):

@@ -10,8 +10,22 @@ import numpy as np
 import xarray as xr
 
 from cloudlab.backend import array_module
-from cloudlab.chunking import plan_spatial_chunks, timelag_bytes_per_pixel
+from cloudlab.chunking import plan_spatial_chunks
+from cloudlab.errors import InputError
 from cloudlab.timelag import kernels
+
+__all__ = [
+    "HOT_TO_COOL",
+    "bounds_indices",
+    "cross_correlation",
+    "default_pairs",
+    "lags_from_times",
+    "max_correlation_map",
+    "time_seconds",
+    "timelag_map",
+    "timelag_maps",
+    "to_seconds",
+]
 
 #: AIA EUV channels ordered hot to cool, so that a positive lag means cooling
 HOT_TO_COOL = (94, 335, 211, 193, 171, 131)
@@ -27,7 +41,7 @@ def time_seconds(time: xr.DataArray | np.ndarray) -> np.ndarray:
     """Times as float seconds since the first sample (datetime64 or numeric seconds in)."""
     values = np.asarray(time)
     if values.ndim != 1 or values.size == 0:
-        raise ValueError("the time coordinate must be one-dimensional and non-empty")
+        raise InputError("the time coordinate must be one-dimensional and non-empty")
     if np.issubdtype(values.dtype, np.datetime64):
         ns = (values - values[0]).astype("timedelta64[ns]").astype(np.int64)
         return ns / 1e9
@@ -41,16 +55,16 @@ def lags_from_times(seconds: np.ndarray) -> np.ndarray:
 
     Raises
     ------
-    ValueError
+    InputError
         If the samples are not evenly spaced, or there are fewer than two.
     """
     if seconds.size < 2:
-        raise ValueError(f"need at least 2 time samples, got {seconds.size}")
+        raise InputError(f"need at least 2 time samples, got {seconds.size}")
     step = np.diff(seconds)
     if not np.allclose(step, step[0]) or step[0] <= 0:
-        raise ValueError(
+        raise InputError(
             "times must be evenly sampled and increasing; interpolate the channels onto a common "
-            "uniform grid first (cloudlab.io.aia.align_channels)"
+            "uniform grid first (cloudlab.timelag.align_channels)"
         )
     positive = np.cumsum(step)
     return np.concatenate([-positive[::-1], [0.0], positive])
@@ -72,7 +86,7 @@ def bounds_indices(lags: np.ndarray, lag_bounds) -> tuple[int, int]:
 
     Raises
     ------
-    ValueError
+    InputError
         If the bounds are reversed, reach beyond the longest lag of the series by more than half
         a step, or select no lag.
     """
@@ -81,19 +95,19 @@ def bounds_indices(lags: np.ndarray, lag_bounds) -> tuple[int, int]:
     if hasattr(lag_bounds, "unit") and np.ndim(lag_bounds) == 1:
         lag_bounds = list(lag_bounds)
     if len(lag_bounds) != 2:
-        raise ValueError(f"lag_bounds must be (lower, upper), got {lag_bounds!r}")
+        raise InputError(f"lag_bounds must be (lower, upper), got {lag_bounds!r}")
     lower, upper = (to_seconds(v) for v in lag_bounds)
     if not lower <= upper:
-        raise ValueError(f"lag_bounds lower {lower} s is above upper {upper} s")
+        raise InputError(f"lag_bounds lower {lower} s is above upper {upper} s")
     step = lags[1] - lags[0]
     if lower < lags[0] - step / 2 or upper > lags[-1] + step / 2:
-        raise ValueError(
+        raise InputError(
             f"lag_bounds ({lower} s, {upper} s) reach outside the series: its lags run from "
             f"{lags[0]} s to {lags[-1]} s"
         )
     inside = np.flatnonzero((lags >= lower) & (lags <= upper))
     if inside.size == 0:
-        raise ValueError(
+        raise InputError(
             f"lag_bounds ({lower} s, {upper} s) select no lag: the series allows lags from "
             f"{lags[0]} s to {lags[-1]} s in steps of {lags[1] - lags[0]} s"
         )
@@ -128,7 +142,7 @@ def _check_wcs(names: Sequence[Hashable], arrays: Sequence[xr.DataArray]) -> Non
                 else a == b
             )
             if not same:
-                raise ValueError(
+                raise InputError(
                     f"channels {ref_name!r} and {name!r} have different WCS ({key}: {a!r} vs "
                     f"{b!r}); crop or reproject them onto the same pixel grid first"
                 )
@@ -158,23 +172,23 @@ def _inputs(
         if not isinstance(arr, xr.DataArray):
             raise TypeError(f"channel {name!r} must be an xarray.DataArray, not {type(arr)}")
         if "time" not in arr.dims or "time" not in arr.coords:
-            raise ValueError(f"channel {name!r} has no 'time' dimension with a coordinate")
+            raise InputError(f"channel {name!r} has no 'time' dimension with a coordinate")
         if arr.sizes["time"] == 0:
-            raise ValueError(f"channel {name!r} has no frames")
+            raise InputError(f"channel {name!r} has no frames")
     spatial = tuple(d for d in first.dims if d != "time")
     for name, arr in zip(names, arrays, strict=True):
         if set(arr.dims) != set(first.dims):
-            raise ValueError(f"channel {name!r} has dims {arr.dims}, expected {first.dims}")
+            raise InputError(f"channel {name!r} has dims {arr.dims}, expected {first.dims}")
         shape = tuple(arr.sizes[d] for d in spatial)
         if shape != tuple(first.sizes[d] for d in spatial):
-            raise ValueError(
+            raise InputError(
                 f"channel {name!r} has spatial shape {shape}, channel {names[0]!r} has "
                 f"{tuple(first.sizes[d] for d in spatial)}"
             )
         if not np.array_equal(arr["time"].values, first["time"].values):
-            raise ValueError(
+            raise InputError(
                 f"channels {names[0]!r} and {name!r} are not sampled at the same times; "
-                "interpolate them onto one common grid first (cloudlab.io.aia.align_channels)"
+                "interpolate them onto one common grid first (cloudlab.timelag.align_channels)"
             )
     _check_wcs(names, arrays)
     seconds = time_seconds(first["time"].values)
@@ -183,10 +197,10 @@ def _inputs(
         chunks = _existing_chunks(arrays, spatial)
     if chunks is None:
         itemsize = max(np.dtype(a.dtype).itemsize for a in arrays)
-        per_pixel = timelag_bytes_per_pixel(seconds.size, len(arrays), itemsize)
+        per_pixel = kernels.timelag_bytes_per_pixel(seconds.size, len(arrays), itemsize)
         chunks = plan_spatial_chunks(shape, per_pixel)
     if len(chunks) != len(spatial):
-        raise ValueError(f"chunks {tuple(chunks)} do not match the spatial dims {spatial}")
+        raise InputError(f"chunks {tuple(chunks)} do not match the spatial dims {spatial}")
     data = []
     for arr in arrays:
         values = arr.transpose("time", *spatial).data
@@ -369,7 +383,7 @@ def timelag_maps(
     ----------
     channels : mapping
         Channel name (e.g. wavelength in Å) to its cube, all on one common time grid and pixel
-        grid (see :func:`cloudlab.io.aia.align_channels`).
+        grid (see :func:`cloudlab.timelag.align_channels`).
     pairs : sequence of (a, b), optional
         Pairs to correlate; default every pair ordered hot to cool (15 pairs for the six AIA EUV
         channels), so that positive lags mean cooling.
@@ -385,14 +399,14 @@ def timelag_maps(
         coordinates ``pair`` ("94-335"), ``channel_a`` and ``channel_b``.
     """
     if not channels:
-        raise ValueError("no channels given")
+        raise InputError("no channels given")
     names = list(channels)
     pairs = default_pairs(names) if pairs is None else [tuple(p) for p in pairs]
     if not pairs:
-        raise ValueError("no channel pairs to correlate (need at least two channels)")
+        raise InputError("no channel pairs to correlate (need at least two channels)")
     for pair in pairs:
         if len(pair) != 2 or any(c not in channels for c in pair):
-            raise ValueError(f"pair {pair!r} names a channel not in {names}")
+            raise InputError(f"pair {pair!r} names a channel not in {names}")
     used = [n for n in names if any(n in p for p in pairs)]
     data, spatial, seconds, first = _inputs(used, [channels[n] for n in used], chunks)
     lags = lags_from_times(seconds)
