@@ -69,7 +69,7 @@ import dask.config  # noqa: E402
 import fsspec  # noqa: E402
 from fsspec.implementations.local import LocalFileSystem  # noqa: E402
 
-from cloudlab.errors import InputError, OverwriteError, StorageError  # noqa: E402
+from cloudlab.errors import InputError, NotFoundError, OverwriteError, StorageError  # noqa: E402
 
 __all__ = [
     "atomic_write",
@@ -309,7 +309,7 @@ def expand_detail(
             found = retry(lambda fs=fs, path=path: fs.glob(path, detail=True), what=item)
             files = {p: i for p, i in found.items() if i.get("type", "file") != "directory"}
             if not files:
-                raise FileNotFoundError(f"no files match {item!r}")
+                raise NotFoundError(f"no files match {item!r}")
             out.extend((_unstrip(fs, p, item), files[p]) for p in sorted(files))
         elif "://" not in item and "::" not in item:
             out.append((os.path.abspath(os.path.expanduser(item)), None))
@@ -472,7 +472,7 @@ def file_info(url: str, storage_options: dict | None = None) -> dict[str, Any]:
     try:
         return retry(lambda: fs.info(path), what=url)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(errno.ENOENT, "no such file", url) from exc
+        raise NotFoundError(errno.ENOENT, "no such file", url) from exc
 
 
 def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
@@ -614,7 +614,7 @@ def write_file(
     try:
         yield tmp
         if not os.path.exists(tmp):
-            raise FileNotFoundError(f"nothing was written for {url!r}")
+            raise NotFoundError(f"nothing was written for {url!r}")
         check_writable(url, overwrite=overwrite, storage_options=storage_options)
         if local:
             os.replace(tmp, path)
@@ -909,7 +909,7 @@ def read_zarr(url: str, *, storage_options: dict | None = None) -> Any:
     path = path.rstrip("/")
     fs.invalidate_cache(path)
     if not retry(lambda: fs.exists(path), what=url):
-        raise FileNotFoundError(errno.ENOENT, "no zarr store", url)
+        raise NotFoundError(errno.ENOENT, "no zarr store", url)
     return xr.open_zarr(_zarr_store(fs, path))
 
 

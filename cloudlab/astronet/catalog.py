@@ -23,7 +23,7 @@ import xarray as xr
 from cloudlab import storage
 from cloudlab.astronet.views import batch_views, num_bins
 from cloudlab.backend import gpu_tasks
-from cloudlab.errors import REASON, STATUS, InputError
+from cloudlab.errors import REASON, STATUS, InputError, NotFoundError
 
 __all__ = [
     "REASON_DTYPE",
@@ -376,7 +376,7 @@ def predict_catalog(
         raise InputError("predict_catalog: no checkpoint; pass at least one model URL")
     missing = [url for url in checkpoints if not _exists(url)]
     if missing:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"AstroNet checkpoints not found: {missing}; train one with "
             "'cloudlab astronet train' or check the URLs"
         )

@@ -22,7 +22,7 @@ import pandas as pd
 import xarray as xr
 
 from cloudlab import storage
-from cloudlab.errors import REASON, STATUS, InputError
+from cloudlab.errors import REASON, STATUS, InputError, MissingDependencyError, NotFoundError
 
 __all__ = [
     "POSITIVE_DISPOSITIONS",
@@ -46,7 +46,9 @@ def _tf():
     try:
         import tensorflow as tf
     except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError("TFRecords need TensorFlow: pip install 'cloudlab[astronet]'") from err
+        raise MissingDependencyError(
+            "TFRecords need TensorFlow: pip install 'cloudlab[astronet]'"
+        ) from err
     return tf
 
 
@@ -326,7 +328,7 @@ def read_tfrecords(
         raise InputError(f"output={output!r}: use 'xarray' or 'tf'")
     files = storage.expand(urls, storage_options=storage_options)
     if not files:
-        raise FileNotFoundError(f"no TFRecord files match {urls!r}; check the URL or glob")
+        raise NotFoundError(f"no TFRecord files match {urls!r}; check the URL or glob")
     if output == "tf":
         if label is None:
             raise InputError("output='tf' with label=None: pass label='triage' or 'vetting'")

@@ -21,7 +21,7 @@ import xarray as xr
 from cloudlab import storage
 from cloudlab.astronet.model import Config, build, get_config
 from cloudlab.astronet.tfrecords import to_tf_dataset
-from cloudlab.errors import InputError
+from cloudlab.errors import InputError, NotFoundError
 
 __all__ = [
     "average_precision",
@@ -175,7 +175,7 @@ def load(url: str, *, storage_options: dict | None = None):
     try:
         data = storage.read_bytes(url, storage_options=storage_options)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"AstroNet checkpoint not found: {url}") from err
+        raise NotFoundError(f"AstroNet checkpoint not found: {url}") from err
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         path.write_bytes(data)

@@ -16,6 +16,7 @@ from cloudlab.backdrop.solver import Solver, build_solver
 from cloudlab.backend import gpu_tasks
 from cloudlab.errors import InputError
 from cloudlab.io.tess_ffi import FrameSource, frame_source
+from cloudlab.tess_detector import SCIENCE_COLUMN_START
 
 __all__ = [
     "average_batches",
@@ -245,7 +246,7 @@ def fit(
     per frame), so no frame is kept in memory between the average-image pass and the fit pass;
     any other Dataset is used through its ``flux`` chunks. The weights' ``image_row_offset`` and
     ``image_column_offset`` (image pixel of science pixel 0) come from the source's box, else
-    from ``ffis.attrs``, else the full-frame values 0 and 44.
+    from ``ffis.attrs``, else the full-frame values 0 and ``SCIENCE_COLUMN_START`` (44).
 
     Returns
     -------
@@ -317,7 +318,7 @@ def fit(
         row_offset, column_offset = source.box[0] - int(rows[0]), source.box[1] - int(columns[0])
     else:
         row_offset = int(ffis.attrs.get("image_row_offset", 0))
-        column_offset = int(ffis.attrs.get("image_column_offset", 44))
+        column_offset = int(ffis.attrs.get("image_column_offset", SCIENCE_COLUMN_START))
     ds = xr.Dataset(
         {
             "poly_w": (("time", "poly_term"), da.concatenate(poly)),

@@ -41,6 +41,7 @@ from astropy.io import fits
 import cloudlab
 from cloudlab import storage
 from cloudlab.errors import FITSFormatError, InputError
+from cloudlab.tess_detector import SCIENCE_COLUMN_START
 
 __all__ = [
     "default_name",
@@ -128,7 +129,10 @@ def write_weights_fits(
     h["NROWS"] = (weights.sizes["row"], "science rows fitted")
     h["NCOLS"] = (w.sizes["column"], "science columns fitted")
     h["IMGROW0"] = (int(a.get("image_row_offset", 0)), "0-based image row of science row 0")
-    h["IMGCOL0"] = (int(a.get("image_column_offset", 44)), "0-based image column of science col 0")
+    h["IMGCOL0"] = (
+        int(a.get("image_column_offset", SCIENCE_COLUMN_START)),
+        "0-based image column of science col 0",
+    )
     h["BOREROW"] = (float(a["bore_row"]), "boresight science row")
     h["BORECOL"] = (float(a["bore_column"]), "boresight science column")
     quality = _time_column(weights, "quality")
@@ -280,7 +284,7 @@ def read_weights_fits(url: str, *, storage_options: dict | None = None) -> xr.Da
             coords["tstop"] = ("time", col("TSTOP"))
         attrs["origin"] = str(h.get("ORIGIN", ""))
         attrs["image_row_offset"] = int(h.get("IMGROW0", 0))
-        attrs["image_column_offset"] = int(h.get("IMGCOL0", 44))
+        attrs["image_column_offset"] = int(h.get("IMGCOL0", SCIENCE_COLUMN_START))
     from cloudlab.backdrop.basis import boresight
 
     attrs["bore_row"], attrs["bore_column"] = boresight(attrs["ccd"])

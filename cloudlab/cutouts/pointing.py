@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloudlab.errors import InputError
+from cloudlab.errors import InputError, MissingDependencyError
 from cloudlab.tess_detector import SCCED, SCCSA, SCIROWE, SCIROWS
 
 __all__ = [
@@ -64,7 +64,7 @@ def sector_geometry(sector: int) -> SectorGeometry:
     try:
         import tess_stars2px
     except ImportError as exc:  # pragma: no cover - tess-point is a dependency
-        raise ImportError("the offline pointing model needs tess-point") from exc
+        raise MissingDependencyError("the offline pointing model needs tess-point") from exc
     sector = int(sector)
     if sector not in known_sectors():
         raise InputError(

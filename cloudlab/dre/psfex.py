@@ -11,6 +11,7 @@ import numpy as np
 
 from cloudlab.dre.fit import read_psf
 from cloudlab.dre.tools import PSFEX_NAMES, ToolError, config_file, find_tool, option_args, run_tool
+from cloudlab.errors import NotFoundError
 from cloudlab.storage import atomic_write, resolve
 
 __all__ = ["PSFModel", "psfex"]
@@ -77,7 +78,7 @@ def psfex(
     binary = find_tool(PSFEX_NAMES, "psfex")
     fs, path = resolve(catalog, storage_options=storage_options)
     if not fs.exists(path):
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"catalog {catalog!r} does not exist; make it with cloudlab.dre.sextract first"
         )
     stem = os.path.basename(path).removesuffix(".fits").removesuffix(".cat")

@@ -18,6 +18,7 @@ from cloudlab.dre.tools import (
     option_args,
     run_tool,
 )
+from cloudlab.errors import NotFoundError
 from cloudlab.io.galaxies import read_catalog
 from cloudlab.storage import atomic_write, is_local, resolve
 
@@ -62,7 +63,7 @@ def _local_copy(url: str, directory: str, storage_options: dict | None) -> str:
     if is_local(url):
         path = resolve(url, storage_options=storage_options)[1]
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"tile {url!r} does not exist; check the path")
+            raise NotFoundError(f"tile {url!r} does not exist; check the path")
         return path
     fs, path = resolve(url, storage_options=storage_options)
     local = os.path.join(directory, os.path.basename(path))

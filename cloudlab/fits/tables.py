@@ -17,7 +17,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from cloudlab import storage
-from cloudlab.errors import FITSFormatError
+from cloudlab.errors import FITSFormatError, NotFoundError
 from cloudlab.fits.header import hdu_info, padded
 from cloudlab.fits.sources import GzipSource
 
@@ -160,7 +160,7 @@ def raise_missing(missing: list[str], what: str) -> None:
     lines = [f"  {url}" for url in missing[:_MAX_ERRORS_LISTED]]
     if len(missing) > _MAX_ERRORS_LISTED:
         lines.append(f"  ... and {len(missing) - _MAX_ERRORS_LISTED} more")
-    raise FileNotFoundError(f"{what}: {len(missing)} file(s) not found:\n" + "\n".join(lines))
+    raise NotFoundError(f"{what}: {len(missing)} file(s) not found:\n" + "\n".join(lines))
 
 
 def read_headers(

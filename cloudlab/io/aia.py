@@ -20,7 +20,7 @@ from astropy.io import fits as afits
 from astropy.wcs import WCS
 
 from cloudlab import fits, storage
-from cloudlab.errors import FITSFormatError, HDUNotFoundError, InputError
+from cloudlab.errors import FITSFormatError, HDUNotFoundError, InputError, NotFoundError
 
 __all__ = ["header_of", "image_hdu", "open_stack", "parse_time", "wcs_of"]
 
@@ -110,7 +110,7 @@ def open_stack(
     """
     urls = storage.expand(urls_or_glob, storage_options)
     if not urls:
-        raise FileNotFoundError(f"no AIA files match {urls_or_glob!r}")
+        raise NotFoundError(f"no AIA files match {urls_or_glob!r}")
     hdu = image_hdu(urls[0], storage_options=storage_options)
     cube = fits.open_stack(
         urls, hdu, dim="time", keys=_FRAME_KEYS, dims=("y", "x"), storage_options=storage_options

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cloudlab import storage
-from cloudlab.errors import InputError, check_on_error
+from cloudlab.errors import InputError, MissingDependencyError, check_on_error
 
 __all__ = [
     "OLD_TCE_NAMES",
@@ -313,7 +313,7 @@ def resolve_tic_mast(ticids: Sequence[int]) -> pd.DataFrame:
     try:
         from astroquery.mast import Catalogs
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             "resolve_tic_mast needs astroquery: pip install astroquery, or pass a coordinate table"
         ) from exc
     ids = [int(t) for t in ticids]

@@ -18,7 +18,7 @@ import xarray as xr
 from astropy.units import UnitsWarning
 
 from cloudlab import storage
-from cloudlab.errors import InputError
+from cloudlab.errors import InputError, NotFoundError
 from cloudlab.fits import hdu_info, read_table
 
 MAD_SCALE = 0.6745  # statsmodels' normalised MAD: median|x - median(x)| / 0.6745
@@ -63,7 +63,7 @@ def _read_qlp_h5(
 
     fs, path = storage.resolve(url, storage_options)
     if not fs.exists(path):
-        raise FileNotFoundError(f"QLP light curve not found: {url}")
+        raise NotFoundError(f"QLP light curve not found: {url}")
     try:
         with fs.open(path, "rb") as handle, h5py.File(handle, "r") as h5:
             lc = h5["LightCurve"]
@@ -187,7 +187,7 @@ def read_kepler(
     """
     files = storage.expand(urls, storage_options=storage_options)
     if not files:
-        raise FileNotFoundError(f"no light-curve files match {urls!r}")
+        raise NotFoundError(f"no light-curve files match {urls!r}")
     times, fluxes = [], []
     for url in files:
         try:
@@ -221,7 +221,7 @@ def _cadences(urls: Sequence[str], reader: str, storage_options: dict | None) ->
     for url in urls:
         fs, path = storage.resolve(url, storage_options)
         if not fs.exists(path):
-            raise FileNotFoundError(f"QLP light curve not found: {url}")
+            raise NotFoundError(f"QLP light curve not found: {url}")
         try:
             with fs.open(path, "rb") as handle, h5py.File(handle, "r") as h5:
                 total += int(h5["LightCurve"]["BJD"].shape[0])
@@ -274,14 +274,14 @@ def read_lightcurves(
         file metadata is read now.
     """
     if reader not in ("qlp", "qlp-vetting", "kepler"):
-        raise ValueError(f"reader must be 'qlp', 'qlp-vetting' or 'kepler', got {reader!r}")
+        raise InputError(f"reader must be 'qlp', 'qlp-vetting' or 'kepler', got {reader!r}")
     if not isinstance(urls, Mapping):
         stems = [PurePosixPath(str(u)).name.split(".")[0] for u in urls]
         keys = [int(s) if s.isdigit() else s for s in stems]
         urls = dict(zip(keys, urls, strict=True))
     targets = list(urls)
     if not targets:
-        raise ValueError("read_lightcurves needs at least one file")
+        raise InputError("read_lightcurves needs at least one file")
     groups = [[u] if isinstance(u, str) else list(u) for u in urls.values()]
     length = max(_cadences(g, reader, storage_options) for g in groups)
     blocks = []

@@ -22,6 +22,13 @@ from astropy.wcs import WCS, FITSFixedWarning
 from cloudlab import fits as lfits
 from cloudlab.errors import FITSFormatError, InputError
 from cloudlab.io.tess_ffi import open_ffis  # re-exported: TESS FFI stacks
+from cloudlab.tess_detector import (
+    FULL_SHAPE,
+    SCIENCE_COLUMN_START,
+    SCIENCE_COLUMN_STOP,
+    SCIENCE_ROW_START,
+    SCIENCE_ROW_STOP,
+)
 
 __all__ = [
     "CUBE_BASE",
@@ -36,7 +43,12 @@ __all__ = [
 CUBE_BASE = "s3://stpubdata/tess/public/mast"
 """MAST's public bucket of SPOC cutout cubes."""
 
-FULL_SCIENCE = {"col_start": 44, "col_stop": 2092, "row_start": 0, "row_stop": 2048}
+FULL_SCIENCE = {
+    "col_start": SCIENCE_COLUMN_START,
+    "col_stop": SCIENCE_COLUMN_STOP,
+    "row_start": SCIENCE_ROW_START,
+    "row_stop": SCIENCE_ROW_STOP,
+}
 """0-based science region of a full-size SPOC FFI (columns 45–2092, rows 1–2048, 1-based)."""
 
 
@@ -182,7 +194,7 @@ def _science_region(table, n_rows: int, n_cols: int) -> dict:
             "row_start": row_start,
             "row_stop": int(table["SCIROWE"][0]),
         }
-    if (n_rows, n_cols) == (2078, 2136):
+    if (n_rows, n_cols) == FULL_SHAPE:
         return dict(FULL_SCIENCE)
     return {"col_start": 0, "col_stop": n_cols, "row_start": 0, "row_stop": n_rows}
 

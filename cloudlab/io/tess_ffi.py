@@ -26,13 +26,21 @@ import numpy as np
 import xarray as xr
 
 from cloudlab import fits, storage
-from cloudlab.errors import REASON, STATUS, STATUS_OK, HDUNotFoundError, InputError, check_on_error
+from cloudlab.errors import (
+    REASON,
+    STATUS,
+    STATUS_OK,
+    HDUNotFoundError,
+    InputError,
+    NotFoundError,
+    check_on_error,
+)
+from cloudlab.tess_detector import FULL_SHAPE, SCIENCE_KEYWORDS
 
 __all__ = ["FFIError", "FrameSource", "frame_source", "open_ffis", "read_science"]
 
 SECTOR_RE = re.compile(r"-s(\d{4})-")
-FULL_SHAPE = (2078, 2136)
-DEFAULT_GEOMETRY = {"SCIROWS": 1, "SCIROWE": 2048, "SCCSA": 45, "SCCED": 2092}
+DEFAULT_GEOMETRY = SCIENCE_KEYWORDS
 
 
 class FFIError(InputError):
@@ -157,13 +165,13 @@ def open_ffis(
     check_on_error(on_error)
     urls = storage.expand(urls_or_glob, storage_options=storage_options)
     if not urls:
-        raise FileNotFoundError(f"no frames given: {urls_or_glob!r}")
+        raise NotFoundError(f"no frames given: {urls_or_glob!r}")
     metas, bad = _read_all(urls, storage_options)
     if bad:
         listing = "\n".join(f"  {u}: {m}" for u, m in bad[:20])
         if on_error == "raise":
             if all(m.startswith("missing") for _, m in bad):
-                raise FileNotFoundError(f"{len(bad)} frame(s) not found:\n{listing}")
+                raise NotFoundError(f"{len(bad)} frame(s) not found:\n{listing}")
             raise FFIError(f"{len(bad)} frame(s) could not be read:\n{listing}")
         warnings.warn(f"skipping {len(bad)} unreadable frame(s):\n{listing}", stacklevel=2)
     if not metas:

@@ -32,7 +32,7 @@ from astropy.time import Time
 from astropy.wcs import WCS
 
 from cloudlab import storage
-from cloudlab.errors import InputError
+from cloudlab.errors import InputError, MissingDependencyError
 from cloudlab.simulate.background import scattered_light
 from cloudlab.simulate.stars import bleed_columns, render_stars, star_catalog, transit_factor
 from cloudlab.sky import gnomonic
@@ -208,7 +208,9 @@ def _pointing(sector: int):
     try:
         import tess_stars2px
     except ImportError as exc:  # pragma: no cover - tess-point is a core dependency
-        raise ImportError("simulate.tess_sector needs tess-point: pip install tess-point") from exc
+        raise MissingDependencyError(
+            "simulate.tess_sector needs tess-point: pip install tess-point"
+        ) from exc
     known = np.asarray(tess_stars2px.TESS_Spacecraft_Pointing_Data.sectors)
     if sector not in known[known < 1000]:
         raise InputError(
