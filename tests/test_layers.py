@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             }
         ),
     ),
-    ("fits", frozenset({"fits", "fits_header", "fits_read"})),
+    ("fits", frozenset({"fits"})),
     ("io", frozenset({"io"})),
     ("workflows", frozenset({"cutouts", "timelag", "backdrop", "dre", "astronet"})),
     ("pipelines", frozenset({"pipelines", "simulate"})),
