@@ -483,7 +483,7 @@ def join_catalog(table: Table, catalog: str, *, storage_options: dict | None = N
     fs, path = storage.resolve(catalog, storage_options)
     if not fs.exists(path):
         return table
-    columns = read_catalog(catalog, storage_options)
+    columns = read_catalog(catalog, storage_options=storage_options)
     columns.remove_columns([c for c in columns.colnames if columns[c].ndim > 1])
     keys = [k for k in ("EXT_NUMBER", "NUMBER") if k in columns.colnames]
     columns.remove_columns([c for c in columns.colnames if c in table.colnames and c not in keys])
