@@ -198,6 +198,21 @@ def test_skip_lists_failures(sims):
     assert failed == [{"ticid": 77, "reason": "not on a science pixel of any CCD in sector 55"}]
 
 
+def test_status_and_reason_of_every_target(sims):
+    from cloudlab.cutouts.cutout import target_status
+
+    dest, one, _ = sims
+    good = _targets_at(one, [[50, 50], [60, 60]])
+    off = pd.DataFrame({"ticid": [77], "ra": [100.0], "dec": [80.0]})
+    ds = make_cutouts(pd.concat([good, off]), sector=55, cube_base=dest, on_error="skip")
+    assert ds["status"].values.tolist() == ["ok", "ok"]
+    assert ds["reason"].values.tolist() == ["", ""]
+    table = target_status(ds)
+    assert table["ticid"].tolist() == [1, 2, 77]
+    assert table["status"].tolist() == ["ok", "ok", "off_silicon"]
+    assert table["reason"].tolist() == ["", "", "not on a science pixel of any CCD in sector 55"]
+
+
 def test_tpfs_open_in_lightkurve(sims, tmp_path):
     import lightkurve as lk
 

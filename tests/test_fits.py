@@ -581,6 +581,32 @@ def test_open_stack_missing_files(tmp_path: Path) -> None:
         cf.open_stack(urls, 1, on_missing="skip")
 
 
+def test_open_stack_on_error_skip_marks_missing_files(tmp_path: Path) -> None:
+    paths = _stack_files(tmp_path, n=2)
+    gone = str(tmp_path / "gone.fits")
+    stack = cf.open_stack([paths[0], gone, paths[1]], 1, on_error="skip")
+    assert stack["status"].values.tolist() == ["ok", "missing", "ok"]
+    assert stack["reason"].values.tolist() == ["", f"no file at {gone}", ""]
+    assert stack.attrs["missing"] == [gone]
+    assert np.isnan(stack.values[1]).all()
+    np.testing.assert_array_equal(stack.values[2], fits.getdata(paths[1], 1))
+    with pytest.raises(FileNotFoundError, match="gone.fits"):
+        cf.open_stack([paths[0], gone], 1, on_error="raise")
+    with pytest.raises(InputError, match="on_error"):
+        cf.open_stack(paths, 1, on_error="nan")
+    assert cf.open_stack(paths, 1)["status"].values.tolist() == ["ok", "ok"]
+
+
+def test_open_stack_on_missing_is_a_deprecated_alias(tmp_path: Path) -> None:
+    paths = _stack_files(tmp_path, n=1)
+    gone = str(tmp_path / "gone.fits")
+    with pytest.warns(DeprecationWarning, match="on_error"):
+        stack = cf.open_stack([paths[0], gone], 1, on_missing="nan")
+    assert stack["status"].values.tolist() == ["ok", "missing"]
+    with pytest.warns(DeprecationWarning), pytest.raises(FileNotFoundError, match="gone.fits"):
+        cf.open_stack([paths[0], gone], 1, on_missing="raise")
+
+
 def test_open_stack_missing_int_files_become_float(tmp_path: Path) -> None:
     p = write(tmp_path / "a.fits", fits.PrimaryHDU(np.arange(6, dtype="i2").reshape(2, 3)))
     stack = cf.open_stack([p, str(tmp_path / "b.fits")], on_missing="nan")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
+
+from cloudlab.errors import OverwriteError
 
 __all__ = [
     "CLUSTER_HELP",
     "add_cluster_argument",
     "add_overwrite_argument",
+    "check_products",
     "cluster_context",
     "run_graph",
 ]
@@ -36,6 +40,38 @@ def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace existing products (without it the command refuses before any work)",
     )
+
+
+def check_products(
+    urls: Sequence[str], args: argparse.Namespace, *, storage_options: dict | None = None
+) -> None:
+    """Refuse, before any work, to replace existing products unless ``--overwrite`` was given.
+
+    Parameters
+    ----------
+    urls : sequence of str
+        Every destination the command is about to write.
+    args : argparse.Namespace
+        The parsed arguments (``args.overwrite``).
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+
+    Raises
+    ------
+    OverwriteError
+        Some destinations exist and ``--overwrite`` was not given; the message names the first.
+    """
+    from cloudlab.storage import existing
+
+    if getattr(args, "overwrite", False):
+        return
+    found = existing(list(urls), storage_options=storage_options)
+    if len(found) == 1:
+        raise OverwriteError(f"{found[0]} exists; pass --overwrite to replace it")
+    if found:
+        raise OverwriteError(
+            f"{found[0]} and {len(found) - 1} more exist; pass --overwrite to replace them"
+        )
 
 
 def cluster_context(args: argparse.Namespace):

@@ -6,7 +6,13 @@ import argparse
 import json
 import sys
 
-from cloudlab.commands._common import add_cluster_argument, cluster_context, run_graph
+from cloudlab.commands._common import (
+    add_cluster_argument,
+    add_overwrite_argument,
+    check_products,
+    cluster_context,
+    run_graph,
+)
 from cloudlab.errors import InputError
 
 __all__ = [
@@ -26,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _light_curve_args(views)
     views.add_argument("--dest", required=True, help="output directory (any fsspec URL)")
     views.add_argument("--seed", type=int, default=123, help="shuffle seed (default 123)")
+    add_overwrite_argument(views)
     views.set_defaults(func=_views)
 
     train = sub.add_parser("train", help="train AstroCNN model(s) on TFRecords")
@@ -58,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a progress bar, or one JSON line per validation pass",
     )
     train.add_argument("--metrics", help="also write every model's results (JSON) to this URL")
+    add_overwrite_argument(train)
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("evaluate", help="accuracy, AUC, precision/recall of checkpoints")
@@ -71,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--data", help="TFRecord file(s) or glob (instead of light curves)")
     _light_curve_args(predict, required=False)
     predict.add_argument("--out", required=True, help="CSV of predictions (any fsspec URL)")
+    add_overwrite_argument(predict)
     predict.set_defaults(func=_predict)
 
 
@@ -103,13 +112,17 @@ def _compute(obj, args: argparse.Namespace):
 
 def _views(args: argparse.Namespace) -> int:
     from cloudlab.astronet import views, write_tfrecords
+    from cloudlab.astronet.tfrecords import split_indices
 
+    dest = args.dest.rstrip("/")
+    check_products([f"{dest}/{shard}" for shard in split_indices(1, (0.8, 0.1, 0.1), args.seed)],
+                   args)  # fmt: skip
     lightcurves, tces = _catalog(args)
     ds = _compute(views(lightcurves, tces, kind=args.kind, batch_size=args.batch_size), args)
     skipped = ds.isel(tce=~ds["valid"].values)
     for tic, reason in zip(skipped["tic_id"].values, skipped["reason"].values, strict=True):
         print(f"skipped TIC {tic}: {reason}", file=sys.stderr)
-    counts = write_tfrecords(ds, args.dest, seed=args.seed)
+    counts = write_tfrecords(ds, args.dest, seed=args.seed, overwrite=args.overwrite)
     print(json.dumps({"written": counts, "skipped": int(skipped.sizes["tce"])}, indent=1))
     return 0
 
@@ -122,14 +135,16 @@ def _train(args: argparse.Namespace) -> int:
     data = args.data.rstrip("/")
     if args.ensemble > 1 and "{seed}" not in args.out:
         raise InputError("--out needs a {seed} placeholder when --ensemble > 1")
+    seeds = range(args.seed, args.seed + args.ensemble)
+    outs = [args.out.replace("{seed}", str(seed)) for seed in seeds]
+    check_products(outs + ([args.metrics] if args.metrics else []), args)
     splits = {"val": read_tfrecords(f"{data}/val-*")}
     if storage.expand(f"{data}/test-*"):
         splits["test"] = read_tfrecords(f"{data}/test-*")
     train_views = read_tfrecords(f"{data}/train-*")
     overrides = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
     results = []
-    for seed in range(args.seed, args.seed + args.ensemble):
-        out = args.out.replace("{seed}", str(seed))
+    for seed, out in zip(seeds, outs, strict=True):
         model, history = train(
             train_views,
             splits["val"],
@@ -150,7 +165,9 @@ def _train(args: argparse.Namespace) -> int:
         results.append({**result, "history": history})
     if args.metrics:
         document = results[0] if len(results) == 1 else results
-        storage.write_bytes(args.metrics, json.dumps(document, indent=1).encode())
+        storage.write_bytes(
+            args.metrics, json.dumps(document, indent=1).encode(), overwrite=args.overwrite
+        )
     return 0
 
 
@@ -168,6 +185,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from cloudlab import storage
 
+    check_products([args.out], args)
     if args.data:
         from cloudlab.astronet.tfrecords import read_tfrecords
         from cloudlab.astronet.train import predict
@@ -192,6 +210,6 @@ def _predict(args: argparse.Namespace) -> int:
     table["prediction"] = ds["prediction"].values
     if reason is not None:
         table["reason"] = reason
-    storage.write_bytes(args.out, table.to_csv(index=False).encode())
+    storage.write_bytes(args.out, table.to_csv(index=False).encode(), overwrite=args.overwrite)
     print(f"wrote {len(table)} predictions to {args.out}")
     return 0

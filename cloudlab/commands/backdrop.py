@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from cloudlab.commands._common import add_cluster_argument, cluster_context, run_graph
+from cloudlab.commands._common import (
+    add_cluster_argument,
+    add_overwrite_argument,
+    check_products,
+    cluster_context,
+    run_graph,
+)
 
 __all__ = [
     "register",
@@ -36,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--gpu", action="store_true", help="run the kernels on CuPy")
     add_cluster_argument(fit, " (default: threads)")
     fit.add_argument("--verbose", action="store_true", help="print timings and file names")
+    add_overwrite_argument(fit)
     fit.set_defaults(func=_fit)
 
     apply = sub.add_parser("apply", help="subtract the background from target pixel files")
@@ -44,18 +51,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     apply.add_argument("--out-dir", required=True, help="directory URL for corrected TPFs")
     apply.add_argument("--suffix", default="_bkgsub", help="file-name suffix (default _bkgsub)")
     apply.add_argument("--verbose", action="store_true")
+    add_overwrite_argument(apply)
     apply.set_defaults(func=_apply)
 
 
 def _fit(args: argparse.Namespace) -> int:
     from cloudlab import backdrop
-    from cloudlab.backdrop.io import default_name, save_fits, save_masks_fits, save_zarr
+    from cloudlab.backdrop.io import (
+        default_name,
+        write_masks_fits,
+        write_weights_fits,
+        write_weights_zarr,
+    )
     from cloudlab.io.tess import open_ffis
 
     start = time.perf_counter()
     ffis = open_ffis(f"{args.in_dir.rstrip('/')}/{args.pattern}", on_error=args.on_error)
     if args.max_frames:
         ffis = ffis.isel(time=slice(0, args.max_frames))
+    out = args.out_dir.rstrip("/")
+    writers = []
+    if args.format in ("fits", "both"):
+        writers.append((f"{out}/{default_name(ffis)}", write_weights_fits))
+    if args.format in ("zarr", "both"):
+        writers.append((f"{out}/{default_name(ffis)[:-5]}.zarr", write_weights_zarr))
+    if args.masks:
+        writers.append((f"{out}/{default_name(ffis, 'masks')}", write_masks_fits))
+    check_products([url for url, _ in writers], args)
     a = ffis.attrs
     print(
         f"{ffis.sizes['time']} frames of sector {a['sector']} camera {a['camera']} ccd {a['ccd']}, "
@@ -73,19 +95,10 @@ def _fit(args: argparse.Namespace) -> int:
         if client is not None:
             print(f"cluster: {client.dashboard_link}")
         weights = run_graph(weights)
-    out = args.out_dir.rstrip("/")
-    written = []
-    if args.format in ("fits", "both"):
-        written.append(f"{out}/{default_name(weights)}")
-        save_fits(weights, written[-1])
-    if args.format in ("zarr", "both"):
-        written.append(f"{out}/{default_name(weights)[:-5]}.zarr")
-        save_zarr(weights, written[-1])
-    if args.masks:
-        written.append(f"{out}/{default_name(weights, 'masks')}")
-        save_masks_fits(weights, written[-1])
+    for url, write in writers:
+        write(weights, url, overwrite=args.overwrite)
     elapsed = time.perf_counter() - start
-    for url in written:
+    for url, _ in writers:
         print(f"wrote {url}")
     if args.verbose:
         n = weights.sizes["time"]
@@ -93,20 +106,29 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _corrected_url(url: str, args: argparse.Namespace) -> str:
+    """``OUT_DIR/<stem><suffix>.fits`` for the TPF at ``url``."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    stem = name[: -len(".fits")] if name.endswith(".fits") else name.split(".fits")[0]
+    return f"{args.out_dir.rstrip('/')}/{stem}{args.suffix}.fits"
+
+
 def _apply(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cloudlab import backdrop, storage
+    from cloudlab.backdrop.io import read_weights
 
-    weights = backdrop.load(args.weights).load()
+    destinations = [_corrected_url(url, args) for url in args.tpf]
+    check_products(destinations, args)
+    weights = read_weights(args.weights).load()
     failures = []
-    for url in tqdm(args.tpf, desc="TPFs", unit="tpf"):
+    for url, dest in zip(tqdm(args.tpf, desc="TPFs", unit="tpf"), destinations, strict=True):
         try:
-            name = url.rstrip("/").rsplit("/", 1)[-1]
-            stem = name[: -len(".fits")] if name.endswith(".fits") else name.split(".fits")[0]
-            dest = f"{args.out_dir.rstrip('/')}/{stem}{args.suffix}.fits"
             storage.write_bytes(
-                dest, backdrop.correct_tpf(storage.read_bytes(url), weights, name=url)
+                dest,
+                backdrop.correct_tpf(storage.read_bytes(url), weights, name=url),
+                overwrite=args.overwrite,
             )
             if args.verbose:
                 tqdm.write(f"wrote {dest}")

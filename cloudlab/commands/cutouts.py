@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
-from cloudlab.commands._common import add_cluster_argument, cluster_context
-from cloudlab.errors import InputError
+from cloudlab.commands._common import (
+    add_cluster_argument,
+    add_overwrite_argument,
+    check_products,
+    cluster_context,
+)
+from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError
 
 __all__ = ["register"]
 
@@ -51,11 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cube", help="cut every target from this one cube")
     p.add_argument("--limit", type=int, help="only the first N targets")
     p.add_argument("--out", required=True, help="output directory (local path or URL)")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="rewrite existing TPFs (without it, targets whose TPF exists are skipped)",
-    )
+    add_overwrite_argument(p)
     add_cluster_argument(p, " (default: threads)")
     p.set_defaults(func=_run)
 
@@ -88,9 +88,23 @@ def _targets(args: argparse.Namespace):
     return n_rows, targets
 
 
+def _tpf_urls(ds, out: str) -> list[str]:
+    """The TPF URL of every target that will be cut (known before any pixel is read)."""
+    from cloudlab.cutouts.tpf import tpf_name
+
+    size = (ds.sizes["row"], ds.sizes["column"])
+    return [
+        f"{out.rstrip('/')}/{tpf_name(t, s, c, d, size)}"
+        for t, s, c, d in zip(
+            *(ds[name].values for name in ("ticid", "sector", "camera", "ccd")), strict=True
+        )
+    ]
+
+
 def _cut_and_write(args: argparse.Namespace, targets) -> tuple | None:
     """Cut every target and write the TPFs; ``None`` when nothing could be cut at all."""
     from cloudlab.cutouts import make_cutouts, write_tpfs
+    from cloudlab.cutouts.cutout import target_status
     from cloudlab.cutouts.tpf import TPFWriteError
 
     try:
@@ -106,13 +120,18 @@ def _cut_and_write(args: argparse.Namespace, targets) -> tuple | None:
         # nothing could be cut at all: list the targets and stop
         print(f"cloudlab cutouts: {err}", file=sys.stderr)
         return None
-    failed = json.loads(ds.attrs["failed"])
-    failures = {}
+    check_products(_tpf_urls(ds, args.out), args)
+    status = target_status(ds)
     try:
-        urls = write_tpfs(ds, args.out, overwrite=args.overwrite, progress=True)
+        urls = write_tpfs(
+            ds, args.out, overwrite=args.overwrite, skip_existing=False, progress=True
+        )
     except TPFWriteError as err:
-        urls, failures = err.urls, err.failed
-    return ds, urls, failed, failures
+        urls = err.urls
+        by_url = dict(zip(urls, range(len(urls)), strict=True))
+        for url, why in err.failed.items():
+            status.loc[by_url[url], [STATUS, REASON]] = ("write_error", f"{url}: {why}")
+    return ds, status
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -130,14 +149,14 @@ def _run(args: argparse.Namespace) -> int:
         outcome = _cut_and_write(args, targets)
     if outcome is None:
         return 1
-    ds, urls, failed, failures = outcome
+    ds, status = outcome
     elapsed = time.perf_counter() - t0
-    written = [u for u in urls if u not in failures]
-    print(f"\n{len(written)} TPF(s) in {args.out} ({ds.sizes['time']} frames, "
+    n_written = int((status[STATUS] == STATUS_OK).sum())
+    print(f"\n{n_written} TPF(s) in {args.out} ({ds.sizes['time']} frames, "
           f"{ds.sizes['row']}x{ds.sizes['column']} px) in {elapsed:.1f} s")  # fmt: skip
-    problems = [(f["ticid"], f["reason"]) for f in failed] + list(failures.items())
-    if problems:
+    problems = status[status[STATUS] != STATUS_OK]
+    if len(problems):
         print(f"{len(problems)} target(s) failed:")
-        for who, why in problems:
-            print(f"  TIC {who}: {why}" if not str(who).startswith(args.out) else f"  {who}: {why}")
-    return 0 if written else 1
+        for ticid, code, why in problems[["ticid", STATUS, REASON]].itertuples(index=False):
+            print(f"  TIC {ticid}: {why} ({code})")
+    return 0 if n_written else 1

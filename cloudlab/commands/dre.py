@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from cloudlab.commands._common import add_cluster_argument, cluster_context
+from cloudlab.commands._common import (
+    add_cluster_argument,
+    add_overwrite_argument,
+    check_products,
+    cluster_context,
+)
 
 __all__ = [
     "register",
@@ -69,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--index", nargs=3, type=float, metavar=("START", "STEP", "N"), help="Sérsic index axis"
     )
     models.add_argument("--boxsize", type=int, default=128, help="stamp side (default 128)")
+    add_overwrite_argument(models)
     models.set_defaults(func=_models)
 
     fit = sub.add_parser("fit", help="fit ROOT/Cuts/*_cuts.h5 against a model cube")
@@ -86,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _root_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", help="root URL holding Tiles/, Sextracted/, PSF/, Cuts/ …")
     parser.add_argument("--tile", action="append", help="tile name(s) to process (default: all)")
+    add_overwrite_argument(parser)
 
 
 def _tool_args(parser: argparse.ArgumentParser, tool: str) -> None:
@@ -108,11 +115,24 @@ def _options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _check(args: argparse.Namespace, step: str, **extras: bool) -> None:
+    """Refuse existing products of ``step`` for the tiles it would process, before any work."""
+    from cloudlab.dre.pipeline import Layout, step_products
+
+    layout = Layout(args.root)
+    check_products(step_products(layout, step, layout.names(step, args.tile), **extras), args)
+
+
 def _sextract(args: argparse.Namespace) -> int:
     from cloudlab.dre.pipeline import sextract_tiles
 
+    _check(args, "sextract")
     done = sextract_tiles(
-        args.root, tiles=args.tile, config=args.config, options=_options(args.option)
+        args.root,
+        tiles=args.tile,
+        config=args.config,
+        options=_options(args.option),
+        overwrite=args.overwrite,
     )
     for name, result in done.items():
         print(f"{name}: {len(result.table)} objects -> {result.catalog}")
@@ -122,8 +142,13 @@ def _sextract(args: argparse.Namespace) -> int:
 def _psfex(args: argparse.Namespace) -> int:
     from cloudlab.dre.pipeline import psfex_tiles
 
+    _check(args, "psfex")
     done = psfex_tiles(
-        args.root, tiles=args.tile, config=args.config, options=_options(args.option)
+        args.root,
+        tiles=args.tile,
+        config=args.config,
+        options=_options(args.option),
+        overwrite=args.overwrite,
     )
     for name, result in done.items():
         print(f"{name}: PSF {result.psf.shape} -> {result.url}")
@@ -133,6 +158,7 @@ def _psfex(args: argparse.Namespace) -> int:
 def _cuts(args: argparse.Namespace) -> int:
     from cloudlab.dre.pipeline import cut_tiles
 
+    _check(args, "cuts")
     done = cut_tiles(
         args.root,
         tiles=args.tile,
@@ -141,6 +167,7 @@ def _cuts(args: argparse.Namespace) -> int:
         max_stellarity=args.max_stellarity,
         filters={p: (float(lo), float(hi)) for p, lo, hi in args.filter},
         compression=args.compression,
+        overwrite=args.overwrite,
     )
     for name, (written, selected) in done.items():
         print(f"{name}: {written} cuts of {selected} selected")
@@ -149,6 +176,8 @@ def _cuts(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from cloudlab.dre import model_grid
+
+    check_products([args.dest], args)
 
     def axis(values):
         return None if values is None else (values[0], values[1], int(values[2]))
@@ -168,6 +197,7 @@ def _models(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace) -> int:
     from cloudlab.dre.pipeline import fit_tiles
 
+    _check(args, "fit", zarr=args.zarr, mosaics=args.mosaics)
     with cluster_context(args):
         done = fit_tiles(
             args.root,
@@ -178,6 +208,7 @@ def _fit(args: argparse.Namespace) -> int:
             mosaics=args.mosaics,
             zarr=args.zarr,
             compression=args.compression,
+            overwrite=args.overwrite,
         )
     for name, record in done.items():
         if record.status == "ok":

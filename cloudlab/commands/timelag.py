@@ -11,7 +11,13 @@ import argparse
 import re
 import time
 
-from cloudlab.commands._common import add_cluster_argument, cluster_context, run_graph
+from cloudlab.commands._common import (
+    add_cluster_argument,
+    add_overwrite_argument,
+    check_products,
+    cluster_context,
+    run_graph,
+)
 from cloudlab.errors import InputError
 
 __all__ = [
@@ -83,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--vmax", type=duration, help="colour range of the PNG lag maps")
     parser.add_argument("--no-png", action="store_true", help="skip the PNG plots")
     add_cluster_argument(parser)
+    add_overwrite_argument(parser)
     parser.set_defaults(func=_run)
     actions = parser.add_subparsers(dest="timelag_action", metavar="ACTION")
     simulate = actions.add_parser("simulate", help="write a simulated AIA multi-channel series")
@@ -117,6 +124,13 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _destinations(maps, out: str, *, png: bool) -> list[str]:
+    """Every product of the maps command: the zarr store, a FITS (and PNG) file per pair."""
+    names = [f"timelag_{str(pair).replace('-', '_')}" for pair in maps["pair"].values]
+    urls = [f"{out}/timelag_maps.zarr"] + [f"{out}/fits/{name}.fits" for name in names]
+    return urls + ([f"{out}/png/{name}.png" for name in names] if png else [])
+
+
 def _run(args: argparse.Namespace) -> int:
     from cloudlab.io import aia
     from cloudlab.timelag import plot_maps, prepare_channels, timelag_maps, write_fits, write_zarr
@@ -132,6 +146,7 @@ def _run(args: argparse.Namespace) -> int:
         files.setdefault(name, []).append(urls)
     if len(files) < 2:
         raise InputError(f"need at least two channels, got {sorted(files)}")
+    out = args.out.rstrip("/")
     t0 = time.perf_counter()
     with cluster_context(args) as client:
         if client is not None:
@@ -151,13 +166,15 @@ def _run(args: argparse.Namespace) -> int:
             pairs = [(keys.get(a, a), keys.get(b, b)) for a, b in args.pairs]
         maps = timelag_maps(prepared, pairs=pairs, lag_bounds=args.lag_bounds)
         grid = next(iter(prepared.values()))
+        check_products(_destinations(maps, out, png=not args.no_png), args)
         print(f"{maps.sizes['pair']} pair(s) on {grid.sizes['time']} common times, "
               f"{grid.sizes['y']}x{grid.sizes['x']} px")  # fmt: skip
         results = run_graph(maps)
-    out = args.out.rstrip("/")
-    written = [write_zarr(results, f"{out}/timelag_maps.zarr")]
-    written += write_fits(results, f"{out}/fits")
+    written = [write_zarr(results, f"{out}/timelag_maps.zarr", overwrite=args.overwrite)]
+    written += write_fits(results, f"{out}/fits", overwrite=args.overwrite, progress=False)
     if not args.no_png:
-        written += plot_maps(results, f"{out}/png", vmax_s=args.vmax)
+        written += plot_maps(
+            results, f"{out}/png", vmax_s=args.vmax, overwrite=args.overwrite, progress=False
+        )
     print(f"{len(written)} outputs in {out} in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -23,7 +23,7 @@ from dask.base import tokenize
 from cloudlab import fits
 from cloudlab.cutouts.locate import check_targets, wcs_pixels
 from cloudlab.cutouts.pointing import radec_to_pixel, sector_geometry
-from cloudlab.errors import InputError, check_on_error
+from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError, check_on_error
 from cloudlab.io.tess import CubeMeta, cube_meta
 from cloudlab.io.tess import cube_url as make_cube_url
 
@@ -37,6 +37,7 @@ __all__ = [
     "make_cutouts",
     "parse_size",
     "read_cutouts",
+    "target_status",
 ]
 
 BYTES_PER_PIXEL_FRAME = 8
@@ -170,7 +171,7 @@ def read_cutouts(
 
 
 def _failures_message(failed: list[dict]) -> str:
-    shown = "; ".join(f"TIC {f['ticid']}: {f['reason']}" for f in failed[:10])
+    shown = "; ".join(f"TIC {f['ticid']}: {f[REASON]}" for f in failed[:10])
     more = f"; and {len(failed) - 10} more" if len(failed) > 10 else ""
     return f"{len(failed)} target(s) cannot be cut: {shown}{more}"
 
@@ -187,8 +188,8 @@ def _assign_cubes(t, sector, cube_url, cube_base, failed):
     cam, ccd, _, _ = radec_to_pixel(t["ra"].to_numpy(), t["dec"].to_numpy(), sector)
     for i in np.flatnonzero(cam == 0):
         failed.append(
-            {"index": int(i), "ticid": t["ticid"].iloc[i],
-             "reason": f"not on a science pixel of any CCD in sector {sector}"}
+            {"index": int(i), "ticid": t["ticid"].iloc[i], STATUS: "off_silicon",
+             REASON: f"not on a science pixel of any CCD in sector {sector}"}
         )  # fmt: skip
     for i in np.flatnonzero(cam > 0):
         urls[i] = make_cube_url(sector, cam[i], ccd[i], cube_base)
@@ -227,7 +228,8 @@ def make_cutouts(
     on_error : {"raise", "skip"}
         What to do with targets that cannot be cut (off silicon, cube missing or unreadable,
         coordinates outside the cube's WCS): raise one error listing them all, or leave them
-        out and list them in ``attrs["failed"]`` (JSON).
+        out and list them in ``attrs["failed"]`` (JSON ``ticid``/``reason``) with their
+        failure codes in ``attrs["failed_status"]``; :func:`target_status` tabulates both.
     storage_options : dict, optional
 
     Returns
@@ -240,7 +242,8 @@ def make_cutouts(
         - coords ``ticid``, ``ra``, ``dec``, ``camera``, ``ccd``, ``cube_index``,
           ``center_column``/``center_row`` (0-based pixel of the target in the cube's WCS),
           ``corner_column``/``corner_row`` (0-based CCD pixel of cutout pixel ``[0, 0]``),
-          ``time`` (BTJD mid-exposure of the first cube);
+          ``time`` (BTJD mid-exposure of the first cube), ``status``/``reason`` (``"ok"`` and
+          ``""`` for every target cut);
         - per cube: ``cube_url``, ``cube_wcs`` (the WCS header astrocut uses), ``cube_primary``
           (primary header), ``cube_time``, ``cube_quality``, ``cube_barycorr``, ``cube_ffi_file``
           (``cube, time``).
@@ -272,7 +275,7 @@ def make_cutouts(
                 raise
             for i in members:
                 failed.append({"index": int(i), "ticid": t["ticid"].iloc[i],
-                               "reason": f"cube {url}: {exc}"})  # fmt: skip
+                               STATUS: "cube_error", REASON: f"cube {url}: {exc}"})  # fmt: skip
             urls[members] = ""
             continue
         if ny > meta.n_rows or nx > meta.n_cols:
@@ -285,8 +288,8 @@ def make_cutouts(
         outside = ~np.isfinite(c) | (c0 + nx <= 0) | (c0 >= meta.n_cols) | (r0 + ny <= 0)
         outside |= r0 >= meta.n_rows
         for i in members[outside]:
-            failed.append({"index": int(i), "ticid": t["ticid"].iloc[i],
-                           "reason": f"outside the image of cube {url}"})  # fmt: skip
+            failed.append({"index": int(i), "ticid": t["ticid"].iloc[i], STATUS: "off_image",
+                           REASON: f"outside the image of cube {url}"})  # fmt: skip
         urls[members[outside]] = ""
         center_col[members[~outside]] = c[~outside]
         center_row[members[~outside]] = r[~outside]
@@ -354,16 +357,52 @@ def make_cutouts(
             "center_row": ("target", center_row[keep]),
             "corner_column": ("target", corner_col),
             "corner_row": ("target", corner_row),
+            STATUS: ("target", np.full(len(keep), STATUS_OK)),
+            REASON: ("target", np.full(len(keep), "")),
             "time": ("time", first.time, {"units": "BTJD (BJD - 2457000), TDB, mid-exposure"}),
         },
         attrs={
             "size": [ny, nx],
             "failed": json.dumps(
-                [{"ticid": _jsonable(f["ticid"]), "reason": f["reason"]} for f in failed]
+                [{"ticid": _jsonable(f["ticid"]), "reason": f[REASON]} for f in failed]
             ),
+            "failed_status": json.dumps([f[STATUS] for f in failed]),
         },
     )
     return ds
+
+
+def target_status(ds: xr.Dataset) -> pd.DataFrame:
+    """Every target of a :func:`make_cutouts` result with its status and reason.
+
+    Targets that were cut have status ``"ok"`` (the ``status``/``reason`` coordinates along
+    ``target``); targets dropped with ``on_error="skip"`` follow with their failure code
+    (``"off_silicon"``, ``"cube_error"`` or ``"off_image"``) and the reason naming the sector or
+    cube.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Output of :func:`make_cutouts`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``ticid``, ``status``, ``reason``: the cut targets first, then the dropped ones.
+    """
+    failed = json.loads(ds.attrs.get("failed", "[]"))
+    codes = json.loads(ds.attrs.get("failed_status", "[]")) or ["failed"] * len(failed)
+    cut = pd.DataFrame(
+        {"ticid": ds["ticid"].values, STATUS: ds[STATUS].values, REASON: ds[REASON].values}
+    )
+    dropped = pd.DataFrame(
+        {
+            "ticid": [f["ticid"] for f in failed],
+            STATUS: codes,
+            REASON: [f["reason"] for f in failed],
+        }
+    )
+    return pd.concat([cut, dropped], ignore_index=True) if failed else cut
 
 
 def _jsonable(value):

@@ -45,6 +45,7 @@ __all__ = [
     "join_catalog",
     "psfex_tiles",
     "sextract_tiles",
+    "step_products",
 ]
 
 #: per step: the glob under the root that finds its input tiles, and the suffix to strip
@@ -186,6 +187,48 @@ class TileFit:
         }
 
 
+def step_products(
+    layout: Layout,
+    step: str,
+    names: Sequence[str],
+    *,
+    zarr: bool = False,
+    mosaics: bool = False,
+) -> list[str]:
+    """Every product URL a step writes for ``names`` (checked before any work is done).
+
+    Parameters
+    ----------
+    layout : Layout
+        The DRE root.
+    step : str
+        ``"sextract"``, ``"psfex"``, ``"cuts"`` or ``"fit"``.
+    names : sequence of str
+        Tile names.
+    zarr, mosaics : bool
+        For ``"fit"``: whether ``Chi/{name}_chi.zarr`` and ``Mosaics/{name}`` are written too.
+
+    Returns
+    -------
+    list of str
+    """
+    if step not in _INPUTS:
+        raise InputError(f"step_products: unknown step {step!r}; use one of {sorted(_INPUTS)}")
+    urls = []
+    for name in names:
+        if step == "sextract":
+            urls.append(layout.check_image(name, "cat"))
+        elif step == "psfex":
+            urls.append(layout.psf(name))
+        elif step == "cuts":
+            urls.append(layout.cuts(name))
+        else:
+            urls += [layout.chi(name), layout.summary(name)]
+            urls += [layout.chi(name, "zarr")] if zarr else []
+            urls += [layout.mosaics(name)] if mosaics else []
+    return urls
+
+
 def _progress(names: Iterable[str], what: str):
     from tqdm import tqdm
 
@@ -198,6 +241,7 @@ def sextract_tiles(
     tiles: Sequence[str] | None = None,
     config: str | None = None,
     options: Mapping[str, object] | None = None,
+    overwrite: bool = False,
     storage_options: dict | None = None,
 ) -> dict[str, Sextracted]:
     """Run SExtractor on ``ROOT/Tiles/{name}.fits`` into ``ROOT/Sextracted/{name}/``.
@@ -212,6 +256,9 @@ def sextract_tiles(
         SExtractor configuration file instead of cloudlab's.
     options : mapping, optional
         SExtractor parameters.
+    overwrite : bool
+        Replace existing catalogues; without it an existing ``{name}_cat.fits`` is refused
+        (:class:`~cloudlab.errors.OverwriteError`) before SExtractor runs on any tile.
     storage_options : dict, optional
         fsspec options.
 
@@ -222,6 +269,11 @@ def sextract_tiles(
     """
     layout = Layout(root)
     names = layout.names("sextract", tiles, storage_options=storage_options)
+    storage.check_writable(
+        step_products(layout, "sextract", names),
+        overwrite=overwrite,
+        storage_options=storage_options,
+    )
     return {
         name: sextract(
             layout.tile(name),
@@ -241,6 +293,7 @@ def psfex_tiles(
     tiles: Sequence[str] | None = None,
     config: str | None = None,
     options: Mapping[str, object] | None = None,
+    overwrite: bool = False,
     storage_options: dict | None = None,
 ) -> dict[str, PSFModel]:
     """Run PSFEx on ``ROOT/Sextracted/{name}/{name}_cat.fits`` into ``ROOT/PSF/{name}.psf``.
@@ -255,6 +308,9 @@ def psfex_tiles(
         PSFEx configuration file instead of cloudlab's.
     options : mapping, optional
         PSFEx parameters.
+    overwrite : bool
+        Replace existing PSF models; without it an existing ``PSF/{name}.psf`` is refused
+        (:class:`~cloudlab.errors.OverwriteError`) before PSFEx runs on any tile.
     storage_options : dict, optional
         fsspec options.
 
@@ -265,6 +321,9 @@ def psfex_tiles(
     """
     layout = Layout(root)
     names = layout.names("psfex", tiles, storage_options=storage_options)
+    storage.check_writable(
+        step_products(layout, "psfex", names), overwrite=overwrite, storage_options=storage_options
+    )
     return {
         name: psfex(
             layout.check_image(name, "cat"),
@@ -286,6 +345,7 @@ def cut_tiles(
     max_stellarity: float = 1.0,
     filters: Mapping[str, tuple[float, float]] | None = None,
     compression: str = "medium",
+    overwrite: bool = False,
     storage_options: dict | None = None,
 ) -> dict[str, tuple[int, int]]:
     """Cut the selected galaxies of each tile into ``ROOT/Cuts/{name}_cuts.h5``.
@@ -309,6 +369,9 @@ def cut_tiles(
         Extra ``{column: (min, max)}`` cuts.
     compression : str
         HDF5 compression: ``none``, ``low``, ``medium`` or ``high``.
+    overwrite : bool
+        Replace existing cuts files; without it any existing ``Cuts/{name}_cuts.h5`` is refused
+        (:class:`~cloudlab.errors.OverwriteError`) before any tile is read.
     storage_options : dict, optional
         fsspec options.
 
@@ -319,6 +382,9 @@ def cut_tiles(
     """
     layout = Layout(root)
     names = layout.names("cuts", tiles, storage_options=storage_options)
+    storage.check_writable(
+        step_products(layout, "cuts", names), overwrite=overwrite, storage_options=storage_options
+    )
     done = {}
     for name in _progress(names, "cuts"):
         cuts = open_cuts(
@@ -334,7 +400,11 @@ def cut_tiles(
             storage_options=storage_options,
         )
         written = products.write_cuts_hdf5(
-            cuts, layout.cuts(name), compression=compression, storage_options=storage_options
+            cuts,
+            layout.cuts(name),
+            compression=compression,
+            overwrite=overwrite,
+            storage_options=storage_options,
         )
         done[name] = (written, cuts.sizes["galaxy"])
     return done
@@ -374,6 +444,7 @@ def fit_tiles(
     mosaics: bool = False,
     zarr: bool = False,
     compression: str = "medium",
+    overwrite: bool = False,
     storage_options: dict | None = None,
 ) -> dict[str, TileFit]:
     """Fit each tile's cuts against a model cube and write χ cubes, Summary and extras.
@@ -404,6 +475,9 @@ def fit_tiles(
         Also write ``Chi/{name}_chi.zarr``.
     compression : str
         HDF5 compression of the χ cubes: ``none``, ``low``, ``medium`` or ``high``.
+    overwrite : bool
+        Replace existing products; without it any existing product of any tile is refused
+        (:class:`~cloudlab.errors.OverwriteError`) before the models are read.
     storage_options : dict, optional
         fsspec options for every URL.
 
@@ -413,9 +487,14 @@ def fit_tiles(
         Tile name to its :class:`TileFit`.
     """
     layout = Layout(root)
+    names = layout.names("fit", tiles, storage_options=storage_options)
+    storage.check_writable(
+        step_products(layout, "fit", names, zarr=zarr, mosaics=mosaics),
+        overwrite=overwrite,
+        storage_options=storage_options,
+    )
     if isinstance(models, str):
         models = load_models(models, storage_options=storage_options)
-    names = layout.names("fit", tiles, storage_options=storage_options)
     shared = None
     if psf:  # one PSF for every tile: convolve the grid once
         (shared,) = _persisted(convolve_models(models, psf, storage_options=storage_options))
@@ -438,23 +517,32 @@ def fit_tiles(
         result = result.assign(chi=chi, flag=flag)
         record = TileFit(name)
         record.n_chi = products.write_chi_hdf5(
-            result, layout.chi(name), compression=compression, storage_options=storage_options
+            result,
+            layout.chi(name),
+            compression=compression,
+            overwrite=overwrite,
+            storage_options=storage_options,
         )
         table = join_catalog(
             summarize(result), layout.check_image(name, "cat"), storage_options=storage_options
         )
-        products.write_summary(table, layout.summary(name), storage_options=storage_options)
+        products.write_summary(
+            table, layout.summary(name), overwrite=overwrite, storage_options=storage_options
+        )
         record.n_summary = len(table)
         record.written += [layout.chi(name), layout.summary(name)]
         if zarr:
             zarr_url = layout.chi(name, "zarr")
-            products.write_chi_zarr(result, zarr_url, storage_options=storage_options)
+            products.write_chi_zarr(
+                result, zarr_url, overwrite=overwrite, storage_options=storage_options
+            )
             record.written.append(zarr_url)
         if mosaics:
             record.written += products.write_mosaics(
                 products.mosaics(result, cuts),
                 layout.mosaics(name),
                 prefix=f"{name}_",
+                overwrite=overwrite,
                 storage_options=storage_options,
             )
         done[name] = record

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from dask.base import tokenize
 from dask.utils import parse_bytes
 
 from cloudlab import storage
-from cloudlab.errors import InputError
+from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError, check_on_error
 from cloudlab.fits.header import HDUInfo, fits_text, hdu_info
 from cloudlab.fits.regions import check_image, normalize_index, read_region
 from cloudlab.fits.tables import gather_infos, raise_errors, raise_missing, stack_infos
@@ -168,10 +169,11 @@ def open_stack(
     *,
     dim: str = "file",
     keys: Sequence[str] = (),
-    on_missing: str = "raise",
+    on_error: str = "raise",
     dims: Sequence[str] | None = None,
     storage_options: dict | None = None,
     chunks: Any = None,
+    on_missing: str | None = None,
 ) -> xr.DataArray:
     """Stack the same image HDU of many equal-shape files along a new first dimension.
 
@@ -189,31 +191,43 @@ def open_stack(
         Name of the stacking dimension.
     keys : sequence of str
         Header keywords that become coordinates along ``dim`` (named after the keyword).
-    on_missing : {"raise", "nan"}
-        Missing files raise (listing them) or become NaN planes (listed in
-        ``attrs["missing"]``).
+    on_error : {"raise", "skip"}
+        Missing files raise (listing them) or become NaN planes (status ``"missing"`` with a
+        reason naming the file, and listed in ``attrs["missing"]``).
     dims : sequence of str, optional
         Names of the image dimensions (default as in :func:`open_hdu`).
     storage_options : dict, optional
         Filesystem keyword arguments.
     chunks : tuple or dict, optional
         Chunks of the image dimensions (default: whole planes); one file per chunk.
+    on_missing : {"raise", "nan"}, optional
+        Deprecated spelling of ``on_error`` (``"nan"`` is ``on_error="skip"``); warns.
 
     Returns
     -------
     xarray.DataArray
-        dims ``(dim, *dims)``; coordinates ``url`` and one per key along ``dim``; ``attrs``:
+        dims ``(dim, *dims)``; coordinates ``url``, ``status`` (``"ok"`` or ``"missing"``),
+        ``reason`` (empty, or naming the missing file) and one per key along ``dim``; ``attrs``:
         ``fits_header`` of the first file, ``hdu``, ``missing``.
 
     Raises
     ------
     FileNotFoundError
-        Missing files with ``on_missing="raise"``, or a glob matching nothing.
+        Missing files with ``on_error="raise"``, or a glob matching nothing.
     FITSError
         Unreadable files, or shapes/dtypes that differ (naming the offending files).
     """
-    if on_missing not in ("raise", "nan"):
-        raise InputError(f"on_missing must be 'raise' or 'nan', got {on_missing!r}")
+    if on_missing is not None:
+        warnings.warn(
+            "open_stack(on_missing=...) is deprecated: use on_error='raise' or 'skip' "
+            "(on_missing='nan' is on_error='skip')",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if on_missing not in ("raise", "nan"):
+            raise InputError(f"on_missing must be 'raise' or 'nan', got {on_missing!r}")
+        on_error = "skip" if on_missing == "nan" else "raise"
+    check_on_error(on_error)
     keys = (keys,) if isinstance(keys, str) else tuple(keys)
     entries = storage.expand_detail(urls, storage_options)
     if not entries:
@@ -222,7 +236,7 @@ def open_stack(
     results = gather_infos(entries, hdu, storage_options, functools.partial(stack_infos, keys=keys))
     raise_errors([r for r in results if r[0] == "error"], what)
     missing = [r[1] for r in results if r[0] == "missing"]
-    if missing and on_missing == "raise":
+    if missing and on_error == "raise":
         raise_missing(missing, what)
     infos: list[HDUInfo | None] = [r[1] if r[0] == "ok" else None for r in results]
     good = [i for i in infos if i is not None]
@@ -268,7 +282,13 @@ def open_stack(
         meta=np.empty((0,) * (len(shape) + 1), dtype=dtype),
     )
     urls_out = [r[1].url if r[0] == "ok" else r[1] for r in results]
-    coords: dict[str, Any] = {"url": (dim, np.asarray(urls_out, dtype=str))}
+    ok = [r[0] == "ok" for r in results]
+    reasons = ["" if o else f"no file at {u}" for o, u in zip(ok, urls_out, strict=True)]
+    coords: dict[str, Any] = {
+        "url": (dim, np.asarray(urls_out, dtype=str)),
+        STATUS: (dim, np.asarray([STATUS_OK if o else "missing" for o in ok], dtype=str)),
+        REASON: (dim, np.asarray(reasons, dtype=str)),
+    }
     for key in keys:
         values = [r[2][key] if r[0] == "ok" else None for r in results]
         coords[key] = (dim, _coordinate(values))
