@@ -265,7 +265,7 @@ def test_pipeline_cuts_and_fits_tiles_without_the_tools(tmp_path):
         assert row["LOGR"] == pytest.approx(true["LOGR"])
     # the CLI runs the same pipeline; one PSF for every tile (convolved once) gives the same chi
     first = dre.read_chi_hdf5(str(root / "Chi" / "a_chi.h5"))
-    assert _cli("fit", str(root), "--models", models, "--tile", "a",
+    assert _cli("fit", str(root), "--models", models, "--tile", "a", "--overwrite",
                 "--psf", str(root / "PSF" / "a.psf")) == 0  # fmt: skip
     again = dre.read_chi_hdf5(str(root / "Chi" / "a_chi.h5"))
     assert sorted(again) == sorted(first)
