@@ -194,7 +194,7 @@ def _env_options(protocol: str) -> dict[str, Any]:
     return {}
 
 
-def storage_options_for(url: str, storage_options: dict | None = None) -> dict[str, Any]:
+def storage_options_for(url: str, *, storage_options: dict | None = None) -> dict[str, Any]:
     """Effective filesystem keyword arguments for ``url``: defaults, dask config, then caller's.
 
     Parameters
@@ -223,7 +223,9 @@ def storage_options_for(url: str, storage_options: dict | None = None) -> dict[s
     return opts
 
 
-def resolve(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def resolve(
+    url: str, *, storage_options: dict | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """Filesystem and path for any fsspec URL or local path, with cloudlab's defaults.
 
     Parameters
@@ -244,7 +246,7 @@ def resolve(url: str, storage_options: dict | None = None) -> tuple[fsspec.Abstr
     url = os.fspath(url)
     if "://" not in url and "::" not in url:
         return LocalFileSystem(), os.path.abspath(os.path.expanduser(url))
-    opts = storage_options_for(url, storage_options)
+    opts = storage_options_for(url, storage_options=storage_options)
     try:
         return fsspec.core.url_to_fs(url, **opts)
     except ValueError as exc:  # unknown protocol
@@ -264,7 +266,7 @@ def _unstrip(fs: fsspec.AbstractFileSystem, path: str, template: str) -> str:
     return fs.unstrip_protocol(path)
 
 
-def expand(urls_or_glob: str | Sequence[str], storage_options: dict | None = None) -> list[str]:
+def expand(urls_or_glob: str | Sequence[str], *, storage_options: dict | None = None) -> list[str]:
     """Expand a URL, a glob or a list of them into a list of full URLs.
 
     Parameters
@@ -285,11 +287,11 @@ def expand(urls_or_glob: str | Sequence[str], storage_options: dict | None = Non
     FileNotFoundError
         A glob matches nothing.
     """
-    return [url for url, _ in expand_detail(urls_or_glob, storage_options)]
+    return [url for url, _ in expand_detail(urls_or_glob, storage_options=storage_options)]
 
 
 def expand_detail(
-    urls_or_glob: str | Sequence[str], storage_options: dict | None = None
+    urls_or_glob: str | Sequence[str], *, storage_options: dict | None = None
 ) -> list[tuple[str, dict | None]]:
     """Like :func:`expand`, with each file's ``fs.info`` where a glob listing provided it.
 
@@ -305,7 +307,7 @@ def expand_detail(
     out: list[tuple[str, dict | None]] = []
     for item in items:
         if any(c in item.split("::")[0] for c in _GLOB_CHARS):
-            fs, path = resolve(item, storage_options)
+            fs, path = resolve(item, storage_options=storage_options)
             found = retry(lambda fs=fs, path=path: fs.glob(path, detail=True), what=item)
             files = {p: i for p, i in found.items() if i.get("type", "file") != "directory"}
             if not files:
@@ -414,7 +416,7 @@ def _local_cat_ranges(path: str, starts: Sequence[int], ends: Sequence[int]) -> 
     return out
 
 
-def local_path(url: str, storage_options: dict | None = None) -> str | None:
+def local_path(url: str, *, storage_options: dict | None = None) -> str | None:
     """The path of ``url`` when it is a plain local file (for zero-copy reads), else ``None``."""
     if "::" in url:
         return None
@@ -422,7 +424,7 @@ def local_path(url: str, storage_options: dict | None = None) -> str | None:
         return os.path.abspath(os.path.expanduser(url))
     if _protocol(url) not in ("file", "local"):
         return None
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     return path if type(fs) is LocalFileSystem else None
 
 
@@ -430,6 +432,7 @@ def cat_ranges(
     url: str,
     starts: Sequence[int],
     ends: Sequence[int],
+    *,
     storage_options: dict | None = None,
 ) -> list[bytes]:
     """Read several byte ranges of one file in one batched call, retrying transient errors.
@@ -452,7 +455,7 @@ def cat_ranges(
     ends = [int(e) for e in ends]
     if not starts:
         return []
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
 
     def fetch() -> list[bytes]:
         if type(fs) is LocalFileSystem:
@@ -466,16 +469,16 @@ def cat_ranges(
     return retry(fetch, what=url)
 
 
-def file_info(url: str, storage_options: dict | None = None) -> dict[str, Any]:
+def file_info(url: str, *, storage_options: dict | None = None) -> dict[str, Any]:
     """``fs.info`` of ``url`` with retries (raises ``FileNotFoundError`` naming the URL)."""
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     try:
         return retry(lambda: fs.info(path), what=url)
     except FileNotFoundError as exc:
         raise NotFoundError(errno.ENOENT, "no such file", url) from exc
 
 
-def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
+def read_bytes(url: str, *, storage_options: dict | None = None) -> bytes:
     """Whole content of ``url``.
 
     Parameters
@@ -489,7 +492,7 @@ def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
     -------
     bytes
     """
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     return retry(lambda: fs.cat_file(path), what=url)
 
 
@@ -515,7 +518,7 @@ def existing(urls: str | Sequence[str], *, storage_options: dict | None = None) 
     found: set[str] = set()
     groups: dict[tuple[int, str], tuple[fsspec.AbstractFileSystem, str, list]] = {}
     for url in items:
-        fs, path = resolve(url, storage_options)
+        fs, path = resolve(url, storage_options=storage_options)
         if isinstance(fs, LocalFileSystem):
             if os.path.lexists(path):
                 found.add(url)
@@ -601,7 +604,7 @@ def write_file(
         the file is put in place).
     """
     check_writable(url, overwrite=overwrite, storage_options=storage_options)
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     local = isinstance(fs, LocalFileSystem)
     if local:
         directory = os.path.dirname(path) or "."
@@ -627,13 +630,13 @@ def write_file(
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def atomic_write(url: str, storage_options: dict | None = None):
+def atomic_write(url: str, *, storage_options: dict | None = None):
     """Deprecated: :func:`write_file` with ``overwrite=True`` (kept for existing callers)."""
     return write_file(url, overwrite=True, storage_options=storage_options)
 
 
 def write_bytes(
-    url: str, data: bytes, storage_options: dict | None = None, *, overwrite: bool = True
+    url: str, data: bytes, *, storage_options: dict | None = None, overwrite: bool = True
 ) -> None:
     """Write ``data`` to ``url`` in one step (local: temporary file then rename; object stores:
     one object upload, which is atomic by nature).
@@ -656,7 +659,7 @@ def write_bytes(
     OverwriteError
         ``url`` exists and ``overwrite`` is False.
     """
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     if isinstance(fs, LocalFileSystem):
         with write_file(url, overwrite=overwrite, storage_options=storage_options) as tmp:
             with open(tmp, "wb") as f:
@@ -842,9 +845,9 @@ def write_zarr(
     import warnings
 
     check_writable(url, overwrite=overwrite, storage_options=storage_options)
-    secrets = _secret_values(storage_options_for(url, storage_options))
+    secrets = _secret_values(storage_options_for(url, storage_options=storage_options))
     clean = _for_zarr(ds, secrets)
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     path = path.rstrip("/")
     parent, _, name = path.rpartition("/")
     staging = f"{parent}/.{name}.{uuid.uuid4().hex[:12]}.partial"
@@ -905,7 +908,7 @@ def read_zarr(url: str, *, storage_options: dict | None = None) -> Any:
     """
     import xarray as xr
 
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     path = path.rstrip("/")
     fs.invalidate_cache(path)
     if not retry(lambda: fs.exists(path), what=url):

@@ -114,7 +114,7 @@ def test_storage_endpoint_down_mid_read_is_retried(
     }
     url = f"s3://{s3_bucket}/img.fits"
     monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
-    fs, path = resolve(url, options)
+    fs, path = resolve(url, storage_options=options)
     fs.put(str(local), path)
     image = open_hdu(url, storage_options=options)  # headers read while the endpoint is up
 

@@ -109,9 +109,14 @@ def test_dask_config_and_explicit_options_take_precedence(clean_env: pytest.Monk
             "anon": True,
             "endpoint_url": "http://cfg",
         }
-        opts = storage.storage_options_for("s3://b/k", {"key": "k", "secret": "s"})
+        opts = storage.storage_options_for("s3://b/k", storage_options={"key": "k", "secret": "s"})
         assert opts["anon"] is False and opts["endpoint_url"] == "http://cfg"
-        assert storage.storage_options_for("s3://b/k", {"anon": True, "key": "k"})["anon"] is True
+        assert (
+            storage.storage_options_for("s3://b/k", storage_options={"anon": True, "key": "k"})[
+                "anon"
+            ]
+            is True
+        )
 
 
 def test_gcs_defaults(clean_env: pytest.MonkeyPatch) -> None:

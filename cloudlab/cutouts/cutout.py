@@ -269,7 +269,7 @@ def make_cutouts(
     for url in dict.fromkeys(u for u in urls if u):
         members = np.flatnonzero(urls == url)
         try:
-            meta = cube_meta(url, storage_options)
+            meta = cube_meta(url, storage_options=storage_options)
         except (OSError, ValueError) as exc:
             if cube_url is not None:
                 raise
@@ -432,7 +432,7 @@ def _build_graph(
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     blocks, order = [], []
     for k, url in enumerate(cube_list):
-        info = fits.hdu_info(url, 1, storage_options).light()  # cached by cube_meta
+        info = fits.hdu_info(url, 1, storage_options=storage_options).light()  # cached by cube_meta
         # targets keep their input order inside a cube: with a single cube the result needs no
         # re-ordering (a permutation would copy every cutout once more)
         members = np.flatnonzero(cube_index == k)

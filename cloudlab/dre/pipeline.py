@@ -139,7 +139,7 @@ class Layout:
         if tiles:
             return list(tiles)
         pattern, suffix = _INPUTS[step]
-        urls = storage.expand(f"{self.root}/{pattern}", storage_options)
+        urls = storage.expand(f"{self.root}/{pattern}", storage_options=storage_options)
         if not urls:
             raise FileNotFoundError(
                 f"nothing matches {self.root}/{pattern}: run the earlier DRE steps or check the "
@@ -501,7 +501,7 @@ def fit_tiles(
     done = {}
     for name in _progress(names, "fit"):
         tile_psf = psf or layout.psf(name)
-        fs, path = storage.resolve(tile_psf, storage_options)
+        fs, path = storage.resolve(tile_psf, storage_options=storage_options)
         if not fs.exists(path):
             reason = f"no PSF at {tile_psf}: run psfex_tiles or pass psf="
             warnings.warn(f"{name}: {reason}; tile skipped", stacklevel=2)
@@ -568,7 +568,7 @@ def join_catalog(table: Table, catalog: str, *, storage_options: dict | None = N
     astropy.table.Table
         The joined table, on ``EXT_NUMBER`` and ``NUMBER``.
     """
-    fs, path = storage.resolve(catalog, storage_options)
+    fs, path = storage.resolve(catalog, storage_options=storage_options)
     if not fs.exists(path):
         return table
     columns = read_catalog(catalog, storage_options=storage_options)

@@ -124,7 +124,7 @@ def open_hdu(
         No such HDU (a ``FITSError`` and a ``KeyError``).
     """
     url = os.fspath(url)
-    info = hdu_info(url, hdu, storage_options)
+    info = hdu_info(url, hdu, storage_options=storage_options)
     check_image(info)
     dim_names = _check_dims(dims, len(info.shape), url)
     if isinstance(chunks, dict):
@@ -229,11 +229,13 @@ def open_stack(
         on_error = "skip" if on_missing == "nan" else "raise"
     check_on_error(on_error)
     keys = (keys,) if isinstance(keys, str) else tuple(keys)
-    entries = storage.expand_detail(urls, storage_options)
+    entries = storage.expand_detail(urls, storage_options=storage_options)
     if not entries:
         raise InputError("open_stack: no files given")
     what = f"open_stack({len(entries)} files, hdu={hdu!r})"
-    results = gather_infos(entries, hdu, storage_options, functools.partial(stack_infos, keys=keys))
+    results = gather_infos(
+        entries, hdu, functools.partial(stack_infos, keys=keys), storage_options=storage_options
+    )
     raise_errors([r for r in results if r[0] == "error"], what)
     missing = [r[1] for r in results if r[0] == "missing"]
     if missing and on_error == "raise":

@@ -530,8 +530,8 @@ def _normalize_target(hdu: int | str | tuple) -> int | str | tuple:
 def hdu_info(
     url: str,
     hdu: int | str | tuple = 0,
-    storage_options: dict | None = None,
     *,
+    storage_options: dict | None = None,
     file_info: dict | None = None,
 ) -> HDUInfo:
     """Locate an HDU by reading header blocks only.
@@ -566,7 +566,9 @@ def hdu_info(
     """
     url = str(url)
     target = _normalize_target(hdu)
-    finfo = file_info if file_info is not None else storage.file_info(url, storage_options)
+    if file_info is None:
+        file_info = storage.file_info(url, storage_options=storage_options)
+    finfo = file_info
     key = (url, target, tokenize(storage_options) if storage_options else None)
     fingerprint = _fingerprint(finfo)
     with _cache_lock:

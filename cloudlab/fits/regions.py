@@ -333,17 +333,23 @@ def fetch_ranges(
         The file is shorter than a range (truncated).
     """
     sizes = ends - starts
-    local = None if info.gzip else storage.local_path(info.url, info.storage_options)
+    local = (
+        None if info.gzip else storage.local_path(info.url, storage_options=info.storage_options)
+    )
     if info.gzip:
         first, last = int(starts[0]), int(ends[-1])
-        buf = np.frombuffer(read_gzip_span(info.url, info.storage_options, first, last), np.uint8)
+        buf = np.frombuffer(
+            read_gzip_span(info.url, first, last, storage_options=info.storage_options), np.uint8
+        )
         offsets = starts - first
         got = np.clip(len(buf) - offsets, 0, sizes)
     elif local is not None:
         buf, got = read_local_ranges(local, starts.tolist(), ends.tolist())
         offsets = np.cumsum(sizes) - sizes
     else:
-        raw = storage.cat_ranges(info.url, starts.tolist(), ends.tolist(), info.storage_options)
+        raw = storage.cat_ranges(
+            info.url, starts.tolist(), ends.tolist(), storage_options=info.storage_options
+        )
         got = np.array([len(part) for part in raw], dtype=np.int64)
         joined = raw[0] if len(raw) == 1 else bytearray().join(raw)
         buf = np.frombuffer(joined, dtype=np.uint8)
@@ -360,7 +366,7 @@ def fetch_ranges(
 
 def _read_compressed(info: HDUInfo, boxes: Sequence[Box]) -> list[np.ndarray]:
     """Read boxes of a tile-compressed HDU through astropy's ``section`` (one open)."""
-    fs, path = storage.resolve(info.url, info.storage_options)
+    fs, path = storage.resolve(info.url, storage_options=info.storage_options)
 
     def read() -> list[np.ndarray]:
         with (

@@ -48,7 +48,9 @@ class RangedSource:
         if self._start <= start and end <= self._start + len(self._buf):
             return self._buf[start - self._start : end - self._start]
         stop = min(max(end, start + readahead), self.size)
-        (data,) = storage.cat_ranges(self.url, [start], [stop], self.storage_options)
+        (data,) = storage.cat_ranges(
+            self.url, [start], [stop], storage_options=self.storage_options
+        )
         self._start, self._buf = start, data
         return data[: end - start]
 
@@ -81,7 +83,7 @@ class GzipSource:
         """Decompressed bytes ``[start, end)`` (short at the end of the stream)."""
         if self._file is None or self._file.tell() > start:
             self.close()
-            fs, path = storage.resolve(self.url, self.storage_options)
+            fs, path = storage.resolve(self.url, storage_options=self.storage_options)
             self._raw = fs.open(path, "rb")
             self._file = gzip.GzipFile(fileobj=self._raw)
         try:
@@ -105,7 +107,7 @@ class GzipSource:
         self._file = self._raw = None
 
 
-def read_gzip_span(url: str, storage_options: dict | None, start: int, end: int) -> bytes:
+def read_gzip_span(url: str, start: int, end: int, *, storage_options: dict | None = None) -> bytes:
     """Decompress a gzip-compressed file from its start up to ``end`` and keep ``[start, end)``.
 
     Parameters
@@ -127,7 +129,7 @@ def read_gzip_span(url: str, storage_options: dict | None, start: int, end: int)
     FITSFormatError
         A corrupt or truncated gzip stream.
     """
-    fs, path = storage.resolve(url, storage_options)
+    fs, path = storage.resolve(url, storage_options=storage_options)
 
     def read() -> bytes:
         with fs.open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) as f:

@@ -7,6 +7,7 @@ read the files (:func:`cloudlab.cluster.reading_workers`), otherwise in threads 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,7 @@ _MAX_ERRORS_LISTED = 20
 
 
 def read_infos(
-    entries: list[tuple[str, dict | None]], hdu: int | str | tuple, storage_options: dict | None
+    entries: list[tuple[str, dict | None]], hdu: int | str | tuple, *, storage_options: dict | None
 ) -> list[tuple]:
     """Header information of many files (runs on cluster workers or in threads).
 
@@ -48,7 +49,7 @@ def read_infos(
     out: list[tuple] = []
     for url, finfo in entries:
         try:
-            out.append(("ok", hdu_info(url, hdu, storage_options, file_info=finfo)))
+            out.append(("ok", hdu_info(url, hdu, storage_options=storage_options, file_info=finfo)))
         except FileNotFoundError as exc:
             out.append(("missing", url, str(exc)))
         except (OSError, ValueError, TypeError) as exc:
@@ -59,6 +60,7 @@ def read_infos(
 def stack_infos(
     entries: list[tuple[str, dict | None]],
     hdu: int | str | tuple,
+    *,
     storage_options: dict | None,
     keys: tuple[str, ...] = (),
 ) -> list[tuple]:
@@ -72,7 +74,7 @@ def stack_infos(
     """
     out: list[tuple] = []
     first = True
-    for result in read_infos(entries, hdu, storage_options):
+    for result in read_infos(entries, hdu, storage_options=storage_options):
         if result[0] != "ok":
             out.append(result)
             continue
@@ -84,7 +86,7 @@ def stack_infos(
 
 
 def header_rows(
-    entries: list[tuple[str, dict | None]], hdu: int | str | tuple, storage_options: dict | None
+    entries: list[tuple[str, dict | None]], hdu: int | str | tuple, *, storage_options: dict | None
 ) -> list[tuple]:
     """Header keywords of many files as dicts (runs on cluster workers or in threads).
 
@@ -94,7 +96,7 @@ def header_rows(
         Per file ``("ok", url, {keyword: value})``, or ``("missing"|"error", url, message)``.
     """
     out: list[tuple] = []
-    for result in read_infos(entries, hdu, storage_options):
+    for result in read_infos(entries, hdu, storage_options=storage_options):
         if result[0] != "ok":
             out.append(result)
             continue
@@ -118,8 +120,9 @@ def _batches(items: list, n: int) -> list[list]:
 def gather_infos(
     entries: list[tuple[str, dict | None]],
     hdu: int | str | tuple,
-    storage_options: dict | None,
     func: Callable[..., list[tuple]] = read_infos,
+    *,
+    storage_options: dict | None = None,
 ) -> list[tuple]:
     """Read headers in parallel with ``func`` (:func:`read_infos` or :func:`header_rows`): on
     the cluster's workers when they can read the files, else in threads.
@@ -142,7 +145,8 @@ def gather_infos(
         threads = 4 if all(storage.is_local(u) for u, _ in entries) else 16
         batches = _batches(entries, 4 * threads)
         with ThreadPoolExecutor(max_workers=min(threads, len(batches))) as pool:
-            results = list(pool.map(lambda b: func(b, hdu, storage_options), batches))
+            read = functools.partial(func, hdu=hdu, storage_options=storage_options)
+            results = list(pool.map(read, batches))
     return [r for batch in results for r in batch]
 
 
@@ -164,7 +168,7 @@ def raise_missing(missing: list[str], what: str) -> None:
 
 
 def read_headers(
-    urls: str | Sequence[str], hdu: int | str | tuple = 0, storage_options: dict | None = None
+    urls: str | Sequence[str], hdu: int | str | tuple = 0, *, storage_options: dict | None = None
 ) -> pd.DataFrame:
     """Header keywords of many files as a table, read in parallel.
 
@@ -183,9 +187,9 @@ def read_headers(
         One row per file (index ``url``), one column per keyword (COMMENT/HISTORY left out;
         a repeated keyword keeps its first value; absent keywords are missing values).
     """
-    entries = storage.expand_detail(urls, storage_options)
+    entries = storage.expand_detail(urls, storage_options=storage_options)
     what = f"read_headers({len(entries)} files, hdu={hdu!r})"
-    results = gather_infos(entries, hdu, storage_options, header_rows)
+    results = gather_infos(entries, hdu, header_rows, storage_options=storage_options)
     raise_errors([r for r in results if r[0] == "error"], what)
     missing = [r[1] for r in results if r[0] == "missing"]
     if missing:
@@ -194,7 +198,9 @@ def read_headers(
     return pd.DataFrame([r[2] for r in results], index=index)
 
 
-def read_table(url: str, hdu: int | str | tuple = 1, storage_options: dict | None = None) -> Table:
+def read_table(
+    url: str, hdu: int | str | tuple = 1, *, storage_options: dict | None = None
+) -> Table:
     """Read one table HDU, fetching only that HDU's header and data bytes.
 
     Parameters
@@ -212,7 +218,7 @@ def read_table(url: str, hdu: int | str | tuple = 1, storage_options: dict | Non
         As ``Table.read(url, hdu=hdu)`` gives it.
     """
     url = os.fspath(url)
-    info = hdu_info(url, hdu, storage_options)
+    info = hdu_info(url, hdu, storage_options=storage_options)
     if info.kind != "table":
         raise FITSFormatError(
             f"{url}: HDU {info.index} is not a table (kind {info.kind!r}); use open_hdu for images"
@@ -227,7 +233,7 @@ def read_table(url: str, hdu: int | str | tuple = 1, storage_options: dict | Non
             src.close()
     else:
         end = min(end, info.file_size) if info.file_size is not None else end
-        (blob,) = storage.cat_ranges(url, [start], [end], storage_options)
+        (blob,) = storage.cat_ranges(url, [start], [end], storage_options=storage_options)
     if len(blob) < info.data_offset - start + info.data_size:
         raise FITSFormatError(
             f"{url}: truncated: HDU {info.index} data ends beyond the end of file"

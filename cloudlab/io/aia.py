@@ -108,7 +108,7 @@ def open_stack(
         (a :class:`~cloudlab.errors.FITSFormatError` for a file that is not FITS or is
         truncated).
     """
-    urls = storage.expand(urls_or_glob, storage_options)
+    urls = storage.expand(urls_or_glob, storage_options=storage_options)
     if not urls:
         raise NotFoundError(f"no AIA files match {urls_or_glob!r}")
     hdu = image_hdu(urls[0], storage_options=storage_options)

@@ -31,7 +31,7 @@ def read_catalog(url: str, *, storage_options: dict | None = None) -> Table:
     -------
     astropy.table.Table
     """
-    with fits.open(io.BytesIO(read_bytes(url, storage_options))) as hdul:
+    with fits.open(io.BytesIO(read_bytes(url, storage_options=storage_options))) as hdul:
         ldac = [Table(h.data) for h in hdul if h.name == "LDAC_OBJECTS"]
         if ldac:
             return vstack(ldac) if len(ldac) > 1 else ldac[0]

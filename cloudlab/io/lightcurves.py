@@ -61,7 +61,7 @@ def _read_qlp_h5(
     (None when the file has none) of a QLP HDF5 light curve, unfiltered."""
     import h5py
 
-    fs, path = storage.resolve(url, storage_options)
+    fs, path = storage.resolve(url, storage_options=storage_options)
     if not fs.exists(path):
         raise NotFoundError(f"QLP light curve not found: {url}")
     try:
@@ -193,7 +193,7 @@ def read_kepler(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UnitsWarning)
-                table = read_table(url, "LIGHTCURVE", storage_options)
+                table = read_table(url, "LIGHTCURVE", storage_options=storage_options)
         except FileNotFoundError:
             raise
         except Exception as err:  # astropy/FITS errors of many kinds
@@ -214,12 +214,14 @@ def read_kepler(
 def _cadences(urls: Sequence[str], reader: str, storage_options: dict | None) -> int:
     """Raw number of cadences of a target's files (metadata only)."""
     if reader == "kepler":
-        return sum(int(hdu_info(u, "LIGHTCURVE", storage_options).shape[0]) for u in urls)
+        return sum(
+            int(hdu_info(u, "LIGHTCURVE", storage_options=storage_options).shape[0]) for u in urls
+        )
     import h5py
 
     total = 0
     for url in urls:
-        fs, path = storage.resolve(url, storage_options)
+        fs, path = storage.resolve(url, storage_options=storage_options)
         if not fs.exists(path):
             raise NotFoundError(f"QLP light curve not found: {url}")
         try:

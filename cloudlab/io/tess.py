@@ -202,8 +202,8 @@ def _science_region(table, n_rows: int, n_cols: int) -> dict:
 @functools.lru_cache(maxsize=128)
 def _cube_meta_cached(url: str, options_key: str) -> CubeMeta:
     storage_options = json.loads(options_key) or None
-    primary = lfits.hdu_info(url, 0, storage_options)
-    info = lfits.hdu_info(url, 1, storage_options)
+    primary = lfits.hdu_info(url, 0, storage_options=storage_options)
+    info = lfits.hdu_info(url, 1, storage_options=storage_options)
     if info.kind != "image" or len(info.shape) != 4 or info.shape[3] != 2:
         raise FITSFormatError(
             f"{url}: HDU 1 is not a cutout cube (expected (rows, columns, frames, 2), "
@@ -214,7 +214,7 @@ def _cube_meta_cached(url: str, options_key: str) -> CubeMeta:
     n_rows, n_cols, n_frames, _ = info.shape
     if info.file_size is not None and info.data_offset + info.data_size > info.file_size:
         raise FITSFormatError(f"{url}: truncated cube: data end beyond the end of the file")
-    table = lfits.read_table(url, 2, storage_options)
+    table = lfits.read_table(url, 2, storage_options=storage_options)
     if len(table) != n_frames:
         raise FITSFormatError(f"{url}: HDU 2 has {len(table)} rows for {n_frames} frames")
     for col in ("TSTART", "TSTOP"):
@@ -254,7 +254,7 @@ def _cube_meta_cached(url: str, options_key: str) -> CubeMeta:
     )
 
 
-def cube_meta(url: str, storage_options: dict | None = None) -> CubeMeta:
+def cube_meta(url: str, *, storage_options: dict | None = None) -> CubeMeta:
     """Headers, per-frame table and WCS of a cube, read once and cached per URL.
 
     Parameters

@@ -49,12 +49,12 @@ class FFIError(InputError):
 
 def _frame_meta(url: str, storage_options: dict | None) -> dict:
     """Header information of one frame (primary, calibrated image, uncertainty image)."""
-    primary = fits.hdu_info(url, 0, storage_options)
-    cal = fits.hdu_info(url, 1, storage_options)
+    primary = fits.hdu_info(url, 0, storage_options=storage_options)
+    cal = fits.hdu_info(url, 1, storage_options=storage_options)
     if cal.kind != "image" or len(cal.shape) != 2:
         raise FFIError(f"{url}: HDU 1 is not a 2-D image (kind {cal.kind}, shape {cal.shape})")
     try:
-        err = fits.hdu_info(url, 2, storage_options)
+        err = fits.hdu_info(url, 2, storage_options=storage_options)
     except HDUNotFoundError:
         err = None
     h = cal.header
@@ -332,7 +332,7 @@ def read_science(
     Only the bytes of the box are fetched; where the stored image is smaller than the box (trimmed
     files) the missing pixels are NaN.
     """
-    info = fits.hdu_info(url, hdu, storage_options)
+    info = fits.hdu_info(url, hdu, storage_options=storage_options)
     r0, c0, n_r, n_c = box
     out = np.full((1, n_r, n_c), np.nan, np.float32)
     r1, c1 = min(r0 + n_r, info.shape[0]), min(c0 + n_c, info.shape[1])

@@ -252,7 +252,7 @@ def ffi_stack(
             name += ".gz"
             data = gzip.compress(data, compresslevel=1)
         url = f"{dest}/{name}"
-        storage.write_bytes(url, data, storage_options)
+        storage.write_bytes(url, data, storage_options=storage_options)
         urls.append(url)
     truth.urls = urls
     return truth

@@ -798,7 +798,11 @@ def tess_sector(
     ffi_urls = [f"{dest}/{name}" for name in names] if ffis else []
     bar = _progress_bar(progress, layout.n_rows + (n_frames if ffis else 0))
     try:
-        with storage.atomic_write(cube_url, storage_options) if cube else _scratch() as path:
+        with (
+            storage.atomic_write(cube_url, storage_options=storage_options)
+            if cube
+            else _scratch() as path
+        ):
             primary = _cube_primary(primaries[0], cal_headers[-1], sector, camera, ccd)
             table = _table_hdu_bytes(cal_headers, names)
             offset = _write_cube_local(
@@ -841,7 +845,7 @@ def _write_ffi(url, primary, cal_header, unc_header, flux, err, storage_options)
             fits.ImageHDU(np.ascontiguousarray(err, dtype=np.float32), header=unc_header),
         ]
     )
-    with storage.atomic_write(url, storage_options) as path:
+    with storage.atomic_write(url, storage_options=storage_options) as path:
         hdus.writeto(path)
 
 
