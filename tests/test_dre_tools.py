@@ -160,7 +160,18 @@ def test_cli_runs_dre_layout(tmp_path):
     assert len(list((root / "Mosaics" / "a").glob("*_mosaic.png"))) == n_cuts
     # one PSF for every tile (convolved once) gives the same chi
     first = dre.read_chi_hdf5(str(root / "Chi" / "a_chi.h5"))
-    assert _cli("fit", str(root), "--models", models, "--psf", str(root / "PSF" / "a.psf")) == 0
+    assert (
+        _cli(
+            "fit",
+            str(root),
+            "--models",
+            models,
+            "--overwrite",
+            "--psf",
+            str(root / "PSF" / "a.psf"),
+        )
+        == 0
+    )
     again = dre.read_chi_hdf5(str(root / "Chi" / "a_chi.h5"))
     assert sorted(again) == sorted(first)
     for key, value in first.items():

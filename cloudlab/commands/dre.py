@@ -126,12 +126,13 @@ def _check(args: argparse.Namespace, step: str, **extras: bool) -> None:
 def _sextract(args: argparse.Namespace) -> int:
     from cloudlab.dre.pipeline import sextract_tiles
 
+    options = _options(args.option)  # a malformed option is named before anything else
     _check(args, "sextract")
     done = sextract_tiles(
         args.root,
         tiles=args.tile,
         config=args.config,
-        options=_options(args.option),
+        options=options,
         overwrite=args.overwrite,
     )
     for name, result in done.items():
@@ -142,12 +143,13 @@ def _sextract(args: argparse.Namespace) -> int:
 def _psfex(args: argparse.Namespace) -> int:
     from cloudlab.dre.pipeline import psfex_tiles
 
+    options = _options(args.option)  # a malformed option is named before anything else
     _check(args, "psfex")
     done = psfex_tiles(
         args.root,
         tiles=args.tile,
         config=args.config,
-        options=_options(args.option),
+        options=options,
         overwrite=args.overwrite,
     )
     for name, result in done.items():
