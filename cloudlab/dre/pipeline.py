@@ -30,7 +30,7 @@ from cloudlab import storage
 from cloudlab.dre import io as products
 from cloudlab.dre.cuts import open_cuts
 from cloudlab.dre.fit import convolve_models, fit
-from cloudlab.dre.models import load_models
+from cloudlab.dre.models import check_models, load_models
 from cloudlab.dre.psfex import PSFModel, psfex
 from cloudlab.dre.sextractor import Sextracted, sextract
 from cloudlab.dre.summary import summarize
@@ -415,6 +415,7 @@ def fit_tiles(
     layout = Layout(root)
     if isinstance(models, str):
         models = load_models(models, storage_options=storage_options)
+    check_models(models)  # once, before any tile (NaN or all-zero models)
     names = layout.names("fit", tiles, storage_options=storage_options)
     shared = None
     if psf:  # one PSF for every tile: convolve the grid once
@@ -483,7 +484,7 @@ def join_catalog(table: Table, catalog: str, *, storage_options: dict | None = N
     fs, path = storage.resolve(catalog, storage_options)
     if not fs.exists(path):
         return table
-    columns = read_catalog(catalog, storage_options)
+    columns = read_catalog(catalog, storage_options=storage_options)
     columns.remove_columns([c for c in columns.colnames if columns[c].ndim > 1])
     keys = [k for k in ("EXT_NUMBER", "NUMBER") if k in columns.colnames]
     columns.remove_columns([c for c in columns.colnames if c in table.colnames and c not in keys])
