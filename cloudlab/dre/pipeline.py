@@ -382,7 +382,10 @@ def fit_tiles(
     χ once (persisted on the active cluster, with a progress bar on stderr), write
     ``Chi/{name}_chi.h5`` and ``Summary/{name}_dre.fits`` (the summary inner-joined with the
     tile's SExtractor catalogue, as DRE does), and optionally ``Chi/{name}_chi.zarr`` and the
-    mosaics. A tile without a PSF is skipped with a warning and status ``"no_psf"``.
+    mosaics. A tile without a PSF is not fitted: its record has status ``"no_psf"`` (a failure,
+    which ``cloudlab dre fit`` counts in its summary line and exit status) and a warning is
+    issued. The model cube is checked once, before any tile (see
+    :func:`cloudlab.dre.models.check_models`).
 
     Parameters
     ----------
