@@ -178,17 +178,23 @@ def _cuts(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from cloudlab.dre import model_grid
+    from cloudlab.errors import InputError
+
+    def axis(values, option):
+        if values is None:
+            return None
+        start, step, count = values
+        if not float(count).is_integer() or count < 1:
+            raise InputError(f"{option} START STEP N: N must be a positive integer, got {count:g}")
+        return start, step, int(count)
 
     check_products([args.dest], args)
 
-    def axis(values):
-        return None if values is None else (values[0], values[1], int(values[2]))
-
     cube = model_grid(
-        ax_ratio=axis(args.ax_ratio),
-        angle=axis(args.angle),
-        log_r=axis(args.log_r),
-        index=axis(args.index),
+        ax_ratio=axis(args.ax_ratio, "--ax-ratio"),
+        angle=axis(args.angle, "--angle"),
+        log_r=axis(args.log_r, "--log-r"),
+        index=axis(args.index, "--index"),
         boxsize=args.boxsize,
         url=args.dest,
     )
@@ -216,5 +222,7 @@ def _fit(args: argparse.Namespace) -> int:
         if record.status == "ok":
             print(f"{name}: {record.n_chi} chi cubes, summary of {record.n_summary} rows")
         else:
-            print(f"{name}: skipped ({record.reason})")
-    return 0
+            print(f"{name}: FAILED, {record.status} ({record.reason})")
+    failed = sum(record.status != "ok" for record in done.values())
+    print(f"{len(done) - failed} of {len(done)} tiles fitted, {failed} failed")
+    return 1 if failed else 0

@@ -138,7 +138,7 @@ def _add_galaxies(kinds: argparse._SubParsersAction) -> None:
         "galaxies",
         help="a galaxy tile with Sérsic galaxies of known parameters (for dre)",
         description="Write a FITS tile with Sérsic galaxies, stars, a PSF, sky and noise, and "
-        "its truth table (FITS) beside it.",
+        "its truth table (FITS) beside it, or in ROOT/Truth/ for a tile in ROOT/Tiles/.",
     )
     parser.add_argument("dest", help="FITS file to write (local path or fsspec URL)")
     parser.add_argument("--shape", type=_shape, default=(512, 512), help="ROWSxCOLS (default 512)")
@@ -153,11 +153,12 @@ def _run_galaxies(args: argparse.Namespace) -> int:
 
     from cloudlab import storage
     from cloudlab.simulate import galaxy_tile
+    from cloudlab.simulate.galaxies import truth_url as galaxy_truth_url
 
     tile = galaxy_tile(
         args.dest, shape=args.shape, n_galaxies=args.galaxies, n_stars=args.stars, seed=args.seed
     )
-    truth_url = args.dest.removesuffix(".fits") + "_truth.fits"
+    truth_url = galaxy_truth_url(args.dest)
     buffer = io.BytesIO()
     tile.truth.write(buffer, format="fits")
     storage.write_bytes(truth_url, buffer.getvalue())

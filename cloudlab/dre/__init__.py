@@ -26,7 +26,7 @@ from cloudlab.dre.io import (
     write_mosaics,
     write_summary,
 )
-from cloudlab.dre.models import load_models, model_grid, write_models
+from cloudlab.dre.models import check_models, load_models, model_grid, write_models
 from cloudlab.dre.pipeline import (
     Layout,
     TileFit,
@@ -48,6 +48,7 @@ __all__ = [
     "Sextracted",
     "TileFit",
     "ToolError",
+    "check_models",
     "convolve_models",
     "cut_tiles",
     "fit",

@@ -194,10 +194,16 @@ def open_cuts(
     if chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size!r}")
     table = _as_table(catalog, storage_options)
+    source = f"catalog {catalog}" if isinstance(catalog, str) else "the catalog"
+    if len(table) == 0:
+        raise InputError(
+            f"{source} of tile {tile} is empty (SExtractor found no source); check the tile, "
+            "or lower DETECT_THRESH in the SExtractor options"
+        )
     missing = [c for c in REQUIRED_COLUMNS if c not in table.colnames]
     if missing:
         raise InputError(
-            f"catalog lacks the required column(s) {missing}; add them to the SExtractor "
+            f"{source} lacks the required column(s) {missing}; add them to the SExtractor "
             "parameter file"
         )
     if margin < size // 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import dask.array as da
@@ -9,10 +10,11 @@ import numpy as np
 import scipy.fft
 import xarray as xr
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
 
 from cloudlab.backend import array_module, asnumpy
 from cloudlab.dre.kernels import chi_block
-from cloudlab.dre.models import AXES
+from cloudlab.dre.models import AXES, check_models
 from cloudlab.errors import REASON, STATUS, STATUS_OK, FITSFormatError, InputError
 from cloudlab.storage import read_bytes
 
@@ -74,24 +76,36 @@ def flag_status(flag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _psf_from_fits(url: str, storage_options: dict | None) -> np.ndarray:
     import io
 
-    with fits.open(io.BytesIO(read_bytes(url, storage_options=storage_options))) as hdul:
-        tables = [
-            h for h in hdul[1:] if isinstance(h, fits.BinTableHDU) and "PSF_MASK" in h.columns.names
-        ]
-        if not tables:
-            if hdul[0].data is None:
-                raise FITSFormatError(
-                    f"{url}: no PSF image in the primary HDU and no PSFEx table; "
-                    "pass a PSFEx .psf file or a FITS image"
-                )
-            return np.asarray(hdul[0].data)
-        for h in tables:
-            if h.header.get("ACCEPTED", 0) != 0:
-                return np.asarray(h.data["PSF_MASK"][0][0])
-        raise InputError(
-            f"{url}: no PSFEx extension with ACCEPTED != 0 (PSFEx kept no star); "
-            "loosen the SExtractor/PSFEx selection or pass another PSF"
-        )
+    data = read_bytes(url, storage_options=storage_options)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)  # truncation is raised below
+            with fits.open(io.BytesIO(data)) as hdul:
+                primary = hdul[0].data
+                tables = [
+                    (h.header.get("ACCEPTED", 0), h.data["PSF_MASK"])
+                    for h in hdul[1:]
+                    if isinstance(h, fits.BinTableHDU) and "PSF_MASK" in h.columns.names
+                ]
+    except (OSError, ValueError, IndexError, TypeError) as err:
+        raise FITSFormatError(
+            f"{url}: not a readable FITS file, truncated or not FITS ({err}); give a PSFEx .psf "
+            "file or a FITS image"
+        ) from err
+    if not tables:
+        if primary is None:
+            raise FITSFormatError(
+                f"{url}: no PSF image in the primary HDU and no PSFEx table; "
+                "pass a PSFEx .psf file or a FITS image"
+            )
+        return np.asarray(primary)
+    for accepted, mask in tables:
+        if accepted != 0:
+            return np.asarray(mask[0][0])
+    raise InputError(
+        f"{url}: no PSFEx extension with ACCEPTED != 0 (PSFEx kept no star); "
+        "loosen the SExtractor/PSFEx selection or pass another PSF"
+    )
 
 
 def read_psf(
@@ -276,7 +290,9 @@ def fit(
     Raises
     ------
     InputError
-        Models or cuts with the wrong dims or stamp size, or a bad PSF (see :func:`read_psf`).
+        Models or cuts with the wrong dims or stamp size, models with NaN/infinite pixels or
+        all zero (see :func:`cloudlab.dre.models.check_models`; a lazily read cube is read once
+        here for that check, before the χ graph is built), or a bad PSF (see :func:`read_psf`).
     """
     if tuple(models.dims) != (*MODEL_DIMS, "y", "x"):
         raise InputError(
@@ -285,6 +301,7 @@ def fit(
         )
     boxsize = models.sizes["x"]
     _check_cuts(cuts, boxsize)
+    check_models(models)
     conv = models if psf is None else convolve_models(models, psf, storage_options=storage_options)
     conv = conv.chunk({"index": 1, "ax_ratio": -1, "angle": -1, "log_r": -1, "y": -1, "x": -1})
     obj, seg, rms = (

@@ -240,13 +240,26 @@ def read_cuts_hdf5(url: str, *, storage_options: dict | None = None) -> xr.Datas
     """Read a DRE ``_cuts.h5`` file into the Dataset layout of ``open_cuts``.
 
     ``EXT_NUMBER`` and ``NUMBER`` are parsed from the group names ``EE_NNNN``.
+
+    Raises
+    ------
+    InputError
+        For a truncated or foreign file, or one without cuts; the message names the file.
     """
     import h5py
 
     fs, path = resolve(url, storage_options=storage_options)
-    with fs.open(path, "rb") as f, h5py.File(f, "r") as h5:
-        names = sorted(h5)
-        arrays = {v: [np.asarray(h5[n][v]) for n in names] for v in ("obj", "seg", "rms")}
+    try:
+        with fs.open(path, "rb") as f, h5py.File(f, "r") as h5:
+            names = sorted(h5)
+            arrays = {v: [np.asarray(h5[n][v]) for n in names] for v in ("obj", "seg", "rms")}
+    except FileNotFoundError:
+        raise
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise InputError(
+            f"{url}: not a readable DRE cuts file, truncated, not HDF5 or without obj/seg/rms "
+            f"per galaxy ({err}); rerun `cloudlab dre cuts` for this tile"
+        ) from err
     if not names:
         raise InputError(f"{url}: no cuts in the file")
     dims = ("galaxy", "y", "x")

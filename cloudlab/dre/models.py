@@ -17,11 +17,21 @@ import xarray as xr
 from astropy.io import fits
 from dask.base import tokenize
 
+from cloudlab.backend import asnumpy
+from cloudlab.cluster import compute
 from cloudlab.dre.sersic import sersic_stamp
 from cloudlab.errors import FITSFormatError, InputError
 from cloudlab.storage import atomic_write
 
-__all__ = ["AXES", "DEFAULT_INDEX", "UNITS", "load_models", "model_grid", "write_models"]
+__all__ = [
+    "AXES",
+    "DEFAULT_INDEX",
+    "UNITS",
+    "check_models",
+    "load_models",
+    "model_grid",
+    "write_models",
+]
 
 #: Model axes in DRE's order, with their (count, start, step) header keys.
 AXES: dict[str, tuple[str, str, str]] = {
@@ -39,7 +49,11 @@ Axis = tuple[float, float, int]
 
 
 def _axis_values(start: float, step: float, count: int, name: str) -> np.ndarray:
-    if int(count) != count or count < 1:
+    try:
+        whole = int(count) == count and count >= 1
+    except (TypeError, ValueError, OverflowError):  # NaN, inf, strings
+        whole = False
+    if not whole:
         raise InputError(f"{name}: the number of values must be a positive integer, got {count!r}")
     if count > 1 and not step:
         raise InputError(f"{name}: step must be non-zero when there are several values")
@@ -97,8 +111,8 @@ def model_grid(
         )
     if np.any(values["index"] <= 0):
         raise InputError(f"model_grid: Sérsic index values must be > 0, got {values['index']}")
-    if boxsize < 16:
-        raise InputError(f"model_grid: boxsize must be at least 16, got {boxsize!r}")
+    if not isinstance(boxsize, int | np.integer) or boxsize < 16:
+        raise InputError(f"model_grid: boxsize must be an integer of at least 16, got {boxsize!r}")
     n_t, n_r = len(values["angle"]), len(values["log_r"])
     chunks = (
         (1,) * len(values["index"]),
@@ -306,3 +320,60 @@ def _read_plane(info, n_q: int, block_info: dict | None = None) -> np.ndarray:
     region = tuple(slice(int(i), int(i) + 1) for i in lead) + (slice(None), slice(None))
     plane = np.asarray(read_region(info, region)).reshape(n_t, b, n_r, b)
     return plane.swapaxes(1, 2)[None, None]
+
+
+#: dask names of model cubes already found clean (a lazily read cube is checked once).
+_CHECKED: set[str] = set()
+
+
+def check_models(models: xr.DataArray) -> None:
+    """Refuse a model cube holding models with NaN/infinite pixels or no non-zero pixel.
+
+    Such a model gives a NaN or meaningless χ for every galaxy (flux matching divides by the
+    model's sum). A lazily read cube (:func:`load_models`) is read once for the check, when
+    :func:`cloudlab.dre.fit` prepares its graph, and remembered by its dask name, so fitting
+    many tiles against the same cube checks it once.
+
+    Parameters
+    ----------
+    models : xarray.DataArray
+        Cube with the stamp dims ``(y, x)`` last; ``attrs["url"]`` names it in the message.
+
+    Raises
+    ------
+    InputError
+        Naming the cube, how many models are bad and the first few by index and axis values.
+    """
+    data = models.data
+    key = data.name if isinstance(data, da.Array) else None
+    if key in _CHECKED:
+        return
+    stamp = (-2, -1)
+    if isinstance(data, da.Array):
+        not_finite = ~da.isfinite(data).all(axis=stamp)
+        empty = ~(data != 0).any(axis=stamp)
+        not_finite, empty = compute(not_finite, empty, progress=False)
+    else:
+        values = np.asarray(asnumpy(data))
+        not_finite = ~np.isfinite(values).all(axis=stamp)
+        empty = ~(values != 0).any(axis=stamp)
+    not_finite, empty = np.asarray(asnumpy(not_finite)), np.asarray(asnumpy(empty))
+    bad = not_finite | empty
+    if bad.any():
+        dims = models.dims[:-2]
+        first = []
+        for where in np.argwhere(bad)[:5]:
+            axes = ", ".join(
+                f"{d}={models[d].values[i]:g}" if d in models.coords else f"{d}={i}"
+                for d, i in zip(dims, where, strict=True)
+            )
+            first.append(f"{list(map(int, where))} ({axes})")
+        name = models.attrs.get("url", "the model cube")
+        raise InputError(
+            f"{name}: {int(bad.sum())} of {bad.size} models are unusable "
+            f"({int(not_finite.sum())} with NaN/infinite pixels, {int(empty.sum())} all zero); "
+            f"first at {list(dims)} = {'; '.join(first)}; regenerate the cube with "
+            "`cloudlab dre models` or drop those models"
+        )
+    if key is not None:
+        _CHECKED.add(key)

@@ -30,7 +30,7 @@ from cloudlab import storage
 from cloudlab.dre import io as products
 from cloudlab.dre.cuts import open_cuts
 from cloudlab.dre.fit import convolve_models, fit
-from cloudlab.dre.models import load_models
+from cloudlab.dre.models import check_models, load_models
 from cloudlab.dre.psfex import PSFModel, psfex
 from cloudlab.dre.sextractor import Sextracted, sextract
 from cloudlab.dre.summary import summarize
@@ -453,7 +453,10 @@ def fit_tiles(
     χ once (persisted on the active cluster, with a progress bar on stderr), write
     ``Chi/{name}_chi.h5`` and ``Summary/{name}_dre.fits`` (the summary inner-joined with the
     tile's SExtractor catalogue, as DRE does), and optionally ``Chi/{name}_chi.zarr`` and the
-    mosaics. A tile without a PSF is skipped with a warning and status ``"no_psf"``.
+    mosaics. A tile without a PSF is not fitted: its record has status ``"no_psf"`` (a failure,
+    which ``cloudlab dre fit`` counts in its summary line and exit status) and a warning is
+    issued. The model cube is checked once, before any tile (see
+    :func:`cloudlab.dre.models.check_models`).
 
     Parameters
     ----------
@@ -495,6 +498,7 @@ def fit_tiles(
     )
     if isinstance(models, str):
         models = load_models(models, storage_options=storage_options)
+    check_models(models)  # once, before any tile (NaN or all-zero models)
     shared = None
     if psf:  # one PSF for every tile: convolve the grid once
         (shared,) = _persisted(convolve_models(models, psf, storage_options=storage_options))

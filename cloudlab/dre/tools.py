@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from importlib import resources
@@ -19,6 +20,7 @@ __all__ = [
     "find_tool",
     "option_args",
     "run_tool",
+    "strip_escapes",
 ]
 
 #: Binary names, tried in order (Debian ships ``source-extractor``, others ``sex``).
@@ -34,6 +36,15 @@ NNW_CANDIDATES = (
 
 
 ToolError = ExternalToolError  # the name cloudlab.dre has always exported
+
+#: Terminal control sequences (CSI ``ESC [ ... letter``, other ``ESC x``) the astromatic tools
+#: print to redraw their progress lines, e.g. ``\x1b[1M>``.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def strip_escapes(text: str) -> str:
+    """Remove terminal escape sequences and control characters (keeping newlines and tabs)."""
+    return _ESCAPES.sub("", text)
 
 
 def find_tool(names: tuple[str, ...], package: str) -> str:
@@ -97,14 +108,15 @@ def run_tool(tool: str, args: list[str], cwd: str) -> str:
     """
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        output = strip_escapes(proc.stderr + "\n" + proc.stdout)
+        lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
         errors = [ln for ln in lines if "error" in ln.lower()] or lines[-5:]
         raise ToolError(
             f"{tool} failed (exit status {proc.returncode}): "
             + " | ".join(errors)
             + "; check the input file and the options passed to it"
         )
-    return proc.stderr
+    return strip_escapes(proc.stderr)
 
 
 def option_args(options: dict[str, object] | None) -> list[str]:

@@ -19,7 +19,32 @@ from cloudlab.dre.sersic import sersic_stamp
 from cloudlab.errors import InputError
 from cloudlab.storage import atomic_write
 
-__all__ = ["GalaxyTile", "galaxy_tile", "gaussian_psf"]
+__all__ = ["GalaxyTile", "galaxy_tile", "gaussian_psf", "truth_url"]
+
+
+def truth_url(dest: str) -> str:
+    """Where the truth table of the tile written to ``dest`` goes.
+
+    Beside the tile (``name_truth.fits``), except for a tile in a DRE ``Tiles/`` folder: there
+    the truth goes to the sibling ``Truth/`` folder, so that ``cloudlab dre sextract ROOT``
+    (which runs on every ``ROOT/Tiles/*.fits``) does not take the table for a tile.
+
+    Parameters
+    ----------
+    dest : str
+        URL or path of the tile.
+
+    Returns
+    -------
+    str
+        URL or path of the truth table.
+    """
+    folder, _, filename = dest.rstrip("/").rpartition("/")
+    name = filename.removesuffix(".fits") + "_truth.fits"
+    parent, _, last = folder.rpartition("/")
+    if last == "Tiles":
+        return f"{parent}/Truth/{name}" if parent or folder.startswith("/") else f"Truth/{name}"
+    return f"{folder}/{name}" if folder or dest.startswith("/") else name
 
 
 def gaussian_psf(fwhm: float, size: int = 25) -> np.ndarray:
