@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     apply = sub.add_parser("apply", help="subtract the background from target pixel files")
     apply.add_argument("--weights", required=True, help="weights URL (.fits or .zarr)")
-    apply.add_argument("--tpf", required=True, nargs="+", help="TPF URLs (astrocut/TESSCut)")
+    apply.add_argument("--tpf", required=True, nargs="+", help="TPF URLs or globs (astrocut/TESSCut)")
     apply.add_argument("--out-dir", required=True, help="directory URL for corrected TPFs")
     apply.add_argument("--suffix", default="_bkgsub", help="file-name suffix (default _bkgsub)")
     apply.add_argument("--verbose", action="store_true")
@@ -52,6 +52,13 @@ def _fit(args: argparse.Namespace) -> int:
     from cloudlab.backdrop.io import default_name, save_fits, save_masks_fits, save_zarr
     from cloudlab.io.tess import open_ffis
 
+    backdrop.check_parameters(
+        npoly=args.npoly,
+        nrad=args.nrad,
+        nknots=args.nknots,
+        frames_per_batch=args.frames_per_batch,
+        max_frames=args.max_frames,
+    )
     start = time.perf_counter()
     ffis = open_ffis(f"{args.in_dir.rstrip('/')}/{args.pattern}", on_error=args.on_error)
     if args.max_frames:
@@ -73,6 +80,8 @@ def _fit(args: argparse.Namespace) -> int:
         if client is not None:
             print(f"cluster: {client.dashboard_link}")
         weights = run_graph(weights)
+    for t, reason in _failed_frames(weights):
+        print(f"frame at time {t}: {reason}")
     out = args.out_dir.rstrip("/")
     written = []
     if args.format in ("fits", "both"):
@@ -93,14 +102,24 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _failed_frames(weights: object) -> list[tuple[float, str]]:
+    from cloudlab.errors import REASON, STATUS, STATUS_OK
+
+    bad = weights[STATUS].values != STATUS_OK
+    return list(
+        zip(weights["time"].values[bad], weights[REASON].values[bad].tolist(), strict=True)
+    )
+
+
 def _apply(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cloudlab import backdrop, storage
 
     weights = backdrop.load(args.weights).load()
+    tpfs = storage.expand(args.tpf)
     failures = []
-    for url in tqdm(args.tpf, desc="TPFs", unit="tpf"):
+    for url in tqdm(tpfs, desc="TPFs", unit="tpf"):
         try:
             name = url.rstrip("/").rsplit("/", 1)[-1]
             stem = name[: -len(".fits")] if name.endswith(".fits") else name.split(".fits")[0]
@@ -113,5 +132,7 @@ def _apply(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError) as exc:
             failures.append((url, exc))
             tqdm.write(f"failed {url}: {exc}")
-    print(f"{len(args.tpf) - len(failures)} of {len(args.tpf)} TPFs corrected")
+    print(f"{len(tpfs) - len(failures)} of {len(tpfs)} TPFs corrected")
+    for url, exc in failures:
+        print(f"not corrected: {url}: {exc}")
     return 1 if failures else 0
