@@ -352,8 +352,8 @@ def fit(
     ------
     InputError
         Parameters out of range (see :func:`check_parameters`), before anything else; missing
-        variables, every frame flagged, every frame NaN (at compute), a region too small for ``nknots``, a ``source``
-        that does not match ``ffis``.
+        variables, every frame flagged, every frame NaN (at compute), a region too small for
+        ``nknots``, a ``source`` that does not match ``ffis``.
     RuntimeError
         ``gpu=True`` without a usable GPU.
     """

@@ -40,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     apply = sub.add_parser("apply", help="subtract the background from target pixel files")
     apply.add_argument("--weights", required=True, help="weights URL (.fits or .zarr)")
-    apply.add_argument("--tpf", required=True, nargs="+", help="TPF URLs or globs (astrocut/TESSCut)")
+    apply.add_argument(
+        "--tpf", required=True, nargs="+", help="TPF URLs or globs (astrocut/TESSCut)"
+    )
     apply.add_argument("--out-dir", required=True, help="directory URL for corrected TPFs")
     apply.add_argument("--suffix", default="_bkgsub", help="file-name suffix (default _bkgsub)")
     apply.add_argument("--verbose", action="store_true")
@@ -106,9 +108,7 @@ def _failed_frames(weights: object) -> list[tuple[float, str]]:
     from cloudlab.errors import REASON, STATUS, STATUS_OK
 
     bad = weights[STATUS].values != STATUS_OK
-    return list(
-        zip(weights["time"].values[bad], weights[REASON].values[bad].tolist(), strict=True)
-    )
+    return list(zip(weights["time"].values[bad], weights[REASON].values[bad].tolist(), strict=True))
 
 
 def _apply(args: argparse.Namespace) -> int:
