@@ -7,7 +7,7 @@ tess-backdrop-layout FITS or zarr (``save``/``load``: deprecated aliases).
 """
 
 from cloudlab.backdrop.evaluate import evaluate, frame_index, subtract
-from cloudlab.backdrop.fit import fit
+from cloudlab.backdrop.fit import check_parameters, fit
 from cloudlab.backdrop.io import (
     load,
     read_masks_fits,
@@ -25,6 +25,7 @@ from cloudlab.tess_detector import ccd_to_science, science_to_ccd
 
 __all__ = [
     "ccd_to_science",
+    "check_parameters",
     "correct_tpf",
     "evaluate",
     "fit",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from typing import Any
 
 import dask
@@ -14,13 +15,16 @@ import xarray as xr
 from cloudlab.backdrop import basis, masks
 from cloudlab.backdrop.solver import Solver, build_solver
 from cloudlab.backend import gpu_tasks
-from cloudlab.errors import InputError
+from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError
 from cloudlab.io.tess_ffi import FrameSource, frame_source
 from cloudlab.tess_detector import SCIENCE_COLUMN_START
 
 __all__ = [
     "average_batches",
+    "MAX_NAN_FRACTION",
+    "STATUS_NAN_FRAME",
     "batch_mean",
+    "check_parameters",
     "default_frames_per_batch",
     "fit",
     "frame_sources",
@@ -30,6 +34,55 @@ __all__ = [
 
 BATCH_BYTES = 128 * 2**20
 SUBSAMPLE = 16
+MAX_NAN_FRACTION = 0.5
+"""A frame with more than this fraction of its unmasked science pixels NaN is not fitted."""
+STATUS_NAN_FRAME = "nan_frame"
+"""``status`` of a frame left unfitted because it is (mostly) NaN."""
+_STATUS_DTYPE = np.dtype("U16")
+_REASON_DTYPE = np.dtype("U160")
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    allowed = f">= {low}" if high is None else f"{low}..{high}"
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
+        raise InputError(
+            f"backdrop: {name}={value!r} is out of range; it must be an integer {allowed}"
+        )
+
+
+def check_parameters(
+    *,
+    npoly: int = 5,
+    nrad: int = 5,
+    nknots: int = 40,
+    degree: int = 2,
+    frames_per_batch: int | None = None,
+    max_frames: int | None = None,
+) -> None:
+    """Refuse model sizes the fit cannot use, before any pixel is read.
+
+    Parameters
+    ----------
+    npoly, nrad, nknots, degree : int
+        Model sizes: ``npoly`` and ``nrad`` 1..20, ``degree`` 1..5, ``nknots`` from
+        ``degree + 2`` to 1000.
+    frames_per_batch, max_frames : int, optional
+        ``None`` (the default) or an integer >= 1.
+
+    Raises
+    ------
+    InputError
+        Naming the parameter, its value and the allowed range.
+    """
+    _check_int("npoly", npoly, 1, 20)
+    _check_int("nrad", nrad, 1, 20)
+    _check_int("degree", degree, 1, 5)
+    _check_int("nknots", nknots, degree + 2, 1000)
+    if frames_per_batch is not None:
+        _check_int("frames_per_batch", frames_per_batch, 1)
+    if max_frames is not None:
+        _check_int("max_frames", max_frames, 1)
 
 
 def batch_mean(frames: list, source: FrameSource | None = None) -> np.ndarray:
@@ -147,14 +200,22 @@ def prepare_solver(
     nrad: int,
     nknots: int,
     degree: int,
+    names: tuple[str, ...] = (),
 ) -> Solver:
     """Average image, masks, normal matrix and its factor; then the average's own smooth part.
 
+    ``names`` (the frames' files or times) name the input when every frame is NaN.
     The average image is fitted with the same model and its polynomial, spline and strap parts are
     removed, so that it keeps only fine (stellar) structure and the weights fitted to
     ``frame - average`` describe the whole background, constant included.
     """
     stack = np.stack(batch_means)
+    if not np.isfinite(stack).any():
+        where = f" ({len(names)} frames, the first {names[0]})" if names else ""
+        raise InputError(
+            f"fit: every frame is NaN{where}: no pixel has a value to build the average image; "
+            "check the files and the HDU they are read from"
+        )
     finite = bool(np.isfinite(stack).all())
     median = np.median if finite else np.nanmedian
     avg = median(stack, axis=0) if len(stack) > 1 else stack[0]
@@ -186,14 +247,41 @@ def model_grid(
     return out
 
 
-def _fit_block(items: list, solver: Solver, gpu: bool, source: FrameSource | None) -> tuple:
-    """Read (URLs) or take (one-frame blocks) a batch of frames and fit them."""
-    frames = _frames(items, source)
-    if gpu:
-        import cupy
+def _fit_block(
+    items: list, solver: Solver, gpu: bool, source: FrameSource | None, labels: list[str]
+) -> tuple:
+    """Read (URLs) or take (one-frame blocks) a batch of frames and fit them.
 
-        frames = [cupy.asarray(f) for f in frames]
-    return solver.fit_frames(frames)
+    Frames with more than :data:`MAX_NAN_FRACTION` of the unmasked pixels NaN are not fitted:
+    their weights are NaN, their status :data:`STATUS_NAN_FRAME`, and a warning names them.
+    """
+    frames = _frames(items, source)
+    n = len(frames)
+    status = np.full(n, STATUS_OK, _STATUS_DTYPE)
+    reason = np.full(n, "", _REASON_DTYPE)
+    used = max(int(solver.mask.sum()), 1)
+    for k, frame in enumerate(frames):
+        frac = float(np.count_nonzero(~np.isfinite(frame[solver.mask]))) / used
+        if frac > MAX_NAN_FRACTION:
+            status[k] = STATUS_NAN_FRAME
+            reason[k] = (
+                f"{frac:.0%} of the unmasked science pixels are NaN "
+                f"(more than {MAX_NAN_FRACTION:.0%}); frame not fitted"
+            )
+            warnings.warn(f"backdrop fit: {labels[k]}: {reason[k]}", stacklevel=2)
+    fitted = [f for f, s in zip(frames, status, strict=True) if s == STATUS_OK]
+    n_poly = solver.npoly**2 + solver.nrad - 1
+    poly = np.full((n, n_poly), np.nan)
+    spline = np.full((n, solver.bc.shape[1], solver.br.shape[1]), np.nan)
+    strap = np.full((n, len(solver.columns)), np.nan)
+    if fitted:
+        if gpu:
+            import cupy
+
+            fitted = [cupy.asarray(f) for f in fitted]
+        ok = status == STATUS_OK
+        poly[ok], spline[ok], strap[ok] = solver.fit_frames(fitted)
+    return poly, spline, strap, status, reason
 
 
 def default_frames_per_batch(n_rows: int, n_cols: int, n_frames: int) -> int:
@@ -253,18 +341,25 @@ def fit(
     xarray.Dataset
         Dask-backed: ``poly_w (time, poly_term)``, ``spline_w (time, column_knot, row_knot)``
         (tess-backdrop's axis order), ``strap_w (time, column)``, the ``average_image`` and
-        ``star_mask``/``sat_mask`` (row, column), knot vectors, and the time coordinates of
-        ``ffis``. Bad frames (quality bits) are left out of the average image and masks but
-        fitted like the others.
+        ``star_mask``/``sat_mask`` (row, column), knot vectors, ``status``/``reason``
+        (time; ``"ok"`` or :data:`STATUS_NAN_FRAME`), and the time coordinates of ``ffis``.
+        Bad frames (quality bits) are left out of the average image and masks but fitted like
+        the others. A frame with more than :data:`MAX_NAN_FRACTION` (50 %) of its unmasked
+        science pixels NaN is not fitted: its weights are NaN, its status ``"nan_frame"``, and
+        computing it warns with the frame's file (or index and time).
 
     Raises
     ------
     InputError
-        Missing variables, every frame flagged, a region too small for ``nknots``, a ``source``
-        that does not match ``ffis``.
+        Parameters out of range (see :func:`check_parameters`), before anything else; missing
+        variables, every frame flagged, every frame NaN (at compute), a region too small for
+        ``nknots``, a ``source`` that does not match ``ffis``.
     RuntimeError
         ``gpu=True`` without a usable GPU.
     """
+    check_parameters(
+        npoly=npoly, nrad=nrad, nknots=nknots, degree=degree, frames_per_batch=frames_per_batch
+    )
     if "flux" not in ffis:
         raise InputError("fit: the dataset has no 'flux' variable; open the frames with open_ffis")
     flux = ffis["flux"]
@@ -289,26 +384,40 @@ def fit(
     row_knots = basis.knots(rows, nknots, degree)
     column_knots = basis.knots(columns, nknots, degree)
     fpb = frames_per_batch or default_frames_per_batch(n_r, n_c, n_t)
-    if fpb < 1:
-        raise InputError(f"fit: frames_per_batch must be >= 1, got {frames_per_batch}")
 
     source = _source_for(ffis, source, storage_options)
+    if source is not None:
+        labels = [str(u) for u in source.urls]
+    else:
+        labels = [f"frame {k} (time {t})" for k, t in enumerate(np.asarray(ffis["time"].values))]
     means = average_batches(ffis, good, source)
     solver = dask.delayed(prepare_solver, pure=True)(
-        means, rows, columns, ccd=ccd, npoly=npoly, nrad=nrad, nknots=nknots, degree=degree
+        means,
+        rows,
+        columns,
+        ccd=ccd,
+        npoly=npoly,
+        nrad=nrad,
+        nknots=nknots,
+        degree=degree,
+        names=tuple(labels[k] for k in np.flatnonzero(good)),
     )
     n_poly = npoly * npoly + nrad - 1
     items = frame_sources(ffis, source)
     reader = _shared(source)
-    poly, spline, strap = [], [], []
+    poly, spline, strap, status, reason = [], [], [], [], []
     with gpu_tasks() if gpu else contextlib.nullcontext():
         for start in range(0, n_t, fpb):
             group = items[start : start + fpb]
             n = len(group)
-            out = dask.delayed(_fit_block, nout=3, pure=True)(group, solver, gpu, reader)
+            out = dask.delayed(_fit_block, nout=5, pure=True)(
+                group, solver, gpu, reader, labels[start : start + fpb]
+            )
             poly.append(da.from_delayed(out[0], (n, n_poly), np.float64))
             spline.append(da.from_delayed(out[1], (n, nknots, nknots), np.float64))
             strap.append(da.from_delayed(out[2], (n, n_c), np.float64))
+            status.append(da.from_delayed(out[3], (n,), _STATUS_DTYPE))
+            reason.append(da.from_delayed(out[4], (n,), _REASON_DTYPE))
     average = da.from_delayed(_attr(solver, "average"), (n_r, n_c), np.float32)
     star_mask = da.from_delayed(_attr(solver, "mask"), (n_r, n_c), bool)
     sat_mask = da.from_delayed(_attr(solver, "saturation"), (n_r, n_c), bool)
@@ -324,6 +433,8 @@ def fit(
             "poly_w": (("time", "poly_term"), da.concatenate(poly)),
             "spline_w": (("time", "column_knot", "row_knot"), da.concatenate(spline)),
             "strap_w": (("time", "column"), da.concatenate(strap)),
+            STATUS: ("time", da.concatenate(status)),
+            REASON: ("time", da.concatenate(reason)),
             "average_image": (("row", "column"), average, {"units": "electron / s"}),
             "star_mask": (("row", "column"), star_mask),
             "sat_mask": (("row", "column"), sat_mask),

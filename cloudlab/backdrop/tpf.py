@@ -11,7 +11,11 @@ from astropy.io import fits
 from cloudlab.backdrop.evaluate import subtract
 from cloudlab.errors import FITSFormatError, InputError
 
-__all__ = ["correct_tpf"]
+__all__ = ["CORRECTED_KEYWORD", "correct_tpf"]
+
+CORRECTED_KEYWORD = "BKGMODEL"
+"""Table-header keyword marking a TPF corrected by cloudlab (value ``'cloudlab backdrop'``)."""
+_CORRECTED_VALUE = "cloudlab backdrop"
 
 
 def correct_tpf(data: bytes, weights: xr.Dataset, *, name: str = "TPF") -> bytes:
@@ -43,7 +47,9 @@ def correct_tpf(data: bytes, weights: xr.Dataset, *, name: str = "TPF") -> bytes
         If the file is not a target pixel file (HDU 1 is not a table with ``FLUX`` and ``TIME``
         and the ``FLUX`` column's corner keywords).
     InputError
-        If the TPF comes from another CCD than the weights.
+        If the TPF comes from another sector, camera or CCD than the weights, has no time inside
+        the weights' time range, was already corrected (``BKGMODEL`` keyword), or would come out
+        all NaN.
     """
     with fits.open(io.BytesIO(data)) as hdul:
         hdul = fits.HDUList([h.copy() for h in hdul])
@@ -67,13 +73,14 @@ def correct_tpf(data: bytes, weights: xr.Dataset, *, name: str = "TPF") -> bytes
             f"{name} lacks the corner keywords {keys} of its FLUX column (column {n}): cannot "
             "place its pixels on the CCD"
         )
-    ccd = hdul[0].header.get("CCD")
-    if ccd is not None and int(ccd) != int(weights.attrs["ccd"]):
+    if str(head.get(CORRECTED_KEYWORD, "")).strip() == _CORRECTED_VALUE:
         raise InputError(
-            f"{name} is from CCD {ccd}, weights fitted on CCD {weights.attrs['ccd']}: use the "
-            "weights of the TPF's sector, camera and CCD"
+            f"{name} was already background-corrected ({CORRECTED_KEYWORD} = "
+            f"'{_CORRECTED_VALUE}'); give the original TPF"
         )
+    _check_same_detector(hdul[0].header, weights, name)
     flux = np.asarray(table.data["FLUX"], dtype=np.float64)
+    _check_time_range(np.asarray(table.data["TIME"], float), weights, name)
     cutouts = xr.Dataset(
         {"flux": (("target", "time", "row", "column"), flux[None])},
         coords={
@@ -83,10 +90,54 @@ def correct_tpf(data: bytes, weights: xr.Dataset, *, name: str = "TPF") -> bytes
         },
     )
     bkg = subtract(cutouts, weights, strict=False)["background"].values[0]
-    table.data["FLUX"] = (flux - bkg).astype(table.data["FLUX"].dtype)
+    corrected = flux - bkg
+    if not np.isfinite(corrected).any():
+        raise InputError(
+            f"{name}: the corrected flux would be NaN everywhere (no cadence or pixel inside the "
+            "fitted frames and region); nothing written for it"
+        )
+    table.data["FLUX"] = corrected.astype(table.data["FLUX"].dtype)
     if "FLUX_BKG" in names:
         table.data["FLUX_BKG"] = (table.data["FLUX_BKG"] + bkg).astype(table.data["FLUX"].dtype)
-    head["BKGMODEL"] = ("cloudlab backdrop", "scattered-light background subtracted")
+    head[CORRECTED_KEYWORD] = (_CORRECTED_VALUE, "scattered-light background subtracted")
     out = io.BytesIO()
     hdul.writeto(out)
     return out.getvalue()
+
+
+def _check_same_detector(header: fits.Header, weights: xr.Dataset, name: str) -> None:
+    """Refuse a TPF whose SECTOR/CAMERA/CCD differ from the weights' (where both are known)."""
+    tpf, fitted = [], []
+    for key, label in (("SECTOR", "sector"), ("CAMERA", "camera"), ("CCD", "CCD")):
+        value = header.get(key)
+        known = weights.attrs.get(key.lower())
+        if value in (None, "") or known in (None, 0) or int(value) == int(known):
+            continue
+        tpf.append(f"{label} {int(value)}")
+        fitted.append(f"{label} {int(known)}")
+    if tpf:
+        raise InputError(
+            f"{name} is from {', '.join(tpf)}, weights fitted on {', '.join(fitted)}: use the "
+            "weights of the TPF's sector, camera and CCD"
+        )
+
+
+def _check_time_range(times: np.ndarray, weights: xr.Dataset, name: str) -> None:
+    """Refuse a TPF none of whose cadences lies in the weights' fitted time range.
+
+    A TPF that overlaps the range only in part is corrected where it overlaps (its other
+    cadences are NaN, as :func:`correct_tpf` documents).
+    """
+    fitted = np.asarray(weights["time"].values, float)
+    t = times[np.isfinite(times)]
+    if not len(t) or not len(fitted):
+        return
+    lo, hi = float(fitted.min()), float(fitted.max())
+    if len(fitted) > 1:
+        step = float(np.median(np.diff(np.sort(fitted))))
+        lo, hi = lo - step / 2, hi + step / 2
+    if not ((t >= lo) & (t <= hi)).any():
+        raise InputError(
+            f"{name} covers times {t.min():.5f}..{t.max():.5f} (BTJD) but the weights cover "
+            f"{lo:.5f}..{hi:.5f}: use weights fitted on the frames of the TPF's whole time range"
+        )

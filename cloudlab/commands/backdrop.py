@@ -47,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     apply = sub.add_parser("apply", help="subtract the background from target pixel files")
     apply.add_argument("--weights", required=True, help="weights URL (.fits or .zarr)")
-    apply.add_argument("--tpf", required=True, nargs="+", help="TPF URLs (astrocut/TESSCut)")
+    apply.add_argument(
+        "--tpf", required=True, nargs="+", help="TPF URLs or globs (astrocut/TESSCut)"
+    )
     apply.add_argument("--out-dir", required=True, help="directory URL for corrected TPFs")
     apply.add_argument("--suffix", default="_bkgsub", help="file-name suffix (default _bkgsub)")
     apply.add_argument("--verbose", action="store_true")
@@ -65,6 +67,13 @@ def _fit(args: argparse.Namespace) -> int:
     )
     from cloudlab.io.tess import open_ffis
 
+    backdrop.check_parameters(
+        npoly=args.npoly,
+        nrad=args.nrad,
+        nknots=args.nknots,
+        frames_per_batch=args.frames_per_batch,
+        max_frames=args.max_frames,
+    )
     start = time.perf_counter()
     ffis = open_ffis(f"{args.in_dir.rstrip('/')}/{args.pattern}", on_error=args.on_error)
     if args.max_frames:
@@ -95,6 +104,8 @@ def _fit(args: argparse.Namespace) -> int:
         if client is not None:
             print(f"cluster: {client.dashboard_link}")
         weights = run_graph(weights)
+    for t, reason in _failed_frames(weights):
+        print(f"frame at time {t}: {reason}")
     for url, write in writers:
         write(weights, url, overwrite=args.overwrite)
     elapsed = time.perf_counter() - start
@@ -113,17 +124,25 @@ def _corrected_url(url: str, args: argparse.Namespace) -> str:
     return f"{args.out_dir.rstrip('/')}/{stem}{args.suffix}.fits"
 
 
+def _failed_frames(weights: object) -> list[tuple[float, str]]:
+    from cloudlab.errors import REASON, STATUS, STATUS_OK
+
+    bad = weights[STATUS].values != STATUS_OK
+    return list(zip(weights["time"].values[bad], weights[REASON].values[bad].tolist(), strict=True))
+
+
 def _apply(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cloudlab import backdrop, storage
     from cloudlab.backdrop.io import read_weights
 
-    destinations = [_corrected_url(url, args) for url in args.tpf]
+    tpfs = storage.expand(args.tpf)
+    destinations = [_corrected_url(url, args) for url in tpfs]
     check_products(destinations, args)
     weights = read_weights(args.weights).load()
     failures = []
-    for url, dest in zip(tqdm(args.tpf, desc="TPFs", unit="tpf"), destinations, strict=True):
+    for url, dest in zip(tqdm(tpfs, desc="TPFs", unit="tpf"), destinations, strict=True):
         try:
             storage.write_bytes(
                 dest,
@@ -135,5 +154,7 @@ def _apply(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError) as exc:
             failures.append((url, exc))
             tqdm.write(f"failed {url}: {exc}")
-    print(f"{len(args.tpf) - len(failures)} of {len(args.tpf)} TPFs corrected")
+    print(f"{len(tpfs) - len(failures)} of {len(tpfs)} TPFs corrected")
+    for url, exc in failures:
+        print(f"not corrected: {url}: {exc}")
     return 1 if failures else 0
