@@ -8,6 +8,7 @@ variables from the environment) are forwarded to the workers of every cluster ki
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -111,7 +112,9 @@ def compute(*collections: Any, progress: bool = True, persist: bool = False) -> 
     This is the one sink every command and writer uses: on the active ``distributed`` client
     (:func:`connect`, a gateway, a scheduler) it submits the graph and shows
     ``distributed.progress``; otherwise it runs dask's default scheduler under
-    ``dask.diagnostics.ProgressBar``. Both bars write to stderr.
+    ``dask.diagnostics.ProgressBar``. Both bars write to stderr. When the computation fails or
+    is interrupted (SIGINT), the submitted tasks are cancelled before the error propagates, so
+    workers stop writing chunks into a store the caller is about to clean up.
 
     Parameters
     ----------
@@ -135,15 +138,20 @@ def compute(*collections: Any, progress: bool = True, persist: bool = False) -> 
         else:
             futures = client.compute(list(collections))
             results = None
-        if progress:
-            from distributed import progress as show_progress
+        try:
+            if progress:
+                from distributed import progress as show_progress
 
-            show_progress(futures)
-            print(file=sys.stderr)
-        if persist:
-            wait(futures)
-            return tuple(results)
-        return tuple(client.gather(futures))
+                show_progress(futures)
+                print(file=sys.stderr)
+            if persist:
+                wait(futures)
+                return tuple(results)
+            return tuple(client.gather(futures))
+        except BaseException:  # interrupted or failed: stop the workers writing on, then re-raise
+            with contextlib.suppress(Exception):
+                client.cancel(futures)
+            raise
     run = dask.persist if persist else dask.compute
     if not progress:
         return run(*collections)
