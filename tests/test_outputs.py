@@ -16,6 +16,7 @@ import pytest
 import xarray as xr
 
 from cloudlab import storage
+from cloudlab.errors import OverwriteError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,14 +210,14 @@ def _chi(value: float) -> xr.Dataset:
     ).chunk({"galaxy": 1})
 
 
-def _timelag(value: float) -> xr.Dataset:
-    shape = (1, 3, 3)
+def _timelag(value: float, pairs: tuple[str, ...] = ("94-335",)) -> xr.Dataset:
+    shape = (len(pairs), 3, 3)
     return xr.Dataset(
         {
-            "timelag": (("pair", "y", "x"), np.full(shape, value)),
+            "timelag": (("pair", "y", "x"), np.full(shape, value), {"units": "s"}),
             "max_correlation": (("pair", "y", "x"), np.full(shape, 0.5)),
         },
-        coords={"pair": ["94-335"]},
+        coords={"pair": list(pairs)},
     ).chunk({"y": 1})
 
 
@@ -254,3 +255,27 @@ def test_failed_upload_mid_write_keeps_the_previous_product(bucket_url, workflow
     assert storage.stale_temporaries(url) == []  # the failed write removed its staging copy
     write(make(2.0), url, overwrite=True, progress=False)
     np.testing.assert_array_equal(read(url)[name].values, make(2.0)[name].values)
+
+
+# ----------------------------------------------------- timelag pair files of an earlier run
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_timelag_rerun_never_leaves_pair_files_of_an_earlier_run(where, tmp_path, request):
+    from cloudlab.timelag.output import plot_maps, read_fits, write_fits
+
+    base = str(tmp_path) if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}"
+    first = _timelag(1.0, ("94-335", "94-171", "171-335"))
+    second = _timelag(2.0, ("171-335", "193-211"))
+    fits_dir, png_dir = f"{base}/fits", f"{base}/png"
+    assert len(write_fits(first, fits_dir, progress=False)) == 3
+    assert len(plot_maps(first, png_dir, progress=False)) == 3
+    for writer, directory, suffix in ((write_fits, fits_dir, "fits"), (plot_maps, png_dir, "png")):
+        with pytest.raises(OverwriteError, match=rf"timelag_94_171\.{suffix}.*overwrite"):
+            writer(_timelag(2.0, ("193-211",)), directory, progress=False)  # new pairs only
+        written = writer(second, directory, overwrite=True, progress=False)
+        assert written == [f"{directory}/timelag_171_335.{suffix}",
+                           f"{directory}/timelag_193_211.{suffix}"]  # fmt: skip
+        fs, path = storage.resolve(directory)
+        fs.invalidate_cache(path)
+        names = sorted(p.rpartition("/")[2] for p in fs.ls(path, detail=False))
+        assert names == [f"timelag_171_335.{suffix}", f"timelag_193_211.{suffix}"]
+    np.testing.assert_array_equal(read_fits(f"{fits_dir}/timelag_171_335.fits")["timelag"], 2.0)
