@@ -607,7 +607,9 @@ def _last_modified(fs: fsspec.AbstractFileSystem, path: str) -> float | None:
     times = []
     for info in infos.values():  # the first time field the store gives, modification first
         stamps = (_timestamp(info.get(k)) for k in ("mtime", "LastModified", "updated", "created"))
-        times.append(next((t for t in stamps if t is not None), None))
+        stamp = next((t for t in stamps if t is not None), None)
+        if stamp is not None or info.get("type") != "directory":  # object-store prefixes: no time
+            times.append(stamp)
     return None if None in times or not times else max(times)
 
 

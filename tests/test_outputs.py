@@ -279,3 +279,12 @@ def test_timelag_rerun_never_leaves_pair_files_of_an_earlier_run(where, tmp_path
         names = sorted(p.rpartition("/")[2] for p in fs.ls(path, detail=False))
         assert names == [f"timelag_171_335.{suffix}", f"timelag_193_211.{suffix}"]
     np.testing.assert_array_equal(read_fits(f"{fits_dir}/timelag_171_335.fits")["timelag"], 2.0)
+
+
+@pytest.mark.parametrize("store", ["s3", "gcs"])
+def test_staging_of_a_write_running_in_this_process_is_not_stale(request, store):
+    bucket = request.getfixturevalue("s3_bucket" if store == "s3" else "gcs_bucket")
+    url = f"{'s3' if store == 's3' else 'gs'}://{bucket}/run/p.zarr"
+    fs, _ = storage.resolve(url)
+    fs.pipe({f"{bucket}/run/.p.zarr.0123456789ab.partial/v/0": b"being written"})
+    assert storage.stale_temporaries(url) == []
