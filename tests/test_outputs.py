@@ -288,3 +288,36 @@ def test_staging_of_a_write_running_in_this_process_is_not_stale(request, store)
     fs, _ = storage.resolve(url)
     fs.pipe({f"{bucket}/run/.p.zarr.0123456789ab.partial/v/0": b"being written"})
     assert storage.stale_temporaries(url) == []
+
+
+CLEANUP_COMMAND = """
+import asyncio
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("cleanup-fails")
+    parser.add_argument("kind")
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    try:
+        raise KeyboardInterrupt
+    finally:  # closing a cluster after the interrupt fails in turn
+        if args.kind == "error":
+            raise RuntimeError("scheduler connection closed")
+        raise asyncio.CancelledError()
+"""
+
+
+@pytest.mark.parametrize("kind", ["error", "cancelled"])
+def test_a_failing_cleanup_after_sigint_still_reports_the_interrupt(
+    kind, tmp_path, monkeypatch, capsys
+):
+    from cloudlab import cli
+
+    (tmp_path / "cleanupcmd.py").write_text(CLEANUP_COMMAND)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "cleanupcmd"))
+    assert cli.main(["cleanup-fails", kind]) == 130
+    assert capsys.readouterr().err.strip() == "cloudlab cleanup-fails: interrupted"
