@@ -20,6 +20,16 @@ from cloudlab.errors import OverwriteError
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+@pytest.fixture(autouse=True)
+def _threads():
+    """Compute in this process (a session's gateway client may still be dask's default)."""
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        yield
+
+
 SLOW_COMMAND = '''
 """A cloudlab sub-command that writes a zarr store from a slow dask graph."""
 import dask.array as da
