@@ -76,16 +76,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        if args.debug:
+    except BaseException as err:
+        if args.debug or isinstance(err, SystemExit | GeneratorExit):
             raise
-        print(f"cloudlab {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:
-        if args.debug:
+        if _interrupted(err):  # also when cleaning up after the interrupt failed in turn
+            print(f"cloudlab {args.command}: interrupted", file=sys.stderr)
+            return 130
+        if not isinstance(err, Exception):
             raise
         print(f"cloudlab {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
+
+
+def _interrupted(err: BaseException) -> bool:
+    """Whether ``err`` is a KeyboardInterrupt or was raised while handling one."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _message(err: Exception) -> str:

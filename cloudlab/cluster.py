@@ -8,6 +8,7 @@ variables from the environment) are forwarded to the workers of every cluster ki
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -111,7 +112,9 @@ def compute(*collections: Any, progress: bool = True, persist: bool = False) -> 
     This is the one sink every command and writer uses: on the active ``distributed`` client
     (:func:`connect`, a gateway, a scheduler) it submits the graph and shows
     ``distributed.progress``; otherwise it runs dask's default scheduler under
-    ``dask.diagnostics.ProgressBar``. Both bars write to stderr.
+    ``dask.diagnostics.ProgressBar``. Both bars write to stderr. When the computation fails or
+    is interrupted (SIGINT), the submitted tasks are cancelled before the error propagates, so
+    workers stop writing chunks into a store the caller is about to clean up.
 
     Parameters
     ----------
@@ -135,15 +138,20 @@ def compute(*collections: Any, progress: bool = True, persist: bool = False) -> 
         else:
             futures = client.compute(list(collections))
             results = None
-        if progress:
-            from distributed import progress as show_progress
+        try:
+            if progress:
+                from distributed import progress as show_progress
 
-            show_progress(futures)
-            print(file=sys.stderr)
-        if persist:
-            wait(futures)
-            return tuple(results)
-        return tuple(client.gather(futures))
+                show_progress(futures)
+                print(file=sys.stderr)
+            if persist:
+                wait(futures)
+                return tuple(results)
+            return tuple(client.gather(futures))
+        except BaseException:  # interrupted or failed: stop the workers writing on, then re-raise
+            with contextlib.suppress(Exception):
+                client.cancel(futures)
+            raise
     run = dask.persist if persist else dask.compute
     if not progress:
         return run(*collections)
@@ -205,6 +213,9 @@ def connect(
     *,
     gpu: bool = False,
     n_workers: int | None = None,
+    worker_memory: float | None = None,
+    worker_cores: int | None = None,
+    adapt: tuple[int, int] | None = None,
     **options: Any,
 ) -> Client:
     """Connect to the place where cloudlab graphs run and return a ``distributed.Client``.
@@ -222,6 +233,15 @@ def connect(
         ``dask-cuda``). GPU tasks carry ``resources={"GPU": 1}`` (see :func:`gpu_tasks`).
     n_workers : int, optional
         Number of workers (local) or the size the gateway cluster is scaled to (default 2).
+    worker_memory : float, optional
+        Memory per worker in GiB: the gateway's ``worker_memory`` option, or the ``memory_limit``
+        of each local worker.
+    worker_cores : int, optional
+        Cores (threads) per worker: the gateway's ``worker_cores`` option, or the
+        ``threads_per_worker`` of a local cluster.
+    adapt : (int, int), optional
+        ``(minimum, maximum)`` workers: the cluster scales itself between them
+        (``cluster.adapt(minimum, maximum)``) instead of a fixed ``n_workers``.
     **options
         Gateway cluster options (``worker_memory``, ``worker_cores``, ``image``,
         ``environment`` …) or extra ``LocalCluster`` keyword arguments.
@@ -233,22 +253,66 @@ def connect(
     """
     from cloudlab.storage import worker_environment
 
+    _check_size(n_workers, worker_memory, worker_cores, adapt)
     environment = worker_environment()
     kind, address = _choose(cluster)
     if kind == "gateway":
-        client = _connect_gateway(address, gpu=gpu, n_workers=n_workers, env=environment, **options)
+        if worker_memory is not None:
+            options["worker_memory"] = worker_memory
+        if worker_cores is not None:
+            options["worker_cores"] = worker_cores
+        client = _connect_gateway(
+            address, gpu=gpu, n_workers=n_workers, adapt=adapt, env=environment, **options
+        )
     elif kind == "scheduler":
-        if gpu or options:
+        sized = (n_workers, worker_memory, worker_cores, adapt)
+        if gpu or options or any(v is not None for v in sized):
             raise InputError(
-                f"cannot set gpu=True or cluster options on an existing scheduler ({address}); "
-                "configure its workers where they are started"
+                f"cannot set gpu, worker counts, sizes or cluster options on an existing "
+                f"scheduler ({address}); configure its workers where they are started"
             )
         client = Client(address)
     else:
+        if worker_memory is not None:
+            options["memory_limit"] = f"{worker_memory}GiB"
+        if worker_cores is not None:
+            options["threads_per_worker"] = worker_cores
         client = _connect_local(gpu=gpu, n_workers=n_workers, **options)
+        if adapt is not None:
+            client.cluster.adapt(minimum=adapt[0], maximum=adapt[1])
     if environment:
         client.register_plugin(EnvironmentPlugin(environment))
     return client
+
+
+def _check_size(
+    n_workers: int | None,
+    worker_memory: float | None,
+    worker_cores: int | None,
+    adapt: tuple[int, int] | None,
+) -> None:
+    """Refuse impossible cluster sizes before anything is started."""
+    if n_workers is not None and n_workers < 1:
+        raise InputError(f"n_workers (CLI --workers) must be at least 1, got {n_workers}")
+    if worker_memory is not None and not worker_memory > 0:
+        raise InputError(
+            f"worker_memory (CLI --worker-memory) must be a positive number of GiB, "
+            f"got {worker_memory}"
+        )
+    if worker_cores is not None and worker_cores < 1:
+        raise InputError(
+            f"worker_cores (CLI --worker-cores) must be at least 1, got {worker_cores}"
+        )
+    if adapt is not None:
+        if n_workers is not None:
+            raise InputError(
+                "give either n_workers (CLI --workers) or adapt (CLI --adapt MIN MAX), not both"
+            )
+        low, high = adapt
+        if not 0 <= low <= high or high < 1:
+            raise InputError(
+                f"adapt (CLI --adapt MIN MAX) needs 0 <= MIN <= MAX and MAX >= 1, got {low} {high}"
+            )
 
 
 def _choose(cluster: str | None) -> tuple[str, str | None]:
@@ -305,6 +369,7 @@ def _connect_gateway(
     *,
     gpu: bool,
     n_workers: int | None,
+    adapt: tuple[int, int] | None,
     env: dict[str, str],
     **options: Any,
 ) -> Client:
@@ -334,7 +399,10 @@ def _connect_gateway(
         merged.update(environment)
         cluster_options["environment"] = merged
     cluster = gateway.new_cluster(cluster_options, shutdown_on_close=True)
-    cluster.scale(n_workers or 2)
+    if adapt is not None:
+        cluster.adapt(minimum=adapt[0], maximum=adapt[1])
+    else:
+        cluster.scale(n_workers or 2)
     client = _OwningClient(cluster, set_as_default=True)
     client._owned_cluster = cluster
     return client

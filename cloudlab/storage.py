@@ -41,6 +41,11 @@ Every product cloudlab writes goes through :func:`write_zarr` (zarr stores) or :
     does not have are removed, then the staging prefix. A failure while computing or writing the
     staging copy removes it and leaves the previous product untouched; a failure while copying
     into place keeps the complete staging copy and the error names it.
+* Temporaries are owned by their naming pattern: ``.<name>.<12 hex>.partial`` and
+  ``.<name>.<12 hex>.previous`` beside a zarr store, ``.<name>.<32 hex>.tmp`` beside a local file.
+  An interrupted run (SIGINT, a killed process, workers still writing after the client left) can
+  leave one behind, never under the final name; the next write to the same destination removes
+  those last modified before the current process started (:func:`stale_temporaries`).
 
 Storage options can hold credentials: they reach filesystems, never ``attrs`` or products
 (:func:`write_zarr` drops a ``storage_options`` attribute and any attribute that contains one of
@@ -54,6 +59,7 @@ import errno
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -86,6 +92,7 @@ __all__ = [
     "read_zarr",
     "resolve",
     "retry",
+    "stale_temporaries",
     "worker_environment",
     "write_bytes",
     "write_file",
@@ -95,6 +102,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: when this process started writing: temporaries last modified before it belong to earlier runs
+_RUN_STARTED = time.time()
 
 #: Environment variables that configure storage access and must reach cluster workers.
 STORAGE_ENV_VARS = (
@@ -573,6 +583,95 @@ def check_writable(
         )
 
 
+def _timestamp(value: Any) -> float | None:
+    """Seconds since the epoch from an ``fs.info`` time field (float, datetime or ISO text)."""
+    import datetime
+
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def _last_modified(fs: fsspec.AbstractFileSystem, path: str) -> float | None:
+    """Latest modification time of ``path`` and everything under it (None when unknown)."""
+    fs.invalidate_cache(path)
+    try:
+        infos = fs.find(path, withdirs=True, detail=True)
+    except FileNotFoundError:
+        return None
+    if not infos:
+        with contextlib.suppress(FileNotFoundError):
+            infos = {path: fs.info(path)}
+    times = []
+    for info in infos.values():  # the first time field the store gives, modification first
+        stamps = (_timestamp(info.get(k)) for k in ("mtime", "LastModified", "updated", "created"))
+        stamp = next((t for t in stamps if t is not None), None)
+        if stamp is not None or info.get("type") != "directory":  # object-store prefixes: no time
+            times.append(stamp)
+    return None if None in times or not times else max(times)
+
+
+def stale_temporaries(url: str, *, storage_options: dict | None = None) -> list[str]:
+    """Temporaries that earlier runs left beside the product ``url`` (see the overwrite policy).
+
+    Owned temporaries are found by their names: ``.<name>.<12 hex>.partial`` and
+    ``.<name>.<12 hex>.previous`` (zarr staging of :func:`write_zarr`) and
+    ``.<name>.<32 hex>.tmp`` (local files of :func:`write_file`). Only those last modified before
+    this process started (or whose time the store does not give) count as stale, so a write
+    still running in this process is never touched.
+
+    Parameters
+    ----------
+    url : str
+        The product's URL or local path.
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+
+    Returns
+    -------
+    list of str
+        Paths within the product's filesystem.
+    """
+    fs, path = resolve(url, storage_options)
+    parent, _, name = path.rstrip("/").rpartition("/")
+    pattern = re.compile(
+        rf"\.{re.escape(name)}\.([0-9a-f]{{12}}\.(partial|previous)|[0-9a-f]{{32}}\.tmp)"
+    )
+    fs.invalidate_cache(parent or "/")
+    try:
+        listing = retry(lambda: fs.ls(parent or "/", detail=False), what=parent)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for entry in sorted(p.rstrip("/") for p in listing):
+        if pattern.fullmatch(entry.rpartition("/")[2]):
+            modified = _last_modified(fs, entry)
+            if modified is None or modified < _RUN_STARTED:
+                out.append(entry)
+    return out
+
+
+def _remove_stale_temporaries(url: str, storage_options: dict | None) -> None:
+    """Remove :func:`stale_temporaries` of ``url`` (logged; a failure to remove is only logged)."""
+    fs, _ = resolve(url, storage_options)
+    for entry in stale_temporaries(url, storage_options=storage_options):
+        log.warning("removing %s, left by an interrupted earlier write", _unstrip(fs, entry, url))
+        try:
+            if isinstance(fs, LocalFileSystem) and not os.path.isdir(entry):
+                os.unlink(entry)
+            elif isinstance(fs, LocalFileSystem):
+                shutil.rmtree(entry)
+            else:
+                retry(lambda entry=entry: fs.rm(entry, recursive=True), what=entry)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", entry, exc)
+
+
 @contextlib.contextmanager
 def write_file(
     url: str, *, overwrite: bool = False, storage_options: dict | None = None
@@ -607,6 +706,7 @@ def write_file(
     fs, path = resolve(url, storage_options=storage_options)
     local = isinstance(fs, LocalFileSystem)
     if local:
+        _remove_stale_temporaries(url, storage_options)
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, exist_ok=True)
         tmpdir = None
@@ -854,6 +954,7 @@ def write_zarr(
     local = isinstance(fs, LocalFileSystem)
     if local:
         os.makedirs(parent or ".", exist_ok=True)
+    _remove_stale_temporaries(url, storage_options)
     try:
         with warnings.catch_warnings():  # consolidated metadata is not in the zarr v3 spec (yet)
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)

@@ -89,3 +89,81 @@ def test_gateway_password_is_never_logged(gateway, gateway_client):
     assert gateway.password not in gateway.log.read_text(errors="replace")
     assert gateway.password not in repr(gateway_client)
     assert gateway.password not in repr(gateway_client.cluster)
+
+
+# ------------------------------------------------------------- cluster options of the CLI
+def _cli_args(*options: str):
+    """Parsed ``cloudlab backdrop fit`` arguments with the given cluster options."""
+    from cloudlab.cli import build_parser
+
+    base = ["backdrop", "fit", "--in-dir", "in", "--out-dir", "out"]
+    return build_parser().parse_args([*base, *options])
+
+
+def _gateway_report(gateway, name: str):
+    from dask_gateway import Gateway
+
+    with dask.config.set(gateway.dask_config()):
+        return Gateway().get_cluster(name)
+
+
+def test_cli_sizes_reach_the_gateway(gateway):
+    from cloudlab.commands._common import cluster_context
+
+    args = _cli_args("--workers", "1", "--worker-memory", "0.75", "--worker-cores", "1")
+    with dask.config.set(gateway.dask_config()), cluster_context(args) as client:
+        client.wait_for_workers(1, timeout=120)
+        report = _gateway_report(gateway, client.cluster.name)
+        assert report.options["worker_memory"] == 0.75
+        assert report.options["worker_cores"] == 1
+        workers = client.scheduler_info()["workers"].values()
+        assert [w["memory_limit"] for w in workers] == [int(0.75 * 2**30)]
+        assert [w["nthreads"] for w in workers] == [1]
+
+
+def test_cli_adapt_lets_the_gateway_cluster_scale_itself(gateway):
+    from cloudlab.commands._common import cluster_context
+
+    args = _cli_args("--cluster", gateway.address, "--adapt", "1", "2")
+    with dask.config.set(gateway.dask_config()), cluster_context(args) as client:
+        client.wait_for_workers(1, timeout=120)  # the adaptive minimum, without any scale()
+        assert client.compute(da.ones(50, chunks=10).sum()).result() == 50
+        assert 1 <= len(client.scheduler_info()["workers"]) <= 2
+
+
+def test_cli_sizes_for_a_local_cluster_and_the_dashboard_template(monkeypatch):
+    from cloudlab.commands._common import cluster_context
+
+    args = _cli_args("--cluster", "local", "--workers", "1", "--worker-memory", "0.5")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ann/")
+    link = "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status"
+    with dask.config.set({"distributed.dashboard.link": link}), cluster_context(args) as client:
+        workers = list(client.scheduler_info()["workers"].values())
+        assert [w["memory_limit"] for w in workers] == [2**29]
+        port = client.scheduler_info()["services"]["dashboard"]
+        assert client.dashboard_link == f"/user/ann/proxy/{port}/status"
+
+
+@pytest.mark.parametrize(
+    ("options", "culprit"),
+    [
+        (["--workers", "0"], "--workers"),
+        (["--worker-memory", "-1"], "--worker-memory"),
+        (["--worker-cores", "0"], "--worker-cores"),
+        (["--adapt", "3", "1"], "--adapt MIN MAX"),
+    ],
+)
+def test_cli_sizes_are_checked_before_anything_starts(options, culprit):
+    from cloudlab.commands._common import cluster_context
+    from cloudlab.errors import InputError
+
+    with pytest.raises(InputError, match=culprit):
+        cluster_context(_cli_args("--cluster", "http://127.0.0.1:1", *options))
+
+
+def test_cli_sizes_refused_for_an_existing_scheduler():
+    from cloudlab.commands._common import cluster_context
+    from cloudlab.errors import InputError
+
+    with pytest.raises(InputError, match="tcp://127.0.0.1:1"):
+        cluster_context(_cli_args("--cluster", "tcp://127.0.0.1:1", "--workers", "3"))

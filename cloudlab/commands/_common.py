@@ -22,15 +22,41 @@ CLUSTER_HELP = "'local', a gateway URL or a scheduler address"
 
 
 def add_cluster_argument(parser: argparse.ArgumentParser, help_suffix: str = "") -> None:
-    """Add ``--cluster`` (default None: dask's threaded scheduler in this process) to ``parser``.
+    """Add ``--cluster`` and the cluster-size options to ``parser``.
+
+    ``--cluster`` defaults to None: dask's threaded scheduler in this process. ``--workers``,
+    ``--worker-memory``, ``--worker-cores`` and ``--adapt MIN MAX`` size the cluster; given
+    without ``--cluster`` they start the configured dask-gateway (else a local cluster).
 
     Parameters
     ----------
     parser : argparse.ArgumentParser
     help_suffix : str, optional
-        Appended to the help text.
+        Appended to the help text of ``--cluster``.
     """
-    parser.add_argument("--cluster", default=None, help=CLUSTER_HELP + help_suffix)
+    group = parser.add_argument_group("cluster")
+    group.add_argument("--cluster", default=None, help=CLUSTER_HELP + help_suffix)
+    size = group.add_mutually_exclusive_group()
+    size.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="number of workers (default: 2 on a gateway, one per core locally)",
+    )
+    size.add_argument(
+        "--adapt",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=None,
+        help="let the cluster scale itself between MIN and MAX workers",
+    )
+    group.add_argument(
+        "--worker-memory", type=float, default=None, metavar="GIB", help="memory per worker, GiB"
+    )
+    group.add_argument(
+        "--worker-cores", type=int, default=None, metavar="N", help="cores (threads) per worker"
+    )
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
@@ -75,13 +101,27 @@ def check_products(
 
 
 def cluster_context(args: argparse.Namespace):
-    """A context with a client for ``--cluster`` when given, else one that does nothing."""
+    """A context with a client for ``--cluster`` (and the size options), else one doing nothing.
+
+    The options of :func:`add_cluster_argument` go to :func:`cloudlab.cluster.connect`:
+    ``--workers`` as ``n_workers``, ``--worker-memory``/``--worker-cores`` as ``worker_memory``/
+    ``worker_cores``, ``--adapt MIN MAX`` as ``adapt=(MIN, MAX)``. Any of them without
+    ``--cluster`` connects to the default place (the configured dask-gateway, else a local
+    cluster).
+    """
     address = getattr(args, "cluster", None)
-    if not address:
+    sizes = {
+        "n_workers": getattr(args, "workers", None),
+        "worker_memory": getattr(args, "worker_memory", None),
+        "worker_cores": getattr(args, "worker_cores", None),
+        "adapt": tuple(args.adapt) if getattr(args, "adapt", None) else None,
+    }
+    sizes = {key: value for key, value in sizes.items() if value is not None}
+    if not address and not sizes:
         return nullcontext(None)
     from cloudlab.cluster import connect
 
-    return connect(address, gpu=bool(getattr(args, "gpu", False)))
+    return connect(address or None, gpu=bool(getattr(args, "gpu", False)), **sizes)
 
 
 def run_graph(*collections: Any, persist: bool = False) -> Any:

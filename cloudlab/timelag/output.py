@@ -3,11 +3,15 @@
 Every writer follows :mod:`cloudlab.storage`'s overwrite policy: with ``overwrite=False`` (the
 default) an existing destination is refused before anything is computed; with ``overwrite=True``
 it is replaced only once the new product is complete. No product is ever half-written.
+Pair files (``timelag_<a>_<b>.fits``/``.png``) of an earlier run with other pairs are never left
+beside new ones: without ``overwrite`` they are refused before anything is computed, with it they
+are removed once this run's files are written.
 """
 
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import xarray as xr
@@ -15,7 +19,7 @@ from astropy.io import fits
 
 from cloudlab import storage
 from cloudlab.backend import asnumpy
-from cloudlab.errors import FITSFormatError, InputError
+from cloudlab.errors import FITSFormatError, InputError, OverwriteError
 
 __all__ = [
     "map_header",
@@ -105,6 +109,42 @@ def _pair_urls(results: xr.Dataset, directory: str, suffix: str) -> list[str]:
     return [f"{base}/timelag_{str(p).replace('-', '_')}{suffix}" for p in results["pair"].values]
 
 
+def _stale_pairs(
+    urls: list[str], directory: str, suffix: str, overwrite: bool, storage_options: dict | None
+) -> list[str]:
+    """Pair files in ``directory`` that an earlier run wrote and this one does not.
+
+    Raises :class:`~cloudlab.errors.OverwriteError` naming them when ``overwrite`` is False.
+    """
+    fs, path = storage.resolve(directory, storage_options)
+    path = path.rstrip("/")
+    fs.invalidate_cache(path)
+    try:
+        listing = storage.retry(lambda: fs.ls(path, detail=False), what=directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    pattern = re.compile(rf"timelag_[^_/]+_[^_/]+{re.escape(suffix)}")
+    names = {p.rstrip("/").rpartition("/")[2] for p in listing}
+    ours = {url.rpartition("/")[2] for url in urls}
+    base = directory.rstrip("/")
+    stale = [f"{base}/{n}" for n in sorted(names - ours) if pattern.fullmatch(n)]
+    if stale and not overwrite:
+        more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+        raise OverwriteError(
+            f"{', '.join(stale[:3])}{more}: pair files of an earlier run that this run would "
+            "leave beside its own; pass overwrite=True (CLI: --overwrite) to replace them all, "
+            "or choose another directory"
+        )
+    return stale
+
+
+def _remove(urls: list[str], storage_options: dict | None) -> None:
+    """Delete files of an earlier run once this run's products are in place."""
+    for url in urls:
+        fs, path = storage.resolve(url, storage_options)
+        storage.retry(lambda fs=fs, path=path: fs.rm_file(path), what=url)
+
+
 def write_fits(
     results: xr.Dataset,
     directory: str,
@@ -124,7 +164,9 @@ def write_fits(
     directory : str
         Destination directory URL or path.
     overwrite : bool
-        Replace existing files; without it any existing file is refused before computing.
+        Replace existing files and remove pair files of an earlier run that this run does not
+        write (once this run's files are written); without it any of them is refused before
+        computing.
     storage_options : dict, optional
         Filesystem keyword arguments.
     progress : bool
@@ -137,6 +179,7 @@ def write_fits(
     """
     urls = _pair_urls(results, directory, ".fits")
     storage.check_writable(urls, overwrite=overwrite, storage_options=storage_options)
+    stale = _stale_pairs(urls, directory, ".fits", overwrite, storage_options)
     results = on_host(results, progress=progress)
     for url, (_, maps) in zip(urls, _pair_maps(results), strict=True):
         timelag, maxcc = maps["timelag"], maps["max_correlation"]
@@ -149,6 +192,7 @@ def write_fits(
         storage.write_bytes(
             url, buffer.getvalue(), overwrite=overwrite, storage_options=storage_options
         )
+    _remove(stale, storage_options)
     return urls
 
 
@@ -243,7 +287,9 @@ def plot_maps(
     vmax_s : float, optional
         Colour range of the lag maps (symmetric); default the largest absolute lag.
     overwrite : bool
-        Replace existing files; without it any existing file is refused before computing.
+        Replace existing files and remove pair files of an earlier run that this run does not
+        write (once this run's files are written); without it any of them is refused before
+        computing.
     storage_options : dict, optional
         Filesystem keyword arguments.
     progress : bool
@@ -261,6 +307,7 @@ def plot_maps(
 
     urls = _pair_urls(results, directory, ".png")
     storage.check_writable(urls, overwrite=overwrite, storage_options=storage_options)
+    stale = _stale_pairs(urls, directory, ".png", overwrite, storage_options)
     results = on_host(results, progress=progress)
     if vmax_s is None:
         finite = np.abs(results["timelag"].values[np.isfinite(results["timelag"].values)])
@@ -284,4 +331,5 @@ def plot_maps(
         storage.write_bytes(
             url, buffer.getvalue(), overwrite=overwrite, storage_options=storage_options
         )
+    _remove(stale, storage_options)
     return urls
