@@ -132,3 +132,24 @@ def test_tensorflow_startup_lines_silenced_unless_debug(catalog, tmp_path):
     assert loud.returncode != 0 and "Traceback" in loud.stderr
     for line in plain.stderr.splitlines()[:1]:  # TensorFlow's own lines on this machine
         assert line.split("]")[-1] in loud.stderr
+
+
+def test_tfrecord_flipped_byte_names_shard_and_record(shared_data, tmp_path):
+    import struct
+
+    from cloudlab.astronet import read_tfrecords
+
+    shard = shared_data / "astronet" / "triage" / "test-00000-of-00001"
+    if not shard.exists():
+        pytest.skip(f"no Astronet-Triage test shard at {shard}")
+    data = bytearray(shard.read_bytes())
+    real = read_tfrecords(str(shard))  # the real shard reads with CRC checks on
+    assert real.sizes["tce"] > 100 and real["global_view"].shape[1] == 201
+    pos = 0
+    for _ in range(5):  # skip records 0..4: length, its CRC, payload, payload CRC
+        pos += 12 + struct.unpack_from("<Q", data, pos)[0] + 4
+    data[pos + 12 + 40] ^= 0x01  # one bit inside record 5's payload
+    damaged = tmp_path / "test-00000-of-00001"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"test-00000-of-00001: .*checksum mismatch at record 5"):
+        read_tfrecords(str(damaged))
