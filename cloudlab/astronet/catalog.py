@@ -26,6 +26,7 @@ from cloudlab.backend import gpu_tasks
 from cloudlab.errors import REASON, STATUS, InputError, NotFoundError
 
 __all__ = [
+    "DR24_COLUMNS",
     "REASON_DTYPE",
     "REFERENCE_COLUMNS",
     "STATUS_DTYPE",
@@ -51,6 +52,17 @@ REFERENCE_COLUMNS = [  # the columns generate_input_records keeps (usecols 0-3, 
     "SN",
 ]
 
+#: Kepler DR24 TCE column names -> the names read_tces and views use.
+DR24_COLUMNS = {
+    "kepid": "tic_id",
+    "tce_period": "Period",
+    "tce_time0bk": "Epoc",
+    "tce_duration": "Duration",
+    "av_training_set": "Disposition",
+}
+EPHEMERIS_COLUMNS = ("Period", "Epoc", "Duration")
+NUMERIC_COLUMNS = ("tic_id", "Period", "Epoc", "Duration", "Transit_Depth")
+
 
 def read_tces(
     url: str, *, clean: bool = True, vetting: bool = False, storage_options: dict | None = None
@@ -62,9 +74,13 @@ def read_tces(
     url : str
         CSV URL.
     clean : bool
-        Apply the reference's ``create_input_list`` steps: keep the used columns, drop rows with
-        missing values and duplicates, keep ``Transit_Depth > 0``, convert ``Duration`` from
-        hours to days, and relabel IS and V (Vetting: also O) as J.
+        Apply the reference's ``create_input_list`` steps: keep the used columns, drop
+        duplicates and rows with missing values (except a missing ``Period``, ``Epoc`` or
+        ``Duration``: that row stays and :func:`views` skips it as ``bad_ephemeris``), keep
+        ``Transit_Depth > 0``, convert ``Duration`` from hours to days, and relabel IS and V
+        (Vetting: also O) as J. Kepler DR24 names (``kepid``, ``tce_period``,
+        ``tce_time0bk``, ``tce_duration`` in hours, ``av_training_set``) are renamed first
+        (:data:`DR24_COLUMNS`).
     vetting : bool
         Keep Vetting's extra columns (``Tmag``, ``Qingress``).
     storage_options : dict, optional
@@ -77,12 +93,19 @@ def read_tces(
     Raises
     ------
     InputError
-        With ``clean=True``, a table without the columns the cleaning needs.
+        A cell of a numeric column (``tic_id``, ``Period``, ``Epoc``, ``Duration``,
+        ``Transit_Depth``) that is not a number (names the row and column); with
+        ``clean=True``, a table without the columns the cleaning needs.
     """
     text = storage.read_bytes(url, storage_options=storage_options).decode("latin-1")
     table = pd.read_csv(io.StringIO(text.replace("\r\n", "\n").replace("\r", "\n")))
+    dr24 = "av_training_set" in table.columns
+    table = table.rename(columns={k: v for k, v in DR24_COLUMNS.items() if k in table.columns})
+    _check_numeric(table, url)
     if not clean:
         return table
+    if dr24 and "Transit_Depth" not in table.columns:
+        table["Transit_Depth"] = 1.0  # DR24 tables need no depth column; keep every row
     needed = ["tic_id", "Epoc", "Period", "Duration", "Transit_Depth", "Disposition"]
     missing = [c for c in needed if c not in table.columns]
     if missing:
@@ -93,12 +116,30 @@ def read_tces(
     columns = [c for c in REFERENCE_COLUMNS if c in table.columns]
     if vetting:
         columns += [c for c in ("Tmag", "Qingress") if c in table.columns]
-    table = table[columns].dropna().drop_duplicates()
+    table = table[columns].drop_duplicates()
+    # a missing ephemeris stays a row: views() skips it with status "bad_ephemeris"
+    table = table.dropna(subset=[c for c in columns if c not in EPHEMERIS_COLUMNS])
     table = table[table["Transit_Depth"] > 0].copy()
     table["Duration"] = table["Duration"] / 24
     junk = ["IS", "V", "O"] if vetting else ["IS", "V"]
     table["Disposition"] = table["Disposition"].replace(junk, "J")
     return table.reset_index(drop=True)
+
+
+def _check_numeric(table: pd.DataFrame, url: str) -> None:
+    """Raise InputError naming the first row and column whose cell is not a number."""
+    for column in NUMERIC_COLUMNS:
+        if column not in table.columns or pd.api.types.is_numeric_dtype(table[column]):
+            continue
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = values.isna() & table[column].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(
+                f"{url}: row {row + 2} (data row {row}), column {column!r}: "
+                f"{table[column].iloc[row]!r} is not a number; fix or blank that cell"
+            )
+        table[column] = values
 
 
 def _light_curve_arrays(lightcurves: xr.Dataset) -> tuple[object, object, np.ndarray]:

@@ -339,7 +339,7 @@ def read_tfrecords(
     rows: list[dict[str, Any]] = []
     for url in files:
         data = storage.read_bytes(url, storage_options=storage_options)
-        for payload in iter_records(data, name=url):
+        for payload in iter_records(data, name=url, check_crc=True):
             row = _decode(tf.train.Example.FromString(payload))
             row["file"] = [url.rsplit("/", 1)[-1]]
             rows.append(row)

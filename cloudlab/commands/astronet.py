@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
+from collections import Counter
+from collections.abc import Callable
 
 from cloudlab.commands._common import (
     add_cluster_argument,
@@ -83,6 +87,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.set_defaults(func=_predict)
 
 
+def _quiet_tensorflow(func: Callable[[argparse.Namespace], int]):
+    """Silence TensorFlow's C++ start-up lines (oneDNN, CUDA, absl) unless ``--debug``.
+
+    The variable is read when TensorFlow is first imported, which the actions do lazily, so
+    it is set here, before any of them runs; a value the user exported is kept.
+    """
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        if not getattr(args, "debug", False):
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        return func(args)
+
+    return run
+
+
+def _refuse_if_all_skipped(reasons, what: str) -> None:
+    """One line when no TCE is usable, so that nothing empty is written."""
+    reasons = [str(r) for r in reasons]
+    if reasons and all(reasons):
+        common, count = Counter(reasons).most_common(1)[0]
+        raise InputError(
+            f"all {len(reasons)} TCEs were skipped, nothing {what}; most common reason "
+            f"({count}x): {common}"
+        )
+
+
 def _light_curve_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--lightcurves", required=required, help="light-curve files (glob)")
     parser.add_argument("--tces", required=required, help="TCE table (tces.csv)")
@@ -110,6 +141,7 @@ def _compute(obj, args: argparse.Namespace):
         return run_graph(obj)
 
 
+@_quiet_tensorflow
 def _views(args: argparse.Namespace) -> int:
     from cloudlab.astronet import views, write_tfrecords
     from cloudlab.astronet.tfrecords import split_indices
@@ -119,6 +151,7 @@ def _views(args: argparse.Namespace) -> int:
                    args)  # fmt: skip
     lightcurves, tces = _catalog(args)
     ds = _compute(views(lightcurves, tces, kind=args.kind, batch_size=args.batch_size), args)
+    _refuse_if_all_skipped(ds["reason"].values, f"written to {args.dest}")
     skipped = ds.isel(tce=~ds["valid"].values)
     for tic, reason in zip(skipped["tic_id"].values, skipped["reason"].values, strict=True):
         print(f"skipped TIC {tic}: {reason}", file=sys.stderr)
@@ -127,6 +160,7 @@ def _views(args: argparse.Namespace) -> int:
     return 0
 
 
+@_quiet_tensorflow
 def _train(args: argparse.Namespace) -> int:
     from cloudlab import storage
     from cloudlab.astronet.tfrecords import read_tfrecords
@@ -171,6 +205,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_quiet_tensorflow
 def _evaluate(args: argparse.Namespace) -> int:
     from cloudlab.astronet.tfrecords import read_tfrecords
     from cloudlab.astronet.train import evaluate
@@ -180,6 +215,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@_quiet_tensorflow
 def _predict(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -203,6 +239,7 @@ def _predict(args: argparse.Namespace) -> int:
         ds = _compute(graph[["prediction", "valid", "reason"]], args)
         ds = ds.assign({c: ("tce", tces[c].to_numpy()) for c in tces.columns})
         reason = ds["reason"].values
+        _refuse_if_all_skipped(reason, f"written to {args.out}")
     else:
         raise InputError("give --data (TFRecords) or --lightcurves and --tces")
     columns = [c for c in ("row_id", "tic_id", "Disposition") if c in ds]

@@ -247,6 +247,19 @@ def _read_batch(groups, reader, length, storage_options):
     return arrays
 
 
+def _kepler_targets(urls: Sequence[str], storage_options: dict | None) -> dict[int, list[str]]:
+    """Group Kepler files by the ``KEPLERID`` of their primary header (not their names)."""
+    groups: dict[int, list[str]] = {}
+    for url in urls:
+        kepid = hdu_info(url, 0, storage_options).get("KEPLERID")
+        if kepid is None:
+            raise LightCurveError(
+                f"{url}: primary header has no KEPLERID; pass a {{kepid: [files]}} mapping"
+            )
+        groups.setdefault(int(kepid), []).append(url)
+    return groups
+
+
 def read_lightcurves(
     urls: Mapping[object, str | Sequence[str]] | Sequence[str],
     *,
@@ -260,7 +273,8 @@ def read_lightcurves(
     ----------
     urls : mapping or sequence
         ``{target: url or [urls]}`` (several files of one target are concatenated), or a list
-        of files whose stems become the targets (integers where they are numeric, e.g. TIC IDs).
+        of files whose stems become the targets (integers where they are numeric, e.g. TIC IDs);
+        with ``reader="kepler"`` a list is grouped by each file's ``KEPLERID`` header instead.
     reader : {"qlp", "qlp-vetting", "kepler"}
         File layout (:func:`read_qlp`, :func:`read_qlp_apertures` — adds ``flux_small`` and
         ``flux_big`` for Vetting's ``depth_change`` — or :func:`read_kepler`).
@@ -277,7 +291,9 @@ def read_lightcurves(
     """
     if reader not in ("qlp", "qlp-vetting", "kepler"):
         raise InputError(f"reader must be 'qlp', 'qlp-vetting' or 'kepler', got {reader!r}")
-    if not isinstance(urls, Mapping):
+    if not isinstance(urls, Mapping) and reader == "kepler":
+        urls = _kepler_targets(urls, storage_options)
+    elif not isinstance(urls, Mapping):
         stems = [PurePosixPath(str(u)).name.split(".")[0] for u in urls]
         keys = [int(s) if s.isdigit() else s for s in stems]
         urls = dict(zip(keys, urls, strict=True))
