@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 
 import pytest
@@ -42,3 +43,34 @@ def test_unreachable_s3_fails_without_retries(monkeypatch, caplog) -> None:
     assert "s3://bucket/cube.fits" in str(info.value)
     retries = [r for r in caplog.records if "transient error" in r.getMessage()]
     assert retries == []  # main retried 5 times (with backoff) before giving up
+
+
+def test_damaged_tpfs_are_rewritten_or_reported(tmp_path) -> None:
+    import dask
+    import numpy as np
+    import pandas as pd
+    from astropy.io import fits
+
+    from cloudlab.cutouts import make_cutouts, write_tpfs
+    from cloudlab.cutouts.tpf import TPFWriteError
+    from cloudlab.simulate import tess_sector
+
+    sim = tess_sector(str(tmp_path / "cubes"), n_frames=6, shape=(40, 41), ffis=False, seed=1)
+    ra, dec = sim.wcs.all_pix2world([[20.0, 20.0], [25.0, 15.0], [12.0, 30.0]], 0).T
+    targets = pd.DataFrame({"ticid": [11, 12, 13], "ra": ra, "dec": dec})
+    out = tmp_path / "tpfs"
+    with dask.config.set(scheduler="synchronous"):
+        ds = make_cutouts(targets, cube_url=sim.cube_url, size=5)
+        urls = write_tpfs(ds, str(out))
+        good = open(urls[2], "rb").read()
+        open(urls[0], "wb").close()  # 0-byte file left by a killed run
+        os.remove(urls[1])
+        os.mkdir(urls[1])  # a directory under the TPF's name
+        with pytest.raises(TPFWriteError) as info:
+            write_tpfs(ds, str(out))
+    assert list(info.value.failed) == [urls[1]]
+    assert "directory" in info.value.failed[urls[1]]
+    with fits.open(urls[0]) as hdul:  # the 0-byte file was rewritten, not counted as done
+        assert hdul[1].data["FLUX"].shape == (6, 5, 5)
+        np.testing.assert_array_equal(hdul[1].data["FLUX"], ds["flux"][0].values)
+    assert open(urls[2], "rb").read() == good  # the complete one was kept
