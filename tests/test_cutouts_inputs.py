@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import socket
 
+import numpy as np
 import pytest
 
 from cloudlab import storage
@@ -47,7 +49,6 @@ def test_unreachable_s3_fails_without_retries(monkeypatch, caplog) -> None:
 
 def test_damaged_tpfs_are_rewritten_or_reported(tmp_path) -> None:
     import dask
-    import numpy as np
     import pandas as pd
     from astropy.io import fits
 
@@ -74,3 +75,57 @@ def test_damaged_tpfs_are_rewritten_or_reported(tmp_path) -> None:
         assert hdul[1].data["FLUX"].shape == (6, 5, 5)
         np.testing.assert_array_equal(hdul[1].data["FLUX"], ds["flux"][0].values)
     assert open(urls[2], "rb").read() == good  # the complete one was kept
+
+
+@pytest.mark.parametrize("name", ["ticid", "TICID", "tic_id", "TIC", "ID", "Id"])
+def test_catalog_tic_column_names(tmp_path, name) -> None:
+    from cloudlab.io.catalogs import read_tce
+
+    path = tmp_path / "targets.csv"
+    path.write_text(f"{name},ra,dec\nTIC 123,10.5,-20.25\n456,11.0,-21.0\ntic-789,12,-22\n")
+    df = read_tce(path)
+    assert df["ticid"].tolist() == [123, 456, 789]
+    assert df["ticid"].dtype == np.int64
+
+
+def test_catalog_positions_only(tmp_path) -> None:
+    from cloudlab.io.catalogs import read_tce
+
+    path = tmp_path / "targets.csv"
+    path.write_text("RA,Dec\n123.45671,12.34559\n5.0,-3.5\n")
+    df = read_tce(path)
+    assert df["ticid"].tolist() == ["J123.4567+12.3456", "J005.0000-03.5000"]
+    assert df["ra"].tolist() == [123.45671, 5.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "culprit"),
+    [
+        ("ticid,ra,dec\n1,2,3\n,4,5\n", "row 1: is empty"),
+        ("ticid,ra,dec\n1,2,3\n2,4,5\nabc,6,7\n", "row 2: 'abc' is not a TIC id"),
+        ("TIC,ra,dec\nTIC 1,2,3\nTIC x,4,5\n", "row 1: 'TIC x' is not a TIC id"),
+        ("ra,dec\n1,2\n3,\n", "'dec', row 1 is empty"),
+        ("ra,dec\n1,2\nx,3\n", "'ra', row 1: 'x' is not a number"),
+        ("name,mag\na,1\n", "no 'ticid' column"),
+    ],
+)
+def test_catalog_bad_cells_name_the_row(tmp_path, text, culprit) -> None:
+    from cloudlab.errors import InputError
+    from cloudlab.io.catalogs import read_tce
+
+    path = tmp_path / "targets.csv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=re.escape(culprit)) as info:
+        read_tce(path)
+    assert "targets.csv" in str(info.value)
+
+
+def test_missing_coordinates_say_how_to_supply_them() -> None:
+    import pandas as pd
+
+    from cloudlab.errors import InputError
+    from cloudlab.io.catalogs import add_coordinates
+
+    with pytest.raises(InputError, match="TIC 5") as info:
+        add_coordinates(pd.DataFrame({"ticid": [5]}))
+    assert "--coords" in str(info.value) and "--resolve" in str(info.value)
