@@ -129,3 +129,35 @@ def test_missing_coordinates_say_how_to_supply_them() -> None:
     with pytest.raises(InputError, match="TIC 5") as info:
         add_coordinates(pd.DataFrame({"ticid": [5]}))
     assert "--coords" in str(info.value) and "--resolve" in str(info.value)
+
+
+@pytest.mark.parametrize("limit", ["0", "-3"])
+def test_cli_refuses_nonpositive_limit(tmp_path, capsys, limit) -> None:
+    from cloudlab.cli import main
+
+    catalog = tmp_path / "targets.csv"
+    catalog.write_text("ticid,ra,dec\n1,2,3\n")
+    argv = ["cutouts", "--catalog", str(catalog), "--sector", "5", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--limit", limit]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--limit {limit}" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_positions_only_catalog(tmp_path, capsys) -> None:
+    import dask
+
+    from cloudlab.cli import main
+    from cloudlab.simulate import tess_sector
+
+    sim = tess_sector(str(tmp_path / "cubes"), n_frames=4, shape=(40, 41), ffis=False, seed=2)
+    ((ra, dec),) = sim.wcs.all_pix2world([[20.0, 21.0]], 0)
+    catalog = tmp_path / "positions.csv"
+    catalog.write_text(f"RA,DEC\n{ra},{dec}\n")
+    out = tmp_path / "tpfs"
+    with dask.config.set(scheduler="synchronous"):
+        code = main(["cutouts", "--catalog", str(catalog), "--cube", sim.cube_url, "--size", "5",
+                     "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    (name,) = os.listdir(out)
+    assert name == f"ticJ{ra:08.4f}_{dec:07.4f}_s0055-1-1_5x5_tpf.fits"  # J<ra>+<dec>
