@@ -61,6 +61,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -166,9 +167,38 @@ _PERMANENT = (
     KeyError,
 )
 
-_TRANSIENT_ERRNOS = frozenset(
-    {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT}
-)
+_TRANSIENT_ERRNOS = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT})
+
+_UNREACHABLE_NAMES = frozenset({"ClientConnectorDNSError", "NameResolutionError", "gaierror"})
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes/contexts (and aiohttp's ``os_error``), without cycles."""
+    out: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if any(current is seen for seen in out):
+            continue
+        out.append(current)
+        todo.extend(
+            e
+            for e in (current.__cause__, current.__context__, getattr(current, "os_error", None))
+            if isinstance(e, BaseException)
+        )
+    return out
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the host does not exist or refuses connections (no use retrying)."""
+    for current in _chain(exc):
+        if isinstance(current, (ConnectionRefusedError, socket.gaierror)):
+            return True
+        if any(cls.__name__ in _UNREACHABLE_NAMES for cls in type(current).__mro__):
+            return True
+        if isinstance(current, OSError) and current.errno == errno.ECONNREFUSED:
+            return True
+    return False
 
 
 def _protocol(url: str) -> str:
@@ -331,7 +361,10 @@ def expand_detail(
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is worth retrying (connection problems, timeouts, HTTP 5xx/429).
+    """Whether ``exc`` is worth retrying (dropped connections, timeouts, HTTP 5xx/429).
+
+    A host name that does not resolve (DNS failure) or a connection refused is not transient:
+    no network or a wrong endpoint, so the call fails at once instead of after every retry.
 
     Parameters
     ----------
@@ -342,6 +375,8 @@ def is_transient(exc: BaseException) -> bool:
     -------
     bool
     """
+    if _unreachable(exc):
+        return False
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -391,6 +426,11 @@ def retry(func: Callable[[], T], *, what: str = "", retries: int | None = None) 
     -------
     object
         Whatever ``func`` returns.
+
+    Raises
+    ------
+    StorageError
+        At once, without retries, when the host does not resolve or refuses the connection.
     """
     if retries is None:
         retries = int(dask.config.get("cloudlab.storage-retries", default=5))
@@ -400,6 +440,11 @@ def retry(func: Callable[[], T], *, what: str = "", retries: int | None = None) 
         try:
             return func()
         except Exception as exc:
+            if _unreachable(exc):
+                raise StorageError(
+                    f"{what or 'storage'}: cannot reach the server ({exc}); check the network "
+                    "connection and the endpoint (e.g. AWS_ENDPOINT_URL_S3)"
+                ) from exc
             if attempt >= retries or not is_transient(exc):
                 raise
             delay = min(base * 2**attempt, 10.0) * (0.5 + random.random())

@@ -137,6 +137,8 @@ def _cut_and_write(args: argparse.Namespace, targets) -> tuple | None:
 def _run(args: argparse.Namespace) -> int:
     if args.sector is None and args.cube is None:
         raise InputError("cutouts: give --sector (targets grouped by cube) or --cube")
+    if args.limit is not None and args.limit <= 0:
+        raise InputError(f"cutouts: --limit {args.limit}; give a positive number of targets")
     t0 = time.perf_counter()
     n_rows, targets = _targets(args)
     print(f"catalog: {n_rows} rows -> {len(targets)} targets")

@@ -500,14 +500,18 @@ def _linear_for(metas: list[dict], size: tuple[int, int]) -> list[tuple[dict, fl
 
 
 def _write_group(flux, flux_err, metas, urls, overwrite, storage_options) -> dict[str, str]:
-    """Write a chunk of TPFs; one failure does not stop the others. Returns URL → error."""
+    """Write a chunk of TPFs; one failure does not stop the others. Returns URL → error.
+
+    ``overwrite`` is a bool, or the set of URLs that may be replaced (damaged existing files).
+    """
     failed = {}
     templates: dict[int, TPFTemplate] = {}
     linears = _linear_for(metas, flux.shape[2:])
     for i, (meta, url) in enumerate(zip(metas, urls, strict=True)):
+        replace = overwrite if isinstance(overwrite, bool) else url in overwrite
         try:
             data = _render(templates, flux[i], flux_err[i], meta, linears[i])
-            storage.write_bytes(url, data, overwrite=overwrite, storage_options=storage_options)
+            storage.write_bytes(url, data, overwrite=replace, storage_options=storage_options)
         except Exception as exc:  # noqa: BLE001 - reported per file to the caller
             failed[url] = f"{type(exc).__name__}: {exc}"
     return failed
@@ -581,15 +585,28 @@ def write_tpfs(
             f"write_tpfs: several targets map to the same file: {dupes[:5]}; "
             "give each target a distinct ticid"
         )
+    done: set[str] = set()
+    damaged: set[str] = set()
+    blocked: dict[str, str] = {}
     if overwrite:
         todo = list(range(len(urls)))
     elif skip_existing:
-        done = set(storage.existing(urls, storage_options=storage_options))
-        todo = [i for i, url in enumerate(urls) if url not in done]
+        shape = (ds.sizes["time"], *size)
+        for url in storage.existing(urls, storage_options=storage_options):
+            problem = _tpf_problem(url, shape, storage_options)
+            if problem is None:
+                done.add(url)
+            elif problem.startswith("a directory"):
+                blocked[url] = f"{problem}; remove it or write elsewhere"
+            else:
+                damaged.add(url)
+        todo = [i for i, url in enumerate(urls) if url not in done and url not in blocked]
     else:
         storage.check_writable(urls, overwrite=False, storage_options=storage_options)
         todo = list(range(len(urls)))
     if not todo:
+        if blocked:
+            raise TPFWriteError(urls, blocked)
         return urls
     sub = ds.isel(target=todo)
     flux, flux_err = (_as_dask(sub[name].data) for name in ("flux", "flux_err"))
@@ -602,15 +619,36 @@ def write_tpfs(
         metas = [target_meta(sub, j) for j in idx]
         group_urls = [urls[todo[j]] for j in idx]
         tasks.append(
-            dask.delayed(_write_group)(fb, eb, metas, group_urls, overwrite, storage_options)
+            dask.delayed(_write_group)(
+                fb, eb, metas, group_urls, overwrite or damaged, storage_options
+            )
         )
     from cloudlab.cluster import compute
 
     results = compute(*tasks, progress=progress)
-    failed = {u: e for group in results for u, e in group.items()}
+    failed = dict(blocked)
+    failed.update((u, e) for group in results for u, e in group.items())
     if failed:
         raise TPFWriteError(urls, failed)
     return urls
+
+
+def _tpf_problem(url: str, shape: tuple[int, int, int], storage_options: dict | None) -> str | None:
+    """Why the existing file at ``url`` is not a complete TPF of ``shape`` (None when it is)."""
+    fs, path = storage.resolve(url, storage_options)
+    if fs.isdir(path):
+        return "a directory is in the way of the TPF"
+    try:
+        with fs.open(path, "rb") as f, fits.open(f, lazy_load_hdus=True) as hdul:
+            header = hdul[1].header
+            flux = hdul[1].columns["FLUX"]
+            dims = flux.dim.strip("()").split(",") if isinstance(flux.dim, str) else ()
+            found = (header.get("NAXIS2"), *(int(d) for d in reversed(dims)))
+    except Exception as exc:  # noqa: BLE001 - any reason to distrust the file means rewrite it
+        return f"damaged ({type(exc).__name__}: {exc})"
+    if tuple(found) != tuple(shape):
+        return f"shape {found}, not {shape}"
+    return None
 
 
 def _as_dask(data) -> da.Array:

@@ -24,6 +24,7 @@ __all__ = [
     "add_coordinates",
     "filter_tces",
     "one_per_tic",
+    "position_name",
     "read_coordinate_table",
     "read_tce",
     "resolve_tic_mast",
@@ -123,12 +124,28 @@ def read_tce(url: str | os.PathLike, *, storage_options: dict | None = None) -> 
     except pd.errors.EmptyDataError as exc:
         raise InputError(f"{url}: empty TCE file; download it again") from exc
     df = df.rename(columns={k: v for k, v in OLD_TCE_NAMES.items() if k in df.columns})
-    if "ticid" not in df.columns:
-        raise InputError(
-            f"{url}: not a TCE file: no 'ticid' column (columns: {list(df)[:8]} ...); "
-            "pass a *_dvr-tcestats.csv bulk file"
-        )
-    df["ticid"] = df["ticid"].astype(np.int64)
+    lower = {str(c).lower(): c for c in df.columns}
+    tic = next((lower[n] for n in _TIC_NAMES if n in lower), None)
+    if tic is not None:
+        df = df.rename(columns={tic: "ticid"})
+        df["ticid"] = _ticids(df["ticid"], url)
+    else:
+        ra = next((lower[n] for n in _RA_NAMES if n in lower), None)
+        dec = next((lower[n] for n in _DEC_NAMES if n in lower), None)
+        if ra is None or dec is None:
+            raise InputError(
+                f"{url}: no 'ticid' column (nor tic_id, TIC or ID, any case) and no ra and dec "
+                f"(columns: {list(df)[:8]} ...); pass a *_dvr-tcestats.csv bulk file or a CSV "
+                "with one of those columns"
+            )
+        df = df.rename(columns={ra: "ra", dec: "dec"})
+        df["ra"], df["dec"] = _numbers(df["ra"], url, float), _numbers(df["dec"], url, float)
+        for column in ("ra", "dec"):
+            if df[column].isna().any():
+                row = df.index[df[column].isna()][0]
+                raise InputError(f"{url}: column {column!r}, row {row} is empty; fill it in")
+        names = [position_name(r, d) for r, d in zip(df["ra"], df["dec"], strict=True)]
+        df.insert(0, "ticid", names)
     df.attrs = {
         "units": {k: v for k, v in TCE_UNITS.items() if k in df.columns},
         "time_systems": {k: v for k, v in TCE_TIME_SYSTEMS.items() if k in df.columns},
@@ -136,6 +153,29 @@ def read_tce(url: str | os.PathLike, *, storage_options: dict | None = None) -> 
         "source": url,
     }
     return df
+
+
+def position_name(ra: float, dec: float) -> str:
+    """Name of a target known only by position, e.g. ``"J123.4567+12.3456"`` (deg)."""
+    return f"J{ra:08.4f}{dec:+08.4f}"
+
+
+def _ticids(column: pd.Series, source: str) -> pd.Series:
+    """TIC ids as int64 from numbers or ``"TIC 123"`` strings; InputError naming a bad row."""
+    text = column.astype(str).str.strip().str.replace(r"(?i)^tic[\s_-]*", "", regex=True)
+    numbers = pd.to_numeric(text.where(column.notna()), errors="coerce")
+    bad = numbers.isna() | (numbers != numbers.round()) | (numbers <= 0)
+    if bad.any():
+        row = column.index[bad.to_numpy()][0]
+        value = column[row]
+        what = (
+            "is empty" if pd.isna(value) or not str(value).strip() else f"{value!r} is not a TIC id"
+        )
+        raise InputError(
+            f"{source}: column {column.name!r}, row {row}: {what}; fix or remove that row "
+            "(TIC ids are positive integers, optionally written 'TIC 123')"
+        )
+    return numbers.astype(np.int64)
 
 
 def _between(values: pd.Series, bounds: tuple[float | None, float | None] | None) -> pd.Series:
@@ -399,7 +439,9 @@ def add_coordinates(
         shown = ", ".join(str(t) for t in bad[:20])
         more = f" and {len(bad) - 20} more" if len(bad) > 20 else ""
         raise InputError(
-            f"no coordinates for {len(bad)} target(s): TIC {shown}{more}; add them to the "
-            "coordinate table, pass a resolver, or use on_error='skip'"
+            f"no coordinates for {len(bad)} target(s): TIC {shown}{more}; give ra and dec "
+            "columns in the catalog, a coordinate table with ticid, ra, dec (--coords / "
+            "coords=), resolve them at MAST (--resolve / resolver=resolve_tic_mast, online), "
+            "or skip them (on_error='skip')"
         )
     return out
