@@ -1,0 +1,61 @@
+"""Timelag inputs whose time coordinate carries a unit are converted, never read as seconds."""
+
+from __future__ import annotations
+
+import astropy.units as u
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.time import Time
+
+from cloudlab.errors import InputError
+from cloudlab.timelag import maps
+
+CADENCE_MIN = 0.2  # 12 s
+SHIFT = 5  # samples: the true lag is 5 * 12 s = 60 s
+
+
+def _pair(time, attrs=None):
+    rng = np.random.default_rng(3)
+    n = 64
+    signal = np.convolve(rng.normal(size=n + SHIFT + 8), np.ones(4), mode="same")
+    a = signal[SHIFT : SHIFT + n]
+    b = signal[:n]
+    cube = lambda v: xr.DataArray(  # noqa: E731
+        np.tile(v[:, None, None], (1, 2, 2)),
+        dims=("time", "y", "x"),
+        coords={"time": xr.Variable("time", time, attrs=attrs or {})},
+    )
+    return cube(a), cube(b)
+
+
+@pytest.mark.parametrize(
+    "time, attrs",
+    [
+        (np.arange(64) * CADENCE_MIN, {"units": "min"}),
+        (np.arange(64) * CADENCE_MIN / 60, {"units": "h"}),
+        (np.arange(64) * 12.0, {"units": "s"}),
+        (np.arange(64) * 12.0, None),
+        (np.arange(64) * np.timedelta64(12, "s"), None),
+        (np.datetime64("2020-01-01T00:00:00") + np.arange(64) * np.timedelta64(12, "s"), None),
+    ],
+)
+def test_lag_is_in_seconds_whatever_the_time_unit(time, attrs):
+    a, b = _pair(time, attrs)
+    lag = maps.timelag_map(a, b).compute()
+    assert np.abs(lag.values).max() == pytest.approx(60.0)
+
+
+def test_time_seconds_quantity_and_astropy_time():
+    expected = np.arange(5) * 720.0
+    np.testing.assert_allclose(maps.time_seconds(np.arange(5) * 12 * u.min), expected)
+    t = Time("2020-01-01T00:00:00") + np.arange(5) * 12 * u.min
+    np.testing.assert_allclose(maps.time_seconds(t), expected, atol=1e-6)
+
+
+def test_unparsable_time_unit_names_the_coordinate():
+    coord = xr.DataArray(np.arange(4.0), dims="time", attrs={"units": "furlongs-ish"})
+    with pytest.raises(InputError, match="'time'.*furlongs-ish"):
+        maps.time_seconds(coord)
+    with pytest.raises(InputError, match="'time'.*not a time unit"):
+        maps.time_seconds(np.arange(4) * u.m)
