@@ -59,3 +59,21 @@ def test_unparsable_time_unit_names_the_coordinate():
         maps.time_seconds(coord)
     with pytest.raises(InputError, match="'time'.*not a time unit"):
         maps.time_seconds(np.arange(4) * u.m)
+
+
+def test_pixel_constant_to_float32_precision_is_nan():
+    rng = np.random.default_rng(0)
+    t = np.arange(50) * 12.0
+    ulp = rng.integers(-1, 2, 50) * np.finfo(np.float32).eps
+    flat = (np.float32(1234.5) * (1 + ulp)).astype(np.float32)  # constant up to round-off
+    noisy = rng.normal(size=50).astype(np.float32)
+    a = xr.DataArray(
+        np.stack([flat, noisy], axis=1)[:, :, None], dims=("time", "y", "x"), coords={"time": t}
+    )
+    b = xr.DataArray(
+        rng.normal(size=(50, 2, 1)).astype(np.float32), dims=("time", "y", "x"), coords={"time": t}
+    )
+    lag = maps.timelag_map(a, b).values
+    peak = maps.max_correlation_map(a, b).values
+    assert np.isnan(lag[0, 0]) and np.isnan(peak[0, 0])
+    assert np.isfinite(lag[1, 0]) and np.isfinite(peak[1, 0])
