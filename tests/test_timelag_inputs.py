@@ -77,3 +77,19 @@ def test_pixel_constant_to_float32_precision_is_nan():
     peak = maps.max_correlation_map(a, b).values
     assert np.isnan(lag[0, 0]) and np.isnan(peak[0, 0])
     assert np.isfinite(lag[1, 0]) and np.isfinite(peak[1, 0])
+
+
+def test_min_correlation_masks_weak_pixels():
+    a, b = _pair(np.arange(64) * 12.0)
+    b = b.copy(data=b.values.copy())
+    b.values[:, 0, 0] = np.random.default_rng(9).normal(size=64)  # uncorrelated pixel
+    full = maps.timelag_maps({94: a, 335: b}).compute()
+    peak = full["max_correlation"].values[0]
+    threshold = 0.9
+    assert peak[0, 0] < threshold < peak[1, 1]
+    masked = maps.timelag_maps({94: a, 335: b}, min_correlation=threshold).compute()
+    lag = masked["timelag"].values[0]
+    assert np.isnan(lag[0, 0]) and lag[1, 1] == full["timelag"].values[0, 1, 1]
+    np.testing.assert_array_equal(masked["max_correlation"], full["max_correlation"])
+    with pytest.raises(InputError, match="min_correlation.*1.5"):
+        maps.timelag_maps({94: a, 335: b}, min_correlation=1.5)

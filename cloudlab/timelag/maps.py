@@ -420,6 +420,7 @@ def timelag_maps(
     pairs: Sequence[tuple[Hashable, Hashable]] | None = None,
     lag_bounds=None,
     chunks: Sequence[int] | None = None,
+    min_correlation: float | None = None,
 ) -> xr.Dataset:
     """Time-lag and maximum-correlation maps of many channel pairs in one graph.
 
@@ -438,6 +439,8 @@ def timelag_maps(
         Inclusive lag range in seconds (floats or astropy Quantities).
     chunks : sequence of int, optional
         Spatial chunk sizes; default planned from the workers' memory.
+    min_correlation : float, optional
+        Pixels whose maximum correlation is below this (in ``[-1, 1]``) get a NaN lag.
 
     Returns
     -------
@@ -447,6 +450,8 @@ def timelag_maps(
     """
     if not channels:
         raise InputError("no channels given")
+    if min_correlation is not None and not -1.0 <= float(min_correlation) <= 1.0:
+        raise InputError(f"min_correlation must lie in [-1, 1], got {min_correlation!r}")
     names = list(channels)
     pairs = default_pairs(names) if pairs is None else [tuple(p) for p in pairs]
     if not pairs:
@@ -473,4 +478,8 @@ def timelag_maps(
         for which, (name, attrs) in enumerate(_OUTPUTS)
     }
     attrs = {"lag_bounds_s": [float(lags[start]), float(lags[stop - 1])]}
+    if min_correlation is not None:
+        weak = variables["max_correlation"] < float(min_correlation)
+        variables["timelag"] = variables["timelag"].where(~weak)
+        attrs["min_correlation"] = float(min_correlation)
     return xr.Dataset(variables, coords=coords, attrs=attrs)
