@@ -93,3 +93,21 @@ def test_min_correlation_masks_weak_pixels():
     np.testing.assert_array_equal(masked["max_correlation"], full["max_correlation"])
     with pytest.raises(InputError, match="min_correlation.*1.5"):
         maps.timelag_maps({94: a, 335: b}, min_correlation=1.5)
+
+
+@pytest.mark.parametrize("option", ["start", "end"])
+def test_bad_start_end_names_the_option(option):
+    from cloudlab.timelag.prepare import select_time
+
+    cube, _ = _pair(np.datetime64("2020-01-01") + np.arange(64) * np.timedelta64(12, "s"))
+    with pytest.raises(InputError, match=f"--{option}.*'yesterday'"):
+        select_time(cube, **{option: "yesterday"})
+
+
+def test_bad_duration_option_names_the_option(capsys):
+    from cloudlab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["timelag", "--channel", "171=x.fits", "--cadence", "12parsecs"])
+    err = capsys.readouterr().err
+    assert "--cadence" in err and "12parsecs" in err

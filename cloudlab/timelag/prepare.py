@@ -147,22 +147,33 @@ def crop(cube: xr.DataArray, bottom_left, top_right) -> xr.DataArray:
     return out
 
 
+def _as_datetime(value, option: str) -> np.datetime64:
+    """``value`` as datetime64[ns]; an InputError naming ``option`` (and ``--option``) if not."""
+    try:
+        return np.datetime64(value, "ns")
+    except (ValueError, TypeError) as exc:
+        raise InputError(
+            f"{option} (--{option}): cannot read {value!r} as a time; use ISO format, "
+            "e.g. 2011-02-15T00:00:00"
+        ) from exc
+
+
 def select_time(cube: xr.DataArray, start=None, end=None, every: int = 1) -> xr.DataArray:
     """Keep frames with ``start <= time <= end`` and then every ``every``-th one (lazy).
 
     Raises
     ------
     InputError
-        If ``every < 1`` or no frame is left.
+        If ``every < 1``, ``start``/``end`` is not a time, or no frame is left.
     """
     if int(every) < 1:
         raise InputError(f"select_time: every must be >= 1, got {every}")
     times = cube["time"].values
     keep = np.ones(times.size, bool)
     if start is not None:
-        keep &= times >= np.datetime64(start, "ns")
+        keep &= times >= _as_datetime(start, "start")
     if end is not None:
-        keep &= times <= np.datetime64(end, "ns")
+        keep &= times <= _as_datetime(end, "end")
     index = np.flatnonzero(keep)[:: int(every)]
     if index.size == 0:
         raise InputError(
