@@ -111,3 +111,12 @@ def test_bad_duration_option_names_the_option(capsys):
         main(["timelag", "--channel", "171=x.fits", "--cadence", "12parsecs"])
     err = capsys.readouterr().err
     assert "--cadence" in err and "12parsecs" in err
+
+
+def test_channel_label_contradicting_wavelnth_is_refused():
+    from cloudlab.timelag.prepare import prepare_channels
+
+    cube, _ = _pair(np.datetime64("2020-01-01") + np.arange(64) * np.timedelta64(12, "s"))
+    cube = cube.assign_coords(wavelength=193)
+    with pytest.raises(InputError, match=r"channel 171.*WAVELNTH 193"):
+        prepare_channels({171: cube, 193: cube}, drop_bad=False)

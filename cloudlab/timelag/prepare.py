@@ -23,6 +23,7 @@ from cloudlab.timelag.maps import to_seconds
 
 __all__ = [
     "align_channels",
+    "check_channel_label",
     "common_time_grid",
     "crop",
     "drop_bad_frames",
@@ -347,6 +348,28 @@ def align_channels(
     return {k: interpolate_to_grid(c, grid, chunks) for k, c in channels.items()}
 
 
+def check_channel_label(name: Hashable, cube: xr.DataArray) -> None:
+    """Refuse a numeric channel label that contradicts the cube's ``wavelength`` coordinate.
+
+    Raises
+    ------
+    InputError
+        Naming the channel, the files' wavelength and what to do.
+    """
+    if "wavelength" not in cube.coords or cube["wavelength"].size != 1:
+        return
+    try:
+        label = float(str(name))
+    except ValueError:
+        return
+    wavelength = float(cube["wavelength"].values)
+    if not np.isclose(label, wavelength):
+        raise InputError(
+            f"channel {name!r}: its files have WAVELNTH {wavelength:g} Å; label the channel "
+            f"{wavelength:g} or give the {name} Å files"
+        )
+
+
 def prepare_channels(
     channels: Mapping[Hashable, xr.DataArray],
     *,
@@ -385,6 +408,8 @@ def prepare_channels(
     """
     if (bottom_left is None) != (top_right is None):
         raise InputError("prepare_channels: give both bottom_left and top_right, or neither")
+    for name, cube in channels.items():
+        check_channel_label(name, cube)
     prepared = {}
     for name, cube in channels.items():
         if drop_bad:
