@@ -86,6 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--every", type=int, default=1, help="keep every N-th frame")
     parser.add_argument("--cadence", type=duration, help="common grid step (default: nominal)")
     parser.add_argument("--keep-bad", action="store_true", help="keep frames with QUALITY != 0")
+    parser.add_argument(
+        "--min-correlation", type=float, help="NaN lag where the max correlation is below this"
+    )
     parser.add_argument("--vmax", type=duration, help="colour range of the PNG lag maps")
     parser.add_argument("--no-png", action="store_true", help="skip the PNG plots")
     add_cluster_argument(parser)
@@ -164,7 +167,9 @@ def _run(args: argparse.Namespace) -> int:
         pairs = None
         if args.pairs:
             pairs = [(keys.get(a, a), keys.get(b, b)) for a, b in args.pairs]
-        maps = timelag_maps(prepared, pairs=pairs, lag_bounds=args.lag_bounds)
+        maps = timelag_maps(
+            prepared, pairs=pairs, lag_bounds=args.lag_bounds, min_correlation=args.min_correlation
+        )
         grid = next(iter(prepared.values()))
         check_products(_destinations(maps, out, png=not args.no_png), args)
         print(f"{maps.sizes['pair']} pair(s) on {grid.sizes['time']} common times, "

@@ -22,7 +22,9 @@ import scipy.fft
 from cloudlab.backend import array_module
 
 __all__ = [
+    "FLAT_EPS_FACTOR",
     "FLAT_TOLERANCE",
+    "flat_tolerance",
     "correlate_spectra",
     "cross_correlation_block",
     "fft_length",
@@ -36,8 +38,22 @@ __all__ = [
     "to_rows",
 ]
 
-#: a pixel whose standard deviation is below this fraction of its mean is called flat
-FLAT_TOLERANCE = 64 * np.finfo(np.float64).eps
+#: a pixel whose standard deviation is below this many machine epsilons (of the input dtype)
+#: times its mean is called flat
+FLAT_EPS_FACTOR = 64
+#: the flatness tolerance for float64 input (see :func:`flat_tolerance`)
+FLAT_TOLERANCE = FLAT_EPS_FACTOR * np.finfo(np.float64).eps
+
+
+def flat_tolerance(dtype) -> float:
+    """Fraction of a pixel's mean below which its standard deviation counts as flat.
+
+    Scaled by the precision of the input ``dtype`` (float32 data that is constant up to
+    round-off is flat); integer and float64 input use float64's epsilon.
+    """
+    dtype = np.dtype(dtype)
+    eps = np.finfo(dtype).eps if np.issubdtype(dtype, np.floating) else np.finfo(np.float64).eps
+    return float(FLAT_EPS_FACTOR * max(eps, np.finfo(np.float64).eps))
 
 
 def fft_length(n_time: int) -> int:
@@ -99,8 +115,11 @@ def from_rows(rows, spatial_shape: tuple[int, ...]):
     return xp.ascontiguousarray(rows.T).reshape((rows.shape[1], *spatial_shape))
 
 
-def standardize(rows):
+def standardize(rows, tolerance: float = FLAT_TOLERANCE):
     """Standardise light curves laid out as rows ``(pixels, time)`` (``ddof=0``).
+
+    ``tolerance`` is the flatness threshold relative to the mean (:func:`flat_tolerance` of
+    the data's original dtype).
 
     Returns
     -------
@@ -113,7 +132,7 @@ def standardize(rows):
     mean = rows.mean(axis=1, keepdims=True)
     centred = rows - mean
     std = xp.sqrt((centred * centred).mean(axis=1, keepdims=True))
-    valid = xp.isfinite(std) & (std > FLAT_TOLERANCE * xp.abs(mean))
+    valid = xp.isfinite(std) & (std > tolerance * xp.abs(mean))
     z = xp.where(valid, centred / xp.where(valid, std, 1.0), 0.0)
     return z, valid[:, 0]
 
@@ -169,8 +188,8 @@ def cross_correlation_block(a, b, start: int, stop: int):
     xp = array_module(a)
     n_time = a.shape[0]
     nfft = fft_length(n_time)
-    za, valid_a = standardize(to_rows(a))
-    zb, valid_b = standardize(to_rows(b))
+    za, valid_a = standardize(to_rows(a), flat_tolerance(a.dtype))
+    zb, valid_b = standardize(to_rows(b), flat_tolerance(b.dtype))
     cc = correlate_spectra(spectrum(za, nfft), spectrum(zb, nfft), n_time, nfft, start, stop)
     cc = xp.where((valid_a & valid_b)[:, None], cc, xp.nan)
     return from_rows(cc, a.shape[1:])
@@ -235,7 +254,7 @@ def pairs_block(
     used = sorted({i for pair in pairs for i in pair})
     spectra, valid = {}, {}
     for i in used:
-        z, valid[i] = standardize(to_rows(blocks[i]))
+        z, valid[i] = standardize(to_rows(blocks[i]), flat_tolerance(blocks[i].dtype))
         spectra[i] = spectrum(z, nfft)
         del z
     out = []

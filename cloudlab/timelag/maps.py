@@ -37,17 +37,64 @@ _WCS_KEYS = tuple(
 )
 
 
-def time_seconds(time: xr.DataArray | np.ndarray) -> np.ndarray:
-    """Times as float seconds since the first sample (datetime64 or numeric seconds in)."""
-    values = np.asarray(time)
+def time_seconds(time, *, name: str = "time") -> np.ndarray:
+    """Times as float seconds since the first sample, honouring the coordinate's unit.
+
+    Parameters
+    ----------
+    time
+        A one-dimensional time coordinate: ``datetime64`` / pandas datetimes, ``timedelta64``,
+        an astropy ``Time`` or ``Quantity`` (any time unit), or bare numbers. Bare numbers are
+        seconds unless ``time.attrs["units"]`` (for a DataArray) names another time unit, which
+        is then converted with astropy.units.
+    name
+        The coordinate's name, used in error messages.
+
+    Raises
+    ------
+    InputError
+        If the coordinate is empty or not one-dimensional, its unit is not a time unit or cannot
+        be parsed, or its values are not times.
+    """
+    import astropy.units as u
+
+    units = None
+    if isinstance(time, xr.DataArray):
+        units = time.attrs.get("units")
+        time = time.values
+    if type(time).__name__ == "Time" and hasattr(time, "jd1"):
+        values = np.atleast_1d((time - time[0]).to_value(u.s))
+    elif isinstance(time, u.Quantity):
+        try:
+            values = np.atleast_1d(time.to_value(u.s))
+        except u.UnitConversionError as exc:
+            raise InputError(
+                f"coordinate {name!r} has unit {time.unit}, which is not a time unit; "
+                "give times in seconds, minutes, ... or as datetimes"
+            ) from exc
+    else:
+        values = np.asarray(time)
     if values.ndim != 1 or values.size == 0:
-        raise InputError("the time coordinate must be one-dimensional and non-empty")
-    if np.issubdtype(values.dtype, np.datetime64):
+        raise InputError(f"the {name!r} coordinate must be one-dimensional and non-empty")
+    if np.issubdtype(values.dtype, np.datetime64) or np.issubdtype(values.dtype, np.timedelta64):
         ns = (values - values[0]).astype("timedelta64[ns]").astype(np.int64)
         return ns / 1e9
     if not np.issubdtype(values.dtype, np.number):
-        raise TypeError(f"time must be datetime64 or seconds, not {values.dtype}")
-    return values.astype(np.float64) - float(values[0])
+        raise InputError(
+            f"coordinate {name!r} has dtype {values.dtype}; give datetime64, timedelta64, "
+            "an astropy Time or Quantity, or numbers in seconds"
+        )
+    scale = 1.0
+    if units not in (None, ""):
+        try:
+            scale = u.Unit(str(units)).to(u.s)
+        except (ValueError, u.UnitConversionError) as exc:
+            raise InputError(
+                f"coordinate {name!r} has attrs['units'] = {units!r}, which is not a time unit "
+                "astropy can read; use e.g. 's', 'min', 'h' or 'd'"
+            ) from exc
+    values = values.astype(np.float64)
+    return (values - values[0]) * scale
 
 
 def lags_from_times(seconds: np.ndarray) -> np.ndarray:
@@ -191,7 +238,7 @@ def _inputs(
                 "interpolate them onto one common grid first (cloudlab.timelag.align_channels)"
             )
     _check_wcs(names, arrays)
-    seconds = time_seconds(first["time"].values)
+    seconds = time_seconds(first["time"])
     shape = tuple(first.sizes[d] for d in spatial)
     if chunks is None:
         chunks = _existing_chunks(arrays, spatial)
@@ -373,6 +420,7 @@ def timelag_maps(
     pairs: Sequence[tuple[Hashable, Hashable]] | None = None,
     lag_bounds=None,
     chunks: Sequence[int] | None = None,
+    min_correlation: float | None = None,
 ) -> xr.Dataset:
     """Time-lag and maximum-correlation maps of many channel pairs in one graph.
 
@@ -391,6 +439,8 @@ def timelag_maps(
         Inclusive lag range in seconds (floats or astropy Quantities).
     chunks : sequence of int, optional
         Spatial chunk sizes; default planned from the workers' memory.
+    min_correlation : float, optional
+        Pixels whose maximum correlation is below this (in ``[-1, 1]``) get a NaN lag.
 
     Returns
     -------
@@ -400,6 +450,8 @@ def timelag_maps(
     """
     if not channels:
         raise InputError("no channels given")
+    if min_correlation is not None and not -1.0 <= float(min_correlation) <= 1.0:
+        raise InputError(f"min_correlation must lie in [-1, 1], got {min_correlation!r}")
     names = list(channels)
     pairs = default_pairs(names) if pairs is None else [tuple(p) for p in pairs]
     if not pairs:
@@ -426,4 +478,8 @@ def timelag_maps(
         for which, (name, attrs) in enumerate(_OUTPUTS)
     }
     attrs = {"lag_bounds_s": [float(lags[start]), float(lags[stop - 1])]}
+    if min_correlation is not None:
+        weak = variables["max_correlation"] < float(min_correlation)
+        variables["timelag"] = variables["timelag"].where(~weak)
+        attrs["min_correlation"] = float(min_correlation)
     return xr.Dataset(variables, coords=coords, attrs=attrs)

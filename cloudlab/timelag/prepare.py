@@ -23,6 +23,7 @@ from cloudlab.timelag.maps import to_seconds
 
 __all__ = [
     "align_channels",
+    "check_channel_label",
     "common_time_grid",
     "crop",
     "drop_bad_frames",
@@ -147,22 +148,33 @@ def crop(cube: xr.DataArray, bottom_left, top_right) -> xr.DataArray:
     return out
 
 
+def _as_datetime(value, option: str) -> np.datetime64:
+    """``value`` as datetime64[ns]; an InputError naming ``option`` (and ``--option``) if not."""
+    try:
+        return np.datetime64(value, "ns")
+    except (ValueError, TypeError) as exc:
+        raise InputError(
+            f"{option} (--{option}): cannot read {value!r} as a time; use ISO format, "
+            "e.g. 2011-02-15T00:00:00"
+        ) from exc
+
+
 def select_time(cube: xr.DataArray, start=None, end=None, every: int = 1) -> xr.DataArray:
     """Keep frames with ``start <= time <= end`` and then every ``every``-th one (lazy).
 
     Raises
     ------
     InputError
-        If ``every < 1`` or no frame is left.
+        If ``every < 1``, ``start``/``end`` is not a time, or no frame is left.
     """
     if int(every) < 1:
         raise InputError(f"select_time: every must be >= 1, got {every}")
     times = cube["time"].values
     keep = np.ones(times.size, bool)
     if start is not None:
-        keep &= times >= np.datetime64(start, "ns")
+        keep &= times >= _as_datetime(start, "start")
     if end is not None:
-        keep &= times <= np.datetime64(end, "ns")
+        keep &= times <= _as_datetime(end, "end")
     index = np.flatnonzero(keep)[:: int(every)]
     if index.size == 0:
         raise InputError(
@@ -336,6 +348,28 @@ def align_channels(
     return {k: interpolate_to_grid(c, grid, chunks) for k, c in channels.items()}
 
 
+def check_channel_label(name: Hashable, cube: xr.DataArray) -> None:
+    """Refuse a numeric channel label that contradicts the cube's ``wavelength`` coordinate.
+
+    Raises
+    ------
+    InputError
+        Naming the channel, the files' wavelength and what to do.
+    """
+    if "wavelength" not in cube.coords or cube["wavelength"].size != 1:
+        return
+    try:
+        label = float(str(name))
+    except ValueError:
+        return
+    wavelength = float(cube["wavelength"].values)
+    if not np.isclose(label, wavelength):
+        raise InputError(
+            f"channel {name!r}: its files have WAVELNTH {wavelength:g} Å; label the channel "
+            f"{wavelength:g} or give the {name} Å files"
+        )
+
+
 def prepare_channels(
     channels: Mapping[Hashable, xr.DataArray],
     *,
@@ -374,6 +408,8 @@ def prepare_channels(
     """
     if (bottom_left is None) != (top_right is None):
         raise InputError("prepare_channels: give both bottom_left and top_right, or neither")
+    for name, cube in channels.items():
+        check_channel_label(name, cube)
     prepared = {}
     for name, cube in channels.items():
         if drop_bad:
