@@ -682,7 +682,7 @@ def stale_temporaries(url: str, *, storage_options: dict | None = None) -> list[
     list of str
         Paths within the product's filesystem.
     """
-    fs, path = resolve(url, storage_options)
+    fs, path = resolve(url, storage_options=storage_options)
     parent, _, name = path.rstrip("/").rpartition("/")
     pattern = re.compile(
         rf"\.{re.escape(name)}\.([0-9a-f]{{12}}\.(partial|previous)|[0-9a-f]{{32}}\.tmp)"
@@ -703,7 +703,7 @@ def stale_temporaries(url: str, *, storage_options: dict | None = None) -> list[
 
 def _remove_stale_temporaries(url: str, storage_options: dict | None) -> None:
     """Remove :func:`stale_temporaries` of ``url`` (logged; a failure to remove is only logged)."""
-    fs, _ = resolve(url, storage_options)
+    fs, _ = resolve(url, storage_options=storage_options)
     for entry in stale_temporaries(url, storage_options=storage_options):
         log.warning("removing %s, left by an interrupted earlier write", _unstrip(fs, entry, url))
         try:

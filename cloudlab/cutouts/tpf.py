@@ -635,7 +635,7 @@ def write_tpfs(
 
 def _tpf_problem(url: str, shape: tuple[int, int, int], storage_options: dict | None) -> str | None:
     """Why the existing file at ``url`` is not a complete TPF of ``shape`` (None when it is)."""
-    fs, path = storage.resolve(url, storage_options)
+    fs, path = storage.resolve(url, storage_options=storage_options)
     if fs.isdir(path):
         return "a directory is in the way of the TPF"
     try:

@@ -251,7 +251,7 @@ def _kepler_targets(urls: Sequence[str], storage_options: dict | None) -> dict[i
     """Group Kepler files by the ``KEPLERID`` of their primary header (not their names)."""
     groups: dict[int, list[str]] = {}
     for url in urls:
-        kepid = hdu_info(url, 0, storage_options).get("KEPLERID")
+        kepid = hdu_info(url, 0, storage_options=storage_options).get("KEPLERID")
         if kepid is None:
             raise LightCurveError(
                 f"{url}: primary header has no KEPLERID; pass a {{kepid: [files]}} mapping"

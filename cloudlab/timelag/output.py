@@ -116,7 +116,7 @@ def _stale_pairs(
 
     Raises :class:`~cloudlab.errors.OverwriteError` naming them when ``overwrite`` is False.
     """
-    fs, path = storage.resolve(directory, storage_options)
+    fs, path = storage.resolve(directory, storage_options=storage_options)
     path = path.rstrip("/")
     fs.invalidate_cache(path)
     try:
@@ -141,7 +141,7 @@ def _stale_pairs(
 def _remove(urls: list[str], storage_options: dict | None) -> None:
     """Delete files of an earlier run once this run's products are in place."""
     for url in urls:
-        fs, path = storage.resolve(url, storage_options)
+        fs, path = storage.resolve(url, storage_options=storage_options)
         storage.retry(lambda fs=fs, path=path: fs.rm_file(path), what=url)
 
 
