@@ -189,6 +189,23 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+_REACHED: set[tuple[str, str]] = set()
+"""Servers (protocol, endpoint or host) that answered at least once in this process."""
+
+
+def _server_of(url: str) -> tuple[str, str]:
+    """The server a URL is served by: its protocol and endpoint (or host)."""
+    protocol = _protocol(url)
+    if protocol in ("file", "local", "memory"):
+        return protocol, ""
+    try:
+        endpoint = str(storage_options_for(url).get("endpoint_url") or "")
+    except Exception:  # noqa: BLE001 - only a cache key; fall back to the host
+        endpoint = ""
+    host = url.split("://", 1)[-1].split("/", 1)[0]
+    return protocol, endpoint or host
+
+
 def _unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` says the host does not exist or refuses connections (no use retrying)."""
     for current in _chain(exc):
@@ -436,16 +453,21 @@ def retry(func: Callable[[], T], *, what: str = "", retries: int | None = None) 
         retries = int(dask.config.get("cloudlab.storage-retries", default=5))
     base = float(dask.config.get("cloudlab.storage-backoff", default=0.1))
     attempt = 0
+    server = _server_of(what)
     while True:
         try:
-            return func()
+            result = func()
+            _REACHED.add(server)
+            return result
         except Exception as exc:
-            if _unreachable(exc):
+            # a server never reached in this process that refuses connections or does not
+            # resolve is not coming back: fail at once; one that answered before is retried
+            if _unreachable(exc) and server not in _REACHED:
                 raise StorageError(
                     f"{what or 'storage'}: cannot reach the server ({exc}); check the network "
                     "connection and the endpoint (e.g. AWS_ENDPOINT_URL_S3)"
                 ) from exc
-            if attempt >= retries or not is_transient(exc):
+            if attempt >= retries or not (is_transient(exc) or _unreachable(exc)):
                 raise
             delay = min(base * 2**attempt, 10.0) * (0.5 + random.random())
             log.warning(

@@ -93,8 +93,8 @@ def test_bad_catalog_row_and_column_are_named(tmp_path):
     with pytest.raises(InputError, match=r"coords.csv: no RA column.*right_ascension"):
         read_coordinate_table(table)
     tces = tmp_path / "tces.csv"
-    tces.write_text("tic,period\n1,2\n")
-    with pytest.raises(InputError, match=r"tces.csv: not a TCE file: no 'ticid' column"):
+    tces.write_text("name,period\n1,2\n")  # "tic" is a TIC column name people use
+    with pytest.raises(InputError, match=r"tces.csv: no 'ticid' column"):
         read_tce(tces)
 
 
