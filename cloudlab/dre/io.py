@@ -24,6 +24,7 @@ from cloudlab.storage import check_writable, resolve, write_file
 
 __all__ = [
     "COMPRESSION",
+    "mosaic_figure",
     "mosaics",
     "read_chi_hdf5",
     "read_chi_zarr",
@@ -438,7 +439,19 @@ def _write_mosaic_block(
     return out
 
 
-def _write_png(image: np.ndarray, url: str, overwrite: bool, storage_options: dict | None) -> None:
+def mosaic_figure(image: np.ndarray):
+    """A labelled figure of one galaxy's (data | mask | model | residual) mosaic.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        One ``(y, 4 · BOXSIZE)`` mosaic from :func:`mosaics`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        asinh-stretched panels with pixel axes and a labelled colour bar.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -447,10 +460,17 @@ def _write_png(image: np.ndarray, url: str, overwrite: bool, storage_options: di
     fig = Figure(figsize=(8, 2.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.imshow(np.arcsinh(image / (0.05 * scale)), origin="lower", cmap="gray")
+    shown = ax.imshow(np.arcsinh(image / (0.05 * scale)), origin="lower", cmap="gray")
     for k, label in enumerate(("data", "mask", "model", "residual")):
         ax.text(k * b + 3, b - 10, label, color="yellow", fontsize=8)
-    ax.set_axis_off()
+    ax.set_xlabel("x [pixel] (four panels side by side)")
+    ax.set_ylabel("y [pixel]")
+    fig.colorbar(shown, ax=ax, label=f"asinh(counts / {0.05 * scale:.3g})", pad=0.01)
+    return fig
+
+
+def _write_png(image: np.ndarray, url: str, overwrite: bool, storage_options: dict | None) -> None:
+    fig = mosaic_figure(image)
     with write_file(url, overwrite=overwrite, storage_options=storage_options) as path:
         fig.savefig(
             path, format="png", dpi=100, bbox_inches="tight", metadata={"Software": "cloudlab"}
