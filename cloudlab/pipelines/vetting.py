@@ -93,7 +93,8 @@ def read_catalog(
     tces : str, path or pandas.DataFrame
         A TESS TCE bulk CSV (``*_dvr-tcestats.csv``, read with
         :func:`cloudlab.io.catalogs.read_tce`) or an AstroNet ``tces.csv`` (read with
-        :func:`cloudlab.astronet.read_tces`), as a URL or as the DataFrame those readers return.
+        :func:`cloudlab.astronet.read_tces`), as a URL or as the DataFrame those readers return,
+        or a table this function returned.
     coords : str, path or pandas.DataFrame, optional
         TIC coordinate table for targets without ``ra``/``dec`` (see
         :func:`cloudlab.io.catalogs.add_coordinates`); TICs still without coordinates get the
@@ -127,7 +128,9 @@ def read_catalog(
             f"tces must be a URL or a pandas DataFrame, got {type(tces).__name__}; read the "
             "catalog with cloudlab.io.catalogs.read_tce or cloudlab.astronet.read_tces"
         )
-    if "tce_period" in table.columns:
+    if set(CATALOG_COLUMNS) <= set(table.columns):  # already read_catalog's output
+        out = table[[c for c in (*CATALOG_COLUMNS, "disposition") if c in table]].copy()
+    elif "tce_period" in table.columns:
         out = _from_bulk(table, source)
     elif {"tic_id", "Period", "Epoc", "Duration"} <= set(table.columns):
         out = _from_astronet(table)
