@@ -337,7 +337,7 @@ def write_vetting(
         buffer = io.BytesIO()
         ranked.to_parquet(buffer, index=False)
         storage.write_bytes(urls["table"][1], buffer.getvalue(), **options)
-    with_lc = np.flatnonzero(done["tic_index"].values >= 0)
+    with_lc = np.flatnonzero(done["tic_index"].values >= 0) if plots else []
     for tce, url in zip(with_lc, urls["plot"], strict=True):
         storage.write_bytes(url, tce_figure(done, int(tce)), **options)
     return ranked

@@ -319,10 +319,13 @@ def _background_block(flux, good, aperture):
     out = np.full(flux.shape[:2], np.nan)
     for k, image in enumerate(images):
         grown = ndimage.binary_dilation(aperture[k])
-        finite = np.isfinite(image)
-        if not finite.any():
+        outside = np.isfinite(image) & ~grown
+        if not outside.any():
             continue
-        sky = finite & ~grown & (image <= np.median(image[finite]))
+        values = image[outside]
+        level = np.median(values)
+        spread = 1.4826 * np.median(np.abs(values - level))
+        sky = outside & (image < level + APERTURE_THRESHOLD * spread)  # no other stars
         if sky.any():
             with warnings.catch_warnings():  # NaN frames: all-NaN slices give NaN, as wanted
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -343,12 +346,13 @@ def _check_aperture(aperture) -> str | int:
 # ---------------------------------------------------------------------------------- light curves
 
 
-def _lc_status(npix, n_good, median, background_ok):
+def _lc_status(npix, n_good, median, background_ok, has_pixels):
     status = np.full(npix.shape, STATUS_OK, dtype=STATUS_DTYPE)
     status[~background_ok] = "no_background"
     status[~(median > 0)] = "no_flux"
     status[n_good == 0] = "no_data"
     status[npix == 0] = "no_aperture"
+    status[~has_pixels] = "no_pixels"
     return status
 
 
@@ -358,6 +362,7 @@ _LC_REASONS = {
     "median); use a larger size=",
     "no_flux": "the median background-subtracted aperture flux is not positive",
     "no_data": "no cadence with good quality and finite flux in the aperture",
+    "no_pixels": "every pixel of the cutout is NaN at every good cadence",
     "no_aperture": f"no pixel within {MAX_APERTURE_OFFSET:g} px of the target is "
     f"{APERTURE_THRESHOLD:g} robust sigma above the cutout's median image",
 }
@@ -407,7 +412,10 @@ def _light_curves(cut: xr.Dataset, aperture: str | int, local_background: bool) 
     median = da.nanmedian(sap, axis=1)
     n_good = keep.sum(axis=1)
     npix = mask.sum((1, 2))
-    status = da.map_blocks(_lc_status, npix, n_good, median, background_ok, dtype=STATUS_DTYPE)
+    has_pixels = (da.isfinite(flux).any(axis=(2, 3)) & good_d).any(axis=1)
+    status = da.map_blocks(
+        _lc_status, npix, n_good, median, background_ok, has_pixels, dtype=STATUS_DTYPE
+    )
     scale = da.where(median > 0, median, np.nan)[:, None]
     return xr.Dataset(
         {
