@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
+import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -196,51 +197,71 @@ def tce_figure(ds: xr.Dataset, tce: int) -> bytes:
     -------
     bytes
     """
-    import matplotlib
+    return _figure_png(_figure_data(ds, tce))
 
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
 
+def _figure_data(ds: xr.Dataset, tce: int) -> dict:
+    """The few numbers one TCE's figure needs (small enough to ship to a worker)."""
     one = ds.isel(tce=tce)
     k = int(one["tic_index"].values)
     if k < 0:
         raise InputError(f"TCE {one['tceid'].values}: its TIC has no light curve to plot")
-    time = ds["time"].values
     flux = np.asarray(ds["flux"].values[k], float)
     keep = np.isfinite(flux)
-    period, t0, duration = (float(one[n].values) for n in ("period", "t0", "duration"))
-    prediction = float(one["prediction"].values)
-    status = str(one[STATUS].values)
-    fig = Figure(figsize=(11, 7), layout="constrained")
+    data = {name: float(one[name].values) for name in ("period", "t0", "duration", "prediction")}
+    data.update(
+        time=ds["time"].values[keep],
+        flux=flux[keep],
+        global_view=np.asarray(one["global_view"].values, float),
+        local_view=np.asarray(one["local_view"].values, float),
+        depth=float(one["depth"].values),
+        title=f"TCE {one['tceid'].values} (TIC {int(one['ticid'].values)})",
+        status=str(one[STATUS].values),
+    )
+    return data
+
+
+def _figure_png(data: dict) -> bytes:
+    from matplotlib.figure import Figure
+
+    time, flux = data["time"], data["flux"]
+    period, t0, duration = data["period"], data["t0"], data["duration"]
+    fig = Figure(figsize=(11, 7))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.89, hspace=0.38, wspace=0.22)
     axes = fig.subplots(2, 2)
     ax = axes[0, 0]
-    ax.plot(time[keep], flux[keep], ".", ms=2, color="k")
-    if np.isfinite(period) and period > 0 and keep.any():
-        first = np.ceil((time[keep].min() - t0) / period)
-        last = np.floor((time[keep].max() - t0) / period)
-        for n in np.arange(first, last + 1):
+    ax.plot(time, flux, ".", ms=2, color="k")
+    ephemeris = np.isfinite(period) and period > 0 and np.isfinite(t0)
+    if ephemeris and len(time):
+        first = np.ceil((time.min() - t0) / period)
+        for n in np.arange(first, np.floor((time.max() - t0) / period) + 1):
             ax.axvline(t0 + n * period, color="tab:red", alpha=0.5, lw=1)
     ax.set(xlabel="time [BTJD = BJD - 2457000, d]", ylabel="normalised flux",
            title="light curve (transits marked)")  # fmt: skip
     ax = axes[0, 1]
-    if np.isfinite(period) and period > 0:
-        phase = ((time[keep] - t0 + 0.5 * period) % period - 0.5 * period) * 24.0
-        ax.plot(phase, flux[keep], ".", ms=2, color="k")
+    if ephemeris:
+        phase = ((time - t0 + 0.5 * period) % period - 0.5 * period) * 24.0
+        ax.plot(phase, flux, ".", ms=2, color="k")
         ax.axvspan(-12 * duration, 12 * duration, color="tab:red", alpha=0.15)
-    ax.set(xlabel="hours from mid-transit [h]", ylabel="normalised flux", title="folded")
-    for ax, name, what in ((axes[1, 0], "global_view", "global view (phase -0.5..0.5)"),
+    ax.set(xlabel="time from mid-transit [h]", ylabel="normalised flux",
+           title="folded (transit duration shaded)")  # fmt: skip
+    for ax, name, what in ((axes[1, 0], "global_view", "global view (phase -0.5 to 0.5)"),
                            (axes[1, 1], "local_view", "local view (±2 durations)")):  # fmt: skip
-        view = np.asarray(one[name].values, float)
+        view = data[name]
         ax.plot(np.arange(view.size), view, ".-", ms=3, color="tab:blue")
-        ax.set(xlabel="bin", ylabel="normalised flux (median 0, min -1)", title=what)
-    verdict = f"prediction {prediction:.3f}" if np.isfinite(prediction) else status
-    fig.suptitle(
-        f"TCE {one['tceid'].values} (TIC {int(one['ticid'].values)}): {verdict}; "
-        f"P = {period:.4f} d, depth {float(one['depth'].values):.0f} ppm"
-    )
+        ax.set(xlabel="bin", ylabel="normalised flux (median 0, minimum -1)", title=what)
+    prediction = data["prediction"]
+    verdict = f"prediction {prediction:.3f}" if np.isfinite(prediction) else data["status"]
+    fig.suptitle(f"{data['title']}: {verdict}; P = {period:.4f} d, depth {data['depth']:.0f} ppm")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     return buffer.getvalue()
+
+
+def _write_figure(url: str, data: dict, overwrite: bool, storage_options: dict | None) -> None:
+    storage.write_bytes(
+        url, _figure_png(data), overwrite=overwrite, storage_options=storage_options
+    )
 
 
 def _cutouts(ds: xr.Dataset, aperture: np.ndarray) -> xr.Dataset:
@@ -315,6 +336,7 @@ def write_vetting(
     OverwriteError
         Some products exist and ``overwrite`` is False.
     """
+    from cloudlab.cluster import compute
     from cloudlab.cutouts import write_tpfs
 
     urls = product_urls(ds, out, tpfs=tpfs, lightcurves=lightcurves, table=table, plots=plots)
@@ -337,7 +359,13 @@ def write_vetting(
         buffer = io.BytesIO()
         ranked.to_parquet(buffer, index=False)
         storage.write_bytes(urls["table"][1], buffer.getvalue(), **options)
-    with_lc = np.flatnonzero(done["tic_index"].values >= 0) if plots else []
-    for tce, url in zip(with_lc, urls["plot"], strict=True):
-        storage.write_bytes(url, tce_figure(done, int(tce)), **options)
+    if plots:  # rendered and written by the workers
+        with_lc = np.flatnonzero(done["tic_index"].values >= 0)
+        tasks = [
+            dask.delayed(_write_figure, pure=False)(
+                url, _figure_data(done, int(tce)), overwrite, storage_options
+            )
+            for tce, url in zip(with_lc, urls["plot"], strict=True)
+        ]
+        compute(*tasks, progress=progress)
     return ranked
