@@ -2,7 +2,7 @@
 
 From the shell, ``cloudlab astronet train`` runs :func:`train` on a TFRecord directory::
 
-    cloudlab astronet train --data ../shared/data/astronet/triage \\
+    cloudlab astronet train --data TRIAGE_DIR \\
         --out /tmp/astronet/model_{seed}.keras --steps 14000 --metrics /tmp/astronet/metrics.json
 """
 

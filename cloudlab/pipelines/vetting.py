@@ -51,7 +51,6 @@ from cloudlab.errors import (
     STATUS,
     STATUS_OK,
     InputError,
-    MissingDependencyError,
     check_on_error,
 )
 from cloudlab.io.catalogs import add_coordinates, read_tce
@@ -203,23 +202,16 @@ def _from_astronet(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def default_models() -> list:
-    """The models :func:`vet_tces` uses when none are given: the AstroNet ensemble shipped with
-    cloudlab.
+    """The models :func:`vet_tces` uses when none are given: the AstroNet-Triage ensemble shipped
+    with cloudlab (:func:`cloudlab.astronet.shipped_models`).
 
-    Raises
-    ------
-    MissingDependencyError
-        This installation carries no shipped model; pass ``models=`` (checkpoint URLs).
+    Returns
+    -------
+    list of keras.Model
     """
-    from cloudlab import astronet
+    from cloudlab.astronet import shipped_models
 
-    shipped = getattr(astronet, "shipped_models", None)
-    if shipped is None:
-        raise MissingDependencyError(
-            "this cloudlab ships no trained AstroNet model: pass models= (checkpoint URLs or "
-            "keras models; CLI: --models), e.g. from 'cloudlab astronet train'"
-        )
-    return list(shipped())
+    return list(shipped_models())
 
 
 def _models(models) -> list:
@@ -546,8 +538,6 @@ def vet_tces(
         or (``on_error="raise"``) TCEs whose target cannot be cut.
     NotFoundError
         A model checkpoint does not exist.
-    MissingDependencyError
-        No ``models`` and no shipped model.
     """
     check_on_error(on_error)
     aperture = _check_aperture(aperture)
