@@ -338,6 +338,14 @@ def _check_aperture(aperture) -> str | int:
 # ---------------------------------------------------------------------------------- light curves
 
 
+def _row_medians(values: np.ndarray) -> np.ndarray:
+    """NaN-ignoring median of each row; NaN for rows without a finite value."""
+    out = np.full(values.shape[0], np.nan)
+    finite = np.isfinite(values).any(axis=1)
+    out[finite] = np.nanmedian(values[finite], axis=1)
+    return out
+
+
 def _lc_status(npix, n_good, median, background_ok, has_pixels):
     status = np.full(npix.shape, STATUS_OK, dtype=STATUS_DTYPE)
     status[~background_ok] = "no_background"
@@ -401,7 +409,7 @@ def _light_curves(cut: xr.Dataset, aperture: str | int, local_background: bool) 
     err = da.sqrt(da.where(mask[:, None], cut["flux_err"].data.astype(float) ** 2, 0).sum((2, 3)))
     keep = good_d & da.isfinite(sap)
     sap = da.where(keep, sap, np.nan)
-    median = da.nanmedian(sap, axis=1)
+    median = da.map_blocks(_row_medians, sap.rechunk({1: -1}), drop_axis=1, dtype=float)
     n_good = keep.sum(axis=1)
     npix = mask.sum((1, 2))
     has_pixels = (da.isfinite(flux).any(axis=(2, 3)) & good_d).any(axis=1)
