@@ -238,8 +238,10 @@ def _cube_meta_cached(url: str, options_key: str) -> CubeMeta:
 
     def number(key: str) -> int | None:
         """The primary header's integer ``key``, else the WCS row's (None when unknown)."""
-        fallback = lfits.header_int(wcs_header, key, f"{url} (HDU 2, row {wcs_row})")
-        return lfits.header_int(ph, key, f"{url} (primary header)", default=fallback)
+        value = lfits.header_int(ph, key, f"{url} (primary header)")
+        if value is None:
+            value = lfits.header_int(wcs_header, key, f"{url} (HDU 2, row {wcs_row})")
+        return value
 
     return CubeMeta(
         url=url,
