@@ -79,6 +79,7 @@ from fsspec.implementations.local import LocalFileSystem  # noqa: E402
 from cloudlab.errors import InputError, NotFoundError, OverwriteError, StorageError  # noqa: E402
 
 __all__ = [
+    "absolute",
     "atomic_write",
     "cat_ranges",
     "check_writable",
@@ -224,6 +225,15 @@ def _protocol(url: str) -> str:
         return "file"
     proto = fsspec.core.split_protocol(url.split("::", 1)[0])[0]
     return proto or "file"
+
+
+def absolute(url: str | os.PathLike) -> str:
+    """``url`` as a string that means the same file in any process: relative local paths
+    become absolute (cluster workers may run in another working directory); URLs are kept."""
+    url = os.fspath(url)
+    if "://" in url or "::" in url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
 
 
 def is_local(url: str) -> bool:

@@ -6,7 +6,6 @@ equal-shape files), dask arrays whose chunks read only their own bytes through
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -149,7 +148,7 @@ def open_hdu(
     HDUNotFoundError
         No such HDU (a ``FITSError`` and a ``KeyError``).
     """
-    url = os.fspath(url)
+    url = storage.absolute(url)
     info = hdu_info(url, hdu, storage_options=storage_options)
     check_image(info)
     dim_names = _check_dims(dims, len(info.shape), url)
