@@ -69,12 +69,15 @@ def check_chunks(chunks: Any, what: str) -> None:
     InputError
         Naming ``chunks`` and the bad value.
     """
-    if chunks is None or isinstance(chunks, str):
+    if chunks is None:
         return
     values = chunks.values() if isinstance(chunks, dict) else (
         chunks if isinstance(chunks, (tuple, list)) else [chunks])  # fmt: skip
     for value in values:
-        if value is None or isinstance(value, str) or value == -1:
+        if isinstance(value, str):
+            _check_chunk_text(chunks, value, what)
+            continue
+        if value is None or value == -1:
             continue
         if isinstance(value, (tuple, list)):
             check_chunks(tuple(value), what)
@@ -84,6 +87,19 @@ def check_chunks(chunks: Any, what: str) -> None:
                 f"{what}: chunks={chunks!r} has {value!r}; chunk sizes are positive integers "
                 "(or -1/None for a whole axis, or 'auto')"
             )
+
+
+def _check_chunk_text(chunks: Any, value: str, what: str) -> None:
+    """Refuse a chunk size given as text unless it is ``"auto"`` or a byte size (``"64MiB"``)."""
+    if value == "auto":
+        return
+    try:
+        parse_bytes(value)
+    except ValueError as exc:
+        raise InputError(
+            f"{what}: chunks={chunks!r} has {value!r}; give 'auto', a byte size such as "
+            "'64MiB', or positive integers"
+        ) from exc
 
 
 def _chunks_for(info: HDUInfo, chunks: Any) -> Any:
