@@ -39,17 +39,24 @@ class _RangeHandler(SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:  # keep test output quiet
         pass
 
+    #: Send an ETag (else only Last-Modified, as many plain web servers do).
+    etag = True
+
     def _body(self) -> bytes | None:
         path = Path(self.translate_path(self.path))
         if not path.is_file():
             self.send_error(404)
             return None
+        self._mtime = path.stat().st_mtime
         return path.read_bytes()
 
     def _headers(self, status: int, body: bytes, extra: dict[str, str]) -> None:
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("ETag", '"' + hashlib.md5(body).hexdigest() + '"')  # noqa: S324
+        if self.etag:
+            self.send_header("ETag", '"' + hashlib.md5(body).hexdigest() + '"')  # noqa: S324
+        else:
+            self.send_header("Last-Modified", self.date_time_string(int(self._mtime)))
         for key, value in extra.items():
             self.send_header(key, value)
         self.end_headers()
@@ -83,6 +90,12 @@ class _NoRangeHandler(_RangeHandler):
         if body is not None:
             self._headers(200, body, {})
             self.wfile.write(body)
+
+
+class _LastModifiedHandler(_RangeHandler):
+    """Honours Range requests; marks versions with Last-Modified only (no ETag)."""
+
+    etag = False
 
 
 def _serve(root: Path, handler: type) -> Iterator[str]:
@@ -313,3 +326,21 @@ def test_rewritten_file_is_detected(
     # opened again, the new content reads exactly
     cf.clear_cache()
     np.testing.assert_array_equal(cf.open_hdu(url).compute(), new)
+
+
+def test_rewrite_seen_through_last_modified(tmp_path: Path) -> None:
+    """A same-size rewrite on an HTTP server that sends Last-Modified but no ETag is detected."""
+    root = tmp_path / "lm"
+    root.mkdir()
+    path = root / "img.fits"
+    path.write_bytes(_fits_bytes(RNG.normal(size=(30, 20)).astype("f4")))
+    os.utime(path, (1_000_000_000, 1_000_000_000))
+    for base in _serve(root, _LastModifiedHandler):
+        url = f"{base}/img.fits"
+        with dask.config.set({"cloudlab.fits.revalidate-seconds": 0}):
+            arr = cf.open_hdu(url)
+            path.write_bytes(_fits_bytes(RNG.normal(size=(30, 20)).astype("f4")))
+            os.utime(path, (1_000_000_100, 1_000_000_100))
+            with pytest.raises(StorageError, match="changed after it was opened") as err:
+                arr.compute()
+        assert url in str(err.value)

@@ -50,7 +50,16 @@ _CACHE_SIZE = 8192
 
 BITPIX_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
-_FINGERPRINT_KEYS = ("mtime", "LastModified", "ETag", "etag", "generation", "updated", "created")
+_FINGERPRINT_KEYS = (
+    "mtime",
+    "LastModified",
+    "Last-Modified",
+    "ETag",
+    "etag",
+    "generation",
+    "updated",
+    "created",
+)
 
 
 FITSError = FITSFormatError  # the name cloudlab.fits has always exported
