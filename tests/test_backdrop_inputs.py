@@ -165,3 +165,25 @@ def test_apply_globs_writes_the_good_and_lists_the_all_nan_one(fitted, tmp_path,
     printed = capsys.readouterr().out
     assert "1 of 2 TPFs corrected" in printed
     assert "not corrected: " in printed and "b_tpf.fits: the corrected flux would be NaN" in printed
+
+
+def test_frame_times_with_units_are_converted():
+    """BTJD times given as a Quantity (minutes, days) or an astropy Time match the same frames
+    as bare days; datetimes and non-time units are refused, never read as bare days."""
+    from astropy import units as u
+    from astropy.time import Time
+
+    frame_t = 2000.0 + np.arange(6) * (10 / 1440)  # 10-minute cadence, BTJD days
+    w = xr.Dataset(coords={"time": frame_t})
+    want = np.array([4, 1])
+    days = frame_t[want] + 0.5 / 1440
+    np.testing.assert_array_equal(backdrop.frame_index(w, days), want)
+    np.testing.assert_array_equal(backdrop.frame_index(w, days * 1440 * u.min), want)
+    np.testing.assert_array_equal(backdrop.frame_index(w, days * u.day), want)
+    as_time = Time(days + 2457000.0, format="jd", scale="tdb")
+    np.testing.assert_array_equal(backdrop.frame_index(w, as_time), want)
+    np.testing.assert_array_equal(backdrop.frame_index(w, as_time.utc), want)
+    with pytest.raises(InputError, match="datetimes"):
+        backdrop.frame_index(w, np.array(["2021-01-01T00:00"], dtype="datetime64[ns]"))
+    with pytest.raises(InputError, match="not a time unit"):
+        backdrop.frame_index(w, days * u.m)

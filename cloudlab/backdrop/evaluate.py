@@ -8,6 +8,8 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from astropy import units as u
+from astropy.time import Time
 
 from cloudlab.backdrop import basis
 from cloudlab.errors import InputError
@@ -30,20 +32,23 @@ def frame_index(weights: xr.Dataset, times: Any = None, *, strict: bool = True) 
     ----------
     weights : xarray.Dataset
         Fitted weights with a ``time`` coordinate.
-    times : array-like, optional
-        Frame indices (integers) or BTJD times (floats).
+    times : array-like, astropy Time or Quantity, optional
+        Frame indices (integers) or BTJD times: floats in days, a ``Quantity`` in any time
+        unit (converted to days) or an astropy ``Time`` (converted through its TDB Julian date;
+        barycentric times such as lightkurve's ``lc.time``). Datetimes are refused.
     strict : bool
         Raise for unmatched times (default), else return -1 for them.
 
     Raises
     ------
     InputError
-        An index out of range or (with ``strict``) a time outside every frame.
+        An index out of range, datetimes or a non-time unit, or (with ``strict``) a time
+        outside every frame.
     """
     n_t = weights.sizes["time"]
     if times is None:
         return np.arange(n_t)
-    t = np.atleast_1d(np.asarray(times))
+    t = _btjd(times)
     if np.issubdtype(t.dtype, np.integer):
         if t.size and (t.min() < -n_t or t.max() >= n_t):
             raise InputError(f"frame index out of range 0..{n_t - 1}: {t[(t < -n_t) | (t >= n_t)]}")
@@ -66,6 +71,37 @@ def frame_index(weights: xr.Dataset, times: Any = None, *, strict: bool = True) 
     if strict and not ok.all():
         raise InputError(f"times outside every fitted frame: {t[~ok][:10]}")
     return np.where(ok, idx, -1)
+
+
+#: BTJD = BJD_TDB - this (TESS's barycentric Julian date offset).
+BTJD_OFFSET = 2457000.0
+
+
+def _btjd(times: Any) -> np.ndarray:
+    """``times`` as frame indices (integers) or BTJD days (floats), converting units.
+
+    An astropy ``Quantity`` is converted to days; an astropy ``Time`` to BTJD through its TDB
+    Julian date (right for barycentric times such as lightkurve's ``lc.time``). Datetimes and
+    time spans carry no barycentric correction or epoch and are refused.
+    """
+    if isinstance(times, Time):
+        tdb = times.tdb
+        return np.atleast_1d((tdb.jd1 - BTJD_OFFSET) + tdb.jd2)
+    if isinstance(times, u.Quantity):
+        if not times.unit.is_equivalent(u.day):
+            raise InputError(
+                f"times are a Quantity in {times.unit}, not a time unit; give BTJD days "
+                "(floats, a Quantity in a time unit, or an astropy Time) or frame indices"
+            )
+        return np.atleast_1d(times.to_value(u.day))
+    t = np.atleast_1d(np.asarray(times))
+    if t.dtype.kind in "mMOSU":
+        raise InputError(
+            f"times of dtype {t.dtype} cannot be matched to frames: give BTJD days (floats, "
+            "= BJD_TDB - 2457000, e.g. lightkurve's lc.time.value), an astropy Time or a "
+            "Quantity, or integer frame indices; datetimes lack the barycentric correction"
+        )
+    return t
 
 
 def _grid_block(
@@ -96,8 +132,8 @@ def evaluate(weights: xr.Dataset, rows: Any, columns: Any, *, times: Any = None)
         From :func:`cloudlab.backdrop.fit` or :func:`cloudlab.backdrop.read_weights`.
     rows, columns : array-like
         1-D 0-based science coordinates (use :func:`ccd_to_science` for 1-based CCD pixels).
-    times : array-like, optional
-        Integer frame indices or BTJD times; default every frame.
+    times : array-like, astropy Time or Quantity, optional
+        Integer frame indices or BTJD times (see :func:`frame_index`); default every frame.
 
     Returns
     -------
