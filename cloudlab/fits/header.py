@@ -373,6 +373,9 @@ def _info_from_header(
     )
     if xtension == "BINTABLE" and get("ZIMAGE", False) is True:
         return _compressed_info(text, common)
+    # a primary with GROUPS = T is random groups even when its NAXIS is malformed (astropy
+    # reads it as a GroupsHDU)
+    groups = groups or (index == 0 and get("GROUPS", False) is True)
     if xtension in ("BINTABLE", "TABLE") or groups:
         return HDUInfo(
             **common,
@@ -381,7 +384,7 @@ def _info_from_header(
             dtype=np.dtype("u1"),
             bitpix=bitpix,
             kind="table",
-            groups=groups or (index == 0 and get("GROUPS", False) is True),
+            groups=groups,
         )
     info = HDUInfo(**common, **_image_fields(get, bitpix, axes))
     info.__dict__["_cards"] = cards  # reused by info.get()
@@ -409,6 +412,19 @@ def _image_fields(get: Callable[..., Any], bitpix: int, axes: list[int]) -> dict
     )
 
 
+def _drop_default_extnames(header: fits.Header) -> None:
+    """Drop the default ``EXTNAME = 'COMPRESSED_IMAGE'`` cards of a compressed HDU's table
+    header when another EXTNAME names the image (files from CFHT carry both), as astropy does."""
+    where = [i for i, card in enumerate(header.cards) if card.keyword == "EXTNAME"]
+    if len(where) < 2:
+        return
+    default = [i for i in where if str(header[i]).strip() == "COMPRESSED_IMAGE"]
+    if len(default) == len(where):
+        default = default[1:]
+    for i in reversed(default):
+        del header[i]
+
+
 def _compressed_info(text: str, common: dict) -> HDUInfo:
     """Describe a tile-compressed image HDU from its binary-table header cards."""
     from astropy.io.fits.hdu.compressed.header import _bintable_header_to_image_header
@@ -429,6 +445,7 @@ def _compressed_info(text: str, common: dict) -> HDUInfo:
             int(bintable_header.get(f"ZTILE{i}", axes[0] if i == 1 else 1))
             for i in range(1, znaxis + 1)
         ]
+        _drop_default_extnames(bintable_header)
         header = _bintable_header_to_image_header(bintable_header)
     common = dict(
         common,

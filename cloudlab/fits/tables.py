@@ -215,7 +215,7 @@ def read_table(
     Returns
     -------
     astropy.table.Table
-        As ``Table.read(url, hdu=hdu)`` gives it.
+        As ``Table.read(url, hdu=hdu)`` gives it (text columns as bytes).
 
     Raises
     ------
@@ -247,7 +247,7 @@ def read_table(
     if info.index > 0:
         primary = fits.PrimaryHDU().header.tostring().encode("ascii")
         blob = primary + b" " * (padded(len(primary)) - len(primary)) + blob
-    hdul = fits.HDUList.fromstring(blob)
+    hdul = fits.HDUList.fromstring(blob, character_as_bytes=True)  # as Table.read(path) gives
     target = 0 if info.index == 0 else 1
     try:
         return Table.read(hdul, hdu=target)
