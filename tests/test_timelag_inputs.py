@@ -120,3 +120,75 @@ def test_channel_label_contradicting_wavelnth_is_refused():
     cube = cube.assign_coords(wavelength=193)
     with pytest.raises(InputError, match=r"channel 171.*WAVELNTH 193"):
         prepare_channels({171: cube, 193: cube}, drop_bad=False)
+
+
+# ------------------------------------------------------------------ frames missing from a channel
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    from cloudlab.simulate import aia_series
+
+    root = tmp_path_factory.mktemp("aia")
+    return aia_series(str(root), channels=(94, 171), shape=(4, 5), n_frames=40, seed=1)
+
+
+def _open(series, drop: dict[int, slice] | None = None):
+    from cloudlab.io.aia import open_stack
+
+    drop = drop or {}
+    channels = {}
+    for channel, files in series.files.items():
+        keep = [f for i, f in enumerate(files) if i not in range(40)[drop.get(channel, slice(0))]]
+        channels[channel] = open_stack(keep)
+    return channels
+
+
+def test_a_gap_longer_than_max_gap_is_refused_naming_channel_and_times(series):
+    from cloudlab.timelag.prepare import prepare_channels
+
+    channels = _open(series, {171: slice(10, 14)})  # 4 frames missing: a 60 s step, 5 cadences
+    before, after = series.t_obs[171][9], series.t_obs[171][14]
+    pattern = rf"channel 171 has no frame for .*{str(before)[:19]}.*{str(after)[:19]}.*--allow-gaps"
+    with pytest.raises(InputError, match=pattern):
+        prepare_channels(channels)
+    with pytest.warns(UserWarning, match=r"channel 171 has no frame .*interpolated across"):
+        prepared = prepare_channels(channels, allow_gaps=True)
+    assert prepared[171].sizes["time"] >= 38
+    prepare_channels(channels, max_gap=5)  # a tolerance of 5 cadences bridges it
+    with pytest.raises(InputError, match="max_gap"):
+        prepare_channels(channels, max_gap=0)
+
+
+def test_gaps_up_to_max_gap_and_outside_the_common_span_are_accepted(series):
+    import warnings
+
+    from cloudlab.timelag.prepare import prepare_channels
+
+    # two missing frames in 94 (a 3-cadence step) and 10 missing at the start of 171 (the common
+    # span then starts later, so nothing is interpolated across them)
+    channels = _open(series, {94: slice(20, 22), 171: slice(0, 10)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepared = prepare_channels(channels)
+    assert prepared[94]["time"].values[0] >= series.t_obs[171][10]
+
+
+def test_command_line_refuses_a_gap_unless_allow_gaps(series, tmp_path, capsys):
+    import shutil
+
+    from cloudlab.cli import main
+
+    sim = tmp_path / "sim"
+    for channel, files in series.files.items():
+        (sim / str(channel)).mkdir(parents=True)
+        for i, f in enumerate(files):
+            if channel == 94 or not 15 <= i < 20:
+                shutil.copy(f, sim / str(channel))
+    argv = ["timelag", "--channel", f"94={sim}/94/*.fits", "--channel", f"171={sim}/171/*.fits",
+            "--out", str(tmp_path / "out"), "--no-png"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "channel 171 has no frame" in err and "--allow-gaps" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.warns(UserWarning, match="channel 171"):
+        assert main([*argv, "--allow-gaps"]) == 0
+    assert (tmp_path / "out" / "timelag_maps.zarr").exists()

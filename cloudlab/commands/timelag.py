@@ -87,6 +87,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cadence", type=duration, help="common grid step (default: nominal)")
     parser.add_argument("--keep-bad", action="store_true", help="keep frames with QUALITY != 0")
     parser.add_argument(
+        "--max-gap", type=float, default=3.0, metavar="N",
+        help="longest run of missing frames, in cadences, bridged by interpolation (default 3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-gaps", action="store_true",
+        help="interpolate across longer gaps too (with a warning) instead of refusing",
+    )  # fmt: skip
+    parser.add_argument(
         "--min-correlation", type=float, help="NaN lag where the max correlation is below this"
     )
     parser.add_argument("--vmax", type=duration, help="colour range of the PNG lag maps")
@@ -162,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         prepared = prepare_channels(
             channels, bottom_left=args.bottom_left, top_right=args.top_right,
             start=args.start, end=args.end, every=args.every, cadence=args.cadence,
-            drop_bad=not args.keep_bad,
+            drop_bad=not args.keep_bad, max_gap=args.max_gap, allow_gaps=args.allow_gaps,
         )  # fmt: skip
         pairs = None
         if args.pairs:
