@@ -76,3 +76,28 @@ def test_png_axes_are_helioprojective_with_labelled_colour_bars(run):
                                                  "maximum cross-correlation 94-171 Å"]  # fmt: skip
     lon, lat = panels[0].coords[0], panels[0].coords[1]
     assert lon.get_format_unit() == u.arcsec and lat.get_format_unit() == u.arcsec
+
+
+def test_rerun_never_leaves_pair_files_of_an_earlier_run(run, tmp_path, capsys):
+    import shutil
+
+    sim, _, argv = run
+    out = tmp_path / "out"
+    argv = [*argv[:-1], str(out)]
+    assert main(argv) == 0
+    names = lambda d: sorted(p.name for p in (out / d).iterdir())  # noqa: E731
+    assert names("png") == ["timelag_94_171.png"]
+    # other pairs, the earlier zarr gone: refused before computing, naming the earlier files
+    shutil.rmtree(out / "timelag_maps.zarr")
+    capsys.readouterr()
+    assert main([*argv, "--pairs", "171-94"]) == 2
+    err = capsys.readouterr().err
+    assert "timelag_94_171.fits" in err and "--overwrite" in err
+    assert not (out / "timelag_maps.zarr").exists()  # nothing was written
+    assert names("fits") == ["max_correlation_94_171.fits", "timelag_94_171.fits"]
+    # with --overwrite the earlier pair's files go, also the PNGs of a --no-png rerun
+    assert main([*argv, "--pairs", "171-94", "--no-png", "--overwrite"]) == 0
+    assert names("fits") == ["max_correlation_171_94.fits", "timelag_171_94.fits"]
+    assert names("png") == []
+    maps = xr.open_zarr(out / "timelag_maps.zarr")
+    assert list(maps["pair"].values) == ["171-94"]
