@@ -192,3 +192,39 @@ def test_command_line_refuses_a_gap_unless_allow_gaps(series, tmp_path, capsys):
     with pytest.warns(UserWarning, match="channel 171"):
         assert main([*argv, "--allow-gaps"]) == 0
     assert (tmp_path / "out" / "timelag_maps.zarr").exists()
+
+
+# ------------------------------------------------------------------ channel labels and WAVELNTH
+def test_label_contradicting_wavelnth_names_the_file_in_prepare_and_timelag_maps(series):
+    from cloudlab.timelag import timelag_maps
+    from cloudlab.timelag.prepare import prepare_channels
+
+    channels = _open(series)
+    first_171 = sorted(series.files[171])[0]
+    swapped = {94: channels[94], 193: channels[171]}
+    with pytest.raises(InputError, match=rf"{first_171}.*WAVELNTH 171.*labelled 193.*--channel"):
+        prepare_channels(swapped)
+    # prepared cubes relabelled afterwards: timelag_maps refuses them too
+    prepared = prepare_channels(channels)
+    with pytest.raises(InputError, match=r"channel 193.*WAVELNTH 171.*labelled 193"):
+        timelag_maps({94: prepared[94], 193: prepared[171]})
+    # the header alone is enough, and names that are not numbers are not checked
+    bare = prepared[171].drop_vars("wavelength")
+    with pytest.raises(InputError, match=r"channel 193.*attrs\['fits_header'\].*WAVELNTH 171"):
+        timelag_maps({94: prepared[94], 193: bare})
+    assert timelag_maps({"hot": prepared[94], "warm": bare}).sizes["pair"] == 1
+
+
+def test_command_line_label_contradicting_wavelnth_names_file_label_and_wavelnth(
+    series, tmp_path, capsys
+):
+    from cloudlab.cli import main
+
+    directory = str(series.files[171][0]).rsplit("/", 1)[0]
+    argv = ["timelag", "--channel", f"94={directory.rsplit('/', 1)[0]}/0094/*.fits",
+            "--channel", f"131={directory}/*.fits", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "WAVELNTH 171 Å but is labelled 131" in err and "--channel 171=FILES" in err
+    assert sorted(series.files[171])[0] in err
+    assert not (tmp_path / "out").exists()

@@ -20,7 +20,7 @@ from cloudlab.errors import InputError
 from cloudlab.io.aia import header_of, wcs_of
 from cloudlab.timelag._gaps import DEFAULT_MAX_GAP, check_gaps
 from cloudlab.timelag.kernels import timelag_bytes_per_pixel
-from cloudlab.timelag.maps import to_seconds
+from cloudlab.timelag.maps import check_channel_label, to_seconds
 
 __all__ = [
     "align_channels",
@@ -361,28 +361,6 @@ def align_channels(
         shape = next(iter(shapes.values()))
         chunks = plan_spatial_chunks(shape, timelag_bytes_per_pixel(grid.size, len(channels)))
     return {k: interpolate_to_grid(c, grid, chunks) for k, c in channels.items()}
-
-
-def check_channel_label(name: Hashable, cube: xr.DataArray) -> None:
-    """Refuse a numeric channel label that contradicts the cube's ``wavelength`` coordinate.
-
-    Raises
-    ------
-    InputError
-        Naming the channel, the files' wavelength and what to do.
-    """
-    if "wavelength" not in cube.coords or cube["wavelength"].size != 1:
-        return
-    try:
-        label = float(str(name))
-    except ValueError:
-        return
-    wavelength = float(cube["wavelength"].values)
-    if not np.isclose(label, wavelength):
-        raise InputError(
-            f"channel {name!r}: its files have WAVELNTH {wavelength:g} Å; label the channel "
-            f"{wavelength:g} or give the {name} Å files"
-        )
 
 
 def prepare_channels(
