@@ -228,3 +228,17 @@ def test_command_line_label_contradicting_wavelnth_names_file_label_and_wavelnth
     assert "WAVELNTH 171 Å but is labelled 131" in err and "--channel 171=FILES" in err
     assert sorted(series.files[171])[0] in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option", ["--start", "--end"])
+def test_command_line_unreadable_time_names_the_option(series, option, tmp_path, capsys):
+    from cloudlab.cli import main
+
+    directory = str(series.files[94][0]).rsplit("/", 2)[0]
+    argv = ["timelag", "--channel", f"94={directory}/0094/*.fits", "--channel",
+            f"171={directory}/0171/*.fits", "--out", str(tmp_path / "out"),
+            option, "13/02/2011"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"({option})" in err[0] and "'13/02/2011'" in err[0]
+    assert not (tmp_path / "out").exists()
