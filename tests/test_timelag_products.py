@@ -101,3 +101,26 @@ def test_rerun_never_leaves_pair_files_of_an_earlier_run(run, tmp_path, capsys):
     assert names("png") == []
     maps = xr.open_zarr(out / "timelag_maps.zarr")
     assert list(maps["pair"].values) == ["171-94"]
+
+
+def test_min_correlation_masks_weak_pixels_in_every_product(run, tmp_path, capsys):
+    import sunpy.map
+
+    _, out, argv = run
+    full = xr.open_zarr(out / "timelag_maps.zarr").compute().sel(pair="94-171")
+    peak = full["max_correlation"].values
+    threshold = float(np.median(peak))  # masks about half of the pixels
+    weak = peak < threshold
+    assert weak.any() and (~weak).any()
+    masked_out = tmp_path / "masked"
+    rerun = [*argv[:-1], str(masked_out), "--min-correlation", str(threshold)]
+    assert main(rerun) == 0
+    masked = xr.open_zarr(masked_out / "timelag_maps.zarr").compute().sel(pair="94-171")
+    assert np.isnan(masked["timelag"].values[weak]).all()
+    np.testing.assert_array_equal(masked["timelag"].values[~weak], full["timelag"].values[~weak])
+    np.testing.assert_array_equal(masked["max_correlation"].values, peak)
+    lag_file = sunpy.map.Map(masked_out / "fits" / "timelag_94_171.fits")
+    np.testing.assert_array_equal(np.isnan(lag_file.data), weak)
+    capsys.readouterr()
+    assert main([*rerun[:-1], "1.5", "--overwrite"]) == 2
+    assert "--min-correlation" in capsys.readouterr().err

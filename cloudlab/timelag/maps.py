@@ -502,7 +502,9 @@ def timelag_maps(
     if not channels:
         raise InputError("no channels given")
     if min_correlation is not None and not -1.0 <= float(min_correlation) <= 1.0:
-        raise InputError(f"min_correlation must lie in [-1, 1], got {min_correlation!r}")
+        raise InputError(
+            f"min_correlation (--min-correlation) must lie in [-1, 1], got {min_correlation!r}"
+        )
     names = list(channels)
     pairs = default_pairs(names) if pairs is None else [tuple(p) for p in pairs]
     if not pairs:
