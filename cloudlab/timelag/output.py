@@ -3,9 +3,9 @@
 Every writer follows :mod:`cloudlab.storage`'s overwrite policy: with ``overwrite=False`` (the
 default) an existing destination is refused before anything is computed; with ``overwrite=True``
 it is replaced only once the new product is complete. No product is ever half-written.
-Pair files (``timelag_<a>_<b>.fits``/``.png``) of an earlier run with other pairs are never left
-beside new ones: without ``overwrite`` they are refused before anything is computed, with it they
-are removed once this run's files are written.
+Pair files (``timelag_<a>_<b>.fits``, ``max_correlation_<a>_<b>.fits``, ``timelag_<a>_<b>.png``)
+of an earlier run with other pairs are never left beside new ones: without ``overwrite`` they are
+refused before anything is computed, with it they are removed once this run's files are written.
 """
 
 from __future__ import annotations
