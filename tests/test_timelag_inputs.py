@@ -169,7 +169,11 @@ def test_gaps_up_to_max_gap_and_outside_the_common_span_are_accepted(series):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         prepared = prepare_channels(channels)
+        # a grid finer than the frames: cadences are the frames' spacing, not the grid step
+        prepare_channels(_open(series, {94: slice(20, 21)}), cadence=6)
     assert prepared[94]["time"].values[0] >= series.t_obs[171][10]
+    with pytest.raises(InputError, match=r"channel 94 .*\(5.0 cadences of 12 s\)"):
+        prepare_channels(_open(series, {94: slice(20, 24)}), cadence=6)
 
 
 def test_command_line_refuses_a_gap_unless_allow_gaps(series, tmp_path, capsys):

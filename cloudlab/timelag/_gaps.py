@@ -12,6 +12,7 @@ from cloudlab.errors import InputError
 
 __all__ = [
     "DEFAULT_MAX_GAP",
+    "cadence_ns",
     "check_gaps",
     "find_gaps",
 ]
@@ -20,13 +21,22 @@ __all__ = [
 DEFAULT_MAX_GAP = 3.0
 
 
+def cadence_ns(cube: xr.DataArray, grid: np.ndarray) -> float:
+    """The cadence gaps are measured in (ns): the grid step, or the channel's median frame
+    spacing when that is longer (a grid finer than the frames must not make every step a gap)."""
+    step = (grid[1] - grid[0]) / np.timedelta64(1, "ns")
+    spacing = np.diff(cube["time"].values) / np.timedelta64(1, "ns")
+    return float(max(step, np.median(spacing))) if spacing.size else float(step)
+
+
 def find_gaps(
     cube: xr.DataArray, grid: np.ndarray, max_gap: float = DEFAULT_MAX_GAP
 ) -> list[tuple[np.datetime64, np.datetime64]]:
-    """Gaps of ``cube`` inside the span of ``grid`` longer than ``max_gap`` grid steps.
+    """Gaps of ``cube`` inside the span of ``grid`` longer than ``max_gap`` cadences.
 
-    A gap is two consecutive frames further apart than ``max_gap + 0.5`` steps of ``grid``
-    (the half step absorbs timing jitter, so two missing frames are a gap of 3 cadences).
+    A gap is two consecutive frames further apart than ``max_gap + 0.5`` cadences (the half
+    cadence absorbs timing jitter, so two missing frames are a gap of 3 cadences); the cadence
+    is :func:`cadence_ns`.
 
     Returns
     -------
@@ -34,19 +44,19 @@ def find_gaps(
         The times of the frames before and after each gap.
     """
     times = cube["time"].values
-    step = (grid[1] - grid[0]) / np.timedelta64(1, "ns")
     spacing = np.diff(times) / np.timedelta64(1, "ns")
     inside = (times[1:] > grid[0]) & (times[:-1] < grid[-1])
-    where = np.flatnonzero(inside & (spacing > (float(max_gap) + 0.5) * step))
-    return [(times[i], times[i + 1]) for i in where]
+    too_long = spacing > (float(max_gap) + 0.5) * cadence_ns(cube, grid)
+    return [(times[i], times[i + 1]) for i in np.flatnonzero(inside & too_long)]
 
 
-def _describe(name: Hashable, gap: tuple[np.datetime64, np.datetime64], step_s: float) -> str:
+def _describe(name: Hashable, cube: xr.DataArray, grid: np.ndarray, gap) -> str:
     before, after = gap
     seconds = (after - before) / np.timedelta64(1, "s")
+    cadence_s = cadence_ns(cube, grid) / 1e9
     return (
-        f"channel {name!r} has no frame for {seconds:g} s between {before} and {after} "
-        f"({seconds / step_s:.1f} cadences of {step_s:g} s)"
+        f"channel {name!r} has no frame for {seconds:.4g} s between {before} and {after} "
+        f"({seconds / cadence_s:.1f} cadences of {cadence_s:.4g} s)"
     )
 
 
@@ -64,9 +74,10 @@ def check_gaps(
     channels : mapping
         Channel name to its cube, with a datetime64 ``time`` coordinate.
     grid : numpy.ndarray
-        The common time grid the channels are interpolated onto (its step is the cadence).
+        The common time grid the channels are interpolated onto.
     max_gap : float
-        Longest gap, in steps of ``grid``, bridged without asking.
+        Longest gap, in cadences (the grid step, or the channel's frame spacing when longer),
+        bridged without asking.
     allow_gaps : bool
         Interpolate across longer gaps too, with a warning naming them.
 
@@ -80,13 +91,13 @@ def check_gaps(
         raise InputError(
             f"max_gap (--max-gap) must be a positive number of cadences, got {max_gap}"
         )
-    step_s = (grid[1] - grid[0]) / np.timedelta64(1, "s")
     found = [
         (name, gap) for name, cube in channels.items() for gap in find_gaps(cube, grid, max_gap)
     ]
     if not found:
         return
-    first = _describe(*found[0], step_s)
+    name, gap = found[0]
+    first = _describe(name, channels[name], grid, gap)
     others = sorted({str(name) for name, _ in found[1:]})
     more = f" and {len(found) - 1} more gap(s) (channels {', '.join(others)})" if others else ""
     if allow_gaps:
