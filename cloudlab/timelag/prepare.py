@@ -334,8 +334,8 @@ def align_channels(
         Spatial chunks for every channel; default planned from the workers' memory for the
         time-lag step, so no further rechunk is needed.
     max_gap : float
-        Longest run of missing frames, in cadences of the common grid, that interpolation may
-        bridge (default 3).
+        Longest gap between frames, in cadences (the grid step, or the channel's own frame
+        spacing when longer), that interpolation may bridge (default 3).
     allow_gaps : bool
         Interpolate across longer gaps too (with a warning naming them) instead of refusing.
 
