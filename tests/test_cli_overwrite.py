@@ -105,10 +105,10 @@ def test_timelag_refuses_then_replaces(tmp_path, capsys, monkeypatch):
     assert (first["timelag"].values == 0).all()
     with monkeypatch.context() as patch:
         patch.setattr(cluster, "compute", lambda *a, **k: pytest.fail("computed"))
-        _refused(argv, tmp_path, out / "timelag_maps.zarr", capsys, more=1)
-    # only the FITS product left: it alone is named
+        _refused(argv, tmp_path, out / "timelag_maps.zarr", capsys, more=2)
+    # only the FITS products left: they alone are named
     shutil.rmtree(out / "timelag_maps.zarr")
-    _refused(argv, tmp_path, out / "fits" / "timelag_94_335.fits", capsys)
+    _refused(argv, tmp_path, out / "fits" / "timelag_94_335.fits", capsys, more=1)
     assert main([*argv, "--overwrite"]) == 0
     maps = xr.open_zarr(out / "timelag_maps.zarr").compute()
     assert (maps["timelag"].values != 0).any()  # all lags allowed now: the product changed

@@ -273,9 +273,12 @@ def test_to_map_and_writers_keep_wcs_and_values(tmp_path):
     assert lag_map.scale.axis1.to_value(u.arcsec / u.pix) == pytest.approx(0.6)
 
     [fits_url] = write_fits(ds, str(tmp_path / "fits"))
-    with fits.open(fits_url) as hdus:
+    [cc_url] = write_fits(ds, str(tmp_path / "fits"), variable="max_correlation")
+    assert cc_url.endswith("/max_correlation_94_335.fits")
+    with fits.open(fits_url) as hdus, fits.open(cc_url) as cc_hdus:
+        assert len(hdus) == 1 and len(cc_hdus) == 1
         np.testing.assert_allclose(hdus[0].data, lag_map.data)
-        np.testing.assert_allclose(hdus[1].data, maps["max_correlation"]["94-335"].data)
+        np.testing.assert_allclose(cc_hdus[0].data, maps["max_correlation"]["94-335"].data)
         assert hdus[0].header["BUNIT"] == "s" and hdus[0].header["CHAN_A"] == 94
         assert hdus[0].header["CRPIX1"] == 10.0
     store = write_zarr(ds, str(tmp_path / "maps.zarr"))

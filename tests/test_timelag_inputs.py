@@ -120,3 +120,129 @@ def test_channel_label_contradicting_wavelnth_is_refused():
     cube = cube.assign_coords(wavelength=193)
     with pytest.raises(InputError, match=r"channel 171.*WAVELNTH 193"):
         prepare_channels({171: cube, 193: cube}, drop_bad=False)
+
+
+# ------------------------------------------------------------------ frames missing from a channel
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    from cloudlab.simulate import aia_series
+
+    root = tmp_path_factory.mktemp("aia")
+    return aia_series(str(root), channels=(94, 171), shape=(4, 5), n_frames=40, seed=1)
+
+
+def _open(series, drop: dict[int, slice] | None = None):
+    from cloudlab.io.aia import open_stack
+
+    drop = drop or {}
+    channels = {}
+    for channel, files in series.files.items():
+        keep = [f for i, f in enumerate(files) if i not in range(40)[drop.get(channel, slice(0))]]
+        channels[channel] = open_stack(keep)
+    return channels
+
+
+def test_a_gap_longer_than_max_gap_is_refused_naming_channel_and_times(series):
+    from cloudlab.timelag.prepare import prepare_channels
+
+    channels = _open(series, {171: slice(10, 14)})  # 4 frames missing: a 60 s step, 5 cadences
+    before, after = series.t_obs[171][9], series.t_obs[171][14]
+    pattern = rf"channel 171 has no frame for .*{str(before)[:19]}.*{str(after)[:19]}.*--allow-gaps"
+    with pytest.raises(InputError, match=pattern):
+        prepare_channels(channels)
+    with pytest.warns(UserWarning, match=r"channel 171 has no frame .*interpolated across"):
+        prepared = prepare_channels(channels, allow_gaps=True)
+    assert prepared[171].sizes["time"] >= 38
+    prepare_channels(channels, max_gap=5)  # a tolerance of 5 cadences bridges it
+    with pytest.raises(InputError, match="max_gap"):
+        prepare_channels(channels, max_gap=0)
+
+
+def test_gaps_up_to_max_gap_and_outside_the_common_span_are_accepted(series):
+    import warnings
+
+    from cloudlab.timelag.prepare import prepare_channels
+
+    # two missing frames in 94 (a 3-cadence step) and 10 missing at the start of 171 (the common
+    # span then starts later, so nothing is interpolated across them)
+    channels = _open(series, {94: slice(20, 22), 171: slice(0, 10)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepared = prepare_channels(channels)
+        # a grid finer than the frames: cadences are the frames' spacing, not the grid step
+        prepare_channels(_open(series, {94: slice(20, 21)}), cadence=6)
+    assert prepared[94]["time"].values[0] >= series.t_obs[171][10]
+    with pytest.raises(InputError, match=r"channel 94 .*\(5.0 cadences of 12 s\)"):
+        prepare_channels(_open(series, {94: slice(20, 24)}), cadence=6)
+
+
+def test_command_line_refuses_a_gap_unless_allow_gaps(series, tmp_path, capsys):
+    import shutil
+
+    from cloudlab.cli import main
+
+    sim = tmp_path / "sim"
+    for channel, files in series.files.items():
+        (sim / str(channel)).mkdir(parents=True)
+        for i, f in enumerate(files):
+            if channel == 94 or not 15 <= i < 20:
+                shutil.copy(f, sim / str(channel))
+    argv = ["timelag", "--channel", f"94={sim}/94/*.fits", "--channel", f"171={sim}/171/*.fits",
+            "--out", str(tmp_path / "out"), "--no-png"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "channel 171 has no frame" in err and "--allow-gaps" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.warns(UserWarning, match="channel 171"):
+        assert main([*argv, "--allow-gaps"]) == 0
+    assert (tmp_path / "out" / "timelag_maps.zarr").exists()
+
+
+# ------------------------------------------------------------------ channel labels and WAVELNTH
+def test_label_contradicting_wavelnth_names_the_file_in_prepare_and_timelag_maps(series):
+    from cloudlab.timelag import timelag_maps
+    from cloudlab.timelag.prepare import prepare_channels
+
+    channels = _open(series)
+    first_171 = sorted(series.files[171])[0]
+    swapped = {94: channels[94], 193: channels[171]}
+    with pytest.raises(InputError, match=rf"{first_171}.*WAVELNTH 171.*labelled 193.*--channel"):
+        prepare_channels(swapped)
+    # prepared cubes relabelled afterwards: timelag_maps refuses them too
+    prepared = prepare_channels(channels)
+    with pytest.raises(InputError, match=r"channel 193.*WAVELNTH 171.*labelled 193"):
+        timelag_maps({94: prepared[94], 193: prepared[171]})
+    # the header alone is enough, and names that are not numbers are not checked
+    bare = prepared[171].drop_vars("wavelength")
+    with pytest.raises(InputError, match=r"channel 193.*attrs\['fits_header'\].*WAVELNTH 171"):
+        timelag_maps({94: prepared[94], 193: bare})
+    assert timelag_maps({"hot": prepared[94], "warm": bare}).sizes["pair"] == 1
+
+
+def test_command_line_label_contradicting_wavelnth_names_file_label_and_wavelnth(
+    series, tmp_path, capsys
+):
+    from cloudlab.cli import main
+
+    directory = str(series.files[171][0]).rsplit("/", 1)[0]
+    argv = ["timelag", "--channel", f"94={directory.rsplit('/', 1)[0]}/0094/*.fits",
+            "--channel", f"131={directory}/*.fits", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "WAVELNTH 171 Å but is labelled 131" in err and "--channel 171=FILES" in err
+    assert sorted(series.files[171])[0] in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option", ["--start", "--end"])
+def test_command_line_unreadable_time_names_the_option(series, option, tmp_path, capsys):
+    from cloudlab.cli import main
+
+    directory = str(series.files[94][0]).rsplit("/", 2)[0]
+    argv = ["timelag", "--channel", f"94={directory}/0094/*.fits", "--channel",
+            f"171={directory}/0171/*.fits", "--out", str(tmp_path / "out"),
+            option, "13/02/2011"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"({option})" in err[0] and "'13/02/2011'" in err[0]
+    assert not (tmp_path / "out").exists()

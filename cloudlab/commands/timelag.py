@@ -87,6 +87,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cadence", type=duration, help="common grid step (default: nominal)")
     parser.add_argument("--keep-bad", action="store_true", help="keep frames with QUALITY != 0")
     parser.add_argument(
+        "--max-gap", type=float, default=3.0, metavar="N",
+        help="longest run of missing frames, in cadences, bridged by interpolation (default 3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-gaps", action="store_true",
+        help="interpolate across longer gaps too (with a warning) instead of refusing",
+    )  # fmt: skip
+    parser.add_argument(
         "--min-correlation", type=float, help="NaN lag where the max correlation is below this"
     )
     parser.add_argument("--vmax", type=duration, help="colour range of the PNG lag maps")
@@ -127,16 +135,39 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the variables written as one FITS file per pair each
+_FITS_VARIABLES = ("timelag", "max_correlation")
+
+
 def _destinations(maps, out: str, *, png: bool) -> list[str]:
-    """Every product of the maps command: the zarr store, a FITS (and PNG) file per pair."""
-    names = [f"timelag_{str(pair).replace('-', '_')}" for pair in maps["pair"].values]
-    urls = [f"{out}/timelag_maps.zarr"] + [f"{out}/fits/{name}.fits" for name in names]
-    return urls + ([f"{out}/png/{name}.png" for name in names] if png else [])
+    """Every product of the maps command: the zarr store, FITS files (and a PNG) per pair."""
+    from cloudlab.timelag.output import pair_urls
+
+    pairs = maps["pair"].values
+    urls = [f"{out}/timelag_maps.zarr"]
+    for variable in _FITS_VARIABLES:
+        urls += pair_urls(pairs, f"{out}/fits", prefix=variable, suffix=".fits")
+    return urls + (pair_urls(pairs, f"{out}/png", suffix=".png") if png else [])
+
+
+def _stale(products: list[str], out: str, *, png: bool) -> tuple[list[str], list[str]]:
+    """Pair files of an earlier run in ``out`` that this run would not replace.
+
+    Returns all of them, and those no writer of this run removes (the PNGs with ``--no-png``).
+    """
+    from cloudlab.timelag.output import stale_pair_files
+
+    stale = []
+    for variable in _FITS_VARIABLES:
+        stale += stale_pair_files(f"{out}/fits", products, prefix=variable, suffix=".fits")
+    plots = stale_pair_files(f"{out}/png", products if png else [], suffix=".png")
+    return stale + plots, ([] if png else plots)
 
 
 def _run(args: argparse.Namespace) -> int:
     from cloudlab.io import aia
     from cloudlab.timelag import plot_maps, prepare_channels, timelag_maps, write_fits, write_zarr
+    from cloudlab.timelag.output import refuse_stale, remove_files
 
     if not args.channel:
         raise InputError("give at least two --channel CHANNEL=URLS")
@@ -162,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
         prepared = prepare_channels(
             channels, bottom_left=args.bottom_left, top_right=args.top_right,
             start=args.start, end=args.end, every=args.every, cadence=args.cadence,
-            drop_bad=not args.keep_bad,
+            drop_bad=not args.keep_bad, max_gap=args.max_gap, allow_gaps=args.allow_gaps,
         )  # fmt: skip
         pairs = None
         if args.pairs:
@@ -171,15 +202,22 @@ def _run(args: argparse.Namespace) -> int:
             prepared, pairs=pairs, lag_bounds=args.lag_bounds, min_correlation=args.min_correlation
         )
         grid = next(iter(prepared.values()))
-        check_products(_destinations(maps, out, png=not args.no_png), args)
+        products = _destinations(maps, out, png=not args.no_png)
+        check_products(products, args)
+        stale, leftover = _stale(products, out, png=not args.no_png)
+        refuse_stale(stale, args.overwrite)
         print(f"{maps.sizes['pair']} pair(s) on {grid.sizes['time']} common times, "
               f"{grid.sizes['y']}x{grid.sizes['x']} px")  # fmt: skip
         results = run_graph(maps)
     written = [write_zarr(results, f"{out}/timelag_maps.zarr", overwrite=args.overwrite)]
-    written += write_fits(results, f"{out}/fits", overwrite=args.overwrite, progress=False)
+    for variable in _FITS_VARIABLES:
+        written += write_fits(
+            results, f"{out}/fits", variable=variable, overwrite=args.overwrite, progress=False
+        )
     if not args.no_png:
         written += plot_maps(
             results, f"{out}/png", vmax_s=args.vmax, overwrite=args.overwrite, progress=False
         )
+    remove_files(leftover)
     print(f"{len(written)} outputs in {out} in {time.perf_counter() - t0:.1f} s")
     return 0

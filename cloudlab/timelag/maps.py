@@ -17,6 +17,7 @@ from cloudlab.timelag import kernels
 __all__ = [
     "HOT_TO_COOL",
     "bounds_indices",
+    "check_channel_label",
     "cross_correlation",
     "default_pairs",
     "lags_from_times",
@@ -169,6 +170,50 @@ def _wcs_signature(arr: xr.DataArray) -> dict[str, object] | None:
 
     header = fits.Header.fromstring(text) if isinstance(text, str) else fits.Header(text)
     return {k: header[k] for k in _WCS_KEYS if k in header}
+
+
+def _wavelength(cube: xr.DataArray) -> float | None:
+    """The channel's wavelength (Å): its ``wavelength`` coordinate, else the header's WAVELNTH."""
+    if "wavelength" in cube.coords and cube["wavelength"].size == 1:
+        return float(cube["wavelength"].values)
+    text = cube.attrs.get("fits_header")
+    if not text:
+        return None
+    from astropy.io import fits
+
+    header = fits.Header.fromstring(text) if isinstance(text, str) else fits.Header(text)
+    value = header.get("WAVELNTH")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def check_channel_label(name: Hashable, cube: xr.DataArray) -> None:
+    """Refuse a numeric channel label that contradicts the files' ``WAVELNTH``.
+
+    The wavelength is the cube's ``wavelength`` coordinate (:func:`cloudlab.io.aia.open_stack`
+    sets it from ``WAVELNTH``) or, failing that, ``WAVELNTH`` in ``attrs["fits_header"]``.
+    Labels that are not numbers (e.g. ``"hot"``) are not checked.
+
+    Raises
+    ------
+    InputError
+        Naming the first file (when the cube still knows its files), the label, the WAVELNTH
+        and what to do.
+    """
+    try:
+        label = float(str(name))
+    except ValueError:
+        return
+    wavelength = _wavelength(cube)
+    if wavelength is None or np.isclose(label, wavelength):
+        return
+    if "url" in cube.coords and cube["url"].size:
+        where = f"{np.ravel(cube['url'].values)[0]} (and the other files of channel {name!r})"
+    else:
+        where = f"the data of channel {name!r} (attrs['fits_header'])"
+    raise InputError(
+        f"{where} has WAVELNTH {wavelength:g} Å but is labelled {name!r}: label the channel "
+        f"{wavelength:g} (CLI: --channel {wavelength:g}=FILES) or give the {name} Å files"
+    )
 
 
 def _check_wcs(names: Sequence[Hashable], arrays: Sequence[xr.DataArray]) -> None:
@@ -447,11 +492,19 @@ def timelag_maps(
     xarray.Dataset
         ``timelag`` (seconds) and ``max_correlation``, dims ``("pair", *spatial)``, with
         coordinates ``pair`` ("94-335"), ``channel_a`` and ``channel_b``.
+
+    Raises
+    ------
+    InputError
+        Among others, if a numeric channel label contradicts its data's ``WAVELNTH``
+        (:func:`check_channel_label`).
     """
     if not channels:
         raise InputError("no channels given")
     if min_correlation is not None and not -1.0 <= float(min_correlation) <= 1.0:
-        raise InputError(f"min_correlation must lie in [-1, 1], got {min_correlation!r}")
+        raise InputError(
+            f"min_correlation (--min-correlation) must lie in [-1, 1], got {min_correlation!r}"
+        )
     names = list(channels)
     pairs = default_pairs(names) if pairs is None else [tuple(p) for p in pairs]
     if not pairs:
@@ -460,6 +513,8 @@ def timelag_maps(
         if len(pair) != 2 or any(c not in channels for c in pair):
             raise InputError(f"pair {pair!r} names a channel not in {names}")
     used = [n for n in names if any(n in p for p in pairs)]
+    for name in used:
+        check_channel_label(name, channels[name])
     data, spatial, seconds, first = _inputs(used, [channels[n] for n in used], chunks)
     lags = lags_from_times(seconds)
     start, stop = bounds_indices(lags, lag_bounds)

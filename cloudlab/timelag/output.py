@@ -3,9 +3,9 @@
 Every writer follows :mod:`cloudlab.storage`'s overwrite policy: with ``overwrite=False`` (the
 default) an existing destination is refused before anything is computed; with ``overwrite=True``
 it is replaced only once the new product is complete. No product is ever half-written.
-Pair files (``timelag_<a>_<b>.fits``/``.png``) of an earlier run with other pairs are never left
-beside new ones: without ``overwrite`` they are refused before anything is computed, with it they
-are removed once this run's files are written.
+Pair files (``timelag_<a>_<b>.fits``, ``max_correlation_<a>_<b>.fits``, ``timelag_<a>_<b>.png``)
+of an earlier run with other pairs are never left beside new ones: without ``overwrite`` they are
+refused before anything is computed, with it they are removed once this run's files are written.
 """
 
 from __future__ import annotations
@@ -24,9 +24,14 @@ from cloudlab.errors import FITSFormatError, InputError, OverwriteError
 __all__ = [
     "map_header",
     "on_host",
+    "pair_figure",
+    "pair_urls",
     "plot_maps",
     "read_fits",
     "read_zarr",
+    "refuse_stale",
+    "remove_files",
+    "stale_pair_files",
     "to_map",
     "write_fits",
     "write_zarr",
@@ -51,20 +56,38 @@ def on_host(results: xr.Dataset, *, progress: bool = False) -> xr.Dataset:
 
 
 def map_header(arr: xr.DataArray) -> fits.Header:
-    """FITS header for a 2-D map: the input's WCS and observer, units, and what was measured."""
+    """FITS header for a 2-D map: the input's WCS and observer, units, and what was measured.
+
+    The WCS, date and observer keys of the input frames are kept (so sunpy builds a
+    helioprojective map from the header); the keys of the frames' data (``WAVELNTH``,
+    ``EXPTIME``, scaling...) are dropped. ``BUNIT`` is the map's unit (``s`` for lags),
+    ``BTYPE`` and ``MEASRMNT`` say what was measured, ``CHAN_A``/``CHAN_B`` the channel pair,
+    and ``DETECTOR``, from which sunpy builds ``Map.name`` and plot titles, reads e.g.
+    ``AIA 94-335 time lag [s]``.
+    """
     text = arr.attrs.get("fits_header", "")
     header = fits.Header.fromstring(text) if isinstance(text, str) else fits.Header(text)
+    detector = str(header.get("DETECTOR", "")).strip()
     for key in _DROP_KEYS:
         header.remove(key, ignore_missing=True, remove_all=True)
     ny, nx = arr.shape[-2:]
     header["NAXIS"] = 2
     header["NAXIS1"] = nx
     header["NAXIS2"] = ny
-    header["BUNIT"] = arr.attrs.get("units", "")
-    header["MEASRMNT"] = str(arr.name or arr.attrs.get("long_name", ""))
-    for key in ("channel_a", "channel_b"):
-        if key in arr.coords and arr[key].ndim == 0:
-            header[key.upper().replace("CHANNEL", "CHAN")] = int(arr[key])
+    units = str(arr.attrs.get("units", ""))
+    measurement = str(arr.name or arr.attrs.get("long_name", ""))
+    long_name = str(arr.attrs.get("long_name", measurement))
+    header["BUNIT"] = units
+    header["BTYPE"] = long_name
+    header["MEASRMNT"] = measurement
+    pair = ""
+    if all(key in arr.coords and arr[key].ndim == 0 for key in ("channel_a", "channel_b")):
+        channels = [arr[key].item() for key in ("channel_a", "channel_b")]
+        for key, channel in zip(("CHAN_A", "CHAN_B"), channels, strict=True):
+            header[key] = channel
+        pair = "-".join(str(c) for c in channels)
+    title = [detector, pair, long_name, f"[{units}]" if units else ""]
+    header["DETECTOR"] = " ".join(part for part in title if part)
     return header
 
 
@@ -103,18 +126,30 @@ def _pair_maps(results: xr.Dataset):
         yield str(pair), results.sel(pair=pair)
 
 
-def _pair_urls(results: xr.Dataset, directory: str, suffix: str) -> list[str]:
-    """``<directory>/timelag_<a>_<b><suffix>`` for every pair (known without computing)."""
-    base = directory.rstrip("/")
-    return [f"{base}/timelag_{str(p).replace('-', '_')}{suffix}" for p in results["pair"].values]
-
-
-def _stale_pairs(
-    urls: list[str], directory: str, suffix: str, overwrite: bool, storage_options: dict | None
+def pair_urls(
+    pairs, directory: str, *, prefix: str = "timelag", suffix: str = ".fits"
 ) -> list[str]:
-    """Pair files in ``directory`` that an earlier run wrote and this one does not.
+    """``<directory>/<prefix>_<a>_<b><suffix>`` for every pair (``"94-335"`` or ``(94, 335)``).
 
-    Raises :class:`~cloudlab.errors.OverwriteError` naming them when ``overwrite`` is False.
+    These are the files :func:`write_fits` (``prefix`` the variable) and :func:`plot_maps`
+    (``prefix="timelag"``, ``suffix=".png"``) write.
+    """
+    base = directory.rstrip("/")
+    names = ["_".join(map(str, p)) if isinstance(p, tuple) else str(p) for p in pairs]
+    return [f"{base}/{prefix}_{name.replace('-', '_')}{suffix}" for name in names]
+
+
+def stale_pair_files(
+    directory: str,
+    keep: list[str],
+    *,
+    prefix: str = "timelag",
+    suffix: str = ".fits",
+    storage_options: dict | None = None,
+) -> list[str]:
+    """Pair files ``<prefix>_<a>_<b><suffix>`` in ``directory`` other than those in ``keep``.
+
+    They are what an earlier run with other pairs left there (an absent directory has none).
     """
     fs, path = storage.resolve(directory, storage_options=storage_options)
     path = path.rstrip("/")
@@ -123,11 +158,15 @@ def _stale_pairs(
         listing = storage.retry(lambda: fs.ls(path, detail=False), what=directory)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    pattern = re.compile(rf"timelag_[^_/]+_[^_/]+{re.escape(suffix)}")
+    pattern = re.compile(rf"{re.escape(prefix)}_[^_/]+_[^_/]+{re.escape(suffix)}")
     names = {p.rstrip("/").rpartition("/")[2] for p in listing}
-    ours = {url.rpartition("/")[2] for url in urls}
+    ours = {url.rpartition("/")[2] for url in keep}
     base = directory.rstrip("/")
-    stale = [f"{base}/{n}" for n in sorted(names - ours) if pattern.fullmatch(n)]
+    return [f"{base}/{n}" for n in sorted(names - ours) if pattern.fullmatch(n)]
+
+
+def refuse_stale(stale: list[str], overwrite: bool) -> None:
+    """Raise :class:`~cloudlab.errors.OverwriteError` naming ``stale`` unless ``overwrite``."""
     if stale and not overwrite:
         more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
         raise OverwriteError(
@@ -135,10 +174,26 @@ def _stale_pairs(
             "leave beside its own; pass overwrite=True (CLI: --overwrite) to replace them all, "
             "or choose another directory"
         )
+
+
+def _stale_pairs(
+    urls: list[str],
+    directory: str,
+    prefix: str,
+    suffix: str,
+    overwrite: bool,
+    storage_options: dict | None,
+) -> list[str]:
+    """Pair files in ``directory`` that an earlier run wrote and this one does not (refused
+    without ``overwrite``)."""
+    stale = stale_pair_files(
+        directory, urls, prefix=prefix, suffix=suffix, storage_options=storage_options
+    )
+    refuse_stale(stale, overwrite)
     return stale
 
 
-def _remove(urls: list[str], storage_options: dict | None) -> None:
+def remove_files(urls: list[str], *, storage_options: dict | None = None) -> None:
     """Delete files of an earlier run once this run's products are in place."""
     for url in urls:
         fs, path = storage.resolve(url, storage_options=storage_options)
@@ -149,13 +204,16 @@ def write_fits(
     results: xr.Dataset,
     directory: str,
     *,
+    variable: str = "timelag",
     overwrite: bool = False,
     storage_options: dict | None = None,
     progress: bool = True,
 ) -> list[str]:
-    """Write one FITS file per pair: time lag (s) in HDU 0, maximum correlation in HDU 1.
+    """Write one single-image FITS file per pair of one variable (``timelag`` by default).
 
-    Each file is ``<directory>/timelag_<a>_<b>.fits``, written in one step.
+    Each file is ``<directory>/<variable>_<a>_<b>.fits``, written in one step, and opens as one
+    sunpy Map (``sunpy.map.Map(url)``) with the inputs' helioprojective WCS and observer, and a
+    title naming the pair, the measurement and its unit (see :func:`map_header`).
 
     Parameters
     ----------
@@ -163,9 +221,11 @@ def write_fits(
         Output of :func:`cloudlab.timelag.timelag_maps` (computed here if lazy).
     directory : str
         Destination directory URL or path.
+    variable : str
+        ``"timelag"`` (seconds) or ``"max_correlation"``; call once per variable to write both.
     overwrite : bool
-        Replace existing files and remove pair files of an earlier run that this run does not
-        write (once this run's files are written); without it any of them is refused before
+        Replace existing files and remove files of this variable for pairs that this run does
+        not write (once this run's files are written); without it any of them is refused before
         computing.
     storage_options : dict, optional
         Filesystem keyword arguments.
@@ -177,22 +237,24 @@ def write_fits(
     list of str
         The URLs written.
     """
-    urls = _pair_urls(results, directory, ".fits")
+    if variable not in results.data_vars:
+        raise InputError(
+            f"write_fits: no variable {variable!r} in the results; choose one of "
+            f"{sorted(map(str, results.data_vars))}"
+        )
+    urls = pair_urls(results["pair"].values, directory, prefix=variable, suffix=".fits")
     storage.check_writable(urls, overwrite=overwrite, storage_options=storage_options)
-    stale = _stale_pairs(urls, directory, ".fits", overwrite, storage_options)
-    results = on_host(results, progress=progress)
+    stale = _stale_pairs(urls, directory, variable, ".fits", overwrite, storage_options)
+    results = on_host(results[[variable]], progress=progress)
     for url, (_, maps) in zip(urls, _pair_maps(results), strict=True):
-        timelag, maxcc = maps["timelag"], maps["max_correlation"]
-        timelag.name, maxcc.name = "timelag", "max_correlation"
-        primary = fits.PrimaryHDU(timelag.values.astype(np.float64), map_header(timelag))
-        second = fits.ImageHDU(maxcc.values.astype(np.float64), map_header(maxcc))
-        second.header["EXTNAME"] = "MAX_CORRELATION"
+        arr = maps[variable]
+        arr.name = variable
         buffer = io.BytesIO()
-        fits.HDUList([primary, second]).writeto(buffer)
+        fits.PrimaryHDU(arr.values.astype(np.float64), map_header(arr)).writeto(buffer)
         storage.write_bytes(
             url, buffer.getvalue(), overwrite=overwrite, storage_options=storage_options
         )
-    _remove(stale, storage_options)
+    remove_files(stale, storage_options=storage_options)
     return urls
 
 
@@ -202,38 +264,34 @@ def read_fits(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
     Returns
     -------
     xarray.Dataset
-        ``timelag`` (s) and ``max_correlation`` with dims ``(y, x)``, each with its FITS header
-        in ``attrs["fits_header"]``; scalar coordinates ``channel_a``/``channel_b`` when the
-        header has them.
+        One variable, named after the file's ``MEASRMNT`` (``timelag`` in s or
+        ``max_correlation``), dims ``(y, x)``, with its FITS header in ``attrs["fits_header"]``;
+        scalar coordinates ``channel_a``/``channel_b`` when the header has them.
 
     Raises
     ------
     FITSFormatError
-        Not a FITS file, or no ``MAX_CORRELATION`` HDU.
+        Not a FITS file, or no image in HDU 0.
     """
     data = storage.read_bytes(url, storage_options=storage_options)
     try:
         with fits.open(io.BytesIO(data)) as hdul:
-            lag, lag_header = np.asarray(hdul[0].data), hdul[0].header
-            cc, cc_header = np.asarray(hdul["MAX_CORRELATION"].data), hdul["MAX_CORRELATION"].header
-    except (OSError, KeyError) as exc:
+            values, header = hdul[0].data, hdul[0].header
+            values = None if values is None else np.asarray(values)
+    except OSError as exc:
         raise FITSFormatError(
             f"{url}: not a time-lag map file ({exc}); write one with write_fits"
         ) from exc
-
-    def variable(values: np.ndarray, header: fits.Header) -> xr.Variable:
-        attrs = {"units": header.get("BUNIT", ""), "fits_header": header.tostring()}
-        return xr.Variable(("y", "x"), values, attrs)
-
+    if values is None or values.ndim != 2:
+        raise FITSFormatError(f"{url}: HDU 0 holds no 2-D map; write one with write_fits")
+    name = str(header.get("MEASRMNT", "timelag")) or "timelag"
+    attrs = {"units": header.get("BUNIT", ""), "fits_header": header.tostring()}
     coords = {
-        name: int(lag_header[key])
-        for name, key in (("channel_a", "CHAN_A"), ("channel_b", "CHAN_B"))
-        if key in lag_header
+        coord: header[key]
+        for coord, key in (("channel_a", "CHAN_A"), ("channel_b", "CHAN_B"))
+        if key in header
     }
-    return xr.Dataset(
-        {"timelag": variable(lag, lag_header), "max_correlation": variable(cc, cc_header)},
-        coords=coords,
-    )
+    return xr.Dataset({name: xr.Variable(("y", "x"), values, attrs)}, coords=coords)
 
 
 def write_zarr(
@@ -267,6 +325,71 @@ def read_zarr(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
     return storage.read_zarr(url, storage_options=storage_options)
 
 
+def _is_helioprojective(header: fits.Header) -> bool:
+    return str(header.get("CTYPE1", "")).startswith("HPLN") and str(
+        header.get("CTYPE2", "")
+    ).startswith("HPLT")
+
+
+def _panel(fig, position: int, arr: xr.DataArray, **imshow):
+    """One map in a panel: helioprojective WCSAxes when the header has such a WCS, else pixels.
+
+    Returns the axes and the image.
+    """
+    header = map_header(arr)
+    if _is_helioprojective(header):
+        import astropy.units as u
+        import sunpy.map
+
+        smap = sunpy.map.Map(arr.values, header)
+        ax = fig.add_subplot(1, 2, position, projection=smap)
+        image = smap.plot(axes=ax, title=False, **imshow)
+        for coord, label in zip(ax.coords, ("Longitude", "Latitude"), strict=False):
+            coord.set_format_unit(u.arcsec, decimal=True)
+            coord.set_axislabel(f"Helioprojective {label} [arcsec]")
+        return ax, image
+    ax = fig.add_subplot(1, 2, position)
+    image = ax.imshow(arr.values, origin="lower", **imshow)
+    ax.set_xlabel("x [pixel]")
+    ax.set_ylabel("y [pixel]")
+    return ax, image
+
+
+def pair_figure(maps: xr.Dataset, vmax_s: float):
+    """The figure of one pair: time lag (diverging colours, ±``vmax_s``) beside the correlation.
+
+    Parameters
+    ----------
+    maps : xarray.Dataset
+        One pair of :func:`cloudlab.timelag.timelag_maps` (``results.sel(pair=...)``), computed.
+    vmax_s : float
+        Colour range of the lag map in seconds.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Axes are helioprojective (``WCSAxes``, arcsec) when the maps carry a helioprojective
+        WCS header, pixels otherwise; each colour bar names the measurement and its unit.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(11, 4.4), layout="constrained")
+    pair = f"{maps['pair'].item()} Å" if "pair" in maps.coords else ""
+    panels = (
+        ("timelag", {"cmap": "RdBu_r", "vmin": -vmax_s, "vmax": vmax_s}),
+        ("max_correlation", {"cmap": "viridis", "vmin": 0, "vmax": 1}),
+    )
+    for position, (name, imshow) in enumerate(panels, start=1):
+        arr = maps[name]
+        arr.name = name
+        ax, image = _panel(fig, position, arr, **imshow)
+        measurement = str(arr.attrs.get("long_name", name))
+        units = str(arr.attrs.get("units", ""))
+        fig.colorbar(image, ax=ax, label=f"{measurement} [{units}]" if units else measurement)
+        ax.set_title(f"{measurement} {pair}".strip())
+    return fig
+
+
 def plot_maps(
     results: xr.Dataset,
     directory: str,
@@ -277,6 +400,9 @@ def plot_maps(
     progress: bool = True,
 ) -> list[str]:
     """Save a PNG per pair: the time-lag map (diverging colours) beside its correlation map.
+
+    Axes are helioprojective longitude and latitude in arcsec when the maps carry the inputs'
+    WCS (see :func:`pair_figure`).
 
     Parameters
     ----------
@@ -305,31 +431,20 @@ def plot_maps(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    urls = _pair_urls(results, directory, ".png")
+    urls = pair_urls(results["pair"].values, directory, prefix="timelag", suffix=".png")
     storage.check_writable(urls, overwrite=overwrite, storage_options=storage_options)
-    stale = _stale_pairs(urls, directory, ".png", overwrite, storage_options)
+    stale = _stale_pairs(urls, directory, "timelag", ".png", overwrite, storage_options)
     results = on_host(results, progress=progress)
     if vmax_s is None:
         finite = np.abs(results["timelag"].values[np.isfinite(results["timelag"].values)])
         vmax_s = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    for url, (pair, maps) in zip(urls, _pair_maps(results), strict=True):
-        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
-        image = left.imshow(
-            maps["timelag"].values, origin="lower", cmap="RdBu_r", vmin=-vmax_s, vmax=vmax_s
-        )
-        fig.colorbar(image, ax=left, label="time lag [s]")
-        left.set_title(f"time lag {pair} Å")
-        image = right.imshow(maps["max_correlation"].values, origin="lower", vmin=0, vmax=1)
-        fig.colorbar(image, ax=right, label="max cross-correlation")
-        right.set_title(f"max correlation {pair} Å")
-        for ax in (left, right):
-            ax.set_xlabel("x [pixel]")
-            ax.set_ylabel("y [pixel]")
+    for url, (_, maps) in zip(urls, _pair_maps(results), strict=True):
+        fig = pair_figure(maps, vmax_s)
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100, metadata={"Software": "cloudlab"})
         plt.close(fig)
         storage.write_bytes(
             url, buffer.getvalue(), overwrite=overwrite, storage_options=storage_options
         )
-    _remove(stale, storage_options)
+    remove_files(stale, storage_options=storage_options)
     return urls

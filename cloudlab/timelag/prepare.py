@@ -18,8 +18,9 @@ from cloudlab.backend import array_module
 from cloudlab.chunking import plan_spatial_chunks
 from cloudlab.errors import InputError
 from cloudlab.io.aia import header_of, wcs_of
+from cloudlab.timelag._gaps import DEFAULT_MAX_GAP, check_gaps
 from cloudlab.timelag.kernels import timelag_bytes_per_pixel
-from cloudlab.timelag.maps import to_seconds
+from cloudlab.timelag.maps import check_channel_label, to_seconds
 
 __all__ = [
     "align_channels",
@@ -318,6 +319,8 @@ def align_channels(
     *,
     cadence=None,
     chunks: Sequence[int] | None = None,
+    max_gap: float = DEFAULT_MAX_GAP,
+    allow_gaps: bool = False,
 ) -> dict[Hashable, xr.DataArray]:
     """Interpolate every channel onto one common uniform grid of absolute times.
 
@@ -330,13 +333,25 @@ def align_channels(
     chunks : (cy, cx), optional
         Spatial chunks for every channel; default planned from the workers' memory for the
         time-lag step, so no further rechunk is needed.
+    max_gap : float
+        Longest gap between frames, in cadences (the grid step, or the channel's own frame
+        spacing when longer), that interpolation may bridge (default 3).
+    allow_gaps : bool
+        Interpolate across longer gaps too (with a warning naming them) instead of refusing.
 
     Returns
     -------
     dict
         Channel name to its interpolated cube; all share the ``time`` coordinate.
+
+    Raises
+    ------
+    InputError
+        If a channel misses frames for longer than ``max_gap`` cadences inside the common span
+        and ``allow_gaps`` is False (the message names the channel and the times).
     """
     grid = common_time_grid(channels, cadence)
+    check_gaps(channels, grid, max_gap=max_gap, allow_gaps=allow_gaps)
     shapes = {k: (c.sizes["y"], c.sizes["x"]) for k, c in channels.items()}
     if len(set(shapes.values())) > 1:
         raise InputError(
@@ -346,28 +361,6 @@ def align_channels(
         shape = next(iter(shapes.values()))
         chunks = plan_spatial_chunks(shape, timelag_bytes_per_pixel(grid.size, len(channels)))
     return {k: interpolate_to_grid(c, grid, chunks) for k, c in channels.items()}
-
-
-def check_channel_label(name: Hashable, cube: xr.DataArray) -> None:
-    """Refuse a numeric channel label that contradicts the cube's ``wavelength`` coordinate.
-
-    Raises
-    ------
-    InputError
-        Naming the channel, the files' wavelength and what to do.
-    """
-    if "wavelength" not in cube.coords or cube["wavelength"].size != 1:
-        return
-    try:
-        label = float(str(name))
-    except ValueError:
-        return
-    wavelength = float(cube["wavelength"].values)
-    if not np.isclose(label, wavelength):
-        raise InputError(
-            f"channel {name!r}: its files have WAVELNTH {wavelength:g} Å; label the channel "
-            f"{wavelength:g} or give the {name} Å files"
-        )
 
 
 def prepare_channels(
@@ -381,6 +374,8 @@ def prepare_channels(
     cadence=None,
     drop_bad: bool = True,
     chunks: Sequence[int] | None = None,
+    max_gap: float = DEFAULT_MAX_GAP,
+    allow_gaps: bool = False,
 ) -> dict[Hashable, xr.DataArray]:
     """The whole lazy preparation: quality filter, exposure, crop, time range, common grid.
 
@@ -400,6 +395,9 @@ def prepare_channels(
         Drop frames with ``QUALITY != 0``.
     chunks : (cy, cx), optional
         Spatial chunks of the result.
+    max_gap, allow_gaps
+        Gaps (after dropping bad frames and selecting times) longer than ``max_gap`` cadences
+        are refused unless ``allow_gaps`` (see :func:`align_channels`).
 
     Returns
     -------
@@ -418,4 +416,6 @@ def prepare_channels(
         if bottom_left is not None:
             cube = crop(cube, bottom_left, top_right)
         prepared[name] = select_time(cube, start, end, every)
-    return align_channels(prepared, cadence=cadence, chunks=chunks)
+    return align_channels(
+        prepared, cadence=cadence, chunks=chunks, max_gap=max_gap, allow_gaps=allow_gaps
+    )
