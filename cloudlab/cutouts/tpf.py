@@ -24,9 +24,61 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from cloudlab import storage
+from cloudlab.cutouts.cutout import STELLAR_KEYWORDS
 from cloudlab.errors import InputError, StorageError
 from cloudlab.io.tess import _wcs_from_text
 from cloudlab.sky import gnomonic
+
+__all__ = [
+    "APERTURE_BACKGROUND",
+    "APERTURE_COLLECTED",
+    "APERTURE_PIPELINE",
+    "FFI_KEYWORDS",
+    "TPFTemplate",
+    "TPFWriteError",
+    "build_tpf",
+    "linear_wcs",
+    "spoc_aperture",
+    "target_meta",
+    "tpf_name",
+    "tpf_urls",
+    "varying_cards",
+    "write_tpfs",
+]
+
+APERTURE_COLLECTED = 1
+"""APERTURE bit: the pixel is on the detector (its data were collected)."""
+APERTURE_PIPELINE = 2
+"""APERTURE bit: the pixel is in the optimal (pipeline) aperture (``tpf.pipeline_mask``)."""
+APERTURE_BACKGROUND = 4
+"""APERTURE bit: the pixel is a background pixel (``tpf.background_mask``)."""
+
+FFI_KEYWORDS = (
+    "BACKAPP", "DEADAPP", "VIGNAPP", "DEADC", "INT_TIME", "READTIME", "FRAMETIM", "NUM_FRM",
+    "NREADOUT", "TIMEDEL", "TIMEPIXR", "TIERRELA", "FXDOFF", "GAINA", "GAINB", "GAINC", "GAIND",
+    "READNOIA", "READNOIB", "READNOIC", "READNOID", "MEANBLCA", "MEANBLCB", "MEANBLCC",
+    "MEANBLCD", "TMOFST11", "TMOFST12", "TMOFST13", "TMOFST14", "TMOFST21", "TMOFST22",
+    "TMOFST23", "TMOFST24", "TMOFST31", "TMOFST32", "TMOFST33", "TMOFST34", "TMOFST41",
+    "TMOFST42", "TMOFST43", "TMOFST44",
+)  # fmt: skip
+"""Per-FFI keywords copied into the PIXELS header from the cube's WCS row, where it has them
+(the FFI's cadence, frame and read-out keywords, as SPOC and astrocut TPFs carry them)."""
+
+_FFI_COMMENTS = {
+    "BACKAPP": "background is subtracted",
+    "DEADAPP": "deadtime applied",
+    "VIGNAPP": "vignetting or collimator correction applied",
+    "DEADC": "deadtime correction",
+    "INT_TIME": "[s] photon accumulation time per frame",
+    "READTIME": "[s] readout time per frame",
+    "FRAMETIM": "[s] frame time [INT_TIME + READTIME]",
+    "NUM_FRM": "number of frames per time stamp",
+    "NREADOUT": "number of read per cadence",
+    "TIMEDEL": "[d] time resolution of data",
+    "TIMEPIXR": "bin time beginning=0 middle=0.5 end=1",
+    "TIERRELA": "[d] relative time error",
+    "FXDOFF": "compression fixed offset",
+}
 
 _PER_FFI_KEYWORDS = ("CHECKSUM", "DATASUM", "NEXTEND", "FFIINDEX", "SIMDATA")
 _INHERITED = (
@@ -196,6 +248,7 @@ def build_tpf(
     from cloudlab import __version__
 
     n_t, ny, nx = flux.shape
+    meta = {**meta, "aperture": _aperture_of(flux, meta)}
     primary = fits.Header.fromstring(meta["primary"], sep="\n")
     for key in _PER_FFI_KEYWORDS:
         primary.remove(key, ignore_missing=True, remove_all=True)
@@ -222,9 +275,17 @@ def build_tpf(
     primary["BJDREFI"] = (2457000, "integer part of BTJD reference date")
     primary["BJDREFF"] = (0.0, "fraction of the day in BTJD reference date")
     primary["TIMEUNIT"] = ("d", "time unit for TIME, TSTART and TSTOP")
+    primary["MJDREFI"] = (56999, "integer part of the MJD of the BTJD reference date")
+    primary["MJDREFF"] = (0.5, "fraction of the day of the MJD of the reference date")
     primary["TSTART"] = (float(tstart[0]), "observation start time in BTJD of first frame")
     primary["TSTOP"] = (float(tstop[-1]), "observation stop time in BTJD of last frame")
     primary["TELAPSE"] = (float(tstop[-1] - tstart[0]), "[d] TSTOP - TSTART")
+    cube_wcs = fits.Header.fromstring(meta["cube_wcs"], sep="\n")
+    primary["RADESYS"] = (str(cube_wcs.get("RADESYS", "ICRS")), "reference frame of coordinates")
+    if "EQUINOX" in cube_wcs:
+        primary["EQUINOX"] = (float(cube_wcs["EQUINOX"]), "equinox of celestial coordinates")
+    for key, value in meta.get("stellar", {}).items():
+        primary[key] = (_header_number(value), STELLAR_KEYWORDS[key][1])
 
     corner = (meta["corner_column"], meta["corner_row"])
     if linear is None:
@@ -264,6 +325,8 @@ def build_tpf(
     for key in _INHERITED:
         if key in primary:
             ph[key] = (primary[key], primary.comments[key])
+    for key, (value, comment) in _time_cards(meta, cube_wcs).items():
+        ph[key] = (value, comment)
     ph["WCS_FFI"] = (meta["wcs_ffi"], "FFI of cutout WCS")
     for n in range(4, 9):
         for key, value, comment in _column_wcs_cards(n, lin, corner):
