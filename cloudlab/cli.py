@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "cloudlab.commands.backdrop",
     "cloudlab.commands.dre",
     "cloudlab.commands.astronet",
+    "cloudlab.commands.vet",
 )
 
 

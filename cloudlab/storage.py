@@ -80,6 +80,7 @@ from cloudlab.errors import InputError, NotFoundError, OverwriteError, StorageEr
 
 __all__ = [
     "S3_BOTOCORE_RETRIES",
+    "absolute",
     "atomic_write",
     "cat_ranges",
     "check_writable",
@@ -230,6 +231,15 @@ def _protocol(url: str) -> str:
         return "file"
     proto = fsspec.core.split_protocol(url.split("::", 1)[0])[0]
     return proto or "file"
+
+
+def absolute(url: str | os.PathLike) -> str:
+    """``url`` as a string that means the same file in any process: relative local paths
+    become absolute (cluster workers may run in another working directory); URLs are kept."""
+    url = os.fspath(url)
+    if "://" in url or "::" in url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
 
 
 def is_local(url: str) -> bool:

@@ -262,6 +262,40 @@ def test_kepler_views_of_kepler90():
     np.testing.assert_array_equal(l, l_ref)
 
 
+@pytest.mark.skipif(not KEPLER90.exists(), reason=f"Kepler-90 light curves not found in {KEPLER90}")
+def test_kepler90_views_follow_upstream_pipeline():
+    """Upstream's process_light_curve (per-file arrays, pydl iterfit) → the same views."""
+    from cloudlab.io.lightcurves import read_kepler
+
+    files = sorted(KEPLER90.glob("*.fits"))
+    parts = [read_kepler(str(f)) for f in files]  # upstream reads and splits file by file
+    up_time, up_flux, up_spacing = ref.kepler_detrend([p[0] for p in parts], [p[1] for p in parts])
+    assert up_time.size == 4134 + 1008 + 4486
+    args = (14.44912, 2.2, 0.11267)
+    g_up, l_up = ref.views_for(up_time, up_flux, *args, kind="kepler")
+    time, flux = read_kepler([str(f) for f in files])
+    g, l = views_for(time, flux, *args, kind="kepler")
+    assert np.corrcoef(g, g_up)[0, 1] >= 0.999
+    assert np.corrcoef(l, l_up)[0, 1] >= 0.999
+    np.testing.assert_allclose(g, g_up, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(l, l_up, rtol=0, atol=1e-9)
+    from cloudlab.astronet.spline import detrend
+
+    assert detrend(time, flux)[1] == up_spacing
+
+
+def test_robust_mask_is_idl_robust_mean():
+    rng = np.random.default_rng(8)
+    for cut in (2.0, 3.0, 5.0):
+        y = rng.normal(0, 1, 2000)
+        y[rng.integers(0, 2000, 60)] += rng.choice([-1, 1], 60) * rng.uniform(4, 20, 60)
+        from cloudlab.astronet.spline import robust_mask
+
+        mask = robust_mask(y, cut)
+        np.testing.assert_array_equal(mask, ref.robust_mean(y, cut)[2])
+        assert 0.8 < mask.mean() < 1.0 and not mask[np.abs(y) > cut + 2].any()
+
+
 def test_spline_detrending_removes_trend_keeps_transit():
     from cloudlab.astronet.spline import detrend
 

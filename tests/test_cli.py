@@ -30,7 +30,7 @@ def test_info_names_the_configured_gateway(capsys):
 
 
 def test_every_workflow_has_a_command_group(capsys):
-    for group in ("simulate", "cutouts", "timelag", "backdrop", "dre", "astronet"):
+    for group in ("simulate", "cutouts", "timelag", "backdrop", "dre", "astronet", "vet"):
         with pytest.raises(SystemExit) as exit_info:
             main([group, "--help"])
         assert exit_info.value.code == 0
@@ -39,7 +39,7 @@ def test_every_workflow_has_a_command_group(capsys):
 
 def test_demo_runs_end_to_end_as_a_console_script(tmp_path):
     result = subprocess.run(
-        [str(CLOUDLAB), "demo", "--frames", "8", "--dest", str(tmp_path / "sector")],
+        [str(CLOUDLAB), "demo", "fits", "--frames", "8", "--dest", str(tmp_path / "sector")],
         capture_output=True,
         text=True,
         timeout=300,

@@ -9,6 +9,7 @@ import dask
 import numpy as np
 import pytest
 import xarray as xr
+from astropy.io import fits
 
 from cloudlab.cutouts import aperture_photometry
 from cloudlab.io.lightcurves import (
@@ -135,6 +136,23 @@ def test_read_lightcurves_one_task_per_batch(qlp_dir):
         np.testing.assert_array_equal(computed["time"].values[i, : t.size], t)
         np.testing.assert_array_equal(computed["flux"].values[i, : f.size], f)
         assert np.isnan(computed["flux"].values[i, f.size :]).all()
+
+
+def test_relative_paths_read_from_any_working_directory(qlp_dir, tmp_path, monkeypatch):
+    """Cluster workers may run elsewhere: a lazy read keeps what the relative path meant."""
+    from cloudlab.fits import open_hdu
+
+    dest, lc, tces = qlp_dir
+    tic = int(tces["tic_id"][0])
+    image = np.arange(12, dtype=">f4").reshape(3, 4)
+    fits.writeto(dest / "image.fits", image, overwrite=True)
+    monkeypatch.chdir(dest)
+    ds = read_lightcurves([f"{tic}.h5"])
+    arr = open_hdu("image.fits")
+    monkeypatch.chdir(tmp_path)  # nothing of that name here
+    time, flux = read_qlp(str(dest / f"{tic}.h5"))
+    np.testing.assert_array_equal(ds["flux"].values[0, : flux.size], flux)
+    np.testing.assert_array_equal(arr.values, image)
 
 
 def test_aperture_photometry_recovers_star_flux():

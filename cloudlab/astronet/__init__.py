@@ -4,6 +4,7 @@ TensorFlow is imported only by the TFRecord, model and training functions.
 """
 
 from cloudlab.astronet.catalog import predict_catalog, read_tces, views
+from cloudlab.astronet.shipped import shipped_models
 from cloudlab.astronet.tfrecords import read_tfrecords, write_tfrecords
 from cloudlab.astronet.views import (
     EmptyLightCurveError,
@@ -19,6 +20,7 @@ __all__ = [
     "predict_catalog",
     "read_tces",
     "read_tfrecords",
+    "shipped_models",
     "views",
     "views_for",
     "write_tfrecords",

@@ -21,6 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from cloudlab import storage
+from cloudlab.astronet.shipped import SHIPPED, shipped_models
 from cloudlab.astronet.views import batch_views, num_bins
 from cloudlab.backend import gpu_tasks
 from cloudlab.errors import REASON, STATUS, InputError, NotFoundError
@@ -348,6 +349,13 @@ def _cached_models(checkpoints: tuple[str, ...]):
     return [load(url) for url in checkpoints]
 
 
+def _models(checkpoints: tuple[str, ...]) -> list:
+    """The checkpoints' models, or the shipped ensemble when there are none."""
+    if not checkpoints:
+        return shipped_models()
+    return _cached_models(checkpoints)
+
+
 def _predict_block(global_view, local_view, valid, checkpoints, batch_size):
     from cloudlab.astronet.train import predict
 
@@ -359,14 +367,14 @@ def _predict_block(global_view, local_view, valid, checkpoints, batch_size):
                 "local_view": (("tce", "local_bin"), local_view[valid]),
             }
         )
-        out[valid] = predict(_cached_models(tuple(checkpoints)), ds, batch_size=batch_size)
+        out[valid] = predict(_models(tuple(checkpoints)), ds, batch_size=batch_size)
     return out
 
 
 def predict_catalog(
     lightcurves: xr.Dataset,
     tces: pd.DataFrame,
-    checkpoints: str | Sequence[str],
+    checkpoints: str | Sequence[str] | None = None,
     *,
     kind: str = "triage",
     batch_size: int = 1000,
@@ -382,8 +390,10 @@ def predict_catalog(
     ----------
     lightcurves, tces
         As for :func:`views`.
-    checkpoints : str or sequence of str
-        Model checkpoint URLs; their mean probability is returned.
+    checkpoints : str or sequence of str, optional
+        Model checkpoint URLs; their mean probability is returned.  ``None`` (default): the
+        Triage ensemble shipped with cloudlab (:func:`cloudlab.astronet.shipped.shipped_models`),
+        which takes ``kind="triage"`` views only.
     kind : str
         View algorithm.
     batch_size : int
@@ -403,18 +413,37 @@ def predict_catalog(
     Raises
     ------
     InputError
-        ``kind="vetting"`` or no checkpoint.
+        ``kind="vetting"``, an empty list of checkpoints, or ``kind="kepler"`` without
+        checkpoints.
     FileNotFoundError
-        A checkpoint does not exist.
+        A checkpoint does not exist (or the shipped weights are missing).
     """
     if kind not in ("triage", "kepler"):
         raise InputError(
             f"predict_catalog: kind={kind!r}; it supports the global/local models "
             "('triage', 'kepler')"
         )
-    checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
-    if not checkpoints:
-        raise InputError("predict_catalog: no checkpoint; pass at least one model URL")
+    if checkpoints is None:
+        if kind != "triage":
+            raise InputError(
+                f"predict_catalog: the shipped ensemble takes Triage views, not kind={kind!r}; "
+                "pass checkpoints of a model trained on those views"
+            )
+        if not SHIPPED.exists():
+            raise NotFoundError(
+                f"the trained AstroNet ensemble is missing from this installation ({SHIPPED}); "
+                "reinstall cloudlab or pass checkpoints"
+            )
+        checkpoints = []
+    elif isinstance(checkpoints, str):
+        checkpoints = [checkpoints]
+    else:
+        checkpoints = list(checkpoints)
+        if not checkpoints:
+            raise InputError(
+                "predict_catalog: empty list of checkpoints; pass at least one model URL, "
+                "or None for the shipped ensemble"
+            )
     missing = [url for url in checkpoints if not _exists(url)]
     if missing:
         raise NotFoundError(

@@ -1,10 +1,19 @@
-"""A plain, per-TCE implementation of the Astronet-Triage view algorithm, for checking and timing.
+"""A plain, per-TCE implementation of the AstroNet view algorithms, for checking and timing.
 
-Written from the reference description (``../shared/reference/astronet.md`` §1): a Python loop
-over bins with pointer-walked edges advanced by repeated addition, ``np.median`` per bin,
-``np.interp`` for empty bins (Triage) or the global median (upstream Kepler), then median/minimum
-normalisation.  It is deliberately straightforward: :mod:`cloudlab.astronet.views` is the
-vectorised implementation, and the tests and ``benchmarks/astronet_views.py`` compare the two.
+Views: a Python loop over bins with pointer-walked edges advanced by repeated addition,
+``np.median`` per bin, ``np.interp`` for empty bins (Triage) or the global median (upstream
+Kepler), then median/minimum normalisation.
+
+Kepler detrending (:func:`kepler_detrend`): upstream exoplanet-ml's ``process_light_curve`` step
+by step, on the light curve as a list of per-file arrays: every file is cut at gaps > 0.75 d;
+for each of 20 log-spaced break-point spacings (0.5–20 d) every piece gets a spline from pydl's
+``bspline.iterfit`` on time rescaled to [0, 1], refitted up to 5 times on the points that
+``robust_mean`` (3σ, two trimmed-σ passes) keeps; the spacing with the lowest BIC wins and the
+flux is divided by its spline.
+
+It is deliberately straightforward: :mod:`cloudlab.astronet.views` and
+:mod:`cloudlab.astronet.spline` are the implementations used by cloudlab, and the tests and
+``benchmarks/astronet_views.py`` compare the two.
 """
 
 from __future__ import annotations
@@ -14,7 +23,16 @@ import numpy as np
 from cloudlab.astronet.views import SparseLightCurveError
 from cloudlab.errors import InputError
 
-__all__ = ["median_filter", "normalise", "phase_fold", "views_for"]
+__all__ = [
+    "kepler_detrend",
+    "kepler_spline",
+    "median_filter",
+    "normalise",
+    "phase_fold",
+    "robust_mean",
+    "split_on_gaps",
+    "views_for",
+]
 
 
 def phase_fold(time: np.ndarray, period: float, t0: float) -> np.ndarray:
@@ -116,3 +134,120 @@ def views_for(
         fill=fill,
     )
     return normalise(global_view), normalise(local_view)
+
+
+def robust_mean(y: np.ndarray, cut: float) -> tuple[float, float, np.ndarray]:
+    """IDL ``robust_mean`` as upstream: (mean, its standard deviation, mask of kept points).
+
+    σ starts as 1.4826·MAD (1.253·mean absolute deviation if that is zero); then twice: keep
+    |y − median| ≤ cut·σ, σ ← std of the kept points divided by IDL's trimming correction.
+    """
+    absdev = np.abs(y - np.median(y))
+    sigma = 1.4826 * np.median(absdev)
+    if sigma < 1.0e-24:
+        sigma = 1.253 * np.mean(absdev)
+    sc = max(cut, 1.0)
+    correction = -0.15405 + 0.90723 * sc - 0.23584 * sc**2 + 0.020142 * sc**3
+    for _ in range(2):
+        mask = absdev <= cut * sigma
+        sigma = np.std(y[mask])
+        if sc <= 4.5:
+            sigma /= correction
+    mask = absdev <= cut * sigma
+    return float(np.mean(y[mask])), float(sigma / np.sqrt(len(y) - 1.0)), mask
+
+
+class _TooFewPoints(Exception):
+    pass
+
+
+class _BadSpacing(Exception):
+    pass
+
+
+def kepler_spline(
+    time: np.ndarray, flux: np.ndarray, bkspace: float, maxiter: int = 5, outlier_cut: float = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Upstream ``kepler_spline``: robust spline of one light-curve piece (values, mask)."""
+    import warnings
+
+    from pydl.pydlutils import bspline
+
+    if len(time) < 4:
+        raise _TooFewPoints
+    t_min, t_max = np.min(time), np.max(time)
+    scaled = (time - t_min) / (t_max - t_min)
+    bkspace = bkspace / (t_max - t_min)
+    spline, mask = None, np.ones(len(time), bool)
+    for _ in range(maxiter):
+        if spline is not None:
+            new_mask = robust_mean(flux - spline, cut=outlier_cut)[2]
+            if np.all(new_mask == mask):
+                break
+            mask = new_mask
+        if np.sum(mask) < 4:
+            raise _TooFewPoints
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                curve = bspline.iterfit(scaled[mask], flux[mask], bkspace=bkspace)[0]
+            spline = curve.value(scaled)[0]
+        except (IndexError, TypeError) as err:
+            raise _BadSpacing from err
+    return spline, mask
+
+
+def split_on_gaps(
+    all_time: list[np.ndarray], all_flux: list[np.ndarray], gap_width: float = 0.75
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Cut every (time, flux) array pair wherever consecutive times differ by > ``gap_width``."""
+    out_time, out_flux = [], []
+    for time, flux in zip(all_time, all_flux, strict=True):
+        start = 0
+        for end in range(1, len(time) + 1):
+            if end == len(time) or time[end] - time[end - 1] > gap_width:
+                out_time.append(time[start:end])
+                out_flux.append(flux[start:end])
+                start = end
+    return out_time, out_flux
+
+
+def kepler_detrend(
+    all_time: list[np.ndarray], all_flux: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Upstream ``process_light_curve``: (time, flux / spline, chosen spacing) from per-file arrays.
+
+    Points where no spline could be fitted are dropped; the spacing is NaN when none worked.
+    """
+    pieces_t, pieces_f = split_on_gaps(all_time, all_flux)
+    diffs = [np.diff(f) / np.sqrt(2) for f in pieces_f]
+    sigma = np.median(np.abs(np.concatenate(diffs))) * 1.48
+    best, best_bic, best_spacing = None, None, np.nan
+    for bkspace in np.logspace(np.log10(0.5), np.log10(20), num=20):
+        nparams = npoints = 0
+        ssr = 0.0
+        splines = []
+        try:
+            for time, flux in zip(pieces_t, pieces_f, strict=True):
+                try:
+                    piece, mask = kepler_spline(time, flux, bkspace)
+                except _TooFewPoints:
+                    splines.append(np.full(len(flux), np.nan))
+                    continue
+                splines.append(piece)
+                nparams += int((np.max(time) - np.min(time)) / bkspace) + 1 + 3 - 1
+                npoints += np.sum(mask)
+                ssr += np.sum((flux[mask] - piece[mask]) ** 2)
+        except _BadSpacing:
+            continue
+        if not npoints:
+            continue
+        bic = npoints * np.log(2 * np.pi * sigma**2) + ssr / sigma**2 + nparams * np.log(npoints)
+        if best is None or bic < best_bic:
+            best, best_bic, best_spacing = splines, bic, float(bkspace)
+    time, flux = np.concatenate(pieces_t), np.concatenate(pieces_f)
+    if best is None:
+        return time[:0], flux[:0], best_spacing
+    spline = np.concatenate(best)
+    finite = np.isfinite(spline)
+    return time[finite], flux[finite] / spline[finite], best_spacing

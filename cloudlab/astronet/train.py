@@ -2,7 +2,7 @@
 
 From the shell, ``cloudlab astronet train`` runs :func:`train` on a TFRecord directory::
 
-    cloudlab astronet train --data ../shared/data/astronet/triage \\
+    cloudlab astronet train --data TRIAGE_DIR \\
         --out /tmp/astronet/model_{seed}.keras --steps 14000 --metrics /tmp/astronet/metrics.json
 """
 
@@ -20,6 +20,7 @@ import xarray as xr
 
 from cloudlab import storage
 from cloudlab.astronet.model import Config, build, get_config
+from cloudlab.astronet.shipped import shipped_models
 from cloudlab.astronet.tfrecords import to_tf_dataset
 from cloudlab.errors import InputError, NotFoundError
 
@@ -204,9 +205,10 @@ def predict(models, views: xr.Dataset, *, batch_size: int = 256) -> np.ndarray:
 
     Parameters
     ----------
-    models : keras.Model, str or sequence of them
+    models : keras.Model, str, sequence of them, or None
         Models or checkpoint URLs; with several, the mean probability is returned (as the
-        reference's ``batch_predict.py``).
+        reference's ``batch_predict.py``).  ``None``: the ensemble shipped with cloudlab
+        (:func:`cloudlab.astronet.shipped.shipped_models`, Triage views).
     views : xarray.Dataset
         Views holding the models' input features.
     batch_size : int
@@ -217,6 +219,8 @@ def predict(models, views: xr.Dataset, *, batch_size: int = 256) -> np.ndarray:
     numpy.ndarray
         Probability per TCE (float64).
     """
+    if models is None:
+        models = shipped_models()
     if not isinstance(models, list | tuple):
         models = [models]
     if not models:
@@ -325,8 +329,8 @@ def evaluate(models, views: xr.Dataset, *, threshold: float = 0.5) -> dict[str, 
 
     Parameters
     ----------
-    models : keras.Model, str or sequence of them
-        Models or checkpoint URLs (ensemble mean probability).
+    models : keras.Model, str, sequence of them, or None
+        Models or checkpoint URLs (ensemble mean probability); ``None``: the shipped ensemble.
     views : xarray.Dataset
         Views with ``label``.
     threshold : float

@@ -1,4 +1,4 @@
-"""``cloudlab astronet views|train|evaluate|predict``: the AstroNet workflow from the shell."""
+"""``cloudlab astronet views|train|evaluate|predict|export``: AstroNet from the shell."""
 
 from __future__ import annotations
 
@@ -74,17 +74,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     evaluate = sub.add_parser("evaluate", help="accuracy, AUC, precision/recall of checkpoints")
     evaluate.add_argument("--data", required=True, help="TFRecord file(s) or glob")
-    evaluate.add_argument("--checkpoints", nargs="+", required=True, help="ensemble members")
+    evaluate.add_argument(
+        "--checkpoints", nargs="+", help="ensemble members (default: the shipped Triage ensemble)"
+    )
     evaluate.add_argument("--threshold", type=float, default=0.5, help="operating point")
     evaluate.set_defaults(func=_evaluate)
 
     predict = sub.add_parser("predict", help="ensemble predictions for TFRecords or a catalog")
-    predict.add_argument("--checkpoints", nargs="+", required=True, help="ensemble members")
+    predict.add_argument(
+        "--checkpoints", nargs="+", help="ensemble members (default: the shipped Triage ensemble)"
+    )
     predict.add_argument("--data", help="TFRecord file(s) or glob (instead of light curves)")
     _light_curve_args(predict, required=False)
     predict.add_argument("--out", required=True, help="CSV of predictions (any fsspec URL)")
     add_overwrite_argument(predict)
     predict.set_defaults(func=_predict)
+
+    export = sub.add_parser(
+        "export", help="compact float16 weights of trained checkpoints (the shipped form)"
+    )
+    export.add_argument("--checkpoints", nargs="+", required=True, help=".keras checkpoints")
+    export.add_argument("--out", required=True, help="destination .npz (any fsspec URL)")
+    export.add_argument(
+        "--dtype", choices=("float16", "float32"), default="float16", help="weight precision"
+    )
+    export.add_argument("--notes", default="", help="text kept in the file (training command)")
+    export.add_argument(
+        "--check",
+        help="TFRecords (file or glob): report the largest probability difference between the "
+        "checkpoints and the exported weights, and the metrics of both",
+    )
+    add_overwrite_argument(export)
+    export.set_defaults(func=_export)
 
 
 def _quiet_tensorflow(func: Callable[[argparse.Namespace], int]):
@@ -249,4 +270,21 @@ def _predict(args: argparse.Namespace) -> int:
         table["reason"] = reason
     storage.write_bytes(args.out, table.to_csv(index=False).encode(), overwrite=args.overwrite)
     print(f"wrote {len(table)} predictions to {args.out}")
+    return 0
+
+
+@_quiet_tensorflow
+def _export(args: argparse.Namespace) -> int:
+    from cloudlab.astronet.shipped import compare, export
+
+    check_products([args.out], args)
+    header = export(
+        args.checkpoints, args.out, dtype=args.dtype, notes=args.notes, overwrite=args.overwrite
+    )
+    result = {k: header[k] for k in ("config", "dtype", "members", "bytes")}
+    if args.check:
+        from cloudlab.astronet.tfrecords import read_tfrecords
+
+        result.update(compare(args.checkpoints, args.out, read_tfrecords(args.check)))
+    print(json.dumps(result, indent=1))
     return 0

@@ -12,13 +12,13 @@ Modules, bottom to top:
 
 Public API (see ``docs/architecture.md``): :class:`HDUInfo`, :func:`hdu_info`, :func:`open_hdu`,
 :func:`read_region`, :func:`read_regions`, :func:`open_stack`, :func:`read_headers`,
-:func:`read_table`.
+:func:`read_table`, :func:`header_int`.
 """
 
 from __future__ import annotations
 
 from cloudlab.fits.arrays import default_dims, open_hdu, open_stack
-from cloudlab.fits.header import FITSError, HDUInfo, clear_cache, hdu_info
+from cloudlab.fits.header import FITSError, HDUInfo, clear_cache, hdu_info, header_int
 from cloudlab.fits.regions import read_region, read_regions
 from cloudlab.fits.tables import read_headers, read_table
 
@@ -28,6 +28,7 @@ __all__ = [
     "clear_cache",
     "default_dims",
     "hdu_info",
+    "header_int",
     "open_hdu",
     "open_stack",
     "read_headers",

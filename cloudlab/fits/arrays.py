@@ -6,7 +6,6 @@ equal-shape files), dask arrays whose chunks read only their own bytes through
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from cloudlab.fits.header import HDUInfo, fits_text, hdu_info
 from cloudlab.fits.regions import check_image, normalize_index, read_region
 from cloudlab.fits.tables import gather_infos, raise_errors, raise_missing, stack_infos
 
-__all__ = ["FITSArray", "StackArray", "default_dims", "open_hdu", "open_stack"]
+__all__ = ["FITSArray", "StackArray", "check_chunks", "default_dims", "open_hdu", "open_stack"]
 
 
 def default_dims(ndim: int) -> tuple[str, ...]:
@@ -62,7 +61,33 @@ def _layout_chunks(shape: tuple[int, ...], itemsize: int, step0: int = 1) -> tup
     return tuple(chunks)
 
 
+def check_chunks(chunks: Any, what: str) -> None:
+    """Refuse chunk sizes dask cannot use (0, negative other than -1, non-numbers).
+
+    Raises
+    ------
+    InputError
+        Naming ``chunks`` and the bad value.
+    """
+    if chunks is None or isinstance(chunks, str):
+        return
+    values = chunks.values() if isinstance(chunks, dict) else (
+        chunks if isinstance(chunks, (tuple, list)) else [chunks])  # fmt: skip
+    for value in values:
+        if value is None or isinstance(value, str) or value == -1:
+            continue
+        if isinstance(value, (tuple, list)):
+            check_chunks(tuple(value), what)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise InputError(
+                f"{what}: chunks={chunks!r} has {value!r}; chunk sizes are positive integers "
+                "(or -1/None for a whole axis, or 'auto')"
+            )
+
+
 def _chunks_for(info: HDUInfo, chunks: Any) -> Any:
+    check_chunks(chunks, info.url)
     if not (isinstance(chunks, str) and chunks == "auto"):
         return chunks
     if info.gzip:  # decompressing means reading from the start: one chunk
@@ -123,7 +148,7 @@ def open_hdu(
     HDUNotFoundError
         No such HDU (a ``FITSError`` and a ``KeyError``).
     """
-    url = os.fspath(url)
+    url = storage.absolute(url)
     info = hdu_info(url, hdu, storage_options=storage_options)
     check_image(info)
     dim_names = _check_dims(dims, len(info.shape), url)
@@ -267,6 +292,7 @@ def open_stack(
     plane_dims = _check_dims(dims, len(shape), what)
     if dim in plane_dims:
         raise InputError(f"stacking dim {dim!r} is also an image dimension {plane_dims}")
+    check_chunks(chunks, what)
     if chunks is None:
         plane_chunks: tuple = tuple(shape)
     elif isinstance(chunks, dict):

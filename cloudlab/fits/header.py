@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from dask.base import tokenize
 
 from cloudlab import storage
 from cloudlab.errors import FITSFormatError, HDUNotFoundError, InputError
-from cloudlab.fits.sources import GzipSource, RangedSource
+from cloudlab.fits.sources import GzipSource, RangedSource, refuse_compression
 
 __all__ = [
     "BITPIX_DTYPES",
@@ -31,8 +32,10 @@ __all__ = [
     "HDUInfo",
     "card_fields",
     "clear_cache",
+    "fingerprint_of",
     "fits_text",
     "hdu_info",
+    "header_int",
     "padded",
     "parse_value",
     "scaled_dtype",
@@ -95,8 +98,13 @@ class HDUInfo:
         The whole file is gzip-compressed (data read by decompressing the stream).
     tile_shape : tuple of int or None
         Tile shape of compressed HDUs (numpy order).
+    groups : bool
+        A random-groups primary HDU (kind ``"table"``; cloudlab does not read it as an image).
     fingerprint : tuple
         Size and modification marker of the file when it was read (cache validation).
+    read_at : float
+        ``time.time()`` when the fingerprint was last checked (the header was read or found
+        unchanged in the cache).
     """
 
     url: str
@@ -119,7 +127,9 @@ class HDUInfo:
     file_size: int | None = None
     gzip: bool = False
     tile_shape: tuple[int, ...] | None = None
+    groups: bool = False
     fingerprint: tuple = field(default=(), repr=False)
+    read_at: float = field(default=0.0, repr=False, compare=False)
 
     @property
     def header(self) -> fits.Header:
@@ -215,7 +225,8 @@ def padded(nbytes: int) -> int:
     return -(-nbytes // BLOCK) * BLOCK
 
 
-def _fingerprint(finfo: dict[str, Any]) -> tuple:
+def fingerprint_of(finfo: dict[str, Any]) -> tuple:
+    """A file's size and modification marker (mtime, ETag, generation, ...) from ``fs.info``."""
     size = finfo.get("size")
     marks = tuple(str(finfo[k]) for k in _FINGERPRINT_KEYS if finfo.get(k) is not None)
     return (size, *marks)
@@ -361,6 +372,7 @@ def _info_from_header(
             dtype=np.dtype("u1"),
             bitpix=bitpix,
             kind="table",
+            groups=groups or (index == 0 and get("GROUPS", False) is True),
         )
     info = HDUInfo(**common, **_image_fields(get, bitpix, axes))
     info.__dict__["_cards"] = cards  # reused by info.get()
@@ -450,6 +462,7 @@ def _walk(
         src = GzipSource(url, storage_options)
         magic = src.read(0, 9)
     if magic != b"SIMPLE  =":
+        refuse_compression(url, magic)
         kind = "gzip stream " if is_gzip else ""
         raise FITSError(
             f"{url}: not a FITS file ({kind}starts with {bytes(magic[:9])!r}, expected SIMPLE =)"
@@ -481,7 +494,7 @@ def _walk(
                 info.storage_options = storage_options
                 info.file_size = None if is_gzip else size
                 info.gzip = is_gzip
-                info.fingerprint = _fingerprint(finfo)
+                info.fingerprint = fingerprint_of(finfo)
                 return info
             offset = data_offset + padded(info.data_size)
             if not is_gzip and size is not None and offset >= size:
@@ -570,15 +583,85 @@ def hdu_info(
         file_info = storage.file_info(url, storage_options=storage_options)
     finfo = file_info
     key = (url, target, tokenize(storage_options) if storage_options else None)
-    fingerprint = _fingerprint(finfo)
+    fingerprint = fingerprint_of(finfo)
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None and cached.fingerprint == fingerprint:
             _cache.move_to_end(key)
+            cached.read_at = time.time()
             return cached
     info = _walk(url, target, storage_options, finfo)
+    info.read_at = time.time()
     with _cache_lock:
         _cache[key] = info
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return info
+
+
+def header_int(header: Any, key: str, url: str, default: int | None = None) -> int | None:
+    """An integer keyword that may be absent, blank or malformed in files from other tools.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header, HDUInfo or mapping
+        Where to look (anything with ``get``).
+    key : str
+        Keyword, e.g. ``"SECTOR"``.
+    url : str
+        The file (named in the error).
+    default : int, optional
+        Returned when the keyword is absent.
+
+    Returns
+    -------
+    int or None
+        The value; ``None`` for a card present without a value (``SECTOR  =``, unknown), and
+        ``default`` when the card is absent. Integral floats (``5.0``) are accepted.
+
+    Raises
+    ------
+    FITSFormatError
+        A value that is not an integer (``SECTOR = 5x``, ``'five'``, ``5.5``, ``T``), naming
+        the file and the card.
+    """
+    missing = object()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            value = header.get(key, missing)
+        except (ValueError, fits.VerifyError) as exc:
+            raise _bad_int(url, key, _card_text(header, key, "?")) from exc
+    if value is missing:
+        return default
+    if value is None or isinstance(value, fits.card.Undefined):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            return int(text)
+        except ValueError as exc:
+            raise _bad_int(url, key, _card_text(header, key, value)) from exc
+    if _is_int(value):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    raise _bad_int(url, key, _card_text(header, key, value))
+
+
+def _card_text(header: Any, key: str, value: Any) -> str:
+    """The card as written in the file where the header has it, else ``KEY = value``."""
+    try:
+        card = header.cards[key]
+        return repr(str(getattr(card, "_image", None) or card.image).rstrip())
+    except (AttributeError, KeyError, ValueError, fits.VerifyError):
+        return repr(f"{key} = {value!r}")
+
+
+def _bad_int(url: str, key: str, shown: str) -> FITSFormatError:
+    return FITSFormatError(
+        f"{url}: header card {shown} is not an integer {key}; fix the card (e.g. "
+        f"{key} = 5) or give the value another way"
+    )

@@ -10,6 +10,8 @@ Tile-compressed HDUs are read through astropy's ``section``, opening the file on
 
 from __future__ import annotations
 
+import itertools
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,14 +22,16 @@ import numpy as np
 from astropy.io import fits
 
 from cloudlab import storage
-from cloudlab.errors import FITSFormatError, InputError
-from cloudlab.fits.header import HDUInfo
-from cloudlab.fits.sources import read_gzip_span, read_local_ranges
+from cloudlab.errors import FITSFormatError, InputError, NotFoundError, StorageError
+from cloudlab.fits.header import HDUInfo, fingerprint_of, padded
+from cloudlab.fits.sources import cat_ranges, gone, read_gzip_span, read_local_ranges
 
 __all__ = [
     "DEFAULT_MERGE_GAP",
+    "DEFAULT_REVALIDATE_SECONDS",
     "ReadPlan",
     "check_image",
+    "check_unchanged",
     "fetch_ranges",
     "merge_ranges",
     "normalize_index",
@@ -45,9 +49,57 @@ DEFAULT_MERGE_GAP = 1024
 Box = list[tuple[int, int]]
 
 
+#: A file's size and modification marker (mtime, ETag, generation) are checked again before its
+#: bytes are read when the last check is older than this many seconds (dask config
+#: ``cloudlab.fits.revalidate-seconds``; ``0`` checks before every read, a negative value never).
+DEFAULT_REVALIDATE_SECONDS = 60.0
+
+_validated: dict[tuple, float] = {}  # (url, fingerprint) -> time.time() of the last check here
+_VALIDATED_MAX = 100_000
+
+
 def merge_gap() -> int:
     """The configured merge gap in bytes (dask config ``cloudlab.fits.merge-gap``)."""
     return int(dask.config.get("cloudlab.fits.merge-gap", default=DEFAULT_MERGE_GAP))
+
+
+def check_unchanged(info: HDUInfo) -> None:
+    """Raise when ``info``'s file was rewritten or removed since its header was read.
+
+    Cheap: at most one ``info`` request per file every ``cloudlab.fits.revalidate-seconds``
+    (dask config, default :data:`DEFAULT_REVALIDATE_SECONDS`) per process, counted from when the
+    header was read; ``0`` checks before every read, a negative value never checks.
+
+    Raises
+    ------
+    NotFoundError
+        The file is gone.
+    StorageError
+        Its size or modification marker (mtime, ETag, generation) changed: the byte offsets
+        read from the old header may no longer hold the pixels.
+    """
+    every = float(dask.config.get("cloudlab.fits.revalidate-seconds",
+                                  default=DEFAULT_REVALIDATE_SECONDS))  # fmt: skip
+    if every < 0 or not info.fingerprint:
+        return
+    key = (info.url, info.fingerprint)
+    now = time.time()
+    if every > 0 and now - _validated.get(key, info.read_at) < every:
+        return
+    try:
+        finfo = storage.file_info(info.url, storage_options=info.storage_options)
+    except FileNotFoundError as exc:
+        raise gone(info.url, exc) from exc
+    now_print = fingerprint_of(finfo)
+    if now_print != info.fingerprint:
+        raise StorageError(
+            f"{info.url}: the file changed after it was opened (size and modification marker "
+            f"were {info.fingerprint}, are {now_print}); its byte layout may differ: open it "
+            "again (cloudlab.fits.clear_cache() forgets old headers)"
+        )
+    if len(_validated) >= _VALIDATED_MAX:
+        _validated.clear()
+    _validated[key] = now
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +383,13 @@ def fetch_ranges(
     ------
     FITSFormatError
         The file is shorter than a range (truncated).
+    StorageError
+        The server answered a range request with more bytes than asked (it ignores HTTP Range
+        requests), or the file changed since it was opened (:func:`check_unchanged`).
+    NotFoundError
+        The file is gone.
     """
+    check_unchanged(info)
     sizes = ends - starts
     local = (
         None if info.gzip else storage.local_path(info.url, storage_options=info.storage_options)
@@ -347,7 +405,7 @@ def fetch_ranges(
         buf, got = read_local_ranges(local, starts.tolist(), ends.tolist())
         offsets = np.cumsum(sizes) - sizes
     else:
-        raw = storage.cat_ranges(
+        raw = cat_ranges(
             info.url, starts.tolist(), ends.tolist(), storage_options=info.storage_options
         )
         got = np.array([len(part) for part in raw], dtype=np.int64)
@@ -364,25 +422,83 @@ def fetch_ranges(
     return buf, offsets
 
 
+def _tile_boxes(info: HDUInfo, box: Box) -> list[tuple[int, Box]]:
+    """The tiles of a compressed HDU that ``box`` touches: (0-based table row, tile box)."""
+    tiles = info.tile_shape or info.shape
+    grid = [-(-n // t) for n, t in zip(info.shape, tiles, strict=True)]
+    ranges = [range(a // t, -(-b // t)) for (a, b), t in zip(box, tiles, strict=True)]
+    out = []
+    for idx in itertools.product(*ranges):
+        row = int(np.ravel_multi_index(idx, grid))  # FITS axis 1 (numpy's last) varies fastest
+        spans = zip(idx, tiles, info.shape, strict=True)
+        tile = [(i * t, min((i + 1) * t, n)) for i, t, n in spans]
+        out.append((row, tile))
+    return out
+
+
+def _corrupt_tile(info: HDUInfo, section: Any, box: Box, exc: BaseException) -> FITSFormatError:
+    """The error for a box whose tiles do not decompress, naming the first bad tile."""
+    where = f"{info.url}: HDU {info.index} ({info.name or 'unnamed'})"
+    for row, tile in _tile_boxes(info, box):
+        try:
+            section[tuple(slice(a, b) for a, b in tile)]
+        except Exception as tile_exc:  # noqa: BLE001 (astropy/cfitsio raise plain Exceptions)
+            pixels = ", ".join(f"{a}:{b}" for a, b in tile)
+            return FITSFormatError(
+                f"{where}: compressed tile in table row {row + 1} (pixels [{pixels}]) does not "
+                f"decompress: {tile_exc}; the file is corrupt: re-download or re-create it"
+            )
+    return FITSFormatError(f"{where}: compressed tiles do not decompress: {exc}")
+
+
+def _gzip_hdul(info: HDUInfo) -> fits.HDUList:
+    """A gzip file's compressed HDU decompressed into memory, as HDU 1 after a dummy primary."""
+    end = info.data_offset + padded(info.data_size)
+    blob = read_gzip_span(info.url, info.header_offset, end, storage_options=info.storage_options)
+    if len(blob) < info.data_offset - info.header_offset + info.data_size:
+        raise FITSFormatError(
+            f"{info.url}: truncated: HDU {info.index} data ends beyond the end of the gzip stream"
+        )
+    primary = fits.PrimaryHDU().header.tostring().encode("ascii")
+    return fits.HDUList.fromstring(primary + blob + b"\0" * (padded(len(blob)) - len(blob)))
+
+
 def _read_compressed(info: HDUInfo, boxes: Sequence[Box]) -> list[np.ndarray]:
-    """Read boxes of a tile-compressed HDU through astropy's ``section`` (one open)."""
-    fs, path = storage.resolve(info.url, storage_options=info.storage_options)
+    """Read boxes of a tile-compressed HDU through astropy's ``section`` (one open; a gzip
+    file's HDU is decompressed once into memory)."""
+    check_unchanged(info)
+
+    def cut(section: Any) -> list[np.ndarray]:
+        out = []
+        for box in boxes:
+            try:
+                data = section[tuple(slice(a, b) for a, b in box)]
+            except (OSError, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 (cfitsio raises plain Exceptions)
+                raise _corrupt_tile(info, section, box, exc) from exc
+            out.append(np.array(data, dtype=data.dtype.newbyteorder("=")))
+        return out
 
     def read() -> list[np.ndarray]:
-        with (
-            fs.open(path, "rb", block_size=2**20, cache_type="readahead") as f,
-            warnings.catch_warnings(),
-        ):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with fits.open(f, memmap=False, lazy_load_hdus=True) as hdul:
-                section = hdul[info.index].section
-                out = []
-                for box in boxes:
-                    data = section[tuple(slice(a, b) for a, b in box)]
-                    out.append(np.array(data, dtype=data.dtype.newbyteorder("=")))
-                return out
+            if info.gzip:
+                with _gzip_hdul(info) as hdul:
+                    return cut(hdul[1].section)
+            fs, path = storage.resolve(info.url, storage_options=info.storage_options)
+            with (
+                fs.open(path, "rb", block_size=2**20, cache_type="readahead") as f,
+                fits.open(f, memmap=False, lazy_load_hdus=True) as hdul,
+            ):
+                return cut(hdul[info.index].section)
 
-    return storage.retry(read, what=info.url)
+    try:
+        return storage.retry(read, what=info.url)
+    except NotFoundError:
+        raise
+    except FileNotFoundError as exc:
+        raise gone(info.url, exc) from exc
 
 
 def _read_boxes(info: HDUInfo, boxes: Sequence[Box]) -> list[np.ndarray]:
@@ -413,6 +529,12 @@ def _read_boxes(info: HDUInfo, boxes: Sequence[Box]) -> list[np.ndarray]:
 
 def check_image(info: HDUInfo) -> None:
     """Raise unless ``info`` is an image HDU with data (naming the file and HDU)."""
+    if info.groups:
+        raise FITSFormatError(
+            f"{info.url}: HDU {info.index} is a random-groups HDU (GROUPS = T, interferometer "
+            "visibilities), which cloudlab does not read as an image; read it with "
+            "astropy.io.fits (its .data is a GroupData table) or convert it to an image or table"
+        )
     if info.kind == "table":
         raise FITSFormatError(
             f"{info.url}: HDU {info.index} ({info.name or 'unnamed'}) is a "

@@ -15,9 +15,86 @@ from typing import IO
 import numpy as np
 
 from cloudlab import storage
-from cloudlab.errors import FITSFormatError
+from cloudlab.errors import FITSFormatError, NotFoundError, StorageError
 
-__all__ = ["GzipSource", "RangedSource", "read_gzip_span", "read_local_ranges"]
+__all__ = [
+    "UNREAD_COMPRESSIONS",
+    "GzipSource",
+    "RangedSource",
+    "cat_ranges",
+    "gone",
+    "read_gzip_span",
+    "read_local_ranges",
+    "refuse_compression",
+]
+
+#: Leading bytes of whole-file compressions cloudlab does not decompress: name and the command
+#: that undoes them.
+UNREAD_COMPRESSIONS = {
+    b"\x1f\x9d": ("Unix compress (.Z, LZW)", "uncompress"),
+    b"BZh": ("bzip2 (.bz2)", "bunzip2"),
+    b"PK\x03\x04": ("zip (.zip)", "unzip"),
+    b"\xfd7zXZ\x00": ("xz (.xz)", "unxz"),
+}
+
+
+def refuse_compression(url: str, magic: bytes) -> None:
+    """Raise :class:`FITSFormatError` when ``magic`` (a file's first bytes) marks a whole-file
+    compression cloudlab does not read (``.Z``, ``.bz2``, ``.zip``, ``.xz``).
+
+    Raises
+    ------
+    FITSFormatError
+        Naming the file and the format and saying how to decompress it.
+    """
+    for prefix, (name, command) in UNREAD_COMPRESSIONS.items():
+        if magic.startswith(prefix):
+            raise FITSFormatError(
+                f"{url}: the file is {name} compressed, which cloudlab does not read; "
+                f"decompress it first (e.g. `{command}`), or recompress it with gzip (.fits.gz)"
+            )
+
+
+def gone(url: str, exc: BaseException) -> NotFoundError:
+    """The error for a file that was opened but is missing when its bytes are read."""
+    err = NotFoundError(
+        f"{url}: the file is gone (deleted or moved after it was opened): {exc}; "
+        "restore it, or open the new location"
+    )
+    err.__cause__ = exc
+    return err
+
+
+def cat_ranges(
+    url: str, starts: Sequence[int], ends: Sequence[int], *, storage_options: dict | None
+) -> list[bytes]:
+    """``storage.cat_ranges`` that refuses answers longer than asked and names vanished files.
+
+    A server that ignores HTTP Range requests answers ``200 OK`` with the whole file instead of
+    ``206 Partial Content``: using those bytes as the range asked for would give wrong pixels.
+
+    Raises
+    ------
+    StorageError
+        A range came back longer than asked (the server ignored the Range header).
+    NotFoundError
+        The file no longer exists.
+    """
+    try:
+        parts = storage.cat_ranges(url, starts, ends, storage_options=storage_options)
+    except NotFoundError:
+        raise
+    except FileNotFoundError as exc:
+        raise gone(url, exc) from exc
+    for start, end, part in zip(starts, ends, parts, strict=True):
+        if len(part) > int(end) - int(start):
+            raise StorageError(
+                f"{url}: asked for bytes {start}-{end} ({int(end) - int(start)} bytes) and got "
+                f"{len(part)} bytes: the server ignored the HTTP Range request (it answered "
+                "200 with the whole file instead of 206 Partial Content); serve the file from a "
+                "server or bucket that supports range requests, or download it first"
+            )
+    return parts
 
 
 class RangedSource:
@@ -48,9 +125,7 @@ class RangedSource:
         if self._start <= start and end <= self._start + len(self._buf):
             return self._buf[start - self._start : end - self._start]
         stop = min(max(end, start + readahead), self.size)
-        (data,) = storage.cat_ranges(
-            self.url, [start], [stop], storage_options=self.storage_options
-        )
+        (data,) = cat_ranges(self.url, [start], [stop], storage_options=self.storage_options)
         self._start, self._buf = start, data
         return data[: end - start]
 
@@ -84,7 +159,10 @@ class GzipSource:
         if self._file is None or self._file.tell() > start:
             self.close()
             fs, path = storage.resolve(self.url, storage_options=self.storage_options)
-            self._raw = fs.open(path, "rb")
+            try:
+                self._raw = fs.open(path, "rb")
+            except FileNotFoundError as exc:
+                raise gone(self.url, exc) from exc
             self._file = gzip.GzipFile(fileobj=self._raw)
         try:
             self._file.seek(start)
@@ -138,6 +216,10 @@ def read_gzip_span(url: str, start: int, end: int, *, storage_options: dict | No
 
     try:
         return storage.retry(read, what=url)
+    except NotFoundError:
+        raise
+    except FileNotFoundError as exc:
+        raise gone(url, exc) from exc
     except (EOFError, gzip.BadGzipFile) as exc:
         raise FITSFormatError(
             f"{url}: corrupt or truncated gzip stream: {exc}; check the file or re-download it"
@@ -168,7 +250,11 @@ def read_local_ranges(
     view = memoryview(buf)
     got = []
     pos = 0
-    with open(path, "rb", buffering=0) as f:
+    try:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
+    except FileNotFoundError as exc:
+        raise gone(path, exc) from exc
+    with f:
         for start, size in zip(starts, sizes, strict=True):
             f.seek(int(start))
             done = 0

@@ -20,7 +20,7 @@ from astropy.table import Table
 from cloudlab import storage
 from cloudlab.errors import FITSFormatError, NotFoundError
 from cloudlab.fits.header import hdu_info, padded
-from cloudlab.fits.sources import GzipSource
+from cloudlab.fits.sources import GzipSource, cat_ranges
 
 __all__ = [
     "gather_infos",
@@ -216,6 +216,11 @@ def read_table(
     -------
     astropy.table.Table
         As ``Table.read(url, hdu=hdu)`` gives it.
+
+    Raises
+    ------
+    FITSFormatError
+        Not a table, truncated, or a table astropy cannot read (naming the file and HDU).
     """
     url = os.fspath(url)
     info = hdu_info(url, hdu, storage_options=storage_options)
@@ -233,7 +238,7 @@ def read_table(
             src.close()
     else:
         end = min(end, info.file_size) if info.file_size is not None else end
-        (blob,) = storage.cat_ranges(url, [start], [end], storage_options=storage_options)
+        (blob,) = cat_ranges(url, [start], [end], storage_options=storage_options)
     if len(blob) < info.data_offset - start + info.data_size:
         raise FITSFormatError(
             f"{url}: truncated: HDU {info.index} data ends beyond the end of file"
@@ -244,6 +249,12 @@ def read_table(
         blob = primary + b" " * (padded(len(primary)) - len(primary)) + blob
     hdul = fits.HDUList.fromstring(blob)
     target = 0 if info.index == 0 else 1
-    table = Table.read(hdul, hdu=target)
-    hdul.close()
-    return table
+    try:
+        return Table.read(hdul, hdu=target)
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        raise FITSFormatError(
+            f"{url}: HDU {info.index} ({info.name or 'unnamed'}): astropy cannot read this "
+            f"table either ({type(exc).__name__}: {exc}); fix the table's column definitions"
+        ) from exc
+    finally:
+        hdul.close()

@@ -57,24 +57,41 @@ def image_hdu(url: str, *, storage_options: dict | None = None) -> int:
     Raises
     ------
     FITSFormatError
-        If neither HDU 0 nor HDU 1 is a 2-D image, or the file is not FITS or is truncated (the
-        reader's own message, naming the file, is kept).
+        If neither HDU 0 nor HDU 1 is a 2-D image (the message says what they are: table,
+        random groups, image of another shape, no data), or the file is not FITS or is
+        truncated (the reader's own message, naming the file, is kept).
     """
     primary = fits.hdu_info(url, 0, storage_options=storage_options)
-    if len(primary.shape) == 2:
+    if _is_2d_image(primary):
         return 0
     try:
         info = fits.hdu_info(url, 1, storage_options=storage_options)
     except HDUNotFoundError as err:
         raise FITSFormatError(
-            f"{url}: no 2-D image in HDU 0 (shape {primary.shape}) and no HDU 1: "
+            f"{url}: no 2-D image in HDU 0 ({_kind_of(primary)}) and no HDU 1: "
             "give AIA level-1 files"
         ) from err
-    if len(info.shape) != 2 or info.kind == "table":
+    if not _is_2d_image(info):
         raise FITSFormatError(
-            f"{url}: HDU 1 is not a 2-D image (shape {info.shape}): give AIA level-1 files"
+            f"{url}: neither HDU 0 ({_kind_of(primary)}) nor HDU 1 ({_kind_of(info)}) is a 2-D "
+            "image: give AIA level-1 files"
         )
     return 1
+
+
+def _is_2d_image(info: fits.HDUInfo) -> bool:
+    return info.kind in ("image", "compressed") and len(info.shape) == 2 and 0 not in info.shape
+
+
+def _kind_of(info: fits.HDUInfo) -> str:
+    """What an HDU holds, in words: 'random groups', 'a BINTABLE', 'image of shape (2, 3)'."""
+    if info.groups:
+        return "random groups, not an image"
+    if info.kind == "table":
+        return f"a {info.get('XTENSION', 'table')} table"
+    if not info.shape or 0 in info.shape:
+        return "no data"
+    return f"{'compressed ' if info.kind == 'compressed' else ''}image of shape {info.shape}"
 
 
 def open_stack(

@@ -7,6 +7,7 @@ Light curves from cutouts are :func:`cloudlab.cutouts.aperture_photometry`.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
@@ -300,7 +301,12 @@ def read_lightcurves(
     targets = list(urls)
     if not targets:
         raise InputError("read_lightcurves needs at least one file")
-    groups = [[u] if isinstance(u, str) else list(u) for u in urls.values()]
+    groups = [
+        [storage.absolute(u)]
+        if isinstance(u, str | os.PathLike)
+        else [storage.absolute(v) for v in u]
+        for u in urls.values()
+    ]
     length = max(_cadences(g, reader, storage_options) for g in groups)
     blocks = []
     for lo in range(0, len(groups), batch_size):

@@ -99,7 +99,10 @@ class CubeMeta:
         The cube's primary header text.
     science : dict
         0-based science region ``col_start``, ``col_stop``, ``row_start``, ``row_stop``.
-    sector, camera, ccd : int
+    sector, camera, ccd : int or None
+        From the primary header (camera and CCD also from the WCS row); ``None`` (unknown)
+        where the keyword is absent or present without a value. Whatever needs them (a TPF's
+        SECTOR card) asks for them then.
     """
 
     url: str
@@ -116,9 +119,9 @@ class CubeMeta:
     wcs_row: int
     primary_header: str
     science: dict
-    sector: int
-    camera: int
-    ccd: int
+    sector: int | None
+    camera: int | None
+    ccd: int | None
     file_size: int | None = None
 
     @property
@@ -232,6 +235,14 @@ def _cube_meta_cached(url: str, options_key: str) -> CubeMeta:
 
     ffi = column("FFI_FILE", "", str)
     ph = primary.header
+
+    def number(key: str) -> int | None:
+        """The primary header's integer ``key``, else the WCS row's (None when unknown)."""
+        value = lfits.header_int(ph, key, f"{url} (primary header)")
+        if value is None:
+            value = lfits.header_int(wcs_header, key, f"{url} (HDU 2, row {wcs_row})")
+        return value
+
     return CubeMeta(
         url=url,
         data_offset=int(info.data_offset),
@@ -247,9 +258,9 @@ def _cube_meta_cached(url: str, options_key: str) -> CubeMeta:
         wcs_row=int(wcs_row),
         primary_header=ph.tostring(sep="\n"),
         science=_science_region(table, n_rows, n_cols),
-        sector=int(ph.get("SECTOR", 0)),
-        camera=int(ph.get("CAMERA", wcs_header.get("CAMERA", 0))),
-        ccd=int(ph.get("CCD", wcs_header.get("CCD", 0))),
+        sector=lfits.header_int(ph, "SECTOR", f"{url} (primary header)"),
+        camera=number("CAMERA"),
+        ccd=number("CCD"),
         file_size=info.file_size,
     )
 
@@ -272,7 +283,8 @@ def cube_meta(url: str, *, storage_options: dict | None = None) -> CubeMeta:
     FileNotFoundError
         The cube does not exist (the message names it).
     FITSFormatError
-        Not a cutout cube, truncated, or no WCS.
+        Not a cutout cube, truncated, no WCS, or a SECTOR/CAMERA/CCD card whose value is not
+        an integer (naming the file and the card); blank ones give ``None``.
     """
     key = json.dumps(storage_options or {}, sort_keys=True, default=str)
     return _cube_meta_cached(str(url), key)
