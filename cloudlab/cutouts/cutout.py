@@ -322,7 +322,7 @@ def make_cutouts(
           ``corner_column``/``corner_row`` (0-based CCD pixel of cutout pixel ``[0, 0]``),
           ``time`` (BTJD mid-exposure of the first cube), ``status``/``reason`` (``"ok"`` and
           ``""`` for every target cut), ``sector`` (0 where the cube does not say and
-          ``sector`` was not given), and the TIC stellar columns the targets have
+          ``sector`` was not given; ``camera``/``ccd`` 0 where the cube does not say), and the TIC stellar columns the targets have
           (:data:`STELLAR_KEYWORDS`: ``tessmag``, ``teff``, ``logg``, ``mh``, ``radius``,
           ``pmra``, ``pmdec``);
         - per cube: ``cube_url``, ``cube_wcs`` (the WCS header astrocut uses), ``cube_primary``
@@ -444,8 +444,8 @@ def make_cutouts(
             "ra": ("target", kept["ra"].to_numpy(), {"units": "deg"}),
             "dec": ("target", kept["dec"].to_numpy(), {"units": "deg"}),
             "sector": ("target", np.array([sectors[u] for u in cube_list])[cube_index]),
-            "camera": ("target", np.array([m.camera for m in per_cube])[cube_index]),
-            "ccd": ("target", np.array([m.ccd for m in per_cube])[cube_index]),
+            "camera": ("target", np.array([m.camera or 0 for m in per_cube])[cube_index]),
+            "ccd": ("target", np.array([m.ccd or 0 for m in per_cube])[cube_index]),
             "cube_index": ("target", cube_index),
             "center_column": ("target", center_col[keep]),
             "center_row": ("target", center_row[keep]),
