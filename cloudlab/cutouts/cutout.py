@@ -322,9 +322,9 @@ def make_cutouts(
           ``corner_column``/``corner_row`` (0-based CCD pixel of cutout pixel ``[0, 0]``),
           ``time`` (BTJD mid-exposure of the first cube), ``status``/``reason`` (``"ok"`` and
           ``""`` for every target cut), ``sector`` (0 where the cube does not say and
-          ``sector`` was not given; ``camera``/``ccd`` 0 where the cube does not say), and the TIC stellar columns the targets have
-          (:data:`STELLAR_KEYWORDS`: ``tessmag``, ``teff``, ``logg``, ``mh``, ``radius``,
-          ``pmra``, ``pmdec``);
+          ``sector`` was not given; ``camera``/``ccd`` 0 where the cube does not say), and
+          the TIC stellar columns the targets have (:data:`STELLAR_KEYWORDS`: ``tessmag``,
+          ``teff``, ``logg``, ``mh``, ``radius``, ``pmra``, ``pmdec``);
         - per cube: ``cube_url``, ``cube_wcs`` (the WCS header astrocut uses), ``cube_primary``
           (primary header), ``cube_time``, ``cube_quality``, ``cube_barycorr``, ``cube_ffi_file``
           (``cube, time``).
