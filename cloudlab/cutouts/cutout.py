@@ -381,8 +381,8 @@ def make_cutouts(
                 failed.append({"index": int(i), "ticid": t["ticid"].iloc[i], STATUS: "off_edge",
                                REASON: f"the {ny}×{nx} cutout (first column {cc}, row {rr}) "
                                f"reaches off the {meta.n_rows}×{meta.n_cols} image of cube "
-                               f"{url}; pass pad=True (--pad) to NaN-pad it, or a smaller "
-                               "size"})  # fmt: skip
+                               f"{url}; NaN-pad it with pad=True (the CLI without "
+                               "--no-pad) or give a smaller size"})  # fmt: skip
             outside |= edge
         urls[members[outside]] = ""
         center_col[members[~outside]] = c[~outside]
