@@ -92,17 +92,17 @@ _INHERITED = (
 
 TESS_FFI_DEFAULTS = {
     "DEADC": (0.792, "deadtime correction"),
-    "INT_TIME": (1.98, "[s] photon accumulation time per frame"),
-    "READTIME": (0.02, "[s] readout time per frame"),
-    "FRAMETIM": (2.0, "[s] frame time [INT_TIME + READTIME]"),
+    "INT_TIME": (1.98, "[s] exposure per frame"),
+    "READTIME": (0.02, "[s] readout per frame"),
+    "FRAMETIM": (2.0, "[s] frame time"),
     "TIERRELA": (1.16e-05, "[d] relative time error"),
 }
 """TESS values written where the cube's FFI headers do not have the keyword, their comments
-marked ``(TESS nominal; not in the cube)``: the 2-s frame (1.98 s exposed, 0.02 s read out)
+marked ``(TESS default)``: the 2-s frame (1.98 s exposed, 0.02 s read out)
 and the FFI deadtime correction 0.8 · 0.99 (cosmic-ray mitigation keeps 8 of 10 frames), as
 every SPOC FFI header has them."""
 
-_DEFAULT_MARK = " (TESS nominal; not in the cube)"
+_DEFAULT_MARK = " (TESS default)"
 
 
 def _stellar_cards(meta: dict) -> dict[str, tuple]:
@@ -139,7 +139,7 @@ def _time_cards(meta: dict, cube_wcs: fits.Header) -> dict[str, tuple]:
             cards[key] = (value, comment + _DEFAULT_MARK)
     if "NUM_FRM" not in cards and "TIMEDEL" in cards:
         frames = round(cards["TIMEDEL"][0] * 86400.0 / float(cards["FRAMETIM"][0]))
-        cards["NUM_FRM"] = (int(frames), "number of frames per time stamp (TIMEDEL / FRAMETIM)")
+        cards["NUM_FRM"] = (int(frames), "frames per time stamp (TIMEDEL/FRAMETIM)")
     tstart = np.asarray(meta["tstart"], dtype=float)
     tstop = np.asarray(meta["tstop"], dtype=float)
     deadc = float(cards["DEADC"][0])
@@ -421,7 +421,8 @@ def build_tpf(
     Returns
     -------
     astropy.io.fits.HDUList
-        PRIMARY, PIXELS (12 columns, astrocut's order), APERTURE.
+        PRIMARY, PIXELS (astrocut's 12 columns in its order, then an empty RESERVED
+        column), APERTURE.
     """
     from cloudlab import __version__
 
@@ -499,6 +500,9 @@ def build_tpf(
         fits.Column("POS_CORR1", "E", unit="pixel", array=np.zeros(n_t, np.float32)),
         fits.Column("POS_CORR2", "E", unit="pixel", array=np.zeros(n_t, np.float32)),
         fits.Column("FFI_FILE", f"{width}A", unit="pixel", array=ffi),
+        # no data: lightkurve's TargetPixelFile.cutout gives the last column the shape
+        # (0, columns), which corrupts the table it writes unless that column is empty
+        fits.Column("RESERVED", "0E", array=np.zeros((n_t, 0), np.float32)),
     ]
     pixels = fits.BinTableHDU.from_columns(columns, name="PIXELS")
     ph = pixels.header
