@@ -8,7 +8,14 @@ Differences from astrocut 1.4 (deliberate fixes):
   the linear WCS with itself and always writes 0);
 - ``TICID``/``OBJECT`` come from the target list, ``CREATOR`` names a target-pixel exporter, and
   ``BJDREFI``/``TIMESYS`` are in the PIXELS header where lightkurve reads them;
-- ``CADENCENO`` counts frames from 1 (astrocut writes zeros).
+- ``CADENCENO`` counts frames from 1 (astrocut writes zeros);
+- the cadence, frame and exposure keywords SPOC TPFs carry (``TIMEDEL``, ``EXPOSURE``,
+  ``INT_TIME``, ``FRAMETIM``, ``NUM_FRM``, ``DEADC``, ``TIMEPIXR``, ``TIERRELA``, …) from the
+  cube's FFI header, :data:`TESS_FFI_DEFAULTS` marked as such where it lacks them, ``MJDREFI``/
+  ``MJDREFF``, ``RADESYS`` and the TIC stellar keywords of the target list;
+- APERTURE has SPOC's bits 2 (pipeline aperture) and 4 (background), see
+  :func:`spoc_aperture`, and the table ends with an empty ``RESERVED`` column so that
+  lightkurve's ``TargetPixelFile.cutout(...).to_fits()`` writes a readable file.
 """
 
 from __future__ import annotations
