@@ -302,3 +302,32 @@ def test_cli_option_errors(tmp_path, capsys, argv, named):
     assert code == 2
     assert named in err and err.strip().count("\n") == 0
     assert not (tmp_path / "o").exists()
+
+
+def test_spoc_aperture_known_star_and_faint_fallback():
+    from cloudlab.cutouts.tpf import spoc_aperture
+
+    rng = np.random.default_rng(3)
+    rows, cols = np.mgrid[0:15, 0:15]
+    star = 5000.0 * np.exp(-((cols - 9.3) ** 2 + (rows - 4.6) ** 2) / (2 * 0.8**2))
+    flux = 100.0 + star + rng.normal(0, 1.0, (6, 15, 15))
+    collected = np.ones((15, 15), np.int32)
+    collected[:, :2] = 0  # two padded columns
+    flux[:, :, :2] = np.nan
+    bits = spoc_aperture(flux, collected, (9.3, 4.6))
+    pipeline, background = bits & 2 > 0, bits & 4 > 0
+    truth = star > 5 * 1.0  # pixels where the star is well above the noise
+    assert pipeline[truth].all() and pipeline.sum() < 50  # the star, not the stamp
+    assert not (pipeline & ~truth & (star < 1)).any()  # no pure-sky pixel
+    assert not (background & (star > 3)).any() and background.sum() > 100
+    assert (bits[:, :2] == 0).all() and (bits[:, 2:] & 1).all()
+    # no star at all: the pixels within one pixel of the target, background around them
+    sky = 100.0 + rng.normal(0, 1.0, (6, 15, 15))
+    flat = spoc_aperture(sky, np.ones((15, 15)), (7.0, 7.0))
+    assert np.argwhere(flat & 2 > 0).tolist() == [[6, 7], [7, 6], [7, 7], [7, 8], [8, 7]]
+    # quality: a flagged frame full of scattered light does not make the aperture
+    bright = sky.copy()
+    bright[0] += 1e4 * np.exp(-((cols - 2) ** 2 + (rows - 2) ** 2) / 20.0)
+    quality = np.array([128, 0, 0, 0, 0, 0])
+    same = spoc_aperture(bright, np.ones((15, 15)), (7.0, 7.0), quality=quality)
+    np.testing.assert_array_equal(same & 2, flat & 2)

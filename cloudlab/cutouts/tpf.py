@@ -229,7 +229,8 @@ def spoc_aperture(
         pipeline = good & (distance <= 1.0)
     near_source = ndimage.binary_dilation(bright | pipeline, structure=np.ones((3, 3)))
     background = good & ~near_source
-    return bits | pipeline * APERTURE_PIPELINE | background * APERTURE_BACKGROUND
+    out = bits | pipeline * APERTURE_PIPELINE | background * APERTURE_BACKGROUND
+    return out.astype(np.int32)
 
 
 def tpf_aperture(flux: np.ndarray, meta: dict) -> np.ndarray:
