@@ -331,3 +331,38 @@ def test_spoc_aperture_known_star_and_faint_fallback():
     quality = np.array([128, 0, 0, 0, 0, 0])
     same = spoc_aperture(bright, np.ones((15, 15)), (7.0, 7.0), quality=quality)
     np.testing.assert_array_equal(same & 2, flat & 2)
+
+
+def test_cli_target_with_coords_no_pad_and_cubes_without_sector(tmp_path, capsys):
+    astrocut = pytest.importorskip("astrocut")
+    maker = pytest.importorskip("astrocut.tests.utils_for_test")
+    from cloudlab.io.tess import cube_meta
+
+    cubes = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ffis = maker.create_test_ffis(10, 2, dir_name=str(tmp_path / name))
+            cubes.append(astrocut.CubeFactory().make_cube(ffis, str(tmp_path / name / "c.fits"),
+                                                          verbose=False))  # fmt: skip
+    assert cube_meta(cubes[0]).sector is None  # astrocut's blank SECTOR
+    ((ra, dec),) = cube_meta(cubes[0]).wcs.all_pix2world([[0.3, 5.0]], 0)  # at the left edge
+    coords = tmp_path / "coords.csv"
+    coords.write_text(f"TIC,RA,DEC\n77,{ra},{dec}\n")
+    out = tmp_path / "out"
+    base = ["--target", "TIC 77", "--coords", str(coords), "--size", "4", "--out", str(out)]
+    # two cubes without a sector would give the same file names: refused, naming the options
+    code, _, err = _cli([*base, "--cube", *cubes], capsys)
+    assert code == 2 and "give one --sector per --cube" in err and not out.exists()
+    code, text, err = _cli([*base, "--cube", *cubes, "--sector", "3", "4"], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == [
+        "tic77_s0003-1-1_4x4_tpf.fits",
+        "tic77_s0004-1-1_4x4_tpf.fits",
+    ]
+    assert fits.getheader(out / "tic77_s0003-1-1_4x4_tpf.fits")["SECTOR"] == 3
+    # --no-pad: the edge target is reported, nothing written, exit 1
+    code, text, err = _cli([*base, "--cube", cubes[0], "--no-pad", "--overwrite"], capsys)
+    assert code == 1 and "TIC 77: the 4×4 cutout" in err and "reaches off" in err
+    assert "--no-pad" in err
