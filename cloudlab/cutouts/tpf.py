@@ -204,9 +204,14 @@ def spoc_aperture(
     frames = np.asarray(flux, dtype=float)
     if quality is not None and (np.asarray(quality) == 0).any():
         frames = frames[np.asarray(quality) == 0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels off the image
-        image = np.nanmedian(frames, axis=0) if len(frames) else np.full(on.shape, np.nan)
+    if not len(frames):
+        image = np.full(on.shape, np.nan)
+    elif np.isfinite(frames).all():
+        image = np.median(frames, axis=0)  # ~10× faster than nanmedian
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels off the image
+            image = np.nanmedian(frames, axis=0)
     good = on & np.isfinite(image)
     ny, nx = on.shape
     rows, cols = np.mgrid[0:ny, 0:nx]
