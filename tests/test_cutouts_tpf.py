@@ -10,6 +10,7 @@ import dask
 import numpy as np
 import pandas as pd
 import pytest
+from _paths import REAL_FFI
 from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
@@ -366,3 +367,34 @@ def test_cli_target_with_coords_no_pad_and_cubes_without_sector(tmp_path, capsys
     code, text, err = _cli([*base, "--cube", cubes[0], "--no-pad", "--overwrite"], capsys)
     assert code == 1 and "TIC 77: the 4×4 cutout" in err and "reaches off" in err
     assert "--no-pad" in err
+
+
+def test_keywords_of_a_real_spoc_ffi(tmp_path):
+    """A cube astrocut made from a real sector-1 FFI: the TPF's cadence keywords are the FFI's."""
+    if not REAL_FFI.exists():
+        pytest.skip("real FFI not available")
+    astrocut = pytest.importorskip("astrocut")
+    from cloudlab.io.tess import cube_meta
+
+    with fits.open(REAL_FFI) as hdul:  # trimmed file: crop flux and uncertainty alike
+        n = min(hdul[1].data.shape[1], hdul[2].data.shape[1])
+        hdul[1].data, hdul[2].data = hdul[1].data[:, :n], hdul[2].data[:, :n]
+        hdul.writeto(tmp_path / "ffi.fits")
+        ffi = hdul[1].header
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        url = astrocut.CubeFactory().make_cube(
+            [str(tmp_path / "ffi.fits")], str(tmp_path / "cube.fits"), verbose=False
+        )
+    ((ra, dec),) = cube_meta(url).wcs.all_pix2world([[60.0, 60.0]], 0)
+    ds = make_cutouts(pd.DataFrame({"ticid": [1], "ra": [ra], "dec": [dec]}), cube_url=url, size=8)
+    (path,) = write_tpfs(ds, str(tmp_path / "tpf"))
+    header = fits.getheader(path, 1)
+    for key in ("TIMEDEL", "DEADC", "INT_TIME", "READTIME", "FRAMETIM", "NUM_FRM", "TIERRELA",
+                "TELAPSE", "LIVETIME", "EXPOSURE", "GAINA", "READNOIA"):  # fmt: skip
+        assert header[key] == pytest.approx(ffi[key], rel=1e-9), key
+        assert "default" not in header.comments[key]
+    primary = fits.getheader(path, 0)
+    assert (primary["CAMERA"], primary["CCD"]) == (1, 4)
+    assert not isinstance(primary["SECTOR"], int)  # astrocut wrote no sector: left unknown
+    assert _read(path).pipeline_mask.any()
