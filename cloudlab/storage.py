@@ -79,6 +79,7 @@ from fsspec.implementations.local import LocalFileSystem  # noqa: E402
 from cloudlab.errors import InputError, NotFoundError, OverwriteError, StorageError  # noqa: E402
 
 __all__ = [
+    "S3_BOTOCORE_RETRIES",
     "absolute",
     "atomic_write",
     "cat_ranges",
@@ -126,6 +127,11 @@ STORAGE_ENV_VARS = (
     "GOOGLE_CLOUD_PROJECT",
     "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
 )
+
+S3_BOTOCORE_RETRIES = {"total_max_attempts": 1, "mode": "standard"}
+"""botocore's retry setting for S3 (``config_kwargs={"retries": ...}``): no retries inside
+botocore; :func:`retry` and s3fs retry transient errors, and an endpoint that refuses connections
+fails at once. Override with ``storage_options={"config_kwargs": {"retries": {...}}}``."""
 
 _S3_CREDENTIAL_VARS = (
     "AWS_ACCESS_KEY_ID",
@@ -253,6 +259,10 @@ def _env_options(protocol: str) -> dict[str, Any]:
             os.path.expanduser("~/.aws/credentials")
         )
         opts["anon"] = not (has_credentials or endpoint)
+        # botocore's own retries (5 attempts with backoff of up to seconds each, under s3fs's
+        # and cloudlab's retries) turn an unreachable endpoint into a 10-15 s wait: one
+        # attempt each, cloudlab's retry() and s3fs retry transient errors
+        opts["config_kwargs"] = {"retries": dict(S3_BOTOCORE_RETRIES)}
         return opts
     if protocol in ("gs", "gcs"):
         if env.get("GOOGLE_APPLICATION_CREDENTIALS"):
@@ -279,10 +289,15 @@ def storage_options_for(url: str, *, storage_options: dict | None = None) -> dic
     protocol = _protocol(url)
     opts = _env_options(protocol)
     configured = dask.config.get(f"cloudlab.storage.{protocol}", default=None)
-    if configured:
-        opts.update(dict(configured))
+    for given in (configured, storage_options):
+        if not given:
+            continue
+        given = dict(given)
+        if protocol in ("s3", "s3a") and isinstance(given.get("config_kwargs"), dict):
+            # a botocore config given keeps cloudlab's retry setting unless it sets its own
+            given["config_kwargs"] = {**opts.get("config_kwargs", {}), **given["config_kwargs"]}
+        opts.update(given)
     if storage_options:
-        opts.update(storage_options)
         # explicit credentials switch anonymous access off unless asked for
         if protocol in ("s3", "s3a") and "anon" not in storage_options:
             if any(k in storage_options for k in ("key", "secret", "profile", "token")):

@@ -293,7 +293,11 @@ def test_tpf_template_gives_astropy_bytes(sims):
     from cloudlab.cutouts.tpf import TPFTemplate, build_tpf, target_meta
 
     _, one, _ = sims
-    targets = _targets_at(one, PIXELS).assign(ticid=[5, 123456789012, 7, 8, 9, 10])
+    targets = _targets_at(one, PIXELS).assign(
+        ticid=[5, 123456789012, 7, 8, 9, 10],
+        Tmag=[np.nan, 9.5, 12.25, 7.0, 1e-3, 15.0],  # stellar cards: unknown, then values
+        teff=[5800.0, np.nan, 3100.5, 6000.0, 4000.0, np.nan],
+    )
     ds = make_cutouts(targets, cube_url=one.cube_url, size=(5, 6)).compute()
     flux, err = ds["flux"].values, ds["flux_err"].values
     template = TPFTemplate(flux[0], err[0], target_meta(ds, 0))
@@ -302,6 +306,8 @@ def test_tpf_template_gives_astropy_bytes(sims):
         buf = io.BytesIO()
         build_tpf(flux[i], err[i], meta=meta).writeto(buf)
         assert template.render(flux[i], err[i], meta) == buf.getvalue()
+        header = fits.getheader(io.BytesIO(buf.getvalue()), 0)
+        assert header["TESSMAG"] == targets["Tmag"].iloc[i]
 
 
 def test_cube_urls_meta_and_pixels(sims):

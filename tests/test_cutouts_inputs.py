@@ -47,6 +47,35 @@ def test_unreachable_s3_fails_without_retries(monkeypatch, caplog) -> None:
     assert retries == []  # main retried 5 times (with backoff) before giving up
 
 
+def _botocore_retries(caplog) -> int:
+    """How many times botocore itself decided to retry (its DEBUG log)."""
+    return sum(r.getMessage().lower().startswith("retry needed") for r in caplog.records)
+
+
+def test_unreachable_s3_no_botocore_retries(monkeypatch, caplog) -> None:
+    """botocore's own retries (4 more attempts, 10-15 s of backoff on main) are off."""
+    pytest.importorskip("s3fs")
+    from cloudlab.io.tess import cube_meta
+
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    caplog.set_level(logging.DEBUG, logger="botocore")
+    caplog.set_level(logging.DEBUG, logger="aiobotocore")
+    with pytest.raises(StorageError) as info:
+        cube_meta("s3://bucket/tess-s0055-1-1-cube.fits")
+    assert endpoint in str(info.value)
+    assert "tess-s0055-1-1-cube.fits" in str(info.value)
+    assert _botocore_retries(caplog) == 0  # main: 4 per request
+    # a caller's own botocore retry setting is kept (and the log line counted above exists)
+    caplog.clear()
+    options = {"config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}}}
+    with pytest.raises(StorageError):
+        storage.read_bytes("s3://bucket/other.fits", storage_options=options)
+    assert _botocore_retries(caplog) >= 1
+
+
 def test_damaged_tpfs_are_rewritten_or_reported(tmp_path) -> None:
     import dask
     import pandas as pd

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
@@ -17,16 +18,35 @@ from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError
 __all__ = ["register"]
 
 
-def _size(text: str) -> int | tuple[int, int]:
+def _size(text: str):
+    """``--size``: N, ROWSxCOLS (pixels) or an angle such as 2arcmin (checked here)."""
+    from cloudlab.cutouts.cutout import parse_size
+
     try:
-        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+        parse_size(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"size must be N or ROWSxCOLS, got {text!r}") from exc
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return parts[0], parts[1]
-    raise argparse.ArgumentTypeError(f"size must be N or ROWSxCOLS, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"{exc}; give N or ROWSxCOLS pixels, or an angle such as 2arcmin or 90arcsec"
+        ) from None
+    return text
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"give a positive number, got {text!r}")
+    return value
+
+
+def _ticid(text: str) -> int:
+    """``--target``: a TIC id, ``123`` or ``"TIC 123"``."""
+    match = re.fullmatch(r"\s*(?:tic)?[\s_-]*(\d+)\s*", text, flags=re.IGNORECASE)
+    if match is None or int(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"give a TIC id such as 'TIC 123' or 123, got {text!r}")
+    return int(match.group(1))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,13 +54,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "cutouts",
         help="cut TCE targets out of TESS cubes and write lightkurve-ready TPFs",
-        description="Read a TCE catalog (or any CSV with ticid[, ra, dec]), filter it, find "
-        "each target's camera/CCD offline, cut all targets from the sector's cubes as one dask "
-        "graph and write one target pixel file per target to --out.",
+        description="Read a TCE catalog (or any CSV with ticid[, ra, dec]) or take one target, "
+        "find each target's camera/CCD offline, cut all targets from each sector's cubes as one "
+        "dask graph and write one target pixel file per target and sector to --out.",
     )
-    p.add_argument("--catalog", required=True, help="TCE bulk CSV or CSV with ticid[,ra,dec]")
-    p.add_argument("--sector", type=int, help="TESS sector (required unless --cube)")
-    p.add_argument("--size", type=_size, default=10, help="N or ROWSxCOLS pixels (default 10)")
+    what = p.add_argument_group("targets (one of --catalog, --target, --ra/--dec)")
+    what.add_argument("--catalog", help="TCE bulk CSV or CSV with ticid[,ra,dec]")
+    what.add_argument(
+        "--target",
+        type=_ticid,
+        metavar="TIC",
+        help="one target: 'TIC 123' (position from --ra/--dec, --coords or --resolve)",
+    )
+    what.add_argument("--ra", type=float, help="one target's right ascension (deg)")
+    what.add_argument("--dec", type=float, help="one target's declination (deg)")
+    p.add_argument(
+        "--sector",
+        type=int,
+        nargs="+",
+        help="TESS sector(s): one set of TPFs per sector (required unless --cube)",
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument(
+        "--size",
+        type=_size,
+        default=None,
+        help="N or ROWSxCOLS pixels, or an angle such as 2arcmin (21 arcsec pixels; default 10)",
+    )
+    size.add_argument(
+        "--size-arcsec", type=_positive, metavar="ARCSEC", help="cutout side as an angle"
+    )
+    p.add_argument(
+        "--pad",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="NaN-pad cutouts that reach off the image, as astrocut and TESScut do (default); "
+        "--no-pad reports those targets as failed (off_edge)",
+    )
     p.add_argument("--min-depth", type=float, help="keep tce_depth > this (ppm)")
     p.add_argument("--max-depth", type=float, help="keep tce_depth <= this (ppm)")
     p.add_argument("--min-snr", type=float, help="keep tce_model_snr > this")
@@ -52,12 +102,83 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resolve", action="store_true", help="resolve missing coordinates at MAST (online)"
     )
     p.add_argument("--cube-base", help="directory of the cubes (default MAST's S3 bucket)")
-    p.add_argument("--cube", help="cut every target from this one cube")
+    p.add_argument(
+        "--cube",
+        nargs="+",
+        help="cut every target from this cube (several: one set of TPFs per cube; with "
+        "--sector, one sector per cube)",
+    )
     p.add_argument("--limit", type=int, help="only the first N targets")
     p.add_argument("--out", required=True, help="output directory (local path or URL)")
     add_overwrite_argument(p)
     add_cluster_argument(p, " (default: threads)")
     p.set_defaults(func=_run)
+
+
+_CATALOG_ONLY = ("min_depth", "max_depth", "min_snr", "min_period", "max_period", "limit")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse contradictory or incomplete options, naming them, before any work."""
+    single = args.target is not None or args.ra is not None or args.dec is not None
+    if args.catalog is None and not single:
+        raise InputError("cutouts: give --catalog, --target TIC or --ra/--dec")
+    if args.catalog is not None and single:
+        given = "--target" if args.target is not None else "--ra/--dec"
+        raise InputError(f"cutouts: --catalog and {given} exclude each other; give one")
+    if (args.ra is None) != (args.dec is None):
+        missing, given = ("--dec", "--ra") if args.dec is None else ("--ra", "--dec")
+        raise InputError(f"cutouts: {given} needs {missing}")
+    if single:
+        extra = [f"--{n.replace('_', '-')}" for n in _CATALOG_ONLY if getattr(args, n) is not None]
+        extra += ["--all-tces"] if args.all_tces else []
+        if extra:
+            raise InputError(f"cutouts: {', '.join(extra)} apply to --catalog, not one target")
+    if args.ra is not None and not (0 <= args.ra <= 360 and -90 <= args.dec <= 90):
+        raise InputError(
+            f"cutouts: --ra {args.ra} --dec {args.dec} is not a sky position "
+            "(0 <= ra <= 360, -90 <= dec <= 90, degrees)"
+        )
+    if args.sector is None and args.cube is None:
+        raise InputError("cutouts: give --sector (targets grouped by cube) or --cube")
+    if args.sector is not None and args.cube is not None and len(args.sector) != len(args.cube):
+        raise InputError(
+            f"cutouts: {len(args.sector)} --sector value(s) for {len(args.cube)} --cube "
+            "file(s); give one sector per cube, or leave --sector out"
+        )
+    for option, values in (("--sector", args.sector), ("--cube", args.cube)):
+        if values is not None and len(set(values)) != len(values):
+            raise InputError(f"cutouts: {option} names the same value twice: {values}")
+    if args.limit is not None and args.limit <= 0:
+        raise InputError(f"cutouts: --limit {args.limit}; give a positive number of targets")
+
+
+def _cut_size(args: argparse.Namespace):
+    if args.size_arcsec is not None:
+        return f"{args.size_arcsec}arcsec"
+    return args.size if args.size is not None else 10
+
+
+def _runs(args: argparse.Namespace) -> list[dict]:
+    """The make_cutouts calls: one per sector (grouped by cube) or per cube."""
+    if args.cube is None:
+        return [{"sector": s, "cube_url": None} for s in args.sector]
+    sectors = args.sector or [None] * len(args.cube)
+    return [{"sector": s, "cube_url": c} for s, c in zip(sectors, args.cube, strict=True)]
+
+
+def _single_target(args: argparse.Namespace):
+    import pandas as pd
+
+    from cloudlab.io.catalogs import position_name
+
+    if args.target is not None:
+        row = {"ticid": args.target}
+    else:
+        row = {"ticid": position_name(args.ra, args.dec)}
+    if args.ra is not None:
+        row.update(ra=args.ra, dec=args.dec)
+    return pd.DataFrame([row])
 
 
 def _targets(args: argparse.Namespace):
@@ -69,76 +190,103 @@ def _targets(args: argparse.Namespace):
         resolve_tic_mast,
     )
 
-    catalog = read_tce(args.catalog)
-    n_rows = len(catalog)
-    ranges = {
-        "depth": (args.min_depth, args.max_depth),
-        "snr": (args.min_snr, None),
-        "period": (args.min_period, args.max_period),
-    }
-    ranges = {k: v for k, v in ranges.items() if v != (None, None)}
-    targets = filter_tces(catalog, **ranges) if ranges else catalog
-    if not args.all_tces:
-        targets = one_per_tic(targets)
-    if args.limit is not None:
-        targets = targets.iloc[: args.limit]
+    if args.catalog is None:
+        targets = _single_target(args)
+        n_rows = 1
+    else:
+        catalog = read_tce(args.catalog)
+        n_rows = len(catalog)
+        ranges = {
+            "depth": (args.min_depth, args.max_depth),
+            "snr": (args.min_snr, None),
+            "period": (args.min_period, args.max_period),
+        }
+        ranges = {k: v for k, v in ranges.items() if v != (None, None)}
+        targets = filter_tces(catalog, **ranges) if ranges else catalog
+        if not args.all_tces:
+            targets = one_per_tic(targets)
+        if args.limit is not None:
+            targets = targets.iloc[: args.limit]
     targets = add_coordinates(
         targets, coords=args.coords, resolver=resolve_tic_mast if args.resolve else None
     )
     return n_rows, targets
 
 
-def _tpf_urls(ds, out: str) -> list[str]:
-    """The TPF URL of every target that will be cut (known before any pixel is read)."""
-    from cloudlab.cutouts.tpf import tpf_name
+def _label(run: dict) -> str:
+    return f"cube {run['cube_url']}" if run["cube_url"] is not None else f"sector {run['sector']}"
 
-    size = (ds.sizes["row"], ds.sizes["column"])
-    return [
-        f"{out.rstrip('/')}/{tpf_name(t, s, c, d, size)}"
-        for t, s, c, d in zip(
-            *(ds[name].values for name in ("ticid", "sector", "camera", "ccd")), strict=True
-        )
-    ]
+
+def _cut(args: argparse.Namespace, targets) -> list[tuple]:
+    """(run, dataset or error text) per sector/cube, lazy: only headers are read."""
+    from cloudlab.cutouts import make_cutouts
+
+    out = []
+    for run in _runs(args):
+        try:
+            ds = make_cutouts(
+                targets,
+                sector=run["sector"],
+                size=_cut_size(args),
+                cube_url=run["cube_url"],
+                cube_base=args.cube_base,
+                on_error="skip",
+                pad=args.pad,
+            )
+        except ValueError as err:
+            if len(_runs(args)) == 1 or not isinstance(err, InputError):
+                raise
+            out.append((run, str(err)))  # nothing of this sector/cube could be cut
+            continue
+        out.append((run, ds))
+    return out
 
 
 def _cut_and_write(args: argparse.Namespace, targets) -> tuple | None:
     """Cut every target and write the TPFs; ``None`` when nothing could be cut at all."""
-    from cloudlab.cutouts import make_cutouts, write_tpfs
+    import pandas as pd
+
+    from cloudlab.cutouts import write_tpfs
     from cloudlab.cutouts.cutout import target_status
-    from cloudlab.cutouts.tpf import TPFWriteError
+    from cloudlab.cutouts.tpf import TPFWriteError, tpf_urls
 
     try:
-        ds = make_cutouts(
-            targets,
-            sector=args.sector,
-            size=args.size,
-            cube_url=args.cube,
-            cube_base=args.cube_base,
-            on_error="skip",
-        )
-    except ValueError as err:
+        cuts = _cut(args, targets)
+    except InputError as err:
         # nothing could be cut at all: list the targets and stop
         print(f"cloudlab cutouts: {err}", file=sys.stderr)
         return None
-    check_products(_tpf_urls(ds, args.out), args)
-    status = target_status(ds)
-    try:
-        urls = write_tpfs(
-            ds, args.out, overwrite=args.overwrite, skip_existing=False, progress=True
+    done = [(run, ds) for run, ds in cuts if not isinstance(ds, str)]
+    for run, why in ((r, d) for r, d in cuts if isinstance(d, str)):
+        print(f"{_label(run)}: {why}", file=sys.stderr)
+    if not done:
+        return None
+    every = [url for _, ds in done for url in tpf_urls(ds, args.out)]
+    if len(set(every)) != len(every):
+        dupes = sorted({u for u in every if every.count(u) > 1})
+        raise InputError(
+            f"cutouts: several cubes give the same TPF name ({dupes[0]}): their sector is not "
+            "in the cube headers; give one --sector per --cube"
         )
-    except TPFWriteError as err:
-        urls = err.urls
-        by_url = dict(zip(urls, range(len(urls)), strict=True))
-        for url, why in err.failed.items():
-            status.loc[by_url[url], [STATUS, REASON]] = ("write_error", f"{url}: {why}")
-    return ds, status
+    check_products(every, args)
+    tables = []
+    for run, ds in done:
+        status = target_status(ds)
+        try:
+            urls = write_tpfs(
+                ds, args.out, overwrite=args.overwrite, skip_existing=False, progress=True
+            )
+        except TPFWriteError as err:
+            urls = err.urls
+            by_url = dict(zip(urls, range(len(urls)), strict=True))
+            for url, why in err.failed.items():
+                status.loc[by_url[url], [STATUS, REASON]] = ("write_error", f"{url}: {why}")
+        tables.append(status.assign(run=_label(run)))
+    return [ds for _, ds in done], pd.concat(tables, ignore_index=True)
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.sector is None and args.cube is None:
-        raise InputError("cutouts: give --sector (targets grouped by cube) or --cube")
-    if args.limit is not None and args.limit <= 0:
-        raise InputError(f"cutouts: --limit {args.limit}; give a positive number of targets")
+    _check_args(args)
     t0 = time.perf_counter()
     n_rows, targets = _targets(args)
     print(f"catalog: {n_rows} rows -> {len(targets)} targets")
@@ -151,14 +299,21 @@ def _run(args: argparse.Namespace) -> int:
         outcome = _cut_and_write(args, targets)
     if outcome is None:
         return 1
-    ds, status = outcome
+    datasets, status = outcome
     elapsed = time.perf_counter() - t0
     n_written = int((status[STATUS] == STATUS_OK).sum())
-    print(f"\n{n_written} TPF(s) in {args.out} ({ds.sizes['time']} frames, "
-          f"{ds.sizes['row']}x{ds.sizes['column']} px) in {elapsed:.1f} s")  # fmt: skip
+    shapes = ", ".join(
+        sorted({f"{d.sizes['time']} frames of {d.sizes['row']}x{d.sizes['column']} px"
+                for d in datasets})
+    )  # fmt: skip
+    print(f"\n{n_written} TPF(s) in {args.out} ({shapes}) in {elapsed:.1f} s")
     problems = status[status[STATUS] != STATUS_OK]
     if len(problems):
         print(f"{len(problems)} target(s) failed:")
-        for ticid, code, why in problems[["ticid", STATUS, REASON]].itertuples(index=False):
-            print(f"  TIC {ticid}: {why} ({code})")
+        several = len(datasets) > 1
+        for ticid, code, why, run in problems[["ticid", STATUS, REASON, "run"]].itertuples(
+            index=False
+        ):
+            where = f" [{run}]" if several else ""
+            print(f"  TIC {ticid}: {why} ({code}){where}")
     return 0 if n_written else 1

@@ -29,7 +29,9 @@ from cloudlab.io.tess import cube_url as make_cube_url
 
 __all__ = [
     "BYTES_PER_PIXEL_FRAME",
+    "STELLAR_KEYWORDS",
     "TARGET_BATCH_BYTES",
+    "TESS_PIXEL_ARCSEC",
     "cutout_boxes",
     "cutout_header",
     "cutout_limits",
@@ -46,24 +48,91 @@ TARGET_BATCH_BYTES = 128 * 2**20
 """Default upper bound on the pixel bytes one task reads."""
 
 
-def parse_size(size: int | tuple[int, int]) -> tuple[int, int]:
+STELLAR_KEYWORDS = {
+    "TESSMAG": (("tessmag", "tmag"), "[mag] TESS magnitude"),
+    "TEFF": (("teff", "tce_steff"), "[K] Effective temperature"),
+    "LOGG": (("logg", "tce_slogg"), "[cm/s2] log10 surface gravity"),
+    "MH": (("mh", "feh", "tce_smet"), "[log10([M/H])] Metallicity"),
+    "RADIUS": (("radius", "rad", "tce_sradius"), "[solar radii] Stellar radius"),
+    "PMRA": (("pmra",), "[mas/yr] RA proper motion"),
+    "PMDEC": (("pmdec",), "[mas/yr] Dec proper motion"),
+}
+"""TIC stellar keywords of a TPF's primary header: catalog column names (any case, first found
+wins) and the card comment. :func:`make_cutouts` keeps the columns a target list has as
+coordinates named after the keyword in lower case (``tessmag``, ``teff``, …)."""
+
+TESS_PIXEL_ARCSEC = 21.0
+"""Nominal TESS pixel scale (arcsec per pixel) used to turn angular cutout sizes into pixels."""
+
+
+def _pixels(value) -> int:
+    """One axis of a cutout size in pixels: a positive integer, or an angle (astropy Quantity or
+    text such as ``"2arcmin"``, ``"90 arcsec"``, ``"0.1deg"``) rounded up to whole pixels."""
+    from astropy import units as u
+
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return _pixels(int(text))
+        except ValueError:
+            pass
+        try:
+            value = u.Quantity(text)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"cutout size {text!r} is neither a number of pixels nor an angle "
+                "(e.g. 10, 2arcmin, 90arcsec)"
+            ) from exc
+    if isinstance(value, u.Quantity):
+        if value.unit in (u.pix, u.dimensionless_unscaled):
+            return _pixels(float(value.value))
+        if value.unit.physical_type != "angle":
+            raise InputError(f"cutout size {value} is neither pixels nor an angle")
+        pixels = float(value.to_value(u.arcsec)) / TESS_PIXEL_ARCSEC
+        if not np.isfinite(pixels) or pixels <= 0:
+            raise InputError(f"cutout size must be a positive angle, got {value}")
+        # a hair below an integer (an exact number of pixels in floating point) is that integer
+        return max(1, int(np.ceil(pixels - 1e-9)))
+    if isinstance(value, bool) or not np.isfinite(float(value)) or not float(value).is_integer():
+        raise InputError(f"cutout size must be positive integers, got {value!r}")
+    if int(value) <= 0:
+        raise InputError(f"cutout size must be positive integers, got {value!r}")
+    return int(value)
+
+
+def parse_size(size) -> tuple[int, int]:
     """``size`` as (rows, columns) of positive ints.
+
+    Parameters
+    ----------
+    size : int, str, astropy.units.Quantity or pair of them
+        Pixels, or an angle (a Quantity, or text such as ``"2arcmin"``), for a square cutout or
+        as (rows, columns); ``"ROWSxCOLS"`` text too. An angle becomes the smallest number of
+        TESS pixels (:data:`TESS_PIXEL_ARCSEC`) that covers it: 2 arcmin → 6 pixels.
+
+    Returns
+    -------
+    (int, int)
 
     Raises
     ------
     InputError
-        Non-positive or non-integer sizes.
+        Non-positive or non-integer pixel counts, angles that are not positive, other units.
     """
-    if np.ndim(size) == 0:
+    from astropy import units as u
+
+    if isinstance(size, str) and "x" in size.lower() and not size.strip()[-1:].isalpha():
+        size = tuple(size.lower().split("x"))
+    if isinstance(size, u.Quantity) and size.isscalar:
         size = (size, size)
-    if len(size) != 2:
+    elif isinstance(size, str | int | float | np.number):
+        size = (size, size)
+    if not isinstance(size, list | tuple | np.ndarray | u.Quantity) or len(size) != 2:
         raise InputError(f"size must be an int or (rows, columns), got {size!r}")
-    out = []
-    for s in size:
-        if isinstance(s, bool) or not float(s).is_integer() or int(s) <= 0:
-            raise InputError(f"cutout size must be positive integers, got {size!r}")
-        out.append(int(s))
-    return out[0], out[1]
+    try:
+        return _pixels(size[0]), _pixels(size[1])
+    except InputError as exc:
+        raise InputError(f"{exc} (size={size!r})") from None
 
 
 def cutout_limits(
@@ -206,6 +275,7 @@ def make_cutouts(
     batch_size: int | None = None,
     on_error: str = "raise",
     storage_options: dict | None = None,
+    pad: bool = True,
 ) -> xr.Dataset:
     """Cut every target out of its sector cube, lazily, as one dask graph.
 
@@ -215,10 +285,14 @@ def make_cutouts(
         With ``ticid``, ``ra``, ``dec`` (deg).
     sector : int, optional
         TESS sector: targets are grouped by (camera, CCD) with the offline pointing model and cut
-        from ``{cube_base}/tess-s{sector:04d}-{camera}-{ccd}-cube.fits``.
-    size : int or (int, int), optional
-        Cutout size in pixels, or (rows, columns). astrocut's ``cutout_size=(a, b)`` is (columns,
-        rows): pass ``size=(b, a)`` for the same cutout.
+        from ``{cube_base}/tess-s{sector:04d}-{camera}-{ccd}-cube.fits``. With ``cube_url``, the
+        cube's sector when its primary header has no (or a blank) ``SECTOR``; one that
+        contradicts the header is refused.
+    size : int, str, Quantity or pair of them, optional
+        Cutout size in pixels, or (rows, columns); an angle (``2 * u.arcmin``, ``"2arcmin"``)
+        becomes the smallest number of 21-arcsec TESS pixels covering it (:func:`parse_size`).
+        astrocut's ``cutout_size=(a, b)`` is (columns, rows): pass ``size=(b, a)`` for the same
+        cutout.
     cube_url : str, optional
         Cut all targets from this cube instead.
     cube_base : str, optional
@@ -231,6 +305,10 @@ def make_cutouts(
         out and list them in ``attrs["failed"]`` (JSON ``ticid``/``reason``) with their
         failure codes in ``attrs["failed_status"]``; :func:`target_status` tabulates both.
     storage_options : dict, optional
+    pad : bool, optional
+        Cutouts that reach off the image are NaN-padded as astrocut pads them, with ``aperture``
+        0 there (default). With ``pad=False`` such targets fail with status ``"off_edge"``
+        (raised, or left out with ``on_error="skip"``).
 
     Returns
     -------
@@ -243,7 +321,10 @@ def make_cutouts(
           ``center_column``/``center_row`` (0-based pixel of the target in the cube's WCS),
           ``corner_column``/``corner_row`` (0-based CCD pixel of cutout pixel ``[0, 0]``),
           ``time`` (BTJD mid-exposure of the first cube), ``status``/``reason`` (``"ok"`` and
-          ``""`` for every target cut);
+          ``""`` for every target cut), ``sector`` (0 where the cube does not say and
+          ``sector`` was not given; ``camera``/``ccd`` 0 where the cube does not say), and
+          the TIC stellar columns the targets have (:data:`STELLAR_KEYWORDS`: ``tessmag``,
+          ``teff``, ``logg``, ``mh``, ``radius``, ``pmra``, ``pmdec``);
         - per cube: ``cube_url``, ``cube_wcs`` (the WCS header astrocut uses), ``cube_primary``
           (primary header), ``cube_time``, ``cube_quality``, ``cube_barycorr``, ``cube_ffi_file``
           (``cube, time``).
@@ -263,6 +344,7 @@ def make_cutouts(
     failed: list[dict] = []
     urls = _assign_cubes(t, sector, cube_url, cube_base, failed)
     metas: dict[str, CubeMeta] = {}
+    sectors: dict[str, int] = {}
     center_col = np.full(len(t), np.nan)
     center_row = np.full(len(t), np.nan)
     ra, dec = t["ra"].to_numpy(), t["dec"].to_numpy()
@@ -282,6 +364,7 @@ def make_cutouts(
             raise InputError(
                 f"cutout size {ny}×{nx} is larger than the cube {url} ({meta.n_rows}×{meta.n_cols})"
             )
+        sectors[url] = _cube_sector(meta, sector if cube_url is not None else None)
         metas[url] = meta
         c, r = wcs_pixels(meta, ra[members], dec[members])
         c0, r0 = cutout_limits(np.nan_to_num(c, nan=-1e9), np.nan_to_num(r, nan=-1e9), (ny, nx))
@@ -290,6 +373,17 @@ def make_cutouts(
         for i in members[outside]:
             failed.append({"index": int(i), "ticid": t["ticid"].iloc[i], STATUS: "off_image",
                            REASON: f"outside the image of cube {url}"})  # fmt: skip
+        edge = ~outside & (
+            (c0 < 0) | (c0 + nx > meta.n_cols) | (r0 < 0) | (r0 + ny > meta.n_rows)
+        )  # fmt: skip
+        if not pad:
+            for i, cc, rr in zip(members[edge], c0[edge], r0[edge], strict=True):
+                failed.append({"index": int(i), "ticid": t["ticid"].iloc[i], STATUS: "off_edge",
+                               REASON: f"the {ny}×{nx} cutout (first column {cc}, row {rr}) "
+                               f"reaches off the {meta.n_rows}×{meta.n_cols} image of cube "
+                               f"{url}; NaN-pad it with pad=True (the CLI without "
+                               "--no-pad) or give a smaller size"})  # fmt: skip
+            outside |= edge
         urls[members[outside]] = ""
         center_col[members[~outside]] = c[~outside]
         center_row[members[~outside]] = r[~outside]
@@ -349,9 +443,9 @@ def make_cutouts(
             "ticid": ("target", kept["ticid"].to_numpy()),
             "ra": ("target", kept["ra"].to_numpy(), {"units": "deg"}),
             "dec": ("target", kept["dec"].to_numpy(), {"units": "deg"}),
-            "sector": ("target", np.array([m.sector for m in per_cube])[cube_index]),
-            "camera": ("target", np.array([m.camera for m in per_cube])[cube_index]),
-            "ccd": ("target", np.array([m.ccd for m in per_cube])[cube_index]),
+            "sector": ("target", np.array([sectors[u] for u in cube_list])[cube_index]),
+            "camera": ("target", np.array([m.camera or 0 for m in per_cube])[cube_index]),
+            "ccd": ("target", np.array([m.ccd or 0 for m in per_cube])[cube_index]),
             "cube_index": ("target", cube_index),
             "center_column": ("target", center_col[keep]),
             "center_row": ("target", center_row[keep]),
@@ -369,7 +463,37 @@ def make_cutouts(
             "failed_status": json.dumps([f[STATUS] for f in failed]),
         },
     )
+    for name, values in _stellar_columns(kept).items():
+        ds = ds.assign_coords({name: ("target", values)})
     return ds
+
+
+def _cube_sector(meta: CubeMeta, given: int | None) -> int:
+    """The sector of a cube: its header's, else ``given``, else 0 (unknown)."""
+    known = meta.sector if isinstance(meta.sector, int | np.integer) and meta.sector > 0 else None
+    if given is not None:
+        given = int(given)
+        if given < 1:
+            raise InputError(f"sector must be a positive integer, got {given}")
+        if known is not None and known != given:
+            raise InputError(
+                f"sector {given} contradicts the cube {meta.url} (SECTOR = {known} in its "
+                "primary header); give the cube's sector or leave sector out"
+            )
+        return given
+    return int(known) if known is not None else 0
+
+
+def _stellar_columns(targets: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The TIC stellar columns (:data:`STELLAR_KEYWORDS`) a target list has, as float arrays."""
+    by_lower = {str(c).lower(): c for c in targets.columns}
+    out = {}
+    for key, (names, _) in STELLAR_KEYWORDS.items():
+        column = next((by_lower[n] for n in names if n in by_lower), None)
+        if column is not None:
+            values = pd.to_numeric(targets[column], errors="coerce").to_numpy(dtype=float)
+            out[key.lower()] = values
+    return out
 
 
 def target_status(ds: xr.Dataset) -> pd.DataFrame:
@@ -377,8 +501,8 @@ def target_status(ds: xr.Dataset) -> pd.DataFrame:
 
     Targets that were cut have status ``"ok"`` (the ``status``/``reason`` coordinates along
     ``target``); targets dropped with ``on_error="skip"`` follow with their failure code
-    (``"off_silicon"``, ``"cube_error"`` or ``"off_image"``) and the reason naming the sector or
-    cube.
+    (``"off_silicon"``, ``"cube_error"``, ``"off_image"`` or, with ``pad=False``,
+    ``"off_edge"``) and the reason naming the sector or cube.
 
     Parameters
     ----------

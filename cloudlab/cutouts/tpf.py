@@ -8,7 +8,14 @@ Differences from astrocut 1.4 (deliberate fixes):
   the linear WCS with itself and always writes 0);
 - ``TICID``/``OBJECT`` come from the target list, ``CREATOR`` names a target-pixel exporter, and
   ``BJDREFI``/``TIMESYS`` are in the PIXELS header where lightkurve reads them;
-- ``CADENCENO`` counts frames from 1 (astrocut writes zeros).
+- ``CADENCENO`` counts frames from 1 (astrocut writes zeros);
+- the cadence, frame and exposure keywords SPOC TPFs carry (``TIMEDEL``, ``EXPOSURE``,
+  ``INT_TIME``, ``FRAMETIM``, ``NUM_FRM``, ``DEADC``, ``TIMEPIXR``, ``TIERRELA``, …) from the
+  cube's FFI header, :data:`TESS_FFI_DEFAULTS` marked as such where it lacks them, ``MJDREFI``/
+  ``MJDREFF``, ``RADESYS`` and the TIC stellar keywords of the target list;
+- APERTURE has SPOC's bits 2 (pipeline aperture) and 4 (background), see
+  :func:`spoc_aperture`, and the table ends with an empty ``RESERVED`` column so that
+  lightkurve's ``TargetPixelFile.cutout(...).to_fits()`` writes a readable file.
 """
 
 from __future__ import annotations
@@ -24,9 +31,63 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from cloudlab import storage
+from cloudlab.cutouts.cutout import STELLAR_KEYWORDS
 from cloudlab.errors import InputError, StorageError
 from cloudlab.io.tess import _wcs_from_text
 from cloudlab.sky import gnomonic
+
+__all__ = [
+    "APERTURE_BACKGROUND",
+    "APERTURE_COLLECTED",
+    "APERTURE_PIPELINE",
+    "FFI_KEYWORDS",
+    "TPFTemplate",
+    "TPFWriteError",
+    "build_tpf",
+    "linear_wcs",
+    "TESS_FFI_DEFAULTS",
+    "spoc_aperture",
+    "tpf_aperture",
+    "target_meta",
+    "tpf_name",
+    "tpf_urls",
+    "varying_cards",
+    "write_tpfs",
+]
+
+APERTURE_COLLECTED = 1
+"""APERTURE bit: the pixel is on the detector (its data were collected)."""
+APERTURE_PIPELINE = 2
+"""APERTURE bit: the pixel is in the optimal (pipeline) aperture (``tpf.pipeline_mask``)."""
+APERTURE_BACKGROUND = 4
+"""APERTURE bit: the pixel is a background pixel (``tpf.background_mask``)."""
+
+FFI_KEYWORDS = (
+    "BACKAPP", "DEADAPP", "VIGNAPP", "DEADC", "INT_TIME", "READTIME", "FRAMETIM", "NUM_FRM",
+    "NREADOUT", "TIMEDEL", "TIMEPIXR", "TIERRELA", "FXDOFF", "GAINA", "GAINB", "GAINC", "GAIND",
+    "READNOIA", "READNOIB", "READNOIC", "READNOID", "MEANBLCA", "MEANBLCB", "MEANBLCC",
+    "MEANBLCD", "TMOFST11", "TMOFST12", "TMOFST13", "TMOFST14", "TMOFST21", "TMOFST22",
+    "TMOFST23", "TMOFST24", "TMOFST31", "TMOFST32", "TMOFST33", "TMOFST34", "TMOFST41",
+    "TMOFST42", "TMOFST43", "TMOFST44",
+)  # fmt: skip
+"""Per-FFI keywords copied into the PIXELS header from the cube's WCS row, where it has them
+(the FFI's cadence, frame and read-out keywords, as SPOC and astrocut TPFs carry them)."""
+
+_FFI_COMMENTS = {
+    "BACKAPP": "background is subtracted",
+    "DEADAPP": "deadtime applied",
+    "VIGNAPP": "vignetting or collimator correction applied",
+    "DEADC": "deadtime correction",
+    "INT_TIME": "[s] photon accumulation time per frame",
+    "READTIME": "[s] readout time per frame",
+    "FRAMETIM": "[s] frame time [INT_TIME + READTIME]",
+    "NUM_FRM": "number of frames per time stamp",
+    "NREADOUT": "number of read per cadence",
+    "TIMEDEL": "[d] time resolution of data",
+    "TIMEPIXR": "bin time beginning=0 middle=0.5 end=1",
+    "TIERRELA": "[d] relative time error",
+    "FXDOFF": "compression fixed offset",
+}
 
 _PER_FFI_KEYWORDS = ("CHECKSUM", "DATASUM", "NEXTEND", "FFIINDEX", "SIMDATA")
 _INHERITED = (
@@ -36,11 +97,193 @@ _INHERITED = (
 )  # fmt: skip
 
 
+TESS_FFI_DEFAULTS = {
+    "DEADC": (0.792, "deadtime correction"),
+    "INT_TIME": (1.98, "[s] exposure per frame"),
+    "READTIME": (0.02, "[s] readout per frame"),
+    "FRAMETIM": (2.0, "[s] frame time"),
+    "TIERRELA": (1.16e-05, "[d] relative time error"),
+}
+"""TESS values written where the cube's FFI headers do not have the keyword, their comments
+marked ``(TESS default)``: the 2-s frame (1.98 s exposed, 0.02 s read out)
+and the FFI deadtime correction 0.8 · 0.99 (cosmic-ray mitigation keeps 8 of 10 frames), as
+every SPOC FFI header has them."""
+
+_DEFAULT_MARK = " (TESS default)"
+
+
+def _stellar_cards(meta: dict) -> dict[str, tuple]:
+    """Primary-header TIC cards of a target: one per stellar column the targets have; an
+    unknown value (NaN) leaves the card without a value, as SPOC writes it."""
+    out = {}
+    for key, value in meta.get("stellar", {}).items():
+        value = float(value)
+        out[key] = (value if np.isfinite(value) else fits.card.UNDEFINED, STELLAR_KEYWORDS[key][1])
+    return out
+
+
+def _time_cards(meta: dict, cube_wcs: fits.Header) -> dict[str, tuple]:
+    """Cadence, frame and exposure cards of the PIXELS header.
+
+    Copied from the cube's FFI header (its WCS row) where it has them; ``TIMEDEL`` otherwise the
+    median step of ``TIME``; ``TIMEPIXR`` is 0.5 (``TIME`` is mid-exposure); the frame keywords
+    otherwise :data:`TESS_FFI_DEFAULTS`, marked; ``NUM_FRM`` otherwise ``TIMEDEL / FRAMETIM``;
+    ``EXPOSURE`` the frames' summed ``TSTOP - TSTART`` times ``DEADC`` and ``LIVETIME``
+    ``TELAPSE · DEADC``.
+    """
+    cards: dict[str, tuple] = {}
+    for key in FFI_KEYWORDS:
+        if key in cube_wcs and cube_wcs[key] is not None:
+            cards[key] = (_scalar(cube_wcs[key]), _FFI_COMMENTS.get(key, "from the FFI header"))
+    cards["TIMEPIXR"] = (0.5, "bin time beginning=0 middle=0.5 end=1")
+    if "TIMEDEL" not in cards:
+        steps = np.diff(np.asarray(meta["time"], dtype=float))
+        steps = steps[np.isfinite(steps) & (steps > 0)]
+        if len(steps):
+            cards["TIMEDEL"] = (float(np.median(steps)), "[d] time resolution (median TIME step)")
+    for key, (value, comment) in TESS_FFI_DEFAULTS.items():
+        if key not in cards:
+            cards[key] = (value, comment + _DEFAULT_MARK)
+    if "NUM_FRM" not in cards and "TIMEDEL" in cards:
+        frames = round(cards["TIMEDEL"][0] * 86400.0 / float(cards["FRAMETIM"][0]))
+        cards["NUM_FRM"] = (int(frames), "frames per time stamp (TIMEDEL/FRAMETIM)")
+    tstart = np.asarray(meta["tstart"], dtype=float)
+    tstop = np.asarray(meta["tstop"], dtype=float)
+    deadc = float(cards["DEADC"][0])
+    on_source = float(np.nansum(tstop - tstart)) * deadc
+    telapse = float(tstop[-1] - tstart[0])
+    cards["TELAPSE"] = (telapse, "[d] TSTOP - TSTART")
+    cards["LIVETIME"] = (telapse * deadc, "[d] TELAPSE multiplied by DEADC")
+    cards["EXPOSURE"] = (on_source, "[d] time on source (sum of frames x DEADC)")
+    return cards
+
+
+def spoc_aperture(
+    flux: np.ndarray,
+    collected: np.ndarray,
+    center: tuple[float, float],
+    *,
+    quality: np.ndarray | None = None,
+    threshold: float = 3.0,
+) -> np.ndarray:
+    """APERTURE pixel bits in SPOC's convention for one cutout, from its pixels.
+
+    Bit 1 (:data:`APERTURE_COLLECTED`): the pixel is on the image. Bit 2
+    (:data:`APERTURE_PIPELINE`, lightkurve's ``pipeline_mask``): the pixels connected to the
+    target's pixel that are more than ``threshold`` robust standard deviations above the median
+    of the time-median image, within ``0.3 · min(rows, columns)`` (at least 1.5) pixels of the
+    target; where the target's pixel is not that bright, the pixels within 1 pixel of the
+    target. Bit 4 (:data:`APERTURE_BACKGROUND`, ``background_mask``): pixels on the image that
+    are neither above the threshold nor next to a pixel that is. This is a threshold aperture,
+    not SPOC's optimal aperture (which needs the PRF and the TIC).
+
+    Parameters
+    ----------
+    flux : numpy.ndarray
+        ``(time, row, column)``.
+    collected : numpy.ndarray
+        ``(row, column)``, non-zero on the image.
+    center : (float, float)
+        0-based (column, row) of the target in the cutout.
+    quality : numpy.ndarray, optional
+        Per-frame quality flags: only frames with 0 make the median image (all frames when none
+        has 0).
+    threshold : float, optional
+        Robust standard deviations above the median.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 ``(row, column)``.
+    """
+    import warnings
+
+    from scipy import ndimage
+
+    on = np.asarray(collected) != 0
+    frames = np.asarray(flux, dtype=float)
+    if quality is not None and (np.asarray(quality) == 0).any():
+        frames = frames[np.asarray(quality) == 0]
+    if not len(frames):
+        image = np.full(on.shape, np.nan)
+    elif np.isfinite(frames).all():
+        image = np.median(frames, axis=0)  # ~10× faster than nanmedian
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels off the image
+            image = np.nanmedian(frames, axis=0)
+    good = on & np.isfinite(image)
+    ny, nx = on.shape
+    rows, cols = np.mgrid[0:ny, 0:nx]
+    distance = np.hypot(cols - center[0], rows - center[1])
+    bits = on.astype(np.int32) * APERTURE_COLLECTED
+    if not good.any():
+        return bits
+    sky = float(np.median(image[good]))
+    spread = 1.4826 * float(np.median(np.abs(image[good] - sky)))
+    if spread == 0:
+        spread = float(np.std(image[good]))
+    bright = good & (image > sky + threshold * spread) if spread > 0 else np.zeros_like(good)
+    seed = (int(np.floor(center[1] + 0.5)), int(np.floor(center[0] + 0.5)))
+    inside = 0 <= seed[0] < ny and 0 <= seed[1] < nx
+    if inside and bright[seed]:
+        labels, _ = ndimage.label(bright, structure=np.ones((3, 3)))
+        reach = max(1.5, 0.3 * min(ny, nx))
+        pipeline = (labels == labels[seed]) & (distance <= reach)
+    else:
+        pipeline = good & (distance <= 1.0)
+    near_source = ndimage.binary_dilation(bright | pipeline, structure=np.ones((3, 3)))
+    background = good & ~near_source
+    out = bits | pipeline * APERTURE_PIPELINE | background * APERTURE_BACKGROUND
+    return out.astype(np.int32)
+
+
+def tpf_aperture(flux: np.ndarray, meta: dict) -> np.ndarray:
+    """The APERTURE image of a target's TPF: ``meta["aperture"]`` (1 on the image) with the
+    pipeline and background bits of :func:`spoc_aperture` where it has none of its own.
+
+    An aperture that already has bit 2 or bit 4 (one computed by a photometry step) keeps
+    it; a missing bit is filled in from :func:`spoc_aperture`, background pixels never
+    overlapping the given pipeline aperture.
+    """
+    given = np.asarray(meta["aperture"], dtype=np.int32)
+    has_pipeline = bool((given & APERTURE_PIPELINE).any())
+    has_background = bool((given & APERTURE_BACKGROUND).any())
+    if has_pipeline and has_background:
+        return given
+    center = (meta.get("center_column", np.nan), meta.get("center_row", np.nan))
+    center = (float(center[0]) - meta["corner_column"], float(center[1]) - meta["corner_row"])
+    if not np.all(np.isfinite(center)):
+        full = _wcs_from_text(meta["cube_wcs"])
+        x, y = full.all_world2pix([[meta["ra"], meta["dec"]]], 0)[0]
+        center = (float(x) - meta["corner_column"], float(y) - meta["corner_row"])
+    computed = spoc_aperture(flux, given & APERTURE_COLLECTED, center, quality=meta.get("quality"))
+    out = given & APERTURE_COLLECTED
+    out |= given & APERTURE_PIPELINE if has_pipeline else computed & APERTURE_PIPELINE
+    background = computed & APERTURE_BACKGROUND
+    if has_background:
+        background = given & APERTURE_BACKGROUND
+    elif has_pipeline:
+        background = np.where(given & APERTURE_PIPELINE, 0, background)
+    return (out | background).astype(np.int32)
+
+
 def tpf_name(ticid, sector: int, camera: int, ccd: int, size: tuple[int, int]) -> str:
     """File name of a target's TPF: ``tic{ticid}_s{sector:04d}-{camera}-{ccd}_{ny}x{nx}_tpf.fits``,
     with anything but letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
     tic = re.sub(r"[^A-Za-z0-9._-]", "_", str(ticid).strip()) or "unknown"
     return f"tic{tic}_s{int(sector):04d}-{int(camera)}-{int(ccd)}_{size[0]}x{size[1]}_tpf.fits"
+
+
+def tpf_urls(ds: xr.Dataset, dest: str) -> list[str]:
+    """The TPF URL of every target of a :func:`~cloudlab.cutouts.make_cutouts` dataset under
+    ``dest`` (known before any pixel is read), named by :func:`tpf_name`."""
+    dest = str(dest).rstrip("/")
+    size = (ds.sizes["row"], ds.sizes["column"])
+    columns = (ds[name].values for name in ("ticid", "sector", "camera", "ccd"))
+    return [
+        f"{dest}/{tpf_name(_scalar(t), s, c, d, size)}" for t, s, c, d in zip(*columns, strict=True)
+    ]
 
 
 LINEAR_WCS_COMMENTS = {
@@ -191,11 +434,13 @@ def build_tpf(
     Returns
     -------
     astropy.io.fits.HDUList
-        PRIMARY, PIXELS (12 columns, astrocut's order), APERTURE.
+        PRIMARY, PIXELS (astrocut's 12 columns in its order, then an empty RESERVED
+        column), APERTURE.
     """
     from cloudlab import __version__
 
     n_t, ny, nx = flux.shape
+    meta = {**meta, "aperture": tpf_aperture(flux, meta)}
     primary = fits.Header.fromstring(meta["primary"], sep="\n")
     for key in _PER_FFI_KEYWORDS:
         primary.remove(key, ignore_missing=True, remove_all=True)
@@ -209,9 +454,12 @@ def build_tpf(
     )
     primary["PROCVER"] = (str(__version__), "cloudlab version")
     primary["FFI_TYPE"] = ("SPOC", "type of FFI the cube was made from")
-    primary["SECTOR"] = (int(meta["sector"]), "Observing sector")
-    primary["CAMERA"] = (int(meta["camera"]), "Camera number")
-    primary["CCD"] = (int(meta["ccd"]), "CCD chip number")
+    for key, comment in (("SECTOR", "Observing sector"), ("CAMERA", "Camera number"),
+                         ("CCD", "CCD chip number")):  # fmt: skip
+        value = int(meta[key.lower()])
+        primary[key] = (
+            (value, comment) if value > 0 else (fits.card.UNDEFINED, comment + " unknown")
+        )
     primary["OBJECT"] = (f"TIC {ticid}", "string version of target id")
     primary["TICID"] = (_ticid_value(ticid), "unique TESS target identifier")
     primary["RA_OBJ"] = (float(meta["ra"]), "[deg] right ascension")
@@ -222,9 +470,17 @@ def build_tpf(
     primary["BJDREFI"] = (2457000, "integer part of BTJD reference date")
     primary["BJDREFF"] = (0.0, "fraction of the day in BTJD reference date")
     primary["TIMEUNIT"] = ("d", "time unit for TIME, TSTART and TSTOP")
+    primary["MJDREFI"] = (56999, "MJD of BTJD reference date, integer part")
+    primary["MJDREFF"] = (0.5, "MJD of BTJD reference date, fraction")
     primary["TSTART"] = (float(tstart[0]), "observation start time in BTJD of first frame")
     primary["TSTOP"] = (float(tstop[-1]), "observation stop time in BTJD of last frame")
     primary["TELAPSE"] = (float(tstop[-1] - tstart[0]), "[d] TSTOP - TSTART")
+    cube_wcs = fits.Header.fromstring(meta["cube_wcs"], sep="\n")
+    primary["RADESYS"] = (str(cube_wcs.get("RADESYS", "ICRS")), "reference frame of coordinates")
+    if "EQUINOX" in cube_wcs:
+        primary["EQUINOX"] = (float(cube_wcs["EQUINOX"]), "equinox of celestial coordinates")
+    for key, card in _stellar_cards(meta).items():
+        primary[key] = card
 
     corner = (meta["corner_column"], meta["corner_row"])
     if linear is None:
@@ -257,6 +513,9 @@ def build_tpf(
         fits.Column("POS_CORR1", "E", unit="pixel", array=np.zeros(n_t, np.float32)),
         fits.Column("POS_CORR2", "E", unit="pixel", array=np.zeros(n_t, np.float32)),
         fits.Column("FFI_FILE", f"{width}A", unit="pixel", array=ffi),
+        # no data: lightkurve's TargetPixelFile.cutout gives the last column the shape
+        # (0, columns), which corrupts the table it writes unless that column is empty
+        fits.Column("RESERVED", "0E", array=np.zeros((n_t, 0), np.float32)),
     ]
     pixels = fits.BinTableHDU.from_columns(columns, name="PIXELS")
     ph = pixels.header
@@ -264,6 +523,8 @@ def build_tpf(
     for key in _INHERITED:
         if key in primary:
             ph[key] = (primary[key], primary.comments[key])
+    for key, (value, comment) in _time_cards(meta, cube_wcs).items():
+        ph[key] = (value, comment)
     ph["WCS_FFI"] = (meta["wcs_ffi"], "FFI of cutout WCS")
     for n in range(4, 9):
         for key, value, comment in _column_wcs_cards(n, lin, corner):
@@ -298,12 +559,15 @@ def varying_cards(meta: dict, lin: fits.Header, msep: float, sig: float) -> list
             columns[key] = (value, comment)
     aperture = {key: (value, LINEAR_WCS_COMMENTS[key]) for key, value in lin.items()}
     aperture.update({key: (value, comment) for key, value, comment in _physical_cards(corner)})
-    ap = meta["aperture"]
+    ap = np.asarray(meta["aperture"])
     aperture["NPIXMISS"] = (int((ap == 0).sum()), "number of pixels off the detector")
-    aperture["NPIXSAP"] = (int(ap.sum()), "number of pixels in the aperture")
+    aperture["NPIXSAP"] = (
+        int((ap & APERTURE_PIPELINE > 0).sum()),
+        "number of pixels in the aperture (bit 2)",
+    )
     aperture["WCS_MSEP"] = (msep, "[deg] max offset between cutout WCS and FFI WCS")
     aperture["WCS_SIG"] = (sig, "[deg] error measurement of cutout WCS fit")
-    return [dict(ident), {**ident, **columns}, aperture]
+    return [{**ident, **_stellar_cards(meta)}, {**ident, **columns}, aperture]
 
 
 def _physical_cards(corner: tuple[int, int]) -> list[tuple]:
@@ -359,7 +623,19 @@ def target_meta(ds: xr.Dataset, target: int) -> dict:
         "quality": ds["cube_quality"].values[k],
         "ffi_file": ds["cube_ffi_file"].values[k],
         "aperture": ds["aperture"].values[target],
+        "center_column": _coordinate(ds, "center_column", target),
+        "center_row": _coordinate(ds, "center_row", target),
+        "stellar": {
+            key: float(ds[key.lower()].values[target])
+            for key in STELLAR_KEYWORDS
+            if key.lower() in ds.variables
+        },
     }
+
+
+def _coordinate(ds: xr.Dataset, name: str, target: int) -> float:
+    """A per-target float of ``ds`` (NaN where the dataset does not have it)."""
+    return float(ds[name].values[target]) if name in ds.variables else np.nan
 
 
 class TPFWriteError(StorageError):
@@ -426,6 +702,7 @@ class TPFTemplate:
             corner = (meta["corner_column"], meta["corner_row"])
             linear = linear_wcs(_wcs_from_text(meta["cube_wcs"]), self.shape[1:], [corner])[0]
         lin, msep, sig = linear
+        meta = {**meta, "aperture": tpf_aperture(flux, meta)}
         buf = bytearray(self.blob)
         for slots, cards in zip(self.slots, varying_cards(meta, lin, msep, sig), strict=True):
             for key, (value, comment) in cards.items():
@@ -566,19 +843,8 @@ def write_tpfs(
         Some files could not be written (after all others were); it carries the URLs and the
         error of each failed file.
     """
-    dest = str(dest).rstrip("/")
+    urls = tpf_urls(ds, dest)
     size = (ds.sizes["row"], ds.sizes["column"])
-    urls = [
-        f"{dest}/"
-        + tpf_name(
-            _scalar(ds["ticid"].values[i]),
-            ds["sector"].values[i],
-            ds["camera"].values[i],
-            ds["ccd"].values[i],
-            size,
-        )  # fmt: skip
-        for i in range(ds.sizes["target"])
-    ]
     if len(set(urls)) != len(urls):
         dupes = sorted({u for u in urls if urls.count(u) > 1})
         raise InputError(
