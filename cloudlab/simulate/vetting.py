@@ -57,6 +57,7 @@ __all__ = [
     "POSITIVE_KINDS",
     "SPACING",
     "VettingSector",
+    "separation",
     "vetting_sector",
 ]
 
@@ -361,7 +362,7 @@ def vetting_sector(
     source[blend] = neighbour_tic[table.loc[blend, "neighbour"].to_numpy()]
     out = pd.DataFrame(
         {
-            "tceid": [f"{t:010d}-01" for t in ticid],
+            "tceid": [f"{t:011d}-01" for t in ticid],  # as SPOC writes them
             "ticid": ticid,
             "tce_plnt_num": 1,
             "tce_period": table["period"].to_numpy(),
@@ -380,9 +381,49 @@ def vetting_sector(
     dest = dest.rstrip("/")
     catalog_url = f"{dest}/tess-s{sector:04d}-tcestats.csv"
     truth_url = f"{dest}/tess-s{sector:04d}-truth.csv"
-    header = f"# Mission = TESS\n# Sector = {sector}\n# Simulated = cloudlab.simulate.vetting\n"
+    header = f"#Mission = TESS\n#Sectors = s{sector:04d}-s{sector:04d}\n#Simulated = cloudlab\n#\n"
     csv = header + out[list(BULK_COLUMNS)].to_csv(index=False)
     storage.write_bytes(catalog_url, csv.encode(), storage_options=storage_options)
     truth = out[["tceid", *_TRUTH_COLUMNS]].to_csv(index=False)
     storage.write_bytes(truth_url, truth.encode(), storage_options=storage_options)
     return VettingSector(simulated, out, catalog_url, truth_url)
+
+
+def separation(tces: pd.DataFrame, predictions: pd.Series) -> dict[str, float]:
+    """How well predictions separate planets and eclipsing binaries from their look-alikes.
+
+    Parameters
+    ----------
+    tces : pandas.DataFrame
+        :attr:`VettingSector.tces` (``tceid``, ``kind``).
+    predictions : pandas.Series
+        Probabilities indexed by ``tceid`` (e.g. ``vet_tces``'s ``prediction`` by its
+        ``tceid``); TCEs without a finite prediction are left out.
+
+    Returns
+    -------
+    dict
+        ``auc``: ROC AUC of planets and binaries against noise and variables (what
+        Astronet-Triage is trained to separate); ``auc_all``: against every other TCE, blends
+        included (NaN when a side is empty); ``n``: TCEs scored; and the mean prediction of
+        each kind present (``planet``, ``eb``, ...).
+    """
+    from cloudlab.astronet.train import roc_auc
+
+    scores = predictions.reindex(tces["tceid"]).to_numpy(float)
+    scored = np.isfinite(scores)
+    kind = tces["kind"].to_numpy()[scored]
+    scores = scores[scored]
+    positive = np.isin(kind, POSITIVE_KINDS)
+
+    def auc(keep: np.ndarray) -> float:
+        labels = positive[keep]
+        return roc_auc(labels, scores[keep]) if 0 < labels.sum() < len(labels) else np.nan
+
+    out = {
+        "auc": auc(np.isin(kind, (*POSITIVE_KINDS, "noise", "variable"))),
+        "auc_all": auc(np.ones(len(kind), bool)),
+        "n": int(len(kind)),
+    }
+    out.update({k: float(scores[kind == k].mean()) for k in KINDS if (kind == k).any()})
+    return out
