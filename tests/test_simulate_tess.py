@@ -371,3 +371,29 @@ def test_vetting_signals_are_in_the_pixels(vet_sim):
             assert np.hypot(source["row"] - star["row"], source["column"] - star["column"]) < 3.6
             there, _ = light_curves(source)
             assert _dip(there, inside, outside) > 1.5 * dip
+
+
+def test_vetting_sector_refuses_bad_counts_and_cli_writes_a_catalog_vet_reads(tmp_path, capsys):
+    from cloudlab.cli import main
+    from cloudlab.pipelines import read_catalog
+    from cloudlab.simulate import vetting_sector
+
+    with pytest.raises(ValueError, match="negative TCE counts"):
+        vetting_sector(str(tmp_path), n_blends=-1)
+    with pytest.raises(ValueError, match="no TCE requested"):
+        vetting_sector(str(tmp_path), n_planets=0, n_ebs=0, n_noise=0, n_variables=0, n_blends=0)
+    with pytest.raises(ValueError, match="stars lacks the columns"):
+        tess_sector(str(tmp_path), stars=pd.DataFrame({"row": [5.0], "column": [5.0]}))
+    with pytest.raises(ValueError, match="background="):
+        tess_sector(str(tmp_path), background="sky")
+    assert not any(tmp_path.iterdir())
+    args = ["simulate", "vetting", str(tmp_path), "--planets", "1", "--ebs", "1", "--noise", "1",
+            "--variables", "1", "--blends", "0", "--days", "5", "--seed", "2"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "4 TCEs" in out and "tess-s0055-tcestats.csv" in out
+    catalog = read_catalog(str(tmp_path / "tess-s0055-tcestats.csv"))
+    truth = pd.read_csv(tmp_path / "tess-s0055-truth.csv", dtype={"tceid": str})
+    assert sorted(truth["kind"]) == ["eb", "noise", "planet", "variable"]
+    assert set(catalog["tceid"]) == set(truth["tceid"])
+    assert (tmp_path / "tess-s0055-1-1-cube.fits").exists()
