@@ -6,24 +6,19 @@ columns of the TESS TCE bulk CSV. Every TCE has a target star of its own, on a g
 apart (one per 11 × 11 cutout), among faint field stars (Tmag 13–17, one per 150 pixels). The
 kinds of TCE, with the labels Astronet-Triage gives them (``positive``: planet or eclipsing binary):
 
-============  ========  ==================================================================
-kind          positive  what is in the pixels, and the TCE
-============  ========  ==================================================================
-``planet``    yes       Tmag 9–11.5; U-shaped transit (ingress 10–20 % of the duration),
-                        depth 0.1–2 % (log-uniform), duration 1.5–5 h, period 1–9 d;
-                        the TCE has the true ephemeris.
-``eb``        yes       Tmag 9–12; V-shaped primary eclipse (ingress 30–50 %), depth 5–40 %,
-                        secondary eclipse at phase 0.5 with 10–70 % of that depth, period
-                        0.6–8 d, duration 1.5–6 h (at most a fifth of the period).
-``noise``     no        a quiet star, Tmag 9–12.5; the TCE's ephemeris is made up (period
-                        0.5–12 d, duration 1–6 h, depth 100–600 ppm).
-``variable``  no        a spotted/pulsating star, Tmag 9–12: ``1 - A (cos φ + h cos 2φ)``,
-                        A = 0.2–2 %, h = 0–0.5, period P 0.5–6 d; the TCE is at P/2, P or 2P
-                        with its epoch at a minimum, duration 15 % of its period (1–12 h).
-``blend``     no        a quiet star, Tmag 9–11, with an eclipsing binary 1.5–3.5 pixels away
-                        and 1–4 magnitudes fainter whose light leaks into the star's aperture;
-                        the TCE has the binary's ephemeris and the diluted depth.
-============  ========  ==================================================================
+* ``planet`` (positive): Tmag 9–11.5; U-shaped transit (ingress 10–20 % of the duration), depth
+  0.1–2 % (log-uniform), duration 1.5–5 h, period 1–9 d; the TCE has the true ephemeris.
+* ``eb`` (positive): Tmag 9–12; V-shaped primary eclipse (ingress 30–50 %), depth 5–40 %, a
+  secondary eclipse at phase 0.5 with 10–70 % of that depth, period 0.6–8 d, duration 1.5–6 h
+  (at most a fifth of the period); the TCE has the primary's ephemeris.
+* ``noise``: a quiet star, Tmag 9–12.5; the TCE's ephemeris is made up (period 0.5–12 d,
+  duration 1–6 h, depth 100–600 ppm).
+* ``variable``: a spotted/pulsating star, Tmag 9–12, ``1 - A (cos φ + h cos 2φ)`` with
+  A = 0.2–2 %, h = 0–0.5, period P 0.5–6 d; the TCE is at P/2, P or 2P with its epoch at a
+  minimum and a duration of 15 % of its period (1–12 h).
+* ``blend``: a quiet star, Tmag 9–11, with an eclipsing binary 1.5–3.5 pixels away and 1–4
+  magnitudes fainter whose light leaks into the star's aperture; the TCE has the binary's
+  ephemeris and the diluted depth.
 
 A TCE exists only where a search would have found it: planets, binaries and blends are drawn
 again until their expected signal-to-noise ratio (photon and background noise of a 3 × 3-pixel
