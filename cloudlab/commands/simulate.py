@@ -88,6 +88,40 @@ def _run_tess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_vetting(kinds: argparse._SubParsersAction) -> None:
+    parser = kinds.add_parser(
+        "vetting",
+        help="a TESS sector for vetting: TCEs of planets, binaries and look-alikes, with truth",
+        description="Simulate 27 days of one CCD's cube over a small area with planets, "
+        "eclipsing binaries, noise TCEs, variable stars and blended neighbours, and write the "
+        "cube, a TCE bulk CSV (for 'cloudlab vet --catalog') and the truth to DEST.",
+    )
+    parser.add_argument("dest", help="destination directory (local path or fsspec URL)")
+    _add_pointing(parser, sector=55)
+    defaults = {"planets": 4, "ebs": 4, "noise": 4, "variables": 3, "blends": 3}
+    for kind, default in defaults.items():
+        parser.add_argument(f"--{kind}", type=int, default=default, help=f"default {default}")
+    parser.add_argument("--days", type=float, default=27.0, help="sector length (default 27)")
+    parser.add_argument("--cadence", type=float, default=1800.0, help="in s (default 1800)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_run_vetting)
+
+
+def _run_vetting(args: argparse.Namespace) -> int:
+    from cloudlab.simulate import vetting_sector
+
+    sim = vetting_sector(
+        args.dest, n_planets=args.planets, n_ebs=args.ebs, n_noise=args.noise,
+        n_variables=args.variables, n_blends=args.blends, days=args.days,
+        cadence_s=args.cadence, sector=args.sector, camera=args.camera, ccd=args.ccd,
+        seed=args.seed, progress=True,
+    )  # fmt: skip
+    counts = sim.tces["kind"].value_counts()
+    print(f"{len(sim.tces)} TCEs: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    print(f"cube: {sim.cube_url}\ncatalog: {sim.catalog_url}\ntruth: {sim.truth_url}")
+    return 0
+
+
 def _add_aia(kinds: argparse._SubParsersAction) -> None:
     parser = kinds.add_parser(
         "aia",
@@ -194,6 +228,7 @@ def _run_lightcurves(args: argparse.Namespace) -> int:
 
 KINDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_tess,
+    _add_vetting,
     _add_aia,
     _add_ffis,
     _add_galaxies,

@@ -82,7 +82,7 @@ def format_table(table: pd.DataFrame, *, top: int | None = None, truth: bool = F
     """
     shown = table if top is None else table.iloc[:top]
     header = f"{'rank':>4}  {'TIC':>11}  {'TCE':<16} {'period d':>9} {'depth ppm':>10} {'pred':>6}"
-    header += "  truth" if truth else ""
+    header += f"  {'truth':<8}" if truth else ""
     lines = [header + "  status"]
     for row in shown.itertuples(index=False):
         pred = f"{row.prediction:6.3f}" if pd.notna(row.prediction) else f"{'-':>6}"
@@ -90,7 +90,7 @@ def format_table(table: pd.DataFrame, *, top: int | None = None, truth: bool = F
             f"{row.rank:>4}  {row.ticid:>11}  {row.tceid:<16} {row.period:9.4f} "
             f"{row.depth_ppm:10.0f} {pred}"
         )
-        line += f"  {row.truth:<5}" if truth else ""
+        line += f"  {row.truth:<8}" if truth else ""
         line += f"  {getattr(row, STATUS)}"
         lines.append(line)
     if len(shown) < len(table):

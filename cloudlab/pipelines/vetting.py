@@ -214,9 +214,10 @@ def default_models() -> list:
     return list(shipped_models())
 
 
-def _models(models) -> list:
+def _models(models) -> list | None:
+    """Checkpoint URLs or keras models; None for the shipped ensemble (loaded on the workers)."""
     if models is None:
-        return default_models()
+        return None
     models = (
         [models]
         if isinstance(models, str | os.PathLike) or not isinstance(models, Sequence)
@@ -510,7 +511,8 @@ def vet_tces(
         module docstring.
     models : str or sequence, optional
         AstroNet checkpoint URLs or keras models (their mean probability is the prediction).
-        Default: :func:`default_models`.
+        Default: the shipped ensemble (:func:`default_models`), loaded once per worker
+        rather than sent with the graph.
     size : int or (int, int)
         Cutout size in pixels (rows, columns).
     aperture : "threshold" or int
@@ -586,15 +588,15 @@ def vet_tces(
     columns = [c for c in (*CATALOG_COLUMNS, "disposition") if c in catalog]
     table = catalog[columns]
     names = {"target": "ticid", "period": "period", "t0": "t0", "duration": "duration"}
-    checkpoints = all(isinstance(m, str) for m in model_list)
-    if checkpoints:
+    if model_list is None or all(isinstance(m, str) for m in model_list):
+        # checkpoints (or the shipped ensemble) are loaded once per worker, not shipped in the
+        # graph
         ds = predict_catalog(lcs, table, model_list, kind="triage", **names)
     else:
         ds = views(lcs, table, kind="triage", **names)
         ds["prediction"] = ("tce", _predict_in_memory(ds, model_list))
-    return _assemble(
-        ds, catalog, lcs, cut, status, reason, model_list, weights is not None, aperture
-    )
+    used = ["shipped Astronet-Triage ensemble"] if model_list is None else model_list
+    return _assemble(ds, catalog, lcs, cut, status, reason, used, weights is not None, aperture)
 
 
 def _listing(status: pd.Series, reason: pd.Series) -> str:

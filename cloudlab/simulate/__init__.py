@@ -5,5 +5,6 @@ from cloudlab.simulate.ffis import ffi_stack
 from cloudlab.simulate.galaxies import galaxy_tile
 from cloudlab.simulate.lightcurves import lightcurves
 from cloudlab.simulate.tess import tess_sector
+from cloudlab.simulate.vetting import vetting_sector
 
-__all__ = ["aia_series", "ffi_stack", "galaxy_tile", "lightcurves", "tess_sector"]
+__all__ = ["aia_series", "ffi_stack", "galaxy_tile", "lightcurves", "tess_sector", "vetting_sector"]

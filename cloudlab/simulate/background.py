@@ -133,6 +133,7 @@ def scattered_light(
     *,
     seed: int = 0,
     rows: slice | None = None,
+    within: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ) -> np.ndarray:
     """Scattered-light background for frames at ``times``.
 
@@ -147,6 +148,11 @@ def scattered_light(
     rows : slice, optional
         Evaluate only these rows (``step`` must be 1); the values equal the corresponding rows of
         the full evaluation.
+    within : ((int, int), (int, int)), optional
+        ``(full_shape, offset)``: the image is a window of a larger image of ``full_shape``
+        whose pixel ``offset`` (row, column) is this image's first pixel; the values are the
+        larger image's there, so the structure keeps the larger image's scale (a small window
+        of a whole CCD sees a nearly flat background). Default: the image itself.
 
     Returns
     -------
@@ -156,14 +162,20 @@ def scattered_light(
     n_rows, n_cols = (int(s) for s in shape)
     if n_rows <= 0 or n_cols <= 0:
         raise InputError(f"scattered_light: shape={shape}; give positive (rows, columns)")
+    (full_rows, full_cols), (off_r, off_c) = within or ((n_rows, n_cols), (0, 0))
+    if not (0 <= off_r <= full_rows - n_rows and 0 <= off_c <= full_cols - n_cols):
+        raise InputError(
+            f"scattered_light: a {shape} window at {(off_r, off_c)} does not fit in "
+            f"{(full_rows, full_cols)}; give within=(full_shape, offset) that contains it"
+        )
     row_idx = np.arange(n_rows)[rows if rows is not None else slice(None)]
     params = background_params(seed)
-    y = ((row_idx + 0.5) / n_rows)[:, None]
-    x = ((np.arange(n_cols) + 0.5) / n_cols)[None, :]
+    y = ((off_r + row_idx + 0.5) / full_rows)[:, None]
+    x = ((off_c + np.arange(n_cols) + 0.5) / full_cols)[None, :]
     cy, cx = params.glow_corner
     glow = params.glow_amplitude * np.exp(-np.hypot(y - cy, x - cx) / params.glow_scale)
     ramp = params.gradient[0] * (y - 0.5) + params.gradient[1] * (x - 0.5)
-    straps = strap_profile(n_cols, params)[None, :]
+    straps = strap_profile(full_cols, params)[None, off_c : off_c + n_cols]
     varying = ((glow + ramp + np.abs(params.gradient).sum()) * straps).astype(np.float32)
     pedestal = np.float32(params.pedestal)
     mod = orbital_modulation(np.atleast_1d(times), params).astype(np.float32)

@@ -11,6 +11,7 @@ from cloudlab.errors import InputError
 __all__ = [
     "TMAG_ZERO_FLUX",
     "bleed_columns",
+    "draw_tmag",
     "psf_stamp",
     "render_stars",
     "star_catalog",
@@ -25,6 +26,30 @@ TMAG_ZERO_FLUX = 15000.0
 def tmag_to_flux(tmag: np.ndarray) -> np.ndarray:
     """Flux in electron / s of stars of TESS magnitude ``tmag``."""
     return TMAG_ZERO_FLUX * 10.0 ** (-0.4 * (np.asarray(tmag, dtype=float) - 10.0))
+
+
+def draw_tmag(
+    rng: np.random.Generator, n: int, bright: float = 6.0, faint: float = 16.0
+) -> np.ndarray:
+    """TESS magnitudes between ``bright`` and ``faint`` with counts rising as ``10^(0.3 m)``.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Random generator (one uniform draw per star).
+    n : int
+        Number of magnitudes.
+    bright, faint : float, optional
+        Magnitude range.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``n`` magnitudes (many faint, few bright: the cumulative count ``N(<m) ∝ 10^(0.3 m)``).
+    """
+    u = rng.uniform(0.0, 1.0, n)
+    lo, hi = 10.0 ** (0.3 * bright), 10.0 ** (0.3 * faint)
+    return np.log10(lo + u * (hi - lo)) / 0.3
 
 
 def star_catalog(
@@ -66,10 +91,7 @@ def star_catalog(
     rng = np.random.default_rng([seed, 0x57A5])
     row = rng.uniform(rows[0], rows[1], n_stars)
     col = rng.uniform(columns[0], columns[1], n_stars)
-    # cumulative counts N(<m) ∝ 10^(0.3 m): inverse-CDF sampling between 6 and 16
-    u = rng.uniform(0.0, 1.0, n_stars)
-    lo, hi = 10.0 ** (0.3 * 6.0), 10.0 ** (0.3 * 16.0)
-    tmag = np.log10(lo + u * (hi - lo)) / 0.3
+    tmag = draw_tmag(rng, n_stars)
     if n_stars:
         tmag[np.argmin(tmag)] = 5.0
     period = np.full(n_stars, np.nan)
@@ -98,17 +120,62 @@ def star_catalog(
 
 
 def transit_factor(stars: pd.DataFrame, times: np.ndarray) -> np.ndarray:
-    """Relative brightness ``(star, time)``: ``1 - depth`` in transit, else 1 (box model)."""
+    """Relative brightness ``(star, time)`` of the stars' injected signals.
+
+    The columns of :func:`star_catalog` give a box transit (``1 - depth`` in transit, else 1);
+    optional columns add the other signals of a vetting sector (absent or 0/NaN: none):
+
+    * ``ingress``: ingress (= egress) time as a fraction of ``duration``, at most 0.5: the
+      transit is a trapezoid (0.1: a planet's U-ish shape; 0.5: an eclipsing binary's V);
+    * ``secondary_depth``: a second eclipse of that depth at phase 0.5 (same duration and shape);
+    * ``var_amplitude``, ``var_period``, ``var_t0``, ``var_harmonic``: rotational (spotted) or
+      pulsational variability, a factor ``1 - A (cos φ + h cos 2φ)`` with
+      ``φ = 2π (t - var_t0) / var_period``, faintest at ``var_t0``.
+
+    Parameters
+    ----------
+    stars : pandas.DataFrame
+        ``depth`` (fraction), ``period``, ``t0`` and ``duration`` (days), and the optional
+        columns above.
+    times : numpy.ndarray
+        Times (days, the system of ``t0``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(star, time)`` float64, 1 where a star shows no signal.
+    """
     times = np.atleast_1d(np.asarray(times, dtype=float))
-    depth = stars["depth"].to_numpy()
-    out = np.ones((len(stars), len(times)))
-    idx = np.flatnonzero(depth > 0)
+    n = len(stars)
+
+    def column(name: str) -> np.ndarray:
+        values = stars[name].to_numpy(float) if name in stars else np.zeros(n)
+        return np.nan_to_num(values)
+
+    depth, secondary = column("depth"), column("secondary_depth")
+    out = np.ones((n, len(times)))
+    idx = np.flatnonzero((depth > 0) | (secondary > 0))
     if len(idx):
-        p = stars["period"].to_numpy()[idx, None]
-        t0 = stars["t0"].to_numpy()[idx, None]
-        dur = stars["duration"].to_numpy()[idx, None]
-        phase = (times[None, :] - t0 + 0.5 * p) % p - 0.5 * p
-        out[idx] = np.where(np.abs(phase) <= dur / 2, 1.0 - depth[idx, None], 1.0)
+        p = stars["period"].to_numpy(float)[idx, None]
+        t0 = stars["t0"].to_numpy(float)[idx, None]
+        half = stars["duration"].to_numpy(float)[idx, None] / 2
+        ramp = column("ingress")[idx, None] * 2 * half
+        for shift, eclipse in ((0.0, depth[idx]), (0.5, secondary[idx])):
+            phase = np.abs((times[None, :] - t0 - shift * p + 0.5 * p) % p - 0.5 * p)
+            trapezoid = np.clip((half - phase) / np.where(ramp > 0, ramp, 1.0), 0.0, 1.0)
+            shape = np.where(ramp > 0, trapezoid, phase <= half)
+            out[idx] -= eclipse[:, None] * shape
+    amplitude = column("var_amplitude")
+    var = np.flatnonzero(amplitude > 0)
+    if len(var):
+        phi = (
+            2
+            * np.pi
+            * (times[None, :] - stars["var_t0"].to_numpy(float)[var, None])
+            / stars["var_period"].to_numpy(float)[var, None]
+        )
+        harmonic = column("var_harmonic")[var, None]
+        out[var] *= 1.0 - amplitude[var, None] * (np.cos(phi) + harmonic * np.cos(2 * phi))
     return out
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "SATURATION",
     "TessSector",
     "fit_sip_header",
+    "sector_start",
     "sector_wcs",
     "tess_sector",
 ]
@@ -160,6 +161,11 @@ class TessSector:
     background_seed : int
         Seed of :func:`cloudlab.simulate.background.scattered_light`; :meth:`background` gives the
         true background.
+    nan_frames : list of int
+        Frames whose pixels are all NaN.
+    background_within : ((int, int), (int, int)) or None
+        ``within=`` of :func:`cloudlab.simulate.background.scattered_light`: the full CCD's shape
+        and this image's offset in it (``background="ccd"``), or None (``"image"``).
     """
 
     dest: str
@@ -178,6 +184,7 @@ class TessSector:
     wcs_header: fits.Header
     background_seed: int
     nan_frames: list[int] = field(default_factory=list)
+    background_within: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     @property
     def times(self) -> np.ndarray:
@@ -197,7 +204,9 @@ class TessSector:
             ``(time, row, column)``; collateral pixels are 0.
         """
         times = self.times if frames is None else self.times[frames]
-        bg = scattered_light(self.shape, times, seed=self.background_seed)
+        bg = scattered_light(
+            self.shape, times, seed=self.background_seed, within=self.background_within
+        )
         return bg * self.layout.science_mask()
 
 
@@ -338,6 +347,28 @@ def sector_wcs(
         "midtime": float(scinfo.midtimes[0]),
     }
     return header, pointing
+
+
+def _first_frame(midtime_jd: float) -> float:
+    """The sector starts half a sector (≈ 13.7 d) before tess-point's mid time (BTJD)."""
+    return round(midtime_jd - 2457000.0 - 13.7, 4)
+
+
+def sector_start(sector: int) -> float:
+    """BTJD of the first frame :func:`tess_sector` simulates for ``sector``.
+
+    Parameters
+    ----------
+    sector : int
+        TESS sector known to tess-point.
+
+    Returns
+    -------
+    float
+        Start of the first frame (BTJD), half a sector before tess-point's mid time.
+    """
+    _, scinfo = _pointing(sector)
+    return _first_frame(float(scinfo.midtimes[0]))
 
 
 # --------------------------------------------------------------------------- headers
@@ -506,8 +537,9 @@ def _image_header(
 class _PixelModel:
     """Deterministic pixels of the sector, generated in row blocks over all frames."""
 
-    def __init__(self, layout, stars, times, cadence_s, seed, nan_frames):
+    def __init__(self, layout, stars, times, cadence_s, seed, nan_frames, within):
         self.layout = layout
+        self.within = within
         self.shape = (layout.n_rows, layout.n_cols)
         self.times = times
         self.seed = seed
@@ -519,7 +551,7 @@ class _PixelModel:
         self.static = bleed_columns(static, SATURATION) * self.mask
         factor = transit_factor(stars, times)
         self.variable = []
-        for i in np.flatnonzero(stars["depth"].to_numpy() > 0):
+        for i in np.flatnonzero((factor != 1.0).any(axis=1)):
             star = stars.iloc[[i]]
             image = render_stars(self.shape, star) * self.mask
             rows = np.flatnonzero(image.any(axis=1))
@@ -527,7 +559,9 @@ class _PixelModel:
 
     def block(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         """Flux and uncertainty of rows ``r0:r1``, all frames: two float32 ``(time, row, col)``."""
-        signal = scattered_light(self.shape, self.times, seed=self.seed, rows=slice(r0, r1))
+        signal = scattered_light(
+            self.shape, self.times, seed=self.seed, rows=slice(r0, r1), within=self.within
+        )
         signal *= self.mask[r0:r1]
         signal += self.static[r0:r1].astype(np.float32)
         for rows, image, dfac in self.variable:
@@ -653,6 +687,8 @@ def tess_sector(
     storage_options: dict | None = None,
     progress: bool = False,
     sparse: bool = False,
+    stars: pd.DataFrame | None = None,
+    background: str = "image",
 ) -> TessSector:
     """Simulate one TESS sector/camera/CCD and write its FFIs and cutout cube to ``dest``.
 
@@ -683,6 +719,17 @@ def tess_sector(
         sparse file on local disks): full-geometry cubes of ~100 GB in seconds, for I/O
         benchmarks. Needs ``cube=True`` and ``ffis=False``; the star catalog is still returned
         but the stars are not in the pixels.
+    stars : pandas.DataFrame, optional
+        The stars to place instead of drawing ``n_stars`` with
+        :func:`cloudlab.simulate.stars.star_catalog`: its columns (``row``, ``column`` 0-based
+        in the full image, ``tmag``, ``flux``, ``depth``, ``period``, ``t0``, ``duration``) and
+        any optional signal columns of :func:`cloudlab.simulate.stars.transit_factor`; ``ticid``,
+        ``ra`` and ``dec`` are added.
+    background : {"image", "ccd"}, optional
+        Scale of the scattered light's structure (glow, gradient, straps): spread over this
+        image (``"image"``: a small image shows it all, as BackDrop needs), or that of the
+        full CCD seen through this image's window (``"ccd"``: a small image sees a nearly flat
+        background that changes with time, as a real cutout does).
 
     Returns
     -------
@@ -709,14 +756,19 @@ def tess_sector(
         raise InputError("nothing to write: ffis and cube are both False")
     if sparse and (ffis or not cube):
         raise InputError("sparse=True writes only the cube: use ffis=False, cube=True")
+    if background not in ("image", "ccd"):
+        raise InputError(f"background={background!r}: use 'image' or 'ccd'")
+    if stars is not None:
+        missing = sorted({"row", "column", "tmag", "flux", "depth"} - set(stars.columns))
+        if missing:
+            raise InputError(f"stars lacks the columns {missing}: see star_catalog's columns")
     layout = DetectorLayout.for_shape(shape)
     shape = (layout.n_rows, layout.n_cols)
     wcs_cards, pointing = sector_wcs(sector, camera, ccd, layout)
     rng = np.random.default_rng([seed, 0x7E55])
 
-    # times: the sector starts half a sector (≈ 13.7 d) before tess-point's mid time
     dt = cadence_s / 86400.0
-    t0 = round(pointing["midtime"] - 2457000.0 - 13.7, 4)
+    t0 = _first_frame(pointing["midtime"])
     tstart = t0 + dt * np.arange(n_frames)
     tstop = tstart + dt
     barycorr = 0.0057 + 0.0004 * np.sin(2 * np.pi * (tstart - t0) / 27.4 + seed)
@@ -733,15 +785,19 @@ def tess_sector(
 
     # stars, placed in the middle frame's WCS
     sci_r, sci_c = layout.science_rows, layout.science_cols
-    if n_stars is None:
-        n_stars = max(10, round(layout.science_shape[0] * layout.science_shape[1] / 150))
-    stars = star_catalog(
-        n_stars,
-        rows=(sci_r.start + 1.0, sci_r.stop - 2.0),
-        columns=(sci_c.start + 1.0, sci_c.stop - 2.0),
-        seed=seed,
-        times=(tstart[0], tstop[-1]),
-    )
+    if stars is not None:
+        stars = stars.drop(columns=["ticid", "ra", "dec"], errors="ignore").reset_index(drop=True)
+        n_stars = len(stars)
+    else:
+        if n_stars is None:
+            n_stars = max(10, round(layout.science_shape[0] * layout.science_shape[1] / 150))
+        stars = star_catalog(
+            n_stars,
+            rows=(sci_r.start + 1.0, sci_r.stop - 2.0),
+            columns=(sci_c.start + 1.0, sci_c.stop - 2.0),
+            seed=seed,
+            times=(tstart[0], tstop[-1]),
+        )
     wcs = WCS(wcs_cards, relax=True)
     ra, dec = wcs.all_pix2world(stars["column"].to_numpy(), stars["row"].to_numpy(), 0)
     ticid = np.unique(rng.integers(10_000_000, 2_000_000_000, 2 * n_stars + 10))
@@ -788,10 +844,14 @@ def tess_sector(
         unc["EXTNAME"], unc["IMAGTYPE"] = f"CAMERA.CCD {camera}.{ccd} uncert", "uncert"
         unc_headers.append(unc)
 
+    within = None
+    if background == "ccd":
+        off_r, off_c = layout.window_offset
+        within = (FULL_SHAPE, (off_r, off_c + LEADING_COLUMNS - layout.lead_cols))
     model = (
         None
         if sparse
-        else _PixelModel(layout, stars, 0.5 * (tstart + tstop), cadence_s, seed, nan_frames)
+        else _PixelModel(layout, stars, 0.5 * (tstart + tstop), cadence_s, seed, nan_frames, within)
     )
     dest = dest.rstrip("/")
     cube_url = f"{dest}/tess-s{sector:04d}-{camera}-{ccd}-cube.fits"
@@ -822,7 +882,7 @@ def tess_sector(
         dest=dest, sector=sector, camera=camera, ccd=ccd, shape=shape, layout=layout,
         ffi_urls=ffi_urls, cube_url=cube_url if cube else None, stars=stars, tstart=tstart,
         tstop=tstop, quality=quality, barycorr=barycorr, wcs_header=wcs_cards,
-        background_seed=seed, nan_frames=nan_frames,
+        background_seed=seed, nan_frames=nan_frames, background_within=within,
     )  # fmt: skip
 
 
