@@ -4,12 +4,14 @@ zarr and xarray equal cloudlab.fits.open_hdu / open_stack (which equal astropy) 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numcodecs
 import numpy as np
 import pytest
 import xarray as xr
+from _paths import REAL_FFI
 from astropy.io import fits
 
 from cloudlab import fits as cf
@@ -283,6 +285,31 @@ def test_unsupported_inputs_are_refused(tmp_path: Path) -> None:
     fits.PrimaryHDU(np.zeros((4, 4), "f4")).writeto(gz)
     with pytest.raises(FITSFormatError, match="gzip"):
         cf.references(str(gz), 0)
+
+
+@pytest.mark.skipif(not REAL_FFI.exists(), reason="real TESS FFI not available")
+def test_real_ffi_stack(tmp_path: Path) -> None:
+    """A real SPOC FFI (float32 calibrated image in HDU 1), three copies stacked along time."""
+    copies = []
+    for i in range(3):
+        copies.append(tmp_path / f"ffi_{i}.fits")
+        copies[-1].write_bytes(REAL_FFI.read_bytes())
+    refs = cf.references([str(p) for p in copies], 1, concat_dim="time", chunks=16)
+    got = _open(refs)[:, 20:60, 100:180].values
+    expected = cf.open_stack([str(p) for p in copies], 1, dim="time")[:, 20:60, 100:180].values
+    _same(got, expected)
+    _same(got[1], fits.getdata(REAL_FFI, 1)[20:60, 100:180])
+
+
+def test_docs_quick_start_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (Path(__file__).parent.parent / "docs" / "references.md").read_text()
+    section = text[text.index("## Quick start") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "docs/references.md quick start", "exec"), namespace)
+    np.testing.assert_array_equal(namespace["plane"], namespace["raw"][2] * 0.5 + 100.0)
+    assert (tmp_path / "cube.json").exists()
 
 
 # ------------------------------------------------------------------------------------ remote
