@@ -51,9 +51,14 @@ class FITSScale(Codec):
     codec_id = "cloudlab.fits_scale"
 
     def __init__(
-        self, bscale: float = 1, bzero: float = 0, blank: int | None = None, *, astype: str,
+        self,
+        bscale: float = 1,
+        bzero: float = 0,
+        blank: int | None = None,
+        *,
+        astype: str,
         dtype: str,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.bscale = bscale
         self.bzero = bzero
         self.blank = None if blank is None else int(blank)
@@ -100,8 +105,12 @@ class FITSScale(Codec):
         raw_dtype = np.dtype(self.astype)
         if data.dtype.kind == "u" and raw_dtype.kind == "i":
             shifted = data - np.uint64(1 << (data.dtype.itemsize * 8 - 1))
-            return shifted.astype(data.dtype).view(raw_dtype.newbyteorder("=")).astype(
-                raw_dtype).tobytes()  # fmt: skip
+            return (
+                shifted.astype(data.dtype)
+                .view(raw_dtype.newbyteorder("="))
+                .astype(raw_dtype)
+                .tobytes()
+            )
         values = (data.astype(np.float64) - self.bzero) / self.bscale
         if raw_dtype.kind in "iu":
             nan = np.isnan(values)
@@ -202,7 +211,7 @@ class FITSTile(Codec):
 
         Raises
         ------
-        ValueError
+        FITSFormatError
             RICE_1/PLIO_1 with tiles that do not divide the image, or gzip edge tiles of equal
             size but different shape; the message starts with ``where``.
         """
@@ -249,8 +258,13 @@ class FITSTile(Codec):
             plane = [n for n in shape if n != 1]
             if len(plane) != 2:
                 raise ValueError(f"HCOMPRESS_1 needs two-dimensional tiles, got {shape}")
-            return {"bytepix": 8, "scale": self.scale, "smooth": self.smooth,
-                    "nx": plane[0], "ny": plane[1]}  # fmt: skip
+            return {
+                "bytepix": 8,
+                "scale": self.scale,
+                "smooth": self.smooth,
+                "nx": plane[0],
+                "ny": plane[1],
+            }
         return {}
 
     def decode(self, buf: Any, out: Any = None) -> np.ndarray:
@@ -262,9 +276,12 @@ class FITSTile(Codec):
             data, algorithm=self.compression, **self._settings(data, shape)
         )
         tile = _tiled._finalize_array(
-            decoded, bitpix=self.bitpix, tile_shape=shape, algorithm=self.compression,
+            decoded,
+            bitpix=self.bitpix,
+            tile_shape=shape,
+            algorithm=self.compression,
             lossless=True,
-        )  # fmt: skip
+        )
         raw = np.asarray(tile).astype(self._raw_dtype)
         if shape != self.tile_shape:
             full = np.zeros(self.tile_shape, dtype=self._raw_dtype)

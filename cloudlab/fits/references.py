@@ -198,8 +198,9 @@ def _check_supported(info: HDUInfo) -> None:
 def _scale_filter(info: HDUInfo) -> list[dict[str, Any]] | None:
     if info.bscale == 1 and info.bzero == 0 and info.blank is None:
         return None
-    codec = FITSScale(info.bscale, info.bzero, info.blank, astype=info.raw_dtype.str,
-                      dtype=info.dtype.str)  # fmt: skip
+    codec = FITSScale(
+        info.bscale, info.bzero, info.blank, astype=info.raw_dtype.str, dtype=info.dtype.str
+    )
     return [codec.get_config()]
 
 
@@ -282,16 +283,15 @@ def _compressed_refs(
     """One chunk reference per tile of a tile-compressed HDU, from its heap descriptors."""
     where = f"{info.url}: compressed HDU {info.index}"
     tile_shape = tuple(info.tile_shape or info.shape)
-    if not (chunks is None or (isinstance(chunks, str) and chunks == "auto")) and tuple(
-        chunks if isinstance(chunks, (tuple, list)) else ()) != tile_shape:  # fmt: skip
+    auto = chunks is None or (isinstance(chunks, str) and chunks == "auto")
+    if not auto and (not isinstance(chunks, (tuple, list)) or tuple(chunks) != tile_shape):
         raise InputError(
             f"{where}: chunks={chunks!r}; a tile-compressed image is referenced one tile per "
             f"chunk (tile shape {tile_shape}): leave chunks='auto'"
         )
-    header_bytes, _ = storage.cat_ranges(
-        url, [info.header_offset, info.data_offset], [info.data_offset, info.data_offset],
-        storage_options=storage_options,
-    )  # fmt: skip
+    (header_bytes,) = storage.cat_ranges(
+        url, [info.header_offset], [info.data_offset], storage_options=storage_options
+    )
     table = fits.Header.fromstring(header_bytes.decode("ascii"))
     ctype = str(table.get("ZCMPTYPE", "")).strip()
     if ctype not in COMPRESSIONS:
@@ -316,13 +316,15 @@ def _compressed_refs(
             f"{where}: some tiles have no COMPRESSED_DATA (stored gzip-compressed or raw "
             "instead), which one codec cannot describe; read it with cloudlab.fits.open_hdu"
         )
-    if "ZBLANK" in names and not np.all(
-        rows["ZBLANK"] == (info.blank if info.blank is not None else rows["ZBLANK"][0])
-    ):
-        raise FITSFormatError(f"{where}: ZBLANK differs between tiles; read it with open_hdu")
+    zblank = table.get("ZBLANK", info.get("BLANK"))
+    if "ZBLANK" in names and (zblank is None or np.any(rows["ZBLANK"] != zblank)):
+        raise FITSFormatError(
+            f"{where}: a ZBLANK column with values other than the header's ZBLANK/BLANK "
+            f"({zblank}), which one codec cannot describe; read it with cloudlab.fits.open_hdu"
+        )
     tform = str(table[f"TFORM{names.index('COMPRESSED_DATA') + 1}"]).upper()
     match = _TFORM.match(tform)
-    if not match or match.group(2) not in "PQ" or match.group(3)[:1] not in _HEAP_TYPES:
+    if not match or match.group(2) not in ("P", "Q") or match.group(3)[:1] not in _HEAP_TYPES:
         raise FITSFormatError(f"{where}: COMPRESSED_DATA has the unexpected format {tform!r}")
     heap_type = _HEAP_TYPES[match.group(3)[0]]
     codec = _tile_codec(info, table, ctype, tile_shape, heap_type, where)
@@ -340,9 +342,14 @@ def _compressed_refs(
 
 
 def _table_rows(
-    info: HDUInfo, url: str, table: fits.Header, names: list[str], width: int, nrows: int,
+    info: HDUInfo,
+    url: str,
+    table: fits.Header,
+    names: list[str],
+    width: int,
+    nrows: int,
     storage_options: dict | None,
-) -> dict[str, np.ndarray]:  # fmt: skip
+) -> dict[str, np.ndarray]:
     """Columns of the compressed binary table (descriptors as ``(count, offset)`` pairs)."""
     from astropy.io.fits.column import _ColumnFormat
 
@@ -355,8 +362,9 @@ def _table_rows(
         raise FITSFormatError(
             f"{info.url}: compressed HDU {info.index}: row width {width} != {dtype.itemsize}"
         )
-    (data,) = storage.cat_ranges(url, [info.data_offset], [info.data_offset + width * nrows],
-                                 storage_options=storage_options)  # fmt: skip
+    (data,) = storage.cat_ranges(
+        url, [info.data_offset], [info.data_offset + width * nrows], storage_options=storage_options
+    )
     records = np.frombuffer(data, dtype=dtype, count=nrows)
     return {name: np.asarray(records[name]) for name in dtype.names}
 
