@@ -265,6 +265,30 @@ def test_stack_of_ffis_equals_open_stack(tmp_path: Path) -> None:
     assert got.dims == ("time", "y", "x")
     expected = cf.open_stack([str(p) for p in paths], "CAL", dim="time").values
     _same(got.values, expected)
+    lazy = xr.open_dataset(
+        "reference://",
+        engine="zarr",
+        chunks={},
+        backend_kwargs={"consolidated": False, "storage_options": {"fo": refs}},
+    )["data"]
+    assert lazy.chunks == ((1, 1, 1, 1), (16,), (18,))  # one dask chunk per file
+    _same(lazy[1:3, 2:9].values, expected[1:3, 2:9])
+
+
+def test_stack_of_compressed_images_equals_open_stack(tmp_path: Path) -> None:
+    """AIA-like: RICE_1-compressed int16 images with BLANK, stacked along time."""
+    paths = []
+    for i in range(3):
+        data = RNG.integers(-200, 3000, (24, 20)).astype("i2")
+        data[i, :4] = -32768
+        hdu = fits.CompImageHDU(data, compression_type="RICE_1", tile_shape=(4, 20))
+        hdu.header.update(BLANK=-32768, BSCALE=1.0, BZERO=0.0)
+        paths.append(_write(tmp_path / f"aia_{i}.fits", hdu))
+    refs = cf.references([str(p) for p in paths], 1, concat_dim="time")
+    assert json.loads(refs["refs"]["data/.zarray"])["chunks"] == [1, 4, 20]
+    expected = cf.open_stack([str(p) for p in paths], 1, dim="time").values
+    assert np.isnan(expected).sum() == 12
+    _same(_open(refs).values, expected)
 
 
 def test_stack_errors(tmp_path: Path) -> None:
@@ -336,7 +360,12 @@ def test_references_to_s3_files(tmp_path: Path, s3_server, s3_bucket: str) -> No
         },  # fmt: skip
     }
     for name, path in local.items():
-        refs = cf.references(f"s3://{s3_bucket}/{name}", 1)
+        refs = cf.references(
+            f"s3://{s3_bucket}/{name}",
+            1,
+            storage_options={"key": s3_server.key, "secret": s3_server.secret},
+        )
+        assert s3_server.secret not in json.dumps(refs)  # credentials never enter references
         first = next(v for k, v in refs["refs"].items() if k.endswith("0.0"))
         assert first[0] == f"s3://{s3_bucket}/{name}"
         _same(_open(refs, **options).values, cf.open_hdu(str(path), 1).values)
