@@ -23,6 +23,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -111,7 +112,8 @@ def references(
     image_dims = tuple(dims) if dims is not None else default_dims(len(first.shape))
     if len(image_dims) != len(first.shape):
         raise InputError(f"references: dims {image_dims} do not match the shape {first.shape}")
-    per_file = [_file_refs(info, chunks, storage_options) for info in infos]
+    with ThreadPoolExecutor(max_workers=min(16, len(infos))) as pool:  # tile tables: I/O
+        per_file = list(pool.map(lambda i: _file_refs(i, chunks, storage_options), infos))
     meta = per_file[0][0]
     for info, (other, _) in zip(infos[1:], per_file[1:], strict=True):
         if other != meta:
