@@ -258,13 +258,18 @@ def _ffis(tmp_path: Path, n: int = 4) -> list[Path]:
 
 def test_stack_of_ffis_equals_open_stack(tmp_path: Path) -> None:
     paths = _ffis(tmp_path)
-    refs = cf.references(str(tmp_path / "ffi_*.fits"), "CAL", concat_dim="time", chunks=-1)
+    refs = cf.references(
+        str(tmp_path / "ffi_*.fits"), "CAL", concat_dim="time", chunks=-1, keys=("TSTART",)
+    )
     assert json.loads(refs["refs"]["data/.zarray"])["chunks"] == [1, 16, 18]
     assert refs["refs"]["data/2.0.0"][0] == str(paths[2])
     got = _open(refs)
     assert got.dims == ("time", "y", "x")
-    expected = cf.open_stack([str(p) for p in paths], "CAL", dim="time").values
+    stack = cf.open_stack([str(p) for p in paths], "CAL", dim="time", keys=("TSTART",))
+    expected = stack.values
     _same(got.values, expected)
+    np.testing.assert_array_equal(got["TSTART"].values, stack["TSTART"].values)
+    assert list(got["url"].values) == [str(p) for p in paths]
     lazy = xr.open_dataset(
         "reference://",
         engine="zarr",
@@ -295,6 +300,8 @@ def test_stack_errors(tmp_path: Path) -> None:
     paths = _ffis(tmp_path, 2)
     with pytest.raises(InputError, match="concat_dim"):
         cf.references([str(p) for p in paths], 1)
+    with pytest.raises(InputError, match="concat_dim"):
+        cf.references(str(paths[0]), 1, keys=("TSTART",))
     other = _write(tmp_path / "other.fits", fits.ImageHDU(np.zeros((16, 17), "i2")))
     with pytest.raises(FITSFormatError, match="does not match"):
         cf.references([str(paths[0]), str(other)], 1, concat_dim="time")
@@ -381,12 +388,13 @@ def test_cli_writes_references(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     paths = _ffis(tmp_path, 3)
     out = tmp_path / "refs.json"
     args = ["references", str(tmp_path / "ffi_*.fits"), "--hdu", "CAL", "--concat-dim", "time",
-            "--out", str(out)]  # fmt: skip
+            "--keys", "TSTART", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     assert "shape (3, 16, 18)" in capsys.readouterr().out
     refs = json.loads(out.read_text())
     expected = cf.open_stack([str(p) for p in paths], "CAL", dim="time").values
     _same(_open(refs).values, expected)
+    np.testing.assert_array_equal(_open(refs)["TSTART"].values, [0.0, 1.0, 2.0])
     with pytest.raises(OverwriteError):
         cf.write_references(refs, str(out))
     assert main(args) != 0  # refused before any work

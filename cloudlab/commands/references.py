@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "tile-compressed images always get one chunk per tile",
     )
     p.add_argument("--concat-dim", help="stack the files along this new dimension (e.g. time)")
+    p.add_argument(
+        "--keys",
+        nargs="+",
+        default=(),
+        metavar="KEY",
+        help="with --concat-dim: header keywords that become coordinates (e.g. TSTART DATE-OBS)",
+    )
     p.add_argument("--name", default="data", help="name of the array (default 'data')")
     p.add_argument("--out", required=True, help="output JSON (local path or URL)")
     add_overwrite_argument(p)
@@ -58,7 +65,12 @@ def _run(args: argparse.Namespace) -> int:
     check_products([args.out], args)
     urls = args.urls[0] if len(args.urls) == 1 else args.urls
     refs = references(
-        urls, args.hdu, chunks=args.chunks, concat_dim=args.concat_dim, name=args.name
+        urls,
+        args.hdu,
+        chunks=args.chunks,
+        concat_dim=args.concat_dim,
+        name=args.name,
+        keys=args.keys,
     )
     write_references(refs, args.out, overwrite=args.overwrite)
     zarray = json.loads(refs["refs"][f"{args.name}/.zarray"])

@@ -51,6 +51,7 @@ def references(
     concat_dim: str | None = None,
     name: str = "data",
     dims: Sequence[str] | None = None,
+    keys: Sequence[str] = (),
     storage_options: dict | None = None,
 ) -> dict[str, Any]:
     """Kerchunk-format references to one image HDU of one file or a stack of files.
@@ -79,6 +80,9 @@ def references(
         Name of the array (the variable of the dataset).
     dims : sequence of str, optional
         Names of the image dimensions (default ``("y", "x")``, ``("z", "y", "x")``, ...).
+    keys : sequence of str
+        With ``concat_dim``: header keywords whose values (one per file, stored inline) become
+        coordinates along ``concat_dim``, next to ``url``; e.g. ``("TSTART", "DATE-OBS")``.
     storage_options : dict, optional
         Filesystem keyword arguments used to read the headers; they are not written into the
         references (give them to the reader as ``remote_options``).
@@ -140,6 +144,15 @@ def references(
         f"{name}/.zarray": json.dumps(zarray),
         f"{name}/.zattrs": json.dumps(attrs),
     }
+    if concat_dim is not None:
+        coords = {"url": [info.url for info in infos]}
+        coords.update((key, [info.get(key) for info in infos]) for key in keys)
+        for coord, values in coords.items():
+            refs.update(_inline_array(coord, values, concat_dim))
+        attrs["coordinates"] = " ".join(coords)
+        refs[f"{name}/.zattrs"] = json.dumps(attrs)
+    elif keys:
+        raise InputError("references: keys become coordinates along concat_dim; give concat_dim")
     for step, (_, chunk_refs) in enumerate(per_file):
         for key, ref in chunk_refs.items():
             refs[f"{name}/{step}.{key}" if concat_dim is not None else f"{name}/{key}"] = ref
@@ -177,6 +190,33 @@ def write_references(
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def _inline_array(name: str, values: list, dim: str) -> dict[str, str]:
+    """A small 1-D zarr array stored inline in the references (header values, URLs)."""
+    if all(isinstance(v, (bool, np.bool_)) for v in values):
+        data = np.asarray(values, dtype="|b1")
+    elif all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values):
+        data = np.asarray(values, dtype="<f8")
+    else:
+        data = np.asarray(["" if v is None else str(v) for v in values], dtype=np.str_)
+        data = data.astype(data.dtype.newbyteorder("<"))
+    zarray = {
+        "zarr_format": 2,
+        "shape": [len(values)],
+        "chunks": [len(values)],
+        "dtype": data.dtype.str,
+        "compressor": None,
+        "filters": None,
+        "fill_value": None,
+        "order": "C",
+        "dimension_separator": ".",
+    }
+    return {
+        f"{name}/.zarray": json.dumps(zarray),
+        f"{name}/.zattrs": json.dumps({"_ARRAY_DIMENSIONS": [dim]}),
+        f"{name}/0": "base64:" + base64.b64encode(data.tobytes()).decode(),
+    }
 
 
 def _read_infos(entries: list, hdu: Any, storage_options: dict | None) -> list[HDUInfo]:
