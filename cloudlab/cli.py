@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "cloudlab.commands.dre",
     "cloudlab.commands.astronet",
     "cloudlab.commands.vet",
+    "cloudlab.commands.references",
 )
 
 
