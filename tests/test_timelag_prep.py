@@ -243,3 +243,28 @@ def test_region_outside_a_frame_or_off_the_disk_is_refused(series, sunpy_level1)
         prepare(cube, region=series.region, rotation_model="solid")
     with pytest.raises(CloudlabError, match="top_right"):
         prepare(cube, region=((0, 0), (-10, -10)))
+
+
+def test_command_line_prep_derotate_recovers_the_injected_lags(series, tmp_path):
+    import argparse
+
+    import xarray as xr
+
+    from cloudlab.commands import timelag as command
+
+    parser = argparse.ArgumentParser(prog="cloudlab")
+    command.register(parser.add_subparsers(dest="command"))
+    (x0, y0), (x1, y1) = series.region
+    out = tmp_path / "out"
+    args = parser.parse_args([
+        "timelag", "--channel", f"94={series.files[94][0].rsplit('/', 1)[0]}/*.fits",
+        "--channel", f"171={series.files[171][0].rsplit('/', 1)[0]}/*.fits",
+        "--prep", "--derotate", "--reference-time", str(series.reference_time),
+        "--bottom-left", f"{x0},{y0}", "--top-right", f"{x1},{y1}", "--out", str(out), "--no-png",
+    ])  # fmt: skip
+    assert args.prep and args.derotate and args.scale == 0.6
+    assert args.func(args) == 0
+    maps = xr.open_zarr(out / "timelag_maps.zarr").compute()
+    inside = _uniform_truth(series, 94, 171)
+    got = maps["timelag"].sel(pair="94-171").values
+    np.testing.assert_array_equal(got[inside], series.expected_lag(94, 171)[inside])
