@@ -376,8 +376,10 @@ def register_frame(frame: Frame, grid: Grid) -> np.ndarray:
     return out[None]
 
 
-def _check_coverage(frame: Frame, grid: Grid) -> None:
-    """Refuse, before computing, a region off the disk or reaching outside ``frame``."""
+def _check_coverage(frame: Frame, grid: Grid, whole_field: bool = False) -> None:
+    """Refuse, before computing, a region off the disk or reaching outside ``frame`` (with
+    ``whole_field``, the grid is the frame's own field: its corners may fall outside, as
+    aiapy's ``register`` fills them)."""
     ny, nx = grid.shape
     rows = np.array([0, 0, ny - 1, ny - 1, (ny - 1) / 2], float)
     cols = np.array([0, nx - 1, nx - 1, 0, (nx - 1) / 2], float)
@@ -388,6 +390,8 @@ def _check_coverage(frame: Frame, grid: Grid) -> None:
             f"{frame.info.url}: the region lies off the solar disk, where derotation is "
             "undefined: choose an on-disk region or pass derotate=False"
         )
+    if whole_field:
+        return
     height, width = frame.info.shape
     out = ~((x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)) & finite
     if out.any():
@@ -535,6 +539,6 @@ def prepare(
                     rotation_model, int(margin))  # fmt: skip
     for channel_frames in frames.values():
         for frame in channel_frames:
-            _check_coverage(frame, grid)
+            _check_coverage(frame, grid, whole_field=region is None)
     out = {k: _channel_cube(cubes[k], frames[k], grid) for k in cubes}
     return align_channels(out, cadence=cadence, chunks=chunks) if align else out
