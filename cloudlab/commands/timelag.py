@@ -99,6 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--vmax", type=duration, help="colour range of the PNG lag maps")
     parser.add_argument("--no-png", action="store_true", help="skip the PNG plots")
+    _add_prep_arguments(parser)
     add_cluster_argument(parser)
     add_overwrite_argument(parser)
     parser.set_defaults(func=_run)
@@ -116,6 +117,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cadence", type=float, default=12.0, help="seconds (default 12)")
     parser.add_argument("--uncompressed", action="store_true", help="image in HDU 0")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--level1", action="store_true", help="level-1 frames (see --prep)")
     parser.set_defaults(func=_simulate)
 
 
@@ -128,6 +130,7 @@ def _simulate(args: argparse.Namespace) -> int:
     series = aia_series(
         args.dest, channels=channels, shape=(ny, nx), n_frames=args.frames,
         cadence_s=args.cadence, compressed=not args.uncompressed, seed=args.seed,
+        level1=getattr(args, "level1", False),
     )  # fmt: skip
     n_files = sum(len(f) for f in series.files.values())
     print(f"{n_files} files ({len(channels)} channels x {args.frames} frames, {ny}x{nx}) "
@@ -190,11 +193,14 @@ def _run(args: argparse.Namespace) -> int:
         for name, urls in files.items():
             channels[keys[name]] = aia.open_stack(urls if len(urls) > 1 else urls[0])
             print(f"channel {name}: {channels[keys[name]].sizes['time']} frames")
-        prepared = prepare_channels(
-            channels, bottom_left=args.bottom_left, top_right=args.top_right,
-            start=args.start, end=args.end, every=args.every, cadence=args.cadence,
-            drop_bad=not args.keep_bad, max_gap=args.max_gap, allow_gaps=args.allow_gaps,
-        )  # fmt: skip
+        if args.prep:
+            prepared = _prepare_level1(channels, args)
+        else:
+            prepared = prepare_channels(
+                channels, bottom_left=args.bottom_left, top_right=args.top_right,
+                start=args.start, end=args.end, every=args.every, cadence=args.cadence,
+                drop_bad=not args.keep_bad, max_gap=args.max_gap, allow_gaps=args.allow_gaps,
+            )  # fmt: skip
         pairs = None
         if args.pairs:
             pairs = [(keys.get(a, a), keys.get(b, b)) for a, b in args.pairs]
@@ -221,3 +227,29 @@ def _run(args: argparse.Namespace) -> int:
     remove_files(leftover)
     print(f"{len(written)} outputs in {out} in {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+# ------------------------------------------------------------------ --prep: level-1 registration
+def _add_prep_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--prep`` and its options: register level-1 files (cloudlab.timelag.prepare)."""
+    group = parser.add_argument_group("level-1 registration (--prep)")
+    group.add_argument(
+        "--prep", action="store_true", help="register level-1 files onto one grid (roll, scale)"
+    )
+    group.add_argument("--derotate", action="store_true", help="with --prep: follow solar rotation")
+    group.add_argument("--scale", type=float, default=0.6, help="grid arcsec/px (default 0.6)")
+    group.add_argument("--reference-time", help="grid time (ISO; default: mid-series)")
+
+
+def _prepare_level1(channels: dict, args: argparse.Namespace) -> dict:
+    """The ``--prep`` path: time selection, then registration and the common time grid."""
+    from cloudlab.timelag import prepare, select_time
+
+    region = None
+    if args.bottom_left is not None:
+        region = (args.bottom_left, args.top_right)
+    channels = {k: select_time(c, args.start, args.end, args.every) for k, c in channels.items()}
+    return prepare(
+        channels, region=region, reference_time=args.reference_time, scale=args.scale,
+        derotate=args.derotate, drop_bad=not args.keep_bad, cadence=args.cadence,
+    )  # fmt: skip

@@ -1,6 +1,12 @@
-"""AIA time-lag analysis: lazy preparation of AIA cubes, FFT cross-correlation maps between
-channels, and their products."""
+"""AIA time-lag analysis: lazy registration and preparation of AIA cubes, FFT cross-correlation
+maps between channels, and their products.
 
+``cloudlab.timelag.prepare(channels, ...)`` registers level-1 stacks onto one helioprojective
+grid (:func:`cloudlab.timelag.register.prepare`); ``cloudlab.timelag.prepare`` is also the module
+of the steps for cubes already on one grid (``prepare.crop``, ``prepare.select_time``...).
+"""
+
+from cloudlab.timelag import prepare
 from cloudlab.timelag.kernels import timelag_bytes_per_pixel
 from cloudlab.timelag.maps import (
     HOT_TO_COOL,
@@ -36,6 +42,7 @@ __all__ = [
     "nominal_cadence",
     "normalize_exposure",
     "plot_maps",
+    "prepare",
     "prepare_channels",
     "select_time",
     "timelag_bytes_per_pixel",
