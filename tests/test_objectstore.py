@@ -58,7 +58,7 @@ def test_ranged_reads_through_shaper_are_unchanged(object_store, shaper):
     starts = np.sort(rng.integers(0, len(data) - 300_000, 400))
     ends = starts + rng.integers(1, 300_000, 400)
     parts = fs.cat_ranges([f"data/{key}"] * len(starts), starts.tolist(), ends.tolist())
-    for part, start, end in zip(parts, starts, ends):
+    for part, start, end in zip(parts, starts, ends, strict=True):
         assert part == data[start:end]
     assert fs.cat_file(f"data/{key}") == data  # one large response, paced in many chunks
     assert shaper.snapshot().connections > 1  # served concurrently
@@ -126,7 +126,7 @@ def test_fits_reads_through_shaper_equal_astropy(object_store, shaper, tmp_path)
     boxes = [(slice(0, 40), slice(k, k + 3), slice(k, k + 5)) for k in range(0, 25, 4)]
     shaper.reset()
     got = fits.read_regions(info, boxes)
-    for box, part in zip(boxes, got):
+    for box, part in zip(boxes, got, strict=True):
         np.testing.assert_array_equal(part, want_cube[box])
     assert shaper.snapshot().requests["GET"] >= 1
 
