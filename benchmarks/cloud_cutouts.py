@@ -142,7 +142,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=3705)
     parser.add_argument("--size", type=int, default=10)
     parser.add_argument("--latency", type=float, default=0.030, help="seconds per request")
-    parser.add_argument("--bandwidth", type=float, default=80e6, help="bytes/s per connection")
+    parser.add_argument(
+        "--bandwidth", type=float, default=80e6, help="bytes/s per connection (0: unlimited)"
+    )
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -154,7 +156,8 @@ def main() -> None:
     try:
         with ObjectStore(Path(tmp, "store"), buckets=[BUCKET]) as store:
             url = make_cube(store, tmp, args.frames)
-            with Shaper(store.port, latency=args.latency, bandwidth=args.bandwidth) as shaper:
+            bandwidth = args.bandwidth or None
+            with Shaper(store.port, latency=args.latency, bandwidth=bandwidth) as shaper:
                 # every s3:// client (s3fs for cloudlab, astropy+fsspec for astrocut) goes here
                 os.environ.update(AWS_ENDPOINT_URL_S3=shaper.endpoint_url,
                                   AWS_ACCESS_KEY_ID=store.key,

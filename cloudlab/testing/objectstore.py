@@ -48,7 +48,7 @@ SECRET = "S3RVER"
 TOOLS_BIN = Path(".tools") / "node_modules" / ".bin" / "s3rver"
 #: HTTP methods that open a request (anything else on an idle connection is a request body)
 METHODS = (b"GET ", b"HEAD ", b"PUT ", b"POST ", b"DELETE ", b"OPTIONS ")
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 
 
 def free_port() -> int:
