@@ -13,7 +13,7 @@ import pytest
 import s3fs
 from astropy.io import fits as afits
 
-from cloudlab import fits
+from cloudlab import fits, storage
 from cloudlab.errors import ExternalToolError, InputError
 from cloudlab.testing import ObjectStore, Shaper, place_object
 from cloudlab.testing.objectstore import find_s3rver
@@ -147,3 +147,19 @@ def test_shaper_refuses_bad_settings(object_store):
         Shaper(object_store.port, latency=-1)
     with pytest.raises(InputError, match="bandwidth"):
         Shaper(object_store.port, bandwidth=0)
+
+
+def test_batched_reads_keep_many_requests_in_flight(object_store):
+    """storage.cat_ranges on S3 opens more connections than botocore's default pool of 10."""
+    data = np.random.default_rng(4).integers(0, 256, 2_000_000, dtype=np.uint8).tobytes()
+    key = put_local(object_store, data, "many.bin")
+    starts = np.arange(0, 1_990_000, 10_000)
+    ends = starts + 1000
+    # a long latency keeps every request open while the others are sent
+    with Shaper(object_store.port, latency=0.2, bandwidth=None) as slow:
+        options = object_store.storage_options(slow.endpoint_url)
+        parts = storage.cat_ranges(f"s3://data/{key}", starts, ends, storage_options=options)
+        stats = slow.snapshot()
+    assert [bytes(p) for p in parts] == [data[a:b] for a, b in zip(starts, ends, strict=True)]
+    assert stats.requests["GET"] == len(starts)
+    assert 10 < stats.connections <= storage.S3_CONNECTIONS
