@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cloudlab-installed
 
-.PHONY: demo test lint docs system-deps benchmarks clean
+.PHONY: demo test lint docs system-deps tools benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,21 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq source-extractor psfex; \
 	fi
 
+# s3rver (the loopback S3 server of the tests and benchmarks) from npm, into .tools/; Node.js and
+# npm come from Debian's packages when missing.
+TOOLS := .tools
+S3RVER := $(TOOLS)/node_modules/.bin/s3rver
+
+$(S3RVER):
+	@if ! command -v npm >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; \
+	fi
+	npm install --prefix $(TOOLS) --no-audit --no-fund --silent s3rver@3.7.1
+
+tools: $(S3RVER)
+
 demo: $(STAMP)
 	$(BIN)/cloudlab demo
 
@@ -29,14 +44,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) system-deps tools lint
 	$(BIN)/pytest -q -ra --nbmake --nbmake-timeout=600 tests notebooks
 
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site
 
-benchmarks: $(STAMP)
+benchmarks: $(STAMP) tools
 	for script in benchmarks/*.py; do $(BIN)/python $$script --quick || exit 1; done
 
 clean:
-	rm -rf $(VENV) site .pytest_cache
+	rm -rf $(VENV) $(TOOLS) site .pytest_cache

@@ -135,6 +135,17 @@ def s3_bucket(s3_server: S3Server) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory):
+    """s3rver on 127.0.0.1 (concurrent, objects kept as plain files), with a bucket ``data``;
+    installed by ``make tools``. Unshaped: tests put a ``cloudlab.testing.Shaper`` in front."""
+    from cloudlab.testing import ObjectStore
+
+    store = ObjectStore(tmp_path_factory.mktemp("s3rver") / "root", buckets=["data"])
+    yield store
+    store.stop()
+
+
 # -------------------------------------------------------------------------------------------- GCS
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:

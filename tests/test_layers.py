@@ -41,6 +41,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("workflows", frozenset({"cutouts", "timelag", "backdrop", "dre", "astronet"})),
     ("pipelines", frozenset({"pipelines", "simulate"})),
     ("faces", frozenset({"commands", "cli"})),
+    # loopback servers for tests and benchmarks; nothing in the library imports them
+    ("testing", frozenset({"testing"})),
 )
 
 #: layers whose members are independent of one another: each may import only itself

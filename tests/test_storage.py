@@ -83,12 +83,18 @@ def test_local_paths(tmp_path: Path) -> None:
     assert not storage.is_local("s3://bucket/key")
 
 
-_BOTO = {"config_kwargs": {"retries": storage.S3_BOTOCORE_RETRIES}}
-"""What every S3 filesystem gets: no retries inside botocore (cloudlab and s3fs retry)."""
+POOL = {
+    "config_kwargs": {
+        "retries": storage.S3_BOTOCORE_RETRIES,
+        "max_pool_connections": storage.S3_CONNECTIONS,
+    }
+}
+"""What every S3 filesystem gets: no retries inside botocore (cloudlab and s3fs retry) and a
+connection pool large enough for batched ranged reads."""
 
 
 def test_s3_is_anonymous_by_default(clean_env: pytest.MonkeyPatch) -> None:
-    assert storage.storage_options_for("s3://bucket/key") == {"anon": True, **_BOTO}
+    assert storage.storage_options_for("s3://bucket/key") == {"anon": True, **POOL}
     fs, path = storage.resolve("s3://bucket/key.fits")
     assert fs.anon is True and path == "bucket/key.fits"
 
@@ -96,15 +102,27 @@ def test_s3_is_anonymous_by_default(clean_env: pytest.MonkeyPatch) -> None:
 def test_s3_endpoint_and_credentials_from_environment(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
     opts = storage.storage_options_for("s3://bucket/key")
-    assert opts == {"endpoint_url": "http://127.0.0.1:9", "anon": False, **_BOTO}
+    assert opts == {"endpoint_url": "http://127.0.0.1:9", "anon": False, **POOL}
     clean_env.delenv("AWS_ENDPOINT_URL_S3")
     clean_env.setenv("AWS_ACCESS_KEY_ID", "someone")
-    assert storage.storage_options_for("s3://bucket/key") == {"anon": False, **_BOTO}
+    assert storage.storage_options_for("s3://bucket/key") == {"anon": False, **POOL}
     clean_env.delenv("AWS_ACCESS_KEY_ID")
     credentials = Path(os.environ["HOME"]) / ".aws" / "credentials"
     credentials.parent.mkdir(parents=True)
     credentials.write_text("[default]\n")
-    assert storage.storage_options_for("s3://bucket/key") == {"anon": False, **_BOTO}
+    assert storage.storage_options_for("s3://bucket/key") == {"anon": False, **POOL}
+
+
+def test_s3_connection_pool_default_merges_with_callers_config(clean_env) -> None:
+    retries = {"retries": {"max_attempts": 1}}
+    opts = storage.storage_options_for("s3://b/k", storage_options={"config_kwargs": retries})
+    assert opts["config_kwargs"] == {**retries, "max_pool_connections": storage.S3_CONNECTIONS}
+    mine = {"config_kwargs": {"max_pool_connections": 3}}
+    assert storage.storage_options_for("s3://b/k", storage_options=mine)["config_kwargs"] == {
+        "retries": storage.S3_BOTOCORE_RETRIES,
+        "max_pool_connections": 3,
+    }
+    assert "config_kwargs" not in storage.storage_options_for("gs://b/k")
 
 
 def test_dask_config_and_explicit_options_take_precedence(clean_env: pytest.MonkeyPatch) -> None:
@@ -112,7 +130,7 @@ def test_dask_config_and_explicit_options_take_precedence(clean_env: pytest.Monk
         assert storage.storage_options_for("s3://b/k") == {
             "anon": True,
             "endpoint_url": "http://cfg",
-            **_BOTO,
+            **POOL,
         }
         opts = storage.storage_options_for("s3://b/k", storage_options={"key": "k", "secret": "s"})
         assert opts["anon"] is False and opts["endpoint_url"] == "http://cfg"

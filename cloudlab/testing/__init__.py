@@ -1,0 +1,8 @@
+"""Test and benchmark helpers: servers that stand in for cloud services on 127.0.0.1.
+
+Nothing in the library imports this package; tests and ``benchmarks/`` do.
+"""
+
+from cloudlab.testing.objectstore import ObjectStore, Shaper, place_object
+
+__all__ = ["ObjectStore", "Shaper", "place_object"]
