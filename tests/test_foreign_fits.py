@@ -14,6 +14,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -24,6 +25,15 @@ from cloudlab import fits as cf
 from cloudlab import storage
 from cloudlab.errors import CloudlabError, FITSFormatError
 from cloudlab.io import aia
+
+
+@pytest.fixture(autouse=True)
+def _threads_in_this_process():
+    """Compute here: a session's default cluster client would run the reads in worker processes
+    that cannot see this process's ``memory://`` files."""
+    with dask.config.set(scheduler="threads"):
+        yield
+
 
 RNG = np.random.default_rng(11)
 
