@@ -308,6 +308,10 @@ def storage_options_for(url: str, *, storage_options: dict | None = None) -> dic
         if protocol in ("s3", "s3a") and "anon" not in storage_options:
             if any(k in storage_options for k in ("key", "secret", "profile", "token")):
                 opts["anon"] = False
+    given_endpoint = (storage_options or {}).get("client_kwargs", {}).get("endpoint_url")
+    if given_endpoint and "endpoint_url" not in (storage_options or {}):
+        # an endpoint given in client_kwargs wins over one from the environment
+        opts.pop("endpoint_url", None)
     if protocol in ("s3", "s3a"):
         config = dict(opts.get("config_kwargs") or {})
         config.setdefault("max_pool_connections", S3_CONNECTIONS)
