@@ -1,15 +1,26 @@
-"""Chunk planning: spatial chunk sizes that keep one task's memory under a worker's limit."""
+"""Chunk planning: spatial chunk sizes that keep one task's memory under a worker's limit, and
+the outputs of batch tasks as dask arrays in one graph layer."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Hashable, Sequence
+from typing import Any
 
+import dask.array as da
+import numpy as np
 import psutil
+from dask.highlevelgraph import HighLevelGraph
 
 from cloudlab.errors import InputError
 
-__all__ = ["DEFAULT_MEMORY_FRACTION", "plan_spatial_chunks", "worker_memory_limit"]
+__all__ = [
+    "DEFAULT_MEMORY_FRACTION",
+    "plan_spatial_chunks",
+    "task_outputs",
+    "worker_memory_limit",
+]
 
 #: fraction of a worker's memory (per thread) that one task may use
 DEFAULT_MEMORY_FRACTION = 0.5
@@ -109,3 +120,50 @@ def plan_spatial_chunks(
         axis = max(range(len(chunks)), key=lambda i: chunks[i])
         chunks[axis] = math.ceil(chunks[axis] / 2)
     return tuple(math.ceil(n / math.ceil(n / c)) for n, c in zip(shape, chunks, strict=True))
+
+
+def task_outputs(
+    graph: HighLevelGraph,
+    name: str,
+    item: Hashable,
+    lengths: Sequence[int],
+    inner: tuple[int, ...],
+    dtype: Any,
+) -> da.Array:
+    """One output of a layer of batch tasks as a dask array, in one graph layer.
+
+    Workflows that process items (galaxies, TCEs) in batches make one task per batch, each
+    returning a tuple or dict of arrays; this concatenates entry ``item`` of every batch along
+    axis 0 without a layer (or a ``from_delayed``) per batch, so the graph's layers stay the
+    same in number whatever the input size.
+
+    Parameters
+    ----------
+    graph : dask.highlevelgraph.HighLevelGraph
+        Graph holding layer ``name`` whose keys are ``(name, 0)``, ``(name, 1)``, ... (one per
+        batch, in order).
+    name : str
+        The batch layer.
+    item : hashable
+        Index or key of the output in each batch's result.
+    lengths : sequence of int
+        Items per batch.
+    inner : tuple of int
+        Shape of one item's entry (``()`` for a scalar per item).
+    dtype : dtype
+        Output dtype.
+
+    Returns
+    -------
+    dask.array.Array
+        Shape ``(sum(lengths), *inner)``, one chunk per batch.
+    """
+    if not lengths:
+        return da.zeros((0, *inner), dtype=dtype)
+    out = f"{name}-{item}"
+    zeros = (0,) * len(inner)
+    layer = {(out, k, *zeros): (operator.getitem, (name, k), item) for k in range(len(lengths))}
+    graph = HighLevelGraph({**graph.layers, out: layer}, {**graph.dependencies, out: {name}})
+    chunks = (tuple(lengths), *((m,) for m in inner))
+    meta = np.empty((0, *inner), dtype=dtype)
+    return da.Array(graph, out, chunks, dtype=dtype, meta=meta)

@@ -276,11 +276,6 @@ LAYER_GROWTH = 2.0
 XFAIL = {
     "cutouts": "layers 16 -> 104 (one per batch; the target reorder is its own step)",
     "backdrop": "layers 36 -> 249 (one per batch of frames)",
-    "dre": "layers 28 -> 190 (~9 per chunk of 32 galaxies)",
-    "dre-hdf5": "9.3 kB per galaxy shipped (the cuts' pixels ride in the graph)",
-    "astronet": "tasks x23.6, shipped x22.2 (each batch indexes every light-curve block)",
-    "astronet-memory": "48.6 kB per target shipped for 16 kB of light curve (each TCE's batch "
-    "embeds its rows again); layers 173 -> 1685",
 }
 
 

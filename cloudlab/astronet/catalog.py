@@ -14,16 +14,18 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from functools import lru_cache
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from cloudlab import storage
 from cloudlab.astronet.shipped import SHIPPED, shipped_models
 from cloudlab.astronet.views import batch_views, num_bins
 from cloudlab.backend import gpu_tasks
+from cloudlab.chunking import task_outputs
 from cloudlab.errors import REASON, STATUS, InputError, NotFoundError
 
 __all__ = [
@@ -144,7 +146,10 @@ def _check_numeric(table: pd.DataFrame, url: str) -> None:
 
 
 def _light_curve_arrays(lightcurves: xr.Dataset) -> tuple[object, object, np.ndarray]:
-    """(time, flux, target labels) as 2-D (target, n) arrays, dask or numpy, without computing."""
+    """(time, flux, target labels), without computing.
+
+    ``flux`` is 2-D (target, n); ``time`` is 2-D too, or 1-D (n) when every target shares it.
+    """
     if "flux" not in lightcurves or "target" not in lightcurves["flux"].dims:
         raise InputError(
             "lightcurves: no 'flux' variable with a 'target' dimension; "
@@ -158,9 +163,7 @@ def _light_curve_arrays(lightcurves: xr.Dataset) -> tuple[object, object, np.nda
     if "time" not in lightcurves.variables:
         raise InputError("lightcurves: no 'time' coordinate or variable; add the cadence times")
     time = lightcurves["time"]
-    if time.dims == (other,):
-        time = time.expand_dims(target=flux.sizes["target"]).transpose("target", other)
-    else:
+    if time.dims != (other,):
         time = time.transpose("target", other)
     targets = (
         lightcurves["target"].values
@@ -170,14 +173,39 @@ def _light_curve_arrays(lightcurves: xr.Dataset) -> tuple[object, object, np.nda
     return time.data, flux.data, np.asarray(targets)
 
 
-def _block(time, flux, rows, period, t0, duration, kind, max_epoch_distance, extra=None):
-    time = np.asarray(time, float)[rows]
-    flux = np.asarray(flux, float)[rows]
+def _by_target(values, rows: int) -> da.Array:
+    """A (target, n) array as dask chunks of whole light curves (in-memory data wrapped once)."""
+    if not isinstance(values, da.Array):
+        values = np.asarray(values)
+        chunks = -1 if values.ndim == 1 else (max(1, rows), -1)
+        values = da.from_array(values, chunks=chunks)
+    if values.ndim == 1:  # one time axis shared by every target: a single block
+        return values.rechunk(-1)
+    return values.rechunk({1: -1})
+
+
+def _gather(blocks: list, picks: list) -> np.ndarray:
+    """The rows ``picks[k]`` of ``blocks[k]``, concatenated (a shared 1-D array as it is)."""
+    if np.ndim(blocks[0]) == 1:
+        return np.asarray(blocks[0], float)
+    return np.concatenate(
+        [np.asarray(block, float)[pick] for block, pick in zip(blocks, picks, strict=True)]
+    )
+
+
+def _block(
+    time, flux, picks, rows, period, t0, duration, kind, max_epoch_distance, extra, found, labels
+):
+    """Views of one batch of TCEs from the light-curve blocks it needs (``rows``: each TCE's
+    row in the concatenation of the picked rows)."""
+    time = _gather(time, picks)
+    time = np.repeat(time[None, :], len(rows), axis=0) if time.ndim == 1 else time[rows]
+    flux = _gather(flux, picks)[rows]
     apertures = qingress = None
     if extra is not None:
         small, big, qingress = extra
-        apertures = (np.asarray(small, float)[rows], np.asarray(big, float)[rows])
-    return batch_views(
+        apertures = (_gather(small, picks)[rows], _gather(big, picks)[rows])
+    out = batch_views(
         time,
         flux,
         period,
@@ -188,6 +216,24 @@ def _block(time, flux, rows, period, t0, duration, kind, max_epoch_distance, ext
         apertures=apertures,
         qingress=qingress,
     )
+    out[STATUS], out[REASON] = _reasons(out[STATUS], out[REASON], found, labels)
+    return out
+
+
+def _batch_inputs(row_of: np.ndarray, starts: np.ndarray, batch: slice):
+    """For one batch of TCEs: the target blocks it reads, the rows to take from each, where
+    each TCE's light curve lands in their concatenation, and whether it has one."""
+    rows = row_of[batch]
+    found = rows >= 0
+    need = np.unique(rows[found])
+    if not need.size:
+        need = np.array([0])
+    local = np.zeros(rows.size, dtype=np.int64)
+    local[found] = np.searchsorted(need, rows[found])
+    chunk = np.searchsorted(starts, need, side="right") - 1
+    blocks = np.unique(chunk)
+    picks = [need[chunk == c] - starts[c] for c in blocks]
+    return blocks, picks, local, found
 
 
 def views(
@@ -254,60 +300,68 @@ def views(
         dup = lookup[lookup.duplicated()].unique()[:5].tolist()
         raise InputError(f"lightcurves: target labels repeat ({dup}); give each target one row")
     row_of = lookup.get_indexer(tces[target].to_numpy())
-    tce_p = tces[period].to_numpy(float)
-    tce_t0 = tces[t0].to_numpy(float)
-    tce_d = tces[duration].to_numpy(float)
     sizes = num_bins(kind)
     n = len(tces)
     with_depth = kind == "vetting" and {"flux_small", "flux_big"} <= set(lightcurves.data_vars)
+    inputs = {"time": time, "flux": flux}
     if with_depth:
-        small = lightcurves["flux_small"].transpose("target", ...).data
-        big = lightcurves["flux_big"].transpose("target", ...).data
+        inputs["small"] = lightcurves["flux_small"].transpose("target", ...).data
+        inputs["big"] = lightcurves["flux_big"].transpose("target", ...).data
         tce_q = tces[qingress].to_numpy(float) if qingress in tces else np.zeros(n)
-    pieces: dict[str, list] = {name: [] for name in [*sizes, "valid", STATUS, REASON]}
-    for lo in range(0, n, batch_size):
+    inputs = {k: _by_target(v, batch_size) for k, v in inputs.items()}
+    chunks = inputs["flux"].chunks[0]
+    for key, values in inputs.items():  # every per-target input is cut as flux is
+        if values.ndim == 2 and values.chunks[0] != chunks:
+            inputs[key] = values.rechunk({0: chunks})
+    starts = np.cumsum((0, *chunks))[:-1]
+
+    def keys(variable: str, blocks: np.ndarray) -> list:
+        values = inputs[variable]
+        if values.ndim == 1:
+            return [(values.name, 0)]
+        return [(values.name, int(c), 0) for c in blocks]
+
+    tce_p = tces[period].to_numpy(float)
+    tce_t0 = tces[t0].to_numpy(float)
+    tce_d = tces[duration].to_numpy(float)
+    names = [values.name for values in inputs.values()]
+    token = tokenize(names, tces, kind, batch_size, max_epoch_distance, target, period, t0,
+                     duration, qingress)  # fmt: skip
+    name = f"astronet-views-{token}"
+    graph: dict = {}
+    lengths = []
+    for b, lo in enumerate(range(0, n, batch_size)):
         sl = slice(lo, min(n, lo + batch_size))
-        rows = row_of[sl]
-        found = rows >= 0
-        need = np.unique(rows[found])
-        local = np.full(rows.size, 0)
-        local[found] = np.searchsorted(need, rows[found])
-        pick = need if need.size else np.array([0])
-        p_batch = np.where(found, tce_p[sl], np.nan)
-        extra = (small[pick], big[pick], tce_q[sl]) if with_depth else None
-        block = dask.delayed(_block, pure=True)(
-            time[pick],
-            flux[pick],
+        blocks, picks, local, found = _batch_inputs(row_of, starts, sl)
+        extra = [keys("small", blocks), keys("big", blocks), tce_q[sl]] if with_depth else None
+        graph[(name, b)] = (
+            _block,
+            keys("time", blocks),
+            keys("flux", blocks),
+            picks,
             local,
-            p_batch,
+            np.where(found, tce_p[sl], np.nan),
             tce_t0[sl],
             tce_d[sl],
             kind,
             max_epoch_distance,
             extra,
+            found,
+            tces[target].iloc[sl],
         )
-        m = rows.size
-        for name, bins in sizes.items():
-            pieces[name].append(da.from_delayed(block[name], (m, bins), dtype=float))
-        pieces["valid"].append(da.from_delayed(block["valid"], (m,), dtype=bool))
-        if with_depth:
-            pieces.setdefault("depth_change", []).append(
-                da.from_delayed(block["depth_change"], (m,), dtype=float)
-            )
-        marked = dask.delayed(_reasons, pure=True, nout=2)(
-            block[STATUS], block[REASON], found, tces[target].iloc[sl]
-        )
-        pieces[STATUS].append(da.from_delayed(marked[0], (m,), dtype=STATUS_DTYPE))
-        pieces[REASON].append(da.from_delayed(marked[1], (m,), dtype=REASON_DTYPE))
-    data = {}
-    for name, bins in sizes.items():
-        dim = name.replace("_view", "_bin")
-        data[name] = (("tce", dim), _concat(pieces[name], (0, bins), float))
-    data["valid"] = ("tce", _concat(pieces["valid"], (0,), bool))
+        lengths.append(sl.stop - sl.start)
+    batches = HighLevelGraph.from_collections(name, graph, dependencies=list(inputs.values()))
+    outputs = {variable: (bins, float) for variable, bins in sizes.items()}
+    outputs["valid"] = (None, bool)
     if with_depth:
-        data["depth_change"] = ("tce", _concat(pieces["depth_change"], (0,), float))
-    data[STATUS] = ("tce", _concat(pieces[STATUS], (0,), STATUS_DTYPE))
-    data[REASON] = ("tce", _concat(pieces[REASON], (0,), REASON_DTYPE))
+        outputs["depth_change"] = (None, float)
+    outputs[STATUS] = (None, STATUS_DTYPE)
+    outputs[REASON] = (None, REASON_DTYPE)
+    data = {}
+    for variable, (bins, dtype) in outputs.items():
+        dims = ("tce",) if bins is None else ("tce", variable.replace("_view", "_bin"))
+        inner = () if bins is None else (bins,)
+        data[variable] = (dims, task_outputs(batches, name, variable, lengths, inner, dtype))
     ds = xr.Dataset(data)
     for column in tces.columns:
         values = tces[column].to_numpy()
@@ -318,12 +372,6 @@ def views(
         ds[column].attrs["units"] = "d"
     ds.attrs.update(kind=kind, period=period, t0=t0, duration=duration, target=target)
     return ds
-
-
-def _concat(parts: Sequence, empty_shape: tuple, dtype) -> da.Array:
-    if not parts:
-        return da.zeros(empty_shape, dtype=dtype)
-    return da.concatenate(parts, axis=0)
 
 
 def _reasons(

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
 from astropy.table import Table
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 from scipy import ndimage
 
+from cloudlab.chunking import task_outputs
 from cloudlab.errors import InputError
 from cloudlab.fits import HDUInfo, hdu_info, read_regions
 from cloudlab.io.galaxies import read_catalog
@@ -241,8 +242,13 @@ def open_cuts(
 
     n = len(selected)
     starts = range(0, n, chunk_size)
-    parts = [
-        dask.delayed(_read_chunk, pure=True)(
+    lengths = [min(chunk_size, n - s) for s in starts]
+    name = "dre-cuts-" + tokenize(
+        tile_info, bkg_info, rms_info, seg_info, rows, cols, numbers, size, chunk_size
+    )
+    layer = {
+        (name, k): (
+            _read_chunk,
             tile_info,
             bkg_info,
             rms_info,
@@ -252,19 +258,17 @@ def open_cuts(
             numbers[s : s + chunk_size],
             size,
         )
-        for s in starts
-    ]
-    lengths = [min(chunk_size, n - s) for s in starts]
-    arrays = {}
-    for i, (name, dtype) in enumerate(
-        (("obj", np.float32), ("seg", bool), ("rms", np.float32), ("flag", np.uint8))
-    ):
-        shape_i = (lambda m: (m,)) if name == "flag" else (lambda m: (m, size, size))
-        blocks = [
-            da.from_delayed(p[i], shape=shape_i(m), dtype=dtype)
-            for p, m in zip(parts, lengths, strict=True)
-        ]
-        arrays[name] = da.concatenate(blocks) if blocks else da.zeros(shape_i(0), dtype=dtype)
+        for k, s in enumerate(starts)
+    }  # one layer: one task per chunk of galaxies reads all its windows
+    chunks = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    arrays = {
+        variable: task_outputs(
+            chunks, name, k, lengths, () if variable == "flag" else (size, size), dtype
+        )
+        for k, (variable, dtype) in enumerate(
+            (("obj", np.float32), ("seg", bool), ("rms", np.float32), ("flag", np.uint8))
+        )
+    }
 
     ext = (
         np.asarray(selected["EXT_NUMBER"], dtype=int)

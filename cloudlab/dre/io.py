@@ -12,13 +12,17 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 from astropy.io import fits
 from astropy.table import Table
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from cloudlab import storage
 from cloudlab.backend import asnumpy
+from cloudlab.chunking import task_outputs
 from cloudlab.errors import FITSFormatError, InputError
 from cloudlab.storage import check_writable, resolve, write_file
 
@@ -237,15 +241,44 @@ def write_cuts_hdf5(
     return written
 
 
-def read_cuts_hdf5(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
-    """Read a DRE ``_cuts.h5`` file into the Dataset layout of ``open_cuts``.
+_CUTS_CHUNK = 32  # galaxies per task when cuts are read back from HDF5
+_CUT_VARIABLES = ("obj", "seg", "rms")
 
-    ``EXT_NUMBER`` and ``NUMBER`` are parsed from the group names ``EE_NNNN``.
+
+def _read_cuts_chunk(
+    url: str, names: list[str], storage_options: dict | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``obj``, ``seg``, ``rms`` of the groups ``names`` of a cuts file (one open per chunk)."""
+    import h5py
+
+    fs, path = resolve(url, storage_options=storage_options)
+    try:
+        with fs.open(path, "rb") as f, h5py.File(f, "r") as h5:
+            obj, seg, rms = (
+                np.stack([np.asarray(h5[n][v]) for n in names]) for v in _CUT_VARIABLES
+            )
+    except FileNotFoundError:
+        raise
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise InputError(
+            f"{url}: cuts of {names[0]}..{names[-1]} unreadable, truncated or changed since "
+            f"the file was opened ({err}); rerun `cloudlab dre cuts` for this tile"
+        ) from err
+    return obj.astype(np.float32), seg.astype(bool), rms.astype(np.float32)
+
+
+def read_cuts_hdf5(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Open a DRE ``_cuts.h5`` file lazily in the Dataset layout of ``open_cuts``.
+
+    Only the group names and the stamp shape are read now; each task of 32 galaxies reads
+    its own groups, so the graph carries names, not pixels. ``EXT_NUMBER`` and ``NUMBER`` are
+    parsed from the group names ``EE_NNNN``.
 
     Raises
     ------
     InputError
-        For a truncated or foreign file, or one without cuts; the message names the file.
+        For a truncated or foreign file, or one without cuts, or a group without ``obj``,
+        ``seg`` or ``rms``; the message names the file.
     """
     import h5py
 
@@ -253,7 +286,8 @@ def read_cuts_hdf5(url: str, *, storage_options: dict | None = None) -> xr.Datas
     try:
         with fs.open(path, "rb") as f, h5py.File(f, "r") as h5:
             names = sorted(h5)
-            arrays = {v: [np.asarray(h5[n][v]) for n in names] for v in ("obj", "seg", "rms")}
+            lacking = [n for n in names if not all(v in h5[n] for v in _CUT_VARIABLES)]
+            shape = h5[names[0]]["obj"].shape if names else ()
     except FileNotFoundError:
         raise
     except (OSError, KeyError, TypeError, ValueError) as err:
@@ -263,24 +297,39 @@ def read_cuts_hdf5(url: str, *, storage_options: dict | None = None) -> xr.Datas
         ) from err
     if not names:
         raise InputError(f"{url}: no cuts in the file")
+    if lacking or len(shape) != 2:
+        raise InputError(
+            f"{url}: not a readable DRE cuts file, group(s) {lacking[:5] or names[:1]} without "
+            "2-D obj/seg/rms; rerun `cloudlab dre cuts` for this tile"
+        )
     dims = ("galaxy", "y", "x")
     ext, number = zip(*(map(int, n.split("_")) for n in names), strict=True)
-    size = arrays["obj"][0].shape[-1]
+    parts = [names[lo : lo + _CUTS_CHUNK] for lo in range(0, len(names), _CUTS_CHUNK)]
+    name = "dre-read-cuts-" + tokenize(url, names, storage_options)
+    layer = {
+        (name, k): (_read_cuts_chunk, url, part, storage_options) for k, part in enumerate(parts)
+    }
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    lengths = [len(part) for part in parts]
+    arrays = {
+        v: task_outputs(graph, name, k, lengths, tuple(shape), dtype)
+        for k, (v, dtype) in enumerate(
+            zip(_CUT_VARIABLES, (np.float32, bool, np.float32), strict=True)
+        )
+    }
     return xr.Dataset(
         {
-            "obj": (dims, np.stack(arrays["obj"]).astype(np.float32)),
-            "seg": (dims, np.stack(arrays["seg"]).astype(bool)),
-            "rms": (dims, np.stack(arrays["rms"]).astype(np.float32)),
-            "flag": ("galaxy", np.zeros(len(names), np.uint8)),
+            **{v: (dims, arrays[v]) for v in _CUT_VARIABLES},
+            "flag": ("galaxy", da.zeros(len(names), np.uint8, chunks=(tuple(lengths),))),
         },
         coords={
             "name": ("galaxy", np.array(names)),
             "EXT_NUMBER": ("galaxy", np.array(ext)),
             "NUMBER": ("galaxy", np.array(number)),
-            "y": np.arange(size),
-            "x": np.arange(size),
+            "y": np.arange(shape[0]),
+            "x": np.arange(shape[1]),
         },
-    ).chunk({"galaxy": 32})
+    )
 
 
 def mosaics(result: xr.Dataset, cuts: xr.Dataset) -> xr.DataArray:
@@ -302,8 +351,6 @@ def mosaics(result: xr.Dataset, cuts: xr.Dataset) -> xr.DataArray:
     xarray.DataArray
         float64 ``(galaxy, y, x)`` with ``x`` of length ``4 · BOXSIZE``; NaN for flagged galaxies.
     """
-    import dask.array as da
-
     b = cuts.sizes["x"]
     obj, seg = (cuts[v].chunk({"y": -1, "x": -1}).data for v in ("obj", "seg"))
     chi = result["chi"].data.rechunk({1: -1, 2: -1, 3: -1, 4: -1}).rechunk({0: obj.chunks[0]})
@@ -384,8 +431,6 @@ def write_mosaics(
     list of str
         URLs of the FITS files written (flagged galaxies are skipped).
     """
-    import dask.array as da
-
     names = np.asarray(mosaic["name"].values)
     directory = directory.rstrip("/")
     suffixes = ("_mosaic.fits", "_mosaic.png") if png else ("_mosaic.fits",)

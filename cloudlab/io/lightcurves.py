@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
+from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 from astropy.units import UnitsWarning
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from cloudlab import storage
 from cloudlab.errors import InputError, NotFoundError
@@ -248,16 +251,31 @@ def _read_batch(groups, reader, length, storage_options):
     return arrays
 
 
+def _metadata(func: Callable[[Any], Any], items: list) -> list:
+    """``func(item)`` for every item (a URL or a list of URLs), in client threads: metadata
+    reads wait on the store, not the CPU. Results in order; the first error is raised."""
+    urls = [u for item in items for u in ([item] if isinstance(item, str) else item)]
+    threads = 4 if all(storage.is_local(u) for u in urls) else 32
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(items)))) as pool:
+        return list(pool.map(func, items))
+
+
+def _kepler_id(url: str, storage_options: dict | None) -> int:
+    kepid = hdu_info(url, 0, storage_options=storage_options).get("KEPLERID")
+    if kepid is None:
+        raise LightCurveError(
+            f"{url}: primary header has no KEPLERID; pass a {{kepid: [files]}} mapping"
+        )
+    return int(kepid)
+
+
 def _kepler_targets(urls: Sequence[str], storage_options: dict | None) -> dict[int, list[str]]:
     """Group Kepler files by the ``KEPLERID`` of their primary header (not their names)."""
     groups: dict[int, list[str]] = {}
-    for url in urls:
-        kepid = hdu_info(url, 0, storage_options=storage_options).get("KEPLERID")
-        if kepid is None:
-            raise LightCurveError(
-                f"{url}: primary header has no KEPLERID; pass a {{kepid: [files]}} mapping"
-            )
-        groups.setdefault(int(kepid), []).append(url)
+    for url, kepid in zip(
+        urls, _metadata(lambda u: _kepler_id(u, storage_options), list(urls)), strict=True
+    ):
+        groups.setdefault(kepid, []).append(url)
     return groups
 
 
@@ -307,14 +325,17 @@ def read_lightcurves(
         else [storage.absolute(v) for v in u]
         for u in urls.values()
     ]
-    length = max(_cadences(g, reader, storage_options) for g in groups)
-    blocks = []
-    for lo in range(0, len(groups), batch_size):
-        part = groups[lo : lo + batch_size]
-        task = dask.delayed(_read_batch, pure=True)(part, reader, length, storage_options)
-        count = 4 if reader == "qlp-vetting" else 2
-        blocks.append(da.from_delayed(task, (count, len(part), length), dtype=float))
-    data = da.concatenate(blocks, axis=1)
+    length = max(_metadata(lambda g: _cadences(g, reader, storage_options), groups))
+    count = 4 if reader == "qlp-vetting" else 2
+    name = "read-lightcurves-" + tokenize(groups, reader, length, batch_size, storage_options)
+    parts = [groups[lo : lo + batch_size] for lo in range(0, len(groups), batch_size)]
+    layer = {
+        (name, 0, b, 0): (_read_batch, part, reader, length, storage_options)
+        for b, part in enumerate(parts)
+    }  # one layer, one task per batch of targets
+    chunks = ((count,), tuple(len(part) for part in parts), (length,))
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    data = da.Array(graph, name, chunks, dtype=float, meta=np.empty((0, 0, 0)))
     names = ["time", "flux", "flux_small", "flux_big"][: data.shape[0]]
     return xr.Dataset(
         {name: (("target", "cadence"), data[k]) for k, name in enumerate(names)},
