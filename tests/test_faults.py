@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 
@@ -53,23 +54,37 @@ def test_killed_worker_mid_stack_computation_gives_exact_result(tmp_path):
 
 class TcpForwarder:
     """A loopback TCP forwarder in front of the S3 emulator that can be taken down and brought back
-    (the storage endpoint disappearing mid-read, while the emulator keeps its objects)."""
+    (the storage endpoint disappearing mid-read, while the emulator keeps its objects).
+
+    Taken down, it cuts the open connections and resets the next ``n`` connection attempts at
+    once; then it forwards again.  Counting attempts instead of waiting a fixed time makes the
+    outage certain to be seen however slowly the reader gets to it.
+    """
 
     def __init__(self, target_port: int):
         self.target_port = target_port
         self.port = free_port()
         self.server: socket.socket | None = None
         self.connections: list[socket.socket] = []
+        self.to_reset = 0
+        self.resets = 0
 
     def start(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", self.port), reuse_port=True)
+        self.server = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self._accept, args=(self.server,), daemon=True).start()
 
-    def stop(self) -> None:
-        """Refuse new connections and cut the open ones."""
+    def close(self) -> None:
         assert self.server is not None
         self.server.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
         self.server.close()
+        self._cut()
+
+    def take_down(self, attempts: int) -> None:
+        """Cut the open connections and reset the next ``attempts`` connections."""
+        self.to_reset = attempts
+        self._cut()
+
+    def _cut(self) -> None:
         for sock in self.connections:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -81,6 +96,13 @@ class TcpForwarder:
                 client, _ = server.accept()
             except OSError:
                 return
+            if self.to_reset > 0:
+                self.to_reset -= 1
+                self.resets += 1
+                # SO_LINGER 0: close() sends RST, as an endpoint that is not there
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
+                continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             self.connections += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
@@ -110,7 +132,7 @@ def test_storage_endpoint_down_mid_read_is_retried(
     options = {  # s3fs's and botocore's own retries off, so cloudlab's retry is what is tested
         "endpoint_url": f"http://127.0.0.1:{forwarder.port}",
         "skip_instance_cache": True,
-        "config_kwargs": {"retries": {"max_attempts": 1}},
+        "config_kwargs": {"retries": {"total_max_attempts": 1}},
     }
     url = f"s3://{s3_bucket}/img.fits"
     monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
@@ -118,12 +140,15 @@ def test_storage_endpoint_down_mid_read_is_retried(
     fs.put(str(local), path)
     image = open_hdu(url, storage_options=options)  # headers read while the endpoint is up
 
-    forwarder.stop()
-    threading.Timer(2.0, forwarder.start).start()
+    forwarder.take_down(attempts=4)
     with (
         dask.config.set({"cloudlab.storage-retries": 10, "cloudlab.storage-backoff": 0.2}),
         caplog.at_level(logging.WARNING, logger="cloudlab.storage"),
     ):
         region = image[300:310, 5:45].compute(scheduler="sync")
+    forwarder.close()
     np.testing.assert_array_equal(region.values, data[300:310, 5:45])
-    assert "transient error" in caplog.text
+    assert forwarder.resets == 4
+    # aiohttp retries a request once on a fresh connection when a pooled one fails, so
+    # four resets reach cloudlab.storage.retry at least twice
+    assert caplog.text.count("transient error") >= 2
