@@ -3,6 +3,7 @@ and blank or malformed SECTOR/CAMERA/CCD cards never crash."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -125,3 +126,20 @@ def test_blank_camera_falls_back_to_the_wcs_row(cube, tmp_path):
         del hdul[0].header["CCD"]
     meta = cube_meta(str(url))
     assert (meta.sector, meta.camera, meta.ccd) == (7, 1, 1)
+
+
+def test_cli_sector_contradicting_the_cube_is_refused_before_work(cube, tmp_path, capsys):
+    from cloudlab.cli import main
+
+    url = cube[0]  # SECTOR = 7 in its primary header
+    ra, dec = cube_meta(url).wcs.all_pix2world([[2.0, 2.0]], 0)[0]
+    out = tmp_path / "out"
+    argv = ["cutouts", "--target", "TIC 5", "--ra", str(ra), "--dec", str(dec), "--size", "3",
+            "--cube", url, "--out", str(out)]  # fmt: skip
+    assert main([*argv, "--sector", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err  # one line, no traceback
+    assert "--sector 8 contradicts --cube" in err and url in err and "SECTOR = 7" in err
+    assert not out.exists()  # refused before anything was written
+    assert main([*argv, "--sector", "7"]) == 0
+    assert sorted(os.listdir(out)) == ["tic5_s0007-1-1_3x3_tpf.fits"]

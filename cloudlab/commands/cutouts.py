@@ -153,6 +153,22 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"cutouts: --limit {args.limit}; give a positive number of targets")
 
 
+def _check_cube_sectors(args: argparse.Namespace) -> None:
+    """Refuse a ``--sector`` that contradicts its ``--cube``'s SECTOR card, before any work
+    (the headers are read once and cached for the cutting that follows)."""
+    if args.sector is None or args.cube is None:
+        return
+    from cloudlab.io.tess import cube_meta
+
+    for sector, url in zip(args.sector, args.cube, strict=True):
+        known = cube_meta(url).sector
+        if isinstance(known, int) and known > 0 and known != sector:
+            raise InputError(
+                f"cutouts: --sector {sector} contradicts --cube {url} (SECTOR = {known} in its "
+                f"primary header); give --sector {known} or leave --sector out"
+            )
+
+
 def _cut_size(args: argparse.Namespace):
     if args.size_arcsec is not None:
         return f"{args.size_arcsec}arcsec"
@@ -287,6 +303,7 @@ def _cut_and_write(args: argparse.Namespace, targets) -> tuple | None:
 
 def _run(args: argparse.Namespace) -> int:
     _check_args(args)
+    _check_cube_sectors(args)
     t0 = time.perf_counter()
     n_rows, targets = _targets(args)
     print(f"catalog: {n_rows} rows -> {len(targets)} targets")

@@ -540,9 +540,15 @@ def check_image(info: HDUInfo) -> None:
             f"{info.url}: HDU {info.index} ({info.name or 'unnamed'}) is a "
             f"{info.get('XTENSION', 'table')}, not an image; use read_table"
         )
-    if not info.shape or 0 in info.shape:
+    if not info.shape:
         raise FITSFormatError(
             f"{info.url}: HDU {info.index} ({info.name or 'unnamed'}) has no data"
+        )
+    if 0 in info.shape:
+        empty = [f"NAXIS{len(info.shape) - k} = 0" for k, n in enumerate(info.shape) if n == 0]
+        raise FITSFormatError(
+            f"{info.url}: HDU {info.index} ({info.name or 'unnamed'}) has no data: a zero-size "
+            f"image ({', '.join(empty)}, shape {info.shape}); nothing to read"
         )
 
 
