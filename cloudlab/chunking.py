@@ -8,15 +8,18 @@ import operator
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import psutil
 from dask.highlevelgraph import HighLevelGraph
+from dask.utils import parse_bytes
 
 from cloudlab.errors import InputError
 
 __all__ = [
     "DEFAULT_MEMORY_FRACTION",
+    "client_batches",
     "plan_spatial_chunks",
     "task_outputs",
     "worker_memory_limit",
@@ -167,3 +170,36 @@ def task_outputs(
     chunks = (tuple(lengths), *((m,) for m in inner))
     meta = np.empty((0, *inner), dtype=dtype)
     return da.Array(graph, out, chunks, dtype=dtype, meta=meta)
+
+
+def client_batches(chunks: Sequence[int], item_bytes: int) -> list[tuple[int, int]]:
+    """Ranges of whole chunks to bring to the client one at a time, each about dask's
+    ``array.chunk-size``.
+
+    Writers that must pass results through the client (one HDF5 file, a table) compute one
+    range at a time, so the client holds a bounded amount whatever the input size.
+
+    Parameters
+    ----------
+    chunks : sequence of int
+        Chunk lengths along the item axis.
+    item_bytes : int
+        Bytes of one item.
+
+    Returns
+    -------
+    list of (int, int)
+        ``(start, stop)`` item ranges covering every chunk in order; a range holds one chunk,
+        or several whose total stays within ``array.chunk-size``.
+    """
+    limit = max(int(item_bytes), parse_bytes(dask.config.get("array.chunk-size")))
+    ranges: list[tuple[int, int]] = []
+    start = stop = 0
+    for size in chunks:
+        if stop > start and (stop + size - start) * item_bytes > limit:
+            ranges.append((start, stop))
+            start = stop
+        stop += size
+    if stop > start:
+        ranges.append((start, stop))
+    return ranges

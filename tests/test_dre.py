@@ -356,6 +356,42 @@ def test_writers(tmp_path, grid, cuts):
         dre.write_chi_hdf5(result, chi_url, compression="max")
 
 
+def test_chi_hdf5_is_written_a_bounded_batch_at_a_time(tmp_path, grid, cuts):
+    """χ never reaches the client whole: the HDF5 writer and the Summary compute one batch of
+    about array.chunk-size at a time."""
+    from dask.callbacks import Callback
+
+    ds, psf, _ = cuts
+    result = dre.fit(ds.chunk(galaxy=1), grid, psf)  # three chunks of one galaxy
+    one = result["chi"].data[:1].nbytes
+    truth = result["chi"].values
+
+    def computes(limit, url):
+        runs = []
+        with dask.config.set({"array.chunk-size": limit}), Callback(start=runs.append):
+            assert dre.write_chi_hdf5(result, str(tmp_path / url), progress=False) == 3
+        back = dre.read_chi_hdf5(str(tmp_path / url))
+        for i, name in enumerate(["00_0001", "00_0002", "00_0003"]):
+            np.testing.assert_array_equal(back[name], truth[i].astype(np.float32))
+        return len(runs)
+
+    whole = computes(100 * one, "all.h5")  # every galaxy in one compute
+    assert computes(one, "one.h5") == whole + 2  # a compute per chunk
+    assert computes(2 * one, "two.h5") == whole + 1  # two chunks, then one
+
+    def summary(limit):
+        runs = []
+        with dask.config.set({"array.chunk-size": limit}), Callback(start=runs.append):
+            return dre.summarize(result), len(runs)
+
+    table, whole = summary(100 * one)
+    for limit, more in ((one, 2), (2 * one, 1)):  # the Summary is built batch by batch too
+        batched, n = summary(limit)
+        assert n == whole + more
+        for column in ("MODEL_IDX", "CHI", "LOGR_PARAB", "FLAG", "REASON"):
+            np.testing.assert_array_equal(batched[column], table[column])
+
+
 def test_no_selected_galaxy_gives_empty_products(tmp_path, grid):
     from cloudlab.dre.cuts import open_cuts
 

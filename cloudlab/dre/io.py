@@ -10,6 +10,7 @@ half-written file under the final name.
 from __future__ import annotations
 
 import io
+import sys
 from typing import Any
 
 import dask.array as da
@@ -22,7 +23,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from cloudlab import storage
 from cloudlab.backend import asnumpy
-from cloudlab.chunking import task_outputs
+from cloudlab.chunking import client_batches, task_outputs
 from cloudlab.errors import FITSFormatError, InputError
 from cloudlab.storage import check_writable, resolve, write_file
 
@@ -104,7 +105,8 @@ def write_chi_hdf5(
 
     One float32 dataset ``(N_n, N_q, N_t, N_r)`` per galaxy at the file root, named ``EE_NNNN``
     (the ``name`` coordinate). Galaxies with a non-zero ``flag`` are left out, as DRE writes
-    nothing for failed cuts. χ (small: 4 B per model per galaxy) is computed in one graph.
+    nothing for failed cuts. χ is computed and written a batch of whole chunks at a time (about
+    dask's ``array.chunk-size`` each), so the client never holds every galaxy's χ at once.
 
     Parameters
     ----------
@@ -131,17 +133,35 @@ def write_chi_hdf5(
     options = _compression(compression)
     check_writable(url, overwrite=overwrite, storage_options=storage_options)
     names = np.asarray(result["name"].values)
+    chi, flag = result["chi"].data, result["flag"].data
     written = 0
-    chi, flag = _compute(result["chi"].data, result["flag"].data, progress=progress)
-    chi, flag = asnumpy(chi), asnumpy(flag)  # one graph for all galaxies
     with (
         write_file(url, overwrite=overwrite, storage_options=storage_options) as path,
         h5py.File(path, "w") as h5,
     ):
-        for i in np.flatnonzero(flag == 0):
-            h5.create_dataset(str(names[i]), data=chi[i].astype(np.float32), **options)
-            written += 1
+        for start, stop in _galaxy_batches(result["chi"], progress=progress, what="write χ"):
+            block_chi, block_flag = _compute(chi[start:stop], flag[start:stop], progress=False)
+            block_chi, block_flag = asnumpy(block_chi), asnumpy(block_flag)
+            for i in np.flatnonzero(block_flag == 0):
+                data = block_chi[i].astype(np.float32)
+                h5.create_dataset(str(names[start + i]), data=data, **options)
+                written += 1
     return written
+
+
+def _galaxy_batches(variable: xr.DataArray, *, progress: bool, what: str):
+    """``(start, stop)`` ranges of whole chunks of galaxies of ``variable``
+    (:func:`cloudlab.chunking.client_batches`), with a progress bar over galaxies on stderr
+    when ``progress``."""
+    from tqdm import tqdm
+
+    n = variable.sizes["galaxy"]
+    chunks = variable.chunks[0] if variable.chunks else (n,)
+    per_galaxy = max(1, variable.dtype.itemsize * int(np.prod(variable.shape[1:])))
+    with tqdm(total=n, desc=what, unit="galaxy", file=sys.stderr, disable=not progress) as bar:
+        for start, stop in client_batches(chunks, per_galaxy):
+            yield start, stop
+            bar.update(stop - start)
 
 
 def read_chi_hdf5(url: str, *, storage_options: dict | None = None) -> dict[str, np.ndarray]:
@@ -205,7 +225,8 @@ def write_cuts_hdf5(
 
     One group ``EE_NNNN`` per galaxy with ``obj`` (float32), ``seg`` (bool) and ``rms``
     (float32). Cuts flagged by :func:`cloudlab.dre.open_cuts` (NaN in the science cut)
-    are left out, as DRE does. The cuts are computed one chunk of galaxies at a time; an existing
+    are left out, as DRE does. The cuts are computed a batch of whole chunks at a time (about
+    dask's ``array.chunk-size``); an existing
     ``url`` is refused before that unless ``overwrite``. Returns the number of groups written.
     """
     import h5py
@@ -214,18 +235,14 @@ def write_cuts_hdf5(
     check_writable(url, overwrite=overwrite, storage_options=storage_options)
     names = np.asarray(cuts["name"].values)
     written = 0
-    chunks = cuts["obj"].chunks[0] if cuts["obj"].chunks else (cuts.sizes["galaxy"],)
+    variables = ["obj", "seg", "rms"] + (["flag"] if "flag" in cuts else [])
     with (
         write_file(url, overwrite=overwrite, storage_options=storage_options) as path,
         h5py.File(path, "w") as h5,
     ):
-        start = 0
-        for size in chunks:
-            variables = ["obj", "seg", "rms"] + (["flag"] if "flag" in cuts else [])
-            (block,) = _compute(
-                cuts[variables].isel(galaxy=slice(start, start + size)), progress=False
-            )
-            for i in range(size):
+        for start, stop in _galaxy_batches(cuts["obj"], progress=False, what="write cuts"):
+            (block,) = _compute(cuts[variables].isel(galaxy=slice(start, stop)), progress=False)
+            for i in range(stop - start):
                 if "flag" in block and int(block["flag"][i]) != 0:
                     continue
                 group = h5.create_group(str(names[start + i]))
@@ -237,7 +254,6 @@ def write_cuts_hdf5(
                     "rms", data=block["rms"].values[i].astype(np.float32), **options
                 )
                 written += 1
-            start += size
     return written
 
 

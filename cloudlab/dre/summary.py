@@ -7,6 +7,7 @@ import xarray as xr
 from astropy.table import Table
 
 from cloudlab.backend import asnumpy
+from cloudlab.chunking import client_batches
 from cloudlab.dre.fit import MODEL_DIMS, flag_reasons, flag_status
 
 __all__ = ["SUMMARY_COLUMNS", "parabola_log_r", "parameters", "summarize"]
@@ -123,7 +124,8 @@ def _nan_row(axes_dtype: np.dtype) -> dict[str, object]:
 
 
 def summarize(result: xr.Dataset) -> Table:
-    """Compute DRE's Summary table from a :func:`cloudlab.dre.fit` result (computes χ).
+    """Compute DRE's Summary table from a :func:`cloudlab.dre.fit` result (computes χ, a batch
+    of whole chunks of about dask's ``array.chunk-size`` at a time).
 
     Parameters
     ----------
@@ -141,14 +143,20 @@ def summarize(result: xr.Dataset) -> Table:
         galaxies) and the remaining catalogue columns.
         Galaxies with a non-zero ``FLAG`` have NaN parameters and ``MODEL_IDX = -1``.
     """
-    computed = result[["chi", "flag"]].compute()
-    chi, flag = asnumpy(computed["chi"].data), asnumpy(computed["flag"].data)
     axes = {dim: np.asarray(result[dim].values) for dim in MODEL_DIMS}
-    rows = []
-    for g in range(chi.shape[0]):
-        rows.append(_nan_row(chi.dtype) if flag[g] else parameters(chi[g], axes))
+    n = result.sizes["galaxy"]
+    variable = result["chi"]
+    per_galaxy = max(1, variable.dtype.itemsize * int(np.prod(variable.shape[1:])))
+    rows, flags = [], [np.zeros(0, result["flag"].dtype)]
+    # χ comes to the client a bounded batch at a time, never whole
+    for start, stop in client_batches(variable.chunks[0] if variable.chunks else (n,), per_galaxy):
+        computed = result[["chi", "flag"]].isel(galaxy=slice(start, stop)).compute()
+        chi, flag = asnumpy(computed["chi"].data), asnumpy(computed["flag"].data)
+        for c, f in zip(chi, flag, strict=True):
+            rows.append(_nan_row(chi.dtype) if f else parameters(c, axes))
+        flags.append(flag)
+    flag = np.concatenate(flags)
     table = Table()
-    n = chi.shape[0]
     table["ROW"] = np.arange(n, dtype=np.int64)
     for column in SUMMARY_COLUMNS[1:13]:
         values = [row[column] for row in rows]
