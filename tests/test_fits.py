@@ -485,6 +485,33 @@ def test_hdu_not_found_is_a_key_error(tmp_path: Path) -> None:
         assert isinstance(err.value, KeyError) and path in str(err.value)
 
 
+def test_hdu_infos_one_walk_for_several_hdus(tmp_path: Path) -> None:
+    big = np.zeros((300, 400), "f4")
+    path = write(
+        tmp_path / "m.fits",
+        fits.PrimaryHDU(),
+        fits.ImageHDU(big, name="SCI"),
+        fits.ImageHDU(np.ones((3, 3), "f4"), name="ERR"),
+    )
+    url = f"countfile://{path}"
+    cf.clear_cache()
+    CountingFileSystem.reset()
+    primary, err, sci, nope = cf.hdu_infos(url, [0, "err", 1, 7], missing_ok=True)
+    once = len(CountingFileSystem.ranges)
+    assert (primary.index, sci.index, err.index, nope) == (0, 1, 2, None)
+    for info in (primary, sci, err):  # the same as one walk per HDU
+        alone = cf.hdu_info(path, info.index)
+        assert (info.data_offset, info.shape, info.name) == (alone.data_offset, alone.shape,
+                                                             alone.name)  # fmt: skip
+    cf.clear_cache()
+    CountingFileSystem.reset()
+    for hdu in (0, 1, 2):
+        cf.hdu_info(url, hdu)
+    assert once < len(CountingFileSystem.ranges)  # one walk is fewer reads than a walk per HDU
+    with pytest.raises(HDUNotFoundError, match="HDU 7 out of range"):
+        cf.hdu_infos(path, [1, 7])
+
+
 def test_header_scan_reads_header_blocks_only(tmp_path: Path) -> None:
     big = np.zeros((500, 600), "f4")
     path = write(

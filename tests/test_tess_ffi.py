@@ -14,6 +14,7 @@ from astropy.io import fits
 from cloudlab.io.tess import open_ffis
 from cloudlab.io.tess_ffi import FFIError, frame_source
 from cloudlab.simulate.ffis import ffi_stack
+from cloudlab.storage import resolve
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +140,31 @@ def test_status_reason_and_frame_source(sim, tmp_path):
     assert list(one["status"].values) == ["no_uncertainty"]
     assert "no uncertainty HDU" in str(one["reason"].values[0])
     assert np.isnan(one["flux_err"].values).all()
+
+
+def test_opening_a_stack_costs_two_requests_per_frame(object_store, tmp_path):
+    """Primary, calibrated-image and uncertainty headers of each frame from one walk: two GETs
+    per frame (the listing gives the sizes) on a shaped S3 store; then one GET per frame."""
+    from cloudlab.fits import clear_cache
+    from cloudlab.testing import Shaper
+
+    n = 6
+    with Shaper(object_store.port, latency=0.002, bandwidth=None) as shaper:
+        options = object_store.storage_options(shaper.endpoint_url)
+        prefix = f"s3://data/{tmp_path.name}"
+        truth = ffi_stack(prefix, n_frames=n, shape=(40, 48), seed=3, storage_options=options)
+        clear_cache()
+        shaper.reset()
+        ds = open_ffis(f"{prefix}/*.fits", storage_options=options)
+        opened = shaper.reset()
+        assert opened.requests.get("HEAD", 0) == 0
+        assert opened.total_requests <= 1 + 2 * n  # the listing, then two per frame
+        flux = ds["flux"].compute(scheduler="threads")
+        read = shaper.reset()
+        assert read.total_requests == n  # one ranged read per frame, no revalidation
+        fs, _ = resolve(truth.urls[0], storage_options=options)
+        r0, c0 = ds.attrs["image_row_offset"], ds.attrs["image_column_offset"]
+        for k, url in enumerate(truth.urls):  # the pixels astropy reads from the same object
+            with fs.open(url, "rb") as f:
+                image = fits.getdata(f, 1)
+            np.testing.assert_array_equal(flux.values[k], image[r0 : r0 + 40, c0 : c0 + 48])

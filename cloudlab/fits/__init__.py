@@ -25,7 +25,14 @@ from __future__ import annotations
 
 from cloudlab.fits.arrays import default_dims, open_hdu, open_stack
 from cloudlab.fits.codecs import FITSScale, FITSTile
-from cloudlab.fits.header import FITSError, HDUInfo, clear_cache, hdu_info, header_int
+from cloudlab.fits.header import (
+    FITSError,
+    HDUInfo,
+    clear_cache,
+    hdu_info,
+    hdu_infos,
+    header_int,
+)
 from cloudlab.fits.references import references, write_references
 from cloudlab.fits.regions import read_region, read_regions
 from cloudlab.fits.tables import read_headers, read_table
@@ -38,6 +45,7 @@ __all__ = [
     "clear_cache",
     "default_dims",
     "hdu_info",
+    "hdu_infos",
     "header_int",
     "open_hdu",
     "open_stack",

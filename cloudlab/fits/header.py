@@ -35,6 +35,7 @@ __all__ = [
     "fingerprint_of",
     "fits_text",
     "hdu_info",
+    "hdu_infos",
     "header_int",
     "padded",
     "parse_value",
@@ -478,6 +479,24 @@ def _walk(
     url: str, target: int | str | tuple, storage_options: dict | None, finfo: dict
 ) -> HDUInfo:
     """Walk the headers of ``url`` up to the HDU ``target``."""
+    (info,) = _walk_many(url, [target], storage_options, finfo, missing_ok=False)
+    assert info is not None
+    return info
+
+
+def _walk_many(
+    url: str,
+    targets: list[int | str | tuple],
+    storage_options: dict | None,
+    finfo: dict,
+    *,
+    missing_ok: bool,
+) -> list[HDUInfo | None]:
+    """Walk the headers of ``url`` once, up to the last of ``targets`` found.
+
+    Returns one :class:`HDUInfo` per target (``None`` for those the file lacks when
+    ``missing_ok``; otherwise the first missing one raises :class:`HDUNotFoundError`).
+    """
     size = finfo.get("size")
     if size == 0:
         raise FITSError(f"{url}: not a FITS file (empty file)")
@@ -493,24 +512,32 @@ def _walk(
         raise FITSError(
             f"{url}: not a FITS file ({kind}starts with {bytes(magic[:9])!r}, expected SIMPLE =)"
         )
+    found: list[HDUInfo | None] = [None] * len(targets)
     names: list[str] = []
     offset = 0
     index = 0
+
+    def missing(extra: str = "") -> list[HDUInfo | None]:
+        if missing_ok:
+            return found
+        first = next(t for t, f in zip(targets, found, strict=True) if f is None)
+        raise HDUNotFoundError(
+            f"{url}: {_describe(first)} out of range: the file has {len(names)} HDU(s) "
+            f"{names}{extra}; ask for one of those"
+        )
+
     try:
         while True:
             if index > 0:
                 start = src.read(offset, offset + 9, readahead=_FIRST_BLOCKS * BLOCK)
                 if start != b"XTENSION=":
-                    extra = "" if not start else " (followed by bytes that are not an HDU)"
-                    raise HDUNotFoundError(
-                        f"{url}: {_describe(target)} out of range: the file has {index} HDU(s)"
-                        f" {names}{extra}; ask for one of those"
-                    )
+                    return missing("" if not start else " (followed by bytes that are not an HDU)")
             text, data_offset = _read_header(src, url, offset, index)
             info = _info_from_header(text, url, index, offset, data_offset)
             names.append(info.name)
             data_end = data_offset + info.data_size
-            if _matches(target, info):
+            hits = [k for k, t in enumerate(targets) if found[k] is None and _matches(t, info)]
+            if hits:
                 if not is_gzip and size is not None and data_end > size:
                     raise FITSError(
                         f"{url}: truncated: HDU {index} data (shape {info.shape}, "
@@ -521,7 +548,10 @@ def _walk(
                 info.file_size = None if is_gzip else size
                 info.gzip = is_gzip
                 info.fingerprint = fingerprint_of(finfo)
-                return info
+                for k in hits:
+                    found[k] = info
+                if all(f is not None for f in found):
+                    return found
             offset = data_offset + padded(info.data_size)
             if not is_gzip and size is not None and offset >= size:
                 if data_end > size:
@@ -529,10 +559,7 @@ def _walk(
                         f"{url}: truncated: HDU {index} data ends at byte {data_end}, but the "
                         f"file has {size} bytes"
                     )
-                raise HDUNotFoundError(
-                    f"{url}: {_describe(target)} out of range: the file has {index + 1} HDU(s) "
-                    f"{names}; ask for one of those"
-                )
+                return missing()
             index += 1
     finally:
         src.close()
@@ -623,6 +650,66 @@ def hdu_info(
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return info
+
+
+def hdu_infos(
+    url: str,
+    hdus: list[int | str | tuple],
+    *,
+    storage_options: dict | None = None,
+    file_info: dict | None = None,
+    missing_ok: bool = False,
+) -> list[HDUInfo | None]:
+    """Locate several HDUs of one file with a single walk of its headers.
+
+    Reading the primary, image and uncertainty headers of a TESS FFI this way costs two
+    requests (the first covers the primary and first extension headers) instead of one walk,
+    and its requests, per HDU.
+
+    Parameters
+    ----------
+    url : str
+        Any fsspec URL or local path.
+    hdus : list of int, str or (str, int)
+        HDU indices or EXTNAMEs, as for :func:`hdu_info`.
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+    file_info : dict, optional
+        ``fs.info`` of the file when already known (for example from a glob listing).
+    missing_ok : bool
+        Give ``None`` for HDUs the file lacks instead of raising.
+
+    Returns
+    -------
+    list of HDUInfo or None
+        One per entry of ``hdus``, each cached as :func:`hdu_info` caches it.
+
+    Raises
+    ------
+    HDUNotFoundError
+        An HDU the file lacks (unless ``missing_ok``); other errors as :func:`hdu_info`.
+    """
+    url = str(url)
+    targets = [_normalize_target(h) for h in hdus]
+    if file_info is None:
+        file_info = storage.file_info(url, storage_options=storage_options)
+    fingerprint = fingerprint_of(file_info)
+    options_key = tokenize(storage_options) if storage_options else None
+    keys = [(url, t, options_key) for t in targets]
+    with _cache_lock:
+        cached = [_cache.get(k) for k in keys]
+    if all(c is not None and c.fingerprint == fingerprint for c in cached):
+        return cached
+    infos = _walk_many(url, targets, storage_options, file_info, missing_ok=missing_ok)
+    now = time.time()
+    with _cache_lock:
+        for key, info in zip(keys, infos, strict=True):
+            if info is not None:
+                info.read_at = now
+                _cache[key] = info
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return infos
 
 
 def header_int(header: Any, key: str, url: str, default: int | None = None) -> int | None:

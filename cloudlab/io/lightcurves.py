@@ -23,7 +23,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from cloudlab import storage
 from cloudlab.errors import InputError, NotFoundError
-from cloudlab.fits import hdu_info, read_table
+from cloudlab.fits import hdu_info, hdu_infos, read_table
 
 MAD_SCALE = 0.6745  # statsmodels' normalised MAD: median|x - median(x)| / 0.6745
 
@@ -261,7 +261,10 @@ def _metadata(func: Callable[[Any], Any], items: list) -> list:
 
 
 def _kepler_id(url: str, storage_options: dict | None) -> int:
-    kepid = hdu_info(url, 0, storage_options=storage_options).get("KEPLERID")
+    # one walk reads (and caches) the primary and LIGHTCURVE headers: one request per file
+    # besides the file's info, and none more when the cadences are counted
+    primary, _ = hdu_infos(url, [0, "LIGHTCURVE"], storage_options=storage_options)
+    kepid = primary.get("KEPLERID")
     if kepid is None:
         raise LightCurveError(
             f"{url}: primary header has no KEPLERID; pass a {{kepid: [files]}} mapping"

@@ -30,7 +30,6 @@ from cloudlab.errors import (
     REASON,
     STATUS,
     STATUS_OK,
-    HDUNotFoundError,
     InputError,
     NotFoundError,
     check_on_error,
@@ -47,16 +46,17 @@ class FFIError(InputError):
     """A frame stack that cannot be opened (mixed CCDs, bad headers, unreadable frames)."""
 
 
-def _frame_meta(url: str, storage_options: dict | None) -> dict:
-    """Header information of one frame (primary, calibrated image, uncertainty image)."""
-    primary = fits.hdu_info(url, 0, storage_options=storage_options)
-    cal = fits.hdu_info(url, 1, storage_options=storage_options)
+def _frame_meta(url: str, storage_options: dict | None, file_info: dict | None = None) -> dict:
+    """Header information of one frame (primary, calibrated image, uncertainty image), read
+    with one walk of its headers: two requests, none more when ``file_info`` (from the glob
+    listing) is given."""
+    primary, cal, err = fits.hdu_infos(
+        url, [0, 1, 2], storage_options=storage_options, file_info=file_info, missing_ok=True
+    )
+    if cal is None:  # raises, listing the file's HDUs
+        cal = fits.hdu_info(url, 1, storage_options=storage_options, file_info=file_info)
     if cal.kind != "image" or len(cal.shape) != 2:
         raise FFIError(f"{url}: HDU 1 is not a 2-D image (kind {cal.kind}, shape {cal.shape})")
-    try:
-        err = fits.hdu_info(url, 2, storage_options=storage_options)
-    except HDUNotFoundError:
-        err = None
     h = cal.header
     missing = [k for k in ("CAMERA", "CCD", "TSTART", "TSTOP") if k not in h]
     if missing:
@@ -91,19 +91,20 @@ def _frame_meta(url: str, storage_options: dict | None) -> dict:
 
 
 def _read_all(
-    urls: list[str], storage_options: dict | None
+    found: list[tuple[str, dict | None]], storage_options: dict | None
 ) -> tuple[list[dict], list[tuple[str, str]]]:
-    def one(url: str) -> dict | tuple[str, str]:
+    def one(item: tuple[str, dict | None]) -> dict | tuple[str, str]:
+        url, file_info = item
         try:
-            return _frame_meta(url, storage_options)
+            return _frame_meta(url, storage_options, file_info)
         except FileNotFoundError as exc:
             return (url, f"missing ({exc})")
         except (fits.FITSError, OSError, ValueError, KeyError, TypeError) as exc:
             return (url, f"{type(exc).__name__}: {exc}")
 
-    threads = 4 if all(storage.is_local(u) for u in urls) else 16
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(urls)))) as pool:
-        results = list(pool.map(one, urls))
+    threads = 4 if all(storage.is_local(u) for u, _ in found) else 16
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(found)))) as pool:
+        results = list(pool.map(one, found))
     metas = [r for r in results if isinstance(r, dict)]
     bad = [r for r in results if isinstance(r, tuple)]
     return metas, bad
@@ -163,10 +164,11 @@ def open_ffis(
         or with different shapes, or no readable frame at all.
     """
     check_on_error(on_error)
-    urls = storage.expand(urls_or_glob, storage_options=storage_options)
-    if not urls:
+    found = storage.expand_detail(urls_or_glob, storage_options=storage_options)
+    if not found:
         raise NotFoundError(f"no frames given: {urls_or_glob!r}")
-    metas, bad = _read_all(urls, storage_options)
+    urls = [url for url, _ in found]
+    metas, bad = _read_all(found, storage_options)
     if bad:
         listing = "\n".join(f"  {u}: {m}" for u, m in bad[:20])
         if on_error == "raise":
