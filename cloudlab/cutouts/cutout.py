@@ -10,6 +10,7 @@ a single ``cat_ranges`` call.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import dask
 import dask.array as da
@@ -24,7 +25,7 @@ from cloudlab import fits
 from cloudlab.cutouts.locate import check_targets, wcs_pixels
 from cloudlab.cutouts.pointing import radec_to_pixel, sector_geometry
 from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError, check_on_error
-from cloudlab.io.tess import CubeMeta, cube_meta
+from cloudlab.io.tess import CubeMeta, cube_meta, ffi_cube_meta
 from cloudlab.io.tess import cube_url as make_cube_url
 
 __all__ = [
@@ -276,8 +277,10 @@ def make_cutouts(
     on_error: str = "raise",
     storage_options: dict | None = None,
     pad: bool = True,
+    ffis: str | Sequence[str] | None = None,
 ) -> xr.Dataset:
-    """Cut every target out of its sector cube, lazily, as one dask graph.
+    """Cut every target out of its sector cube, or straight out of the FFIs, lazily, as one
+    dask graph.
 
     Parameters
     ----------
@@ -309,6 +312,12 @@ def make_cutouts(
         Cutouts that reach off the image are NaN-padded as astrocut pads them, with ``aperture``
         0 there (default). With ``pad=False`` such targets fail with status ``"off_edge"``
         (raised, or left out with ``on_error="skip"``).
+    ffis : str or sequence of str, optional
+        Cut from these calibrated FFIs of one sector, camera and CCD (a glob, a URL or a list)
+        instead of a cube: each FFI's headers are read once, then every task reads a batch of
+        FFIs, each with one batched ranged read per HDU for all targets. The result equals the
+        cube path on the cube astrocut's ``CubeFactory`` would build from the same FFIs
+        (``cube_url`` is then the glob, or the first FFI of a list).
 
     Returns
     -------
@@ -342,6 +351,12 @@ def make_cutouts(
     ny, nx = parse_size(size)
     t = check_targets(targets)
     failed: list[dict] = []
+    ffi_urls = None  # the FFIs, in frame order, when cutting from FFIs
+    if ffis is not None:
+        if cube_url is not None:
+            raise InputError("make_cutouts: give cube_url or ffis, not both")
+        ffi_meta, ffi_urls, _ = ffi_cube_meta(ffis, storage_options=storage_options)
+        cube_url = ffi_meta.url
     urls = _assign_cubes(t, sector, cube_url, cube_base, failed)
     metas: dict[str, CubeMeta] = {}
     sectors: dict[str, int] = {}
@@ -351,7 +366,7 @@ def make_cutouts(
     for url in dict.fromkeys(u for u in urls if u):
         members = np.flatnonzero(urls == url)
         try:
-            meta = cube_meta(url, storage_options=storage_options)
+            meta = cube_meta(url, storage_options=storage_options) if ffi_urls is None else ffi_meta
         except (OSError, ValueError) as exc:
             if cube_url is not None:
                 raise
@@ -400,10 +415,17 @@ def make_cutouts(
     cube_list = [u for u in metas if (urls[keep] == u).any()]
     cube_index = np.array([cube_list.index(u) for u in urls[keep]], dtype=np.int64)
     corner_col, corner_row = cutout_limits(center_col[keep], center_row[keep], (ny, nx))
-    flux_err = _build_graph(
-        cube_list, metas, cube_index, corner_col, corner_row, center_row[keep], center_col[keep],
-        (ny, nx), n_frames, batch_size, storage_options,
-    )  # fmt: skip
+    if ffi_urls is not None:
+        from cloudlab.cutouts.ffis import ffi_cutout_array
+
+        flux_err = ffi_cutout_array(
+            ffi_urls, corner_col, corner_row, (ny, nx), storage_options=storage_options
+        )
+    else:
+        flux_err = _build_graph(
+            cube_list, metas, cube_index, corner_col, corner_row, center_row[keep],
+            center_col[keep], (ny, nx), n_frames, batch_size, storage_options,
+        )  # fmt: skip
     aperture = _aperture(cube_list, metas, cube_index, corner_col, corner_row, (ny, nx))
     kept = t.iloc[keep]
     first = metas[cube_list[0]]

@@ -20,6 +20,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from cloudlab import fits as lfits
+from cloudlab import storage
 from cloudlab.errors import FITSFormatError, InputError
 from cloudlab.io.tess_ffi import open_ffis  # re-exported: TESS FFI stacks
 from cloudlab.tess_detector import (
@@ -37,6 +38,7 @@ __all__ = [
     "cube_meta",
     "cube_url",
     "cube_wcs_header",
+    "ffi_cube_meta",
     "open_ffis",
 ]
 
@@ -288,3 +290,144 @@ def cube_meta(url: str, *, storage_options: dict | None = None) -> CubeMeta:
     """
     key = json.dumps(storage_options or {}, sort_keys=True, default=str)
     return _cube_meta_cached(str(url), key)
+
+
+def _ffi_headers(
+    found: list[tuple[str, dict | None]], storage_options: dict | None
+) -> list[tuple[str, lfits.HDUInfo, lfits.HDUInfo, lfits.HDUInfo | None]]:
+    """Primary, image and uncertainty header of every FFI: one walk (two requests) per file, in
+    client threads (the reads wait on the store, not the CPU)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item: tuple[str, dict | None]):
+        url, file_info = item
+        primary, image, err = lfits.hdu_infos(
+            url, [0, 1, 2], storage_options=storage_options, file_info=file_info, missing_ok=True
+        )
+        if image is None:  # raises, listing the HDUs the file has
+            image = lfits.hdu_info(url, 1, storage_options=storage_options, file_info=file_info)
+        if image.kind != "image" or len(image.shape) != 2:
+            raise FITSFormatError(
+                f"{url}: HDU 1 is not a 2-D image (kind {image.kind}, shape {image.shape}); "
+                "give calibrated FFIs (*_ffic.fits)"
+            )
+        return url, primary, image, err
+
+    local = all(storage.is_local(url) for url, _ in found)
+    with ThreadPoolExecutor(max_workers=max(1, min(4 if local else 32, len(found)))) as pool:
+        return list(pool.map(one, found))
+
+
+def ffi_cube_meta(
+    urls_or_glob: str | list[str], *, storage_options: dict | None = None
+) -> tuple[CubeMeta, list[str], bool]:
+    """What the cutout cube of these FFIs would hold, from the FFIs' headers alone.
+
+    The frames are ordered by ``TSTART`` and the WCS is chosen as astrocut's ``CubeFactory``
+    and :func:`cube_wcs_header` choose them, so cutouts read straight from the FFIs equal those
+    read from the cube astrocut would build.
+
+    Parameters
+    ----------
+    urls_or_glob : str or list of str
+        Calibrated FFIs of one sector, camera and CCD: a glob, a URL or a list.
+    storage_options : dict, optional
+        Filesystem keyword arguments.
+
+    Returns
+    -------
+    (CubeMeta, list of str, bool)
+        The metadata (``url`` is ``urls_or_glob`` as given, or the first FFI of a list), the
+        FFI URLs in frame order, and whether every FFI has an uncertainty HDU (2).
+
+    Raises
+    ------
+    FileNotFoundError
+        A glob matching nothing or a missing file.
+    FITSFormatError
+        A file that is not an FFI; FFIs of different shapes, sectors, cameras or CCDs.
+    """
+    found = storage.expand_detail(urls_or_glob, storage_options=storage_options)
+    if not found:
+        raise InputError(f"no FFIs given: {urls_or_glob!r}")
+    rows = _ffi_headers(found, storage_options)
+    starts = []
+    for url, _, image, _ in rows:
+        value = image.get("TSTART")
+        if not isinstance(value, int | float):
+            raise FITSFormatError(f"{url}: HDU 1 has no numeric TSTART; is this a TESS FFI?")
+        starts.append(float(value))
+    rows = [rows[i] for i in np.argsort(starts, kind="stable")]
+    shapes = {tuple(image.shape) for _, _, image, _ in rows}
+    if len(shapes) > 1:
+        raise FITSFormatError(
+            f"FFIs of different shapes {sorted(shapes)} in {urls_or_glob!r}: give one sector, "
+            "camera and CCD"
+        )
+    ids = {
+        tuple(lfits.header_int(image.header, k, url) for k in ("CAMERA", "CCD"))
+        + (lfits.header_int(primary.header, "SECTOR", url),)
+        for url, primary, image, _ in rows
+    }
+    if len(ids) > 1:
+        raise FITSFormatError(
+            f"FFIs of different (camera, CCD, sector) {sorted(ids, key=str)} in "
+            f"{urls_or_glob!r}: give one sector, camera and CCD"
+        )
+    n = len(rows)
+    headers = [image.header for _, _, image, _ in rows]
+    wcs_row = next(
+        ((n // 2 + k) % n for k in range(n)
+         if str(headers[(n // 2 + k) % n].get("CTYPE2", "")).strip() == "DEC--TAN-SIP"),
+        None,
+    )  # fmt: skip
+    if wcs_row is None:
+        raise FITSFormatError(f"no FFI in {urls_or_glob!r} has CTYPE2 = 'DEC--TAN-SIP': no WCS")
+    wcs_header = fits.Header()
+    for card in headers[wcs_row].cards:
+        if card.keyword in ("", "COMMENT", "HISTORY") or card.keyword in wcs_header:
+            continue
+        if isinstance(card.value, float) and np.isnan(card.value):
+            continue
+        wcs_header[card.keyword] = card.value
+
+    def column(key: str, default: float, dtype) -> np.ndarray:
+        values = [h.get(key, default) for h in headers]
+        return np.array([default if v is None else v for v in values], dtype=dtype)
+
+    n_rows, n_cols = shapes.pop()
+    first = headers[0]
+    geometry = {k: first.get(k) for k in ("SCCSA", "SCCED", "SCIROWS", "SCIROWE")}
+    if all(isinstance(v, int) for v in geometry.values()):
+        science = {
+            "col_start": geometry["SCCSA"] - 1,
+            "col_stop": geometry["SCCED"],
+            "row_start": geometry["SCIROWS"] - 1,
+            "row_stop": geometry["SCIROWE"],
+        }
+    elif (n_rows, n_cols) == FULL_SHAPE:
+        science = dict(FULL_SCIENCE)
+    else:
+        science = {"col_start": 0, "col_stop": n_cols, "row_start": 0, "row_stop": n_rows}
+    url0, primary0, _, _ = rows[0]
+    camera, ccd, sector = ids.pop()
+    meta = CubeMeta(
+        url=urls_or_glob if isinstance(urls_or_glob, str) else url0,
+        data_offset=0,
+        n_rows=int(n_rows),
+        n_cols=int(n_cols),
+        n_frames=n,
+        tstart=column("TSTART", np.nan, float),
+        tstop=column("TSTOP", np.nan, float),
+        barycorr=column("BARYCORR", np.nan, float),
+        quality=column("DQUALITY", 0, np.int32),
+        ffi_file=np.array([url.rsplit("/", 1)[-1] for url, _, _, _ in rows]),
+        wcs_header=wcs_header.tostring(sep="\n"),
+        wcs_row=int(wcs_row),
+        primary_header=primary0.header.tostring(sep="\n"),
+        science=science,
+        sector=sector,
+        camera=camera,
+        ccd=ccd,
+    )
+    return meta, [url for url, _, _, _ in rows], all(err is not None for *_, err in rows)

@@ -1,0 +1,112 @@
+"""Cutouts straight from FFIs equal the cube path pixel for pixel (same sector, both written by
+the simulator; and a cube built by astrocut's CubeFactory from the same FFIs)."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from cloudlab.cutouts import make_cutouts, write_tpfs
+from cloudlab.errors import InputError
+from cloudlab.simulate import tess_sector
+
+SHAPE = (140, 150)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    dest = str(tmp_path_factory.mktemp("ffis"))
+    return tess_sector(dest, n_frames=9, shape=SHAPE, seed=11)
+
+
+@pytest.fixture(autouse=True)
+def _sync_scheduler():
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
+def _targets(sim, pixels):
+    """Targets at 0-based (column, row) pixels of the simulated WCS, plus a star catalog row."""
+    from astropy.wcs import WCS
+
+    ra, dec = WCS(sim.wcs_header).all_pix2world(np.asarray(pixels, float), 0).T
+    return pd.DataFrame({"ticid": np.arange(len(ra)) + 100, "ra": ra, "dec": dec})
+
+
+# interior, every edge, corners, two targets sharing rows, one off the image
+PIXELS = [[70.2, 60.7], [0.3, 50.0], [149.0, 139.4], [75.0, 0.2], [3.0, 138.0],
+          [80.4, 61.1], [400.0, 60.0]]  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [5, (4, 7)], ids=["5x5", "4x7"])
+def test_ffis_equal_the_cube_pixel_for_pixel(sim, size):
+    targets = _targets(sim, PIXELS)
+    glob = f"{sim.dest}/*_ffic.fits"
+    cube = make_cutouts(targets, cube_url=sim.cube_url, size=size, on_error="skip")
+    ffis = make_cutouts(targets, ffis=glob, size=size, on_error="skip")
+    cube, ffis = cube.compute(), ffis.compute()
+    assert ffis.sizes == cube.sizes and ffis.sizes["target"] == len(PIXELS) - 1
+    for name in ("flux", "flux_err", "aperture", "time", "ticid", "corner_column", "corner_row",
+                 "center_column", "center_row", "sector", "camera", "ccd", "cube_time",
+                 "cube_quality", "cube_ffi_file", "status"):  # fmt: skip
+        xr.testing.assert_identical(ffis[name], cube[name])
+    # the simulator's cube table holds BARYCORR before its FFI cards were printed (last digit)
+    np.testing.assert_allclose(ffis["cube_barycorr"], cube["cube_barycorr"], rtol=1e-14)
+    assert np.isfinite(ffis["flux"][0].values).all()  # real pixels, not padding
+    assert ffis["cube_url"].item() == glob
+    # the off-image target, both ways, named with where it was cut from
+    assert ffis.attrs["failed"] == cube.attrs["failed"].replace(sim.cube_url, glob)
+
+
+def test_ffis_as_a_list_in_any_order_and_tpfs(sim, tmp_path):
+    targets = _targets(sim, PIXELS[:2])
+    shuffled = list(reversed(sim.ffi_urls))  # frames are put in time order from their headers
+    ds = make_cutouts(targets, ffis=shuffled, size=5)
+    ref = make_cutouts(targets, cube_url=sim.cube_url, size=5)
+    np.testing.assert_array_equal(ds["flux"].values, ref["flux"].values)
+    assert len(ds["flux"].data.chunks[1]) >= 1  # chunked along frames only
+    with dask.config.set({"array.chunk-size": "100B"}):  # one FFI per task: still equal
+        small = make_cutouts(targets, ffis=shuffled, size=5)
+    assert len(small["flux"].data.chunks[1]) == len(sim.ffi_urls)
+    np.testing.assert_array_equal(small["flux_err"].values, ref["flux_err"].values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        urls = write_tpfs(ds, str(tmp_path / "tpf"))
+    from astropy.io import fits
+
+    with fits.open(urls[0]) as hdul:
+        np.testing.assert_array_equal(hdul[1].data["FLUX"], ref["flux"].values[0])
+
+
+def test_ffis_refusals(sim, tmp_path):
+    targets = _targets(sim, PIXELS[:1])
+    with pytest.raises(InputError, match="cube_url or ffis"):
+        make_cutouts(targets, ffis=sim.ffi_urls, cube_url=sim.cube_url)
+    other = tess_sector(str(tmp_path / "ccd2"), ccd=2, n_frames=2, shape=SHAPE, seed=3,
+                        cube=False)  # fmt: skip
+    with pytest.raises(InputError, match="camera, CCD, sector"):
+        make_cutouts(targets, ffis=[*sim.ffi_urls[:2], *other.ffi_urls])
+    with pytest.raises(FileNotFoundError, match="no files match"):
+        make_cutouts(targets, ffis=str(tmp_path / "none*.fits"))
+
+
+def test_ffis_equal_a_cube_astrocut_builds_from_them(sim, tmp_path):
+    astrocut = pytest.importorskip("astrocut")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cube = astrocut.CubeFactory().make_cube(
+            sim.ffi_urls, str(tmp_path / "astrocut-cube.fits"), verbose=False
+        )
+    targets = _targets(sim, PIXELS[:6])
+    ref = make_cutouts(targets, cube_url=str(cube), size=(6, 5)).compute()
+    ds = make_cutouts(targets, ffis=sim.ffi_urls, size=(6, 5)).compute()
+    for name in ("flux", "flux_err", "aperture", "time", "corner_column", "corner_row",
+                 "cube_barycorr", "cube_quality"):  # fmt: skip
+        np.testing.assert_array_equal(ds[name].values, ref[name].values, err_msg=name)
+    # astrocut leaves SECTOR blank unless told; the FFIs' primary headers have it
+    assert set(ds["sector"].values) == {55} and set(ref["sector"].values) == {0}
