@@ -189,6 +189,7 @@ def test_statuses_name_what_went_wrong(sector, tces, model, tmp_path):
     extra = pd.DataFrame(
         [
             {**tces.iloc[0].to_dict(), "ticid": 11, "ra": 10.0, "dec": -80.0},  # another camera
+            {**tces.iloc[0].to_dict(), "ticid": 13, "ra": 306.0, "dec": 13.0},  # no cube 2-3
             {**tces.iloc[0].to_dict(), "ticid": 12, "ra": np.nan, "dec": np.nan},
             {**tces.iloc[0].to_dict(), "tce_plnt_num": 2, "tce_period": np.nan},
             {**tces.iloc[0].to_dict(), "tce_plnt_num": 3, "tce_time0bt": 9000.0},
@@ -200,6 +201,9 @@ def test_statuses_name_what_went_wrong(sector, tces, model, tmp_path):
     reason = dict(zip(ds["tceid"].values, ds["reason"].values, strict=True))
     assert status["11-01"] == "off_silicon" and "sector 55" in reason["11-01"]
     assert status["12-01"] == "no_coordinates" and "coords=" in reason["12-01"]
+    missing = f"{tmp_path}/tess-s0055-2-3-cube.fits"  # the whole URL, however long
+    assert status["13-01"] == "cube_error" and missing in reason["13-01"], reason["13-01"]
+    assert len(reason["13-01"]) > 96, reason["13-01"]
     first = tces["ticid"].iloc[0]
     assert status[f"{first}-02"] == "bad_ephemeris"
     assert status[f"{first}-03"] != "ok" and reason[f"{first}-03"]

@@ -662,7 +662,9 @@ def _assemble(ds, catalog, lcs, cut, status, reason, models, backdrop, aperture)
     tic_ids = lcs["target"].values
     position = pd.Index(tic_ids).get_indexer(catalog["ticid"].to_numpy())
     static_status = status.reindex(catalog["ticid"].to_numpy()).to_numpy().astype(STATUS_DTYPE)
-    static_reason = reason.reindex(catalog["ticid"].to_numpy()).to_numpy().astype(REASON_DTYPE)
+    # reasons known before computing (cube errors naming URLs) keep their full length
+    static_reason = reason.reindex(catalog["ticid"].to_numpy()).to_numpy().astype(str)
+    reason_dtype = np.promote_types(static_reason.dtype, REASON_DTYPE)
     where = da.from_array(position, chunks=ds[STATUS].data.chunks)
     lc_status, lc_reason = (
         da.blockwise(
@@ -685,7 +687,7 @@ def _assemble(ds, catalog, lcs, cut, status, reason, models, backdrop, aperture)
     why = da.where(static_status != STATUS_OK, static_reason,
                    da.where(lc_status != STATUS_OK, lc_reason, ds[REASON].data))  # fmt: skip
     ds[STATUS] = ("tce", final.astype(STATUS_DTYPE))
-    ds[REASON] = ("tce", why.astype(REASON_DTYPE))
+    ds[REASON] = ("tce", why.astype(reason_dtype))
     ds["valid"] = ("tce", final == STATUS_OK)
     ds["prediction"] = ("tce", da.where(final == STATUS_OK, ds["prediction"].data, np.nan))
     ds["tic_index"] = ("tce", position.astype(np.int64))
