@@ -46,12 +46,11 @@ def _place(targets: pd.DataFrame, options: dict, seed: int = 55):
     k = np.arange(n_on)
     eb = k % 3 != 1
     depth = np.where(eb, rng.uniform(0.1, 0.3, n_on), 0.0)
+    jitter = rng.uniform(-1.0, 1.0, (2, n_on))
     stars = pd.DataFrame(
         {
-            "row": layout.science_rows.start + SPACING * (k // 5 + 0.5) + rng.uniform(-1, 1, n_on),
-            "column": layout.science_cols.start
-            + SPACING * (k % 5 + 0.5)
-            + rng.uniform(-1, 1, n_on),
+            "row": layout.science_rows.start + SPACING * (k // 5 + 0.5) + jitter[0],
+            "column": layout.science_cols.start + SPACING * (k % 5 + 0.5) + jitter[1],
             "tmag": rng.uniform(9.0, 11.0, n_on),
             "depth": depth,
             "period": np.where(eb, on["tce_period"], np.nan),
