@@ -7,6 +7,8 @@ import re
 import tempfile
 from pathlib import Path
 
+import pytest
+
 DOCS = Path(__file__).parent.parent / "docs"
 
 
@@ -62,27 +64,32 @@ def _notebook_cells(name: str) -> list[str]:
     return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
 
 
-def test_tce_notebook_reads_example_data_or_says_it_falls_back(tmp_path, monkeypatch, capsys):
-    """The TCE cutouts notebook's catalog cell reads the real catalog from
-    ``CLOUDLAB_EXAMPLE_DATA`` when it is there, and says so when it falls back."""
-    cells = _notebook_cells("tess_tce_cutouts.ipynb")
+@pytest.mark.parametrize("name", ["tess_tce_cutouts.ipynb", "tce_vetting.ipynb"])
+def test_tce_notebook_reads_example_data_or_says_it_falls_back(name, tmp_path, monkeypatch, capsys):
+    """The TCE notebooks' catalog cells read the real catalog from ``CLOUDLAB_EXAMPLE_DATA``
+    when it is there, and say so when they fall back."""
+    cells = _notebook_cells(name)
     setup = cells[0]
     catalog = next(c for c in cells if "CLOUDLAB_EXAMPLE_DATA" in c)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     monkeypatch.delenv("CLOUDLAB_EXAMPLE_DATA", raising=False)
     namespace: dict = {}
-    exec(compile(setup + "\n" + catalog, "tess_tce_cutouts.ipynb", "exec"), namespace)
+    exec(compile(setup + "\n" + catalog, name, "exec"), namespace)
     assert "falling back" in capsys.readouterr().out
     assert len(namespace["targets"]) == 13
 
     tce = tmp_path / "data" / "tess" / "tce" / "tess2022217141447-s0055-s0055_dvr-tcestats.csv"
     tce.parent.mkdir(parents=True)
-    rows = [f"{100 + k},{3e6 if k < 4 else 50.0},{1.5 + k}" for k in range(6)]
-    tce.write_text("\n".join(["ticid,tce_depth,tce_period", *rows]) + "\n")
+    rows = [
+        f"{100 + k:011d}-01,{100 + k},{3e6 if k < 4 else 50.0},{1.5 + k},{2800 + k},2.0"
+        for k in range(6)
+    ]
+    header = "tceid,ticid,tce_depth,tce_period,tce_time0bt,tce_duration"
+    tce.write_text("\n".join([header, *rows]) + "\n")
     monkeypatch.setenv("CLOUDLAB_EXAMPLE_DATA", str(tmp_path / "data"))
     namespace = {}
-    exec(compile(setup + "\n" + catalog, "tess_tce_cutouts.ipynb", "exec"), namespace)
+    exec(compile(setup + "\n" + catalog, name, "exec"), namespace)
     out = capsys.readouterr().out
     assert "falling back" not in out and "6 TCEs" in out
     assert namespace["targets"].ticid.tolist() == [100, 101, 102, 103]
