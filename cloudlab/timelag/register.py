@@ -35,7 +35,7 @@ from cloudlab.errors import FITSFormatError, InputError, MissingDependencyError
 from cloudlab.fits.header import HDUInfo
 from cloudlab.io.aia import image_hdu
 from cloudlab.timelag import geometry
-from cloudlab.timelag.prepare import align_channels, check_channel_label, drop_bad_frames
+from cloudlab.timelag.steps import align_channels, check_channel_label, drop_bad_frames
 
 __all__ = [
     "Frame",
