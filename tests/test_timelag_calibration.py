@@ -117,6 +117,29 @@ def test_a_degradation_table_that_ends_inside_the_series_is_refused(series, tmp_
         _prepared(series, correct_degradation=str(tmp_path / "bad.txt"))
 
 
+def test_command_line_passes_the_degradation_table(series, tmp_path):
+    import argparse
+
+    from cloudlab.commands import timelag as command
+
+    boundary = _boundary(series)
+    rows = [r for c in CHANNELS for r in _epochs(c, "2011-01-01T00:00:00", boundary, 0.5)]
+    path = _write_correction_table(tmp_path / "old.txt", rows)
+    parser = argparse.ArgumentParser(prog="cloudlab")
+    command.register(parser.add_subparsers(dest="command"))
+    (x0, y0), (x1, y1) = series.region
+    argv = ["timelag", "--bottom-left", f"{x0},{y0}", "--top-right", f"{x1},{y1}",
+            "--out", str(tmp_path / "out"), "--no-png", "--degradation-table", path]  # fmt: skip
+    for channel in CHANNELS:
+        argv += ["--channel", f"{channel}={series.files[channel][0].rsplit('/', 1)[0]}/*.fits"]
+    with pytest.raises(InputError, match="add --prep"):
+        parser.parse_args(argv).func(parser.parse_args(argv))
+    args = parser.parse_args([*argv, "--prep"])
+    with pytest.raises(InputError, match=r"old\.txt.*no 94_THIN epoch"):
+        args.func(args)
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------ pointing
 POINTING = {"X0": 2051.3, "Y0": 2043.8, "IMSCALE": 0.6042, "INSTROT": 0.53}
 
