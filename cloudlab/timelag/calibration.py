@@ -12,7 +12,8 @@ factor is
     EFF_AREA(epoch) / EFF_AREA(first row) * (1 + p1 dt + p2 dt**2 + p3 dt**3),
 
 with ``dt`` the days from the epoch's ``T_START``. Images are divided by it (as aiapy's
-``correct_degradation``).
+``correct_degradation``), ``t`` being the frame's ``DATE-OBS`` (the time aiapy uses for AIA
+maps; ``T_OBS`` when absent).
 
 Pointing (the 3-hourly master pointing table ``aia.master_pointing3h``; columns ``T_START``,
 ``T_STOP``, ``A_<www>_X0``, ``A_<www>_Y0``, ``A_<www>_IMSCALE``, ``A_<www>_INSTROT``): the first

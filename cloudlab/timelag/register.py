@@ -412,6 +412,18 @@ def _with_pointing(frame: Frame, update: Mapping[str, float]) -> Frame:
     return replace(frame, cards=(*cards, ("CROTA2", update["CROTA2"])))
 
 
+def _date_obs(info: HDUInfo, t_obs) -> np.datetime64:
+    """``DATE-OBS`` (the exposure start, the time aiapy's ``correct_degradation`` uses for an
+    AIA map), else ``T_OBS``."""
+    value = info.get("DATE-OBS")
+    if value is None or value == "":
+        return np.datetime64(t_obs, "ns")
+    try:
+        return np.datetime64(str(value).strip().rstrip("Z"), "ns")
+    except ValueError as err:
+        raise FITSFormatError(f"{info.url}: header key DATE-OBS = {value!r} is not a time") from err
+
+
 def _calibrated(frames: list[Frame], infos: Sequence[HDUInfo], times, wavelength: int,
                 tables: Mapping[str, object]) -> list[Frame]:  # fmt: skip
     """Frames with the pointing update and the degradation factors of ``tables``."""
@@ -423,7 +435,8 @@ def _calibrated(frames: list[Frame], infos: Sequence[HDUInfo], times, wavelength
                   for f, i, t in zip(frames, infos, times, strict=True)]  # fmt: skip
     if "degradation" in tables:
         table, name = tables["degradation"]
-        factors = calibration.degradation(table, wavelength, times, url=urls, name=name)
+        starts = [_date_obs(i, t) for i, t in zip(infos, times, strict=True)]
+        factors = calibration.degradation(table, wavelength, starts, url=urls, name=name)
         frames = [replace(f, degradation=float(d)) for f, d in zip(frames, factors, strict=True)]
     return frames
 
