@@ -182,12 +182,16 @@ def _one(url: str, **options) -> np.ndarray:
     return cube[171].values[0]
 
 
-def test_pointing_update_equals_aiapy_update_pointing(full_frame, tmp_path):
+@pytest.mark.parametrize("missing", [None, "INSTROT"])
+def test_pointing_update_equals_aiapy_update_pointing(full_frame, tmp_path, missing):
+    """With a complete row, and with a missing (NaN) value that both keep from the header."""
     import sunpy.map
     from aiapy.calibrate import update_pointing
     from astropy.time import Time
 
     table = _pointing_rows("2011-02-14T21:00:00Z", "2011-02-15T00:00:00Z", "2011-02-15T03:00:00Z")
+    if missing:
+        table[f"A_171_{missing}"][1] = np.nan
     path = tmp_path / "pointing.csv"
     table.write(path, format="ascii.csv")
     # aiapy's get_pointing_table reads only JSOC or LMSAL: the same table, typed as it types it
@@ -202,6 +206,7 @@ def test_pointing_update_equals_aiapy_update_pointing(full_frame, tmp_path):
         sunpy.map.Map(np.zeros((4096, 4096), np.float32), header), pointing_table=qtable
     )
     assert reference.meta["crpix1"] == pytest.approx(POINTING["X0"] + 1)
+    assert (reference.meta["crota2"] == header["CROTA2"]) == (missing == "INSTROT")
     # the same frame with aiapy's updated keys written in its header
     edited = tmp_path / "edited.fits"
     with fits.open(full_frame) as hdus:

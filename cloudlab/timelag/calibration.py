@@ -220,7 +220,14 @@ def pointing(
         raise FITSFormatError(f"{url}: header key SAT_ROT is missing: the pointing update needs it")
     new = {"CRPIX1": x0 + 1.0, "CRPIX2": y0 + 1.0, "CDELT1": scale, "CDELT2": scale,
            "CROTA2": instrot + float(sat_rot)}  # fmt: skip
-    keep = {k: float(header.get(k)) for k, v in new.items() if np.isnan(v)}
+    missing = [k for k, v in new.items() if np.isnan(v)]
+    unknown = [k for k in missing if header.get(k) is None]
+    if unknown:
+        raise InputError(
+            f"{name}: no value for {unknown} at {np.datetime_as_string(t, 's')} and {url} has "
+            "none in its header either: use a complete table row"
+        )
+    keep = {k: float(header.get(k)) for k in missing}
     if keep:
         warnings.warn(
             f"{url}: pointing_table has no value for {sorted(keep)} at "
