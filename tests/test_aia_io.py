@@ -15,7 +15,7 @@ from astropy.io import fits
 from cloudlab.errors import FITSFormatError
 from cloudlab.io import aia
 from cloudlab.simulate import aia_series
-from cloudlab.timelag import prepare, timelag_map, timelag_maps
+from cloudlab.timelag import steps, timelag_map, timelag_maps
 
 CHANNELS = (94, 131, 171, 193, 211, 335)
 
@@ -93,19 +93,19 @@ def test_crop_equals_sunpy_submap(jsoc_cutout):
     bottom_left = SkyCoord(0 * u.arcsec, -300 * u.arcsec, frame=full.coordinate_frame)
     top_right = SkyCoord(200 * u.arcsec, -150 * u.arcsec, frame=full.coordinate_frame)
     expected = full.submap(bottom_left, top_right=top_right)
-    cube = prepare.crop(aia.open_stack(jsoc_cutout), bottom_left, top_right)
+    cube = steps.crop(aia.open_stack(jsoc_cutout), bottom_left, top_right)
     np.testing.assert_array_equal(cube.values[0], expected.data)
     header = aia.header_of(cube)
     assert header["CRPIX1"] - 1 == pytest.approx(expected.reference_pixel.x.to_value(u.pix))
     assert header["CRPIX2"] - 1 == pytest.approx(expected.reference_pixel.y.to_value(u.pix))
-    by_arcsec = prepare.crop(aia.open_stack(jsoc_cutout), (0, -300), (200 * u.arcsec, -150))
+    by_arcsec = steps.crop(aia.open_stack(jsoc_cutout), (0, -300), (200 * u.arcsec, -150))
     np.testing.assert_array_equal(by_arcsec.values, cube.values)
 
 
 def test_crop_outside_the_image_is_an_error(jsoc_cutout):
     cube = aia.open_stack(jsoc_cutout)
     with pytest.raises(ValueError, match="crop is empty"):
-        prepare.crop(cube, (-900, -300), (-800, -200))
+        steps.crop(cube, (-900, -300), (-800, -200))
 
 
 # -------------------------------------------------------------------------- BLANK, layouts
@@ -140,7 +140,7 @@ def test_integer_frames_without_blank_are_normalised_in_float(tmp_path):
     fits.PrimaryHDU(data, header).writeto(tmp_path / "frame.fits")
     cube = aia.open_stack(str(tmp_path / "frame.fits"))
     assert cube.dtype == np.int16
-    rate = prepare.normalize_exposure(cube)
+    rate = steps.normalize_exposure(cube)
     assert rate.dtype == np.float32
     np.testing.assert_allclose(rate.values[0], data / 3.0, rtol=1e-6)
 
@@ -175,7 +175,7 @@ def test_open_stack_sorts_by_t_obs_and_keeps_frame_metadata(series):
 
 
 def test_normalised_cube_matches_the_injected_rate(series):
-    cube = prepare.normalize_exposure(aia.open_stack(series.files[335]))
+    cube = steps.normalize_exposure(aia.open_stack(series.files[335]))
     assert cube.attrs["units"] == "DN / s"
     truth = series.rate(335, series.t_obs[335])
     bound = 0.5 / series.exptime[335][:, None, None] + 1e-3  # int16 rounding of the counts
@@ -185,18 +185,18 @@ def test_normalised_cube_matches_the_injected_rate(series):
 def test_select_time_range_and_subsampling(series):
     cube = aia.open_stack(series.files[94])
     t = series.t_obs[94]
-    picked = prepare.select_time(cube, start=t[10], end=t[60], every=5)
+    picked = steps.select_time(cube, start=t[10], end=t[60], every=5)
     np.testing.assert_array_equal(picked["time"].values, t[10:61:5])
     with pytest.raises(ValueError, match="no frame"):
-        prepare.select_time(cube, start="2020-01-01")
+        steps.select_time(cube, start="2020-01-01")
     with pytest.raises(ValueError, match="every"):
-        prepare.select_time(cube, every=0)
+        steps.select_time(cube, every=0)
 
 
 def test_interpolation_uses_absolute_times(series):
     """Channels are observed seconds apart; one absolute grid keeps those offsets."""
-    channels = {c: prepare.normalize_exposure(aia.open_stack(series.files[c])) for c in (94, 211)}
-    aligned = prepare.align_channels(channels)
+    channels = {c: steps.normalize_exposure(aia.open_stack(series.files[c])) for c in (94, 211)}
+    aligned = steps.align_channels(channels)
     grid = aligned[94]["time"].values
     np.testing.assert_array_equal(aligned[211]["time"].values, grid)
     assert grid[0] == max(series.t_obs[94][0], series.t_obs[211][0])
@@ -211,7 +211,7 @@ def test_interpolation_uses_absolute_times(series):
     t94, t211 = series.t_obs[94], series.t_obs[211]
     relative = channels[211].assign_coords(time=t94[0] + (t211 - t211[0]))
     pangeo_grid = grid[grid <= relative["time"].values[-1]]
-    pangeo = prepare.interpolate_to_grid(relative, pangeo_grid).values
+    pangeo = steps.interpolate_to_grid(relative, pangeo_grid).values
     pangeo_error = np.max(np.abs(pangeo - series.rate(211, pangeo_grid)) / pangeo)
     assert pangeo_error > 0.1 and pangeo_error > 3 * errors[211]
 
@@ -219,12 +219,12 @@ def test_interpolation_uses_absolute_times(series):
 def test_bad_frames_are_dropped_and_exposure_checked(series):
     cube = aia.open_stack(series.files[171][:10])
     flagged = cube.assign_coords(quality=("time", np.r_[0, 4096, np.zeros(8, int)]))
-    assert prepare.drop_bad_frames(flagged).sizes["time"] == 9
+    assert steps.drop_bad_frames(flagged).sizes["time"] == 9
     broken = cube.assign_coords(exptime=("time", np.r_[cube["exptime"].values[:4], 0, [2.0] * 5]))
     with pytest.raises(ValueError, match="EXPTIME 0.0 is not positive"):
-        prepare.normalize_exposure(broken)
+        steps.normalize_exposure(broken)
     with pytest.raises(ValueError, match="QUALITY"):
-        prepare.drop_bad_frames(cube.assign_coords(quality=("time", np.ones(10, int))))
+        steps.drop_bad_frames(cube.assign_coords(quality=("time", np.ones(10, int))))
 
 
 def test_loader_errors_name_the_problem(series, tmp_path):
@@ -257,15 +257,15 @@ def test_unaligned_channels_are_rejected(series):
         timelag_map(raw[94], raw[171])
     small = {94: raw[94], 171: raw[171].isel(x=slice(0, 6))}
     with pytest.raises(ValueError, match="different image shapes"):
-        prepare.align_channels(small)
+        steps.align_channels(small)
     with pytest.raises(ValueError, match="do not overlap"):
-        prepare.align_channels({94: raw[94].isel(time=slice(0, 10)),
+        steps.align_channels({94: raw[94].isel(time=slice(0, 10)),
                             171: raw[171].isel(time=slice(50, 60))})  # fmt: skip
 
 
 # -------------------------------------------------------------------------- known lags
 def test_all_15_pairs_recover_the_injected_lags_exactly(series):
-    prepared = prepare.prepare_channels(open_channels(series))
+    prepared = steps.prepare_channels(open_channels(series))
     maps = timelag_maps(prepared).compute()
     assert maps.sizes["pair"] == 15
     assert_recovers_injected_lags(series, maps)
@@ -283,7 +283,7 @@ def test_uncompressed_series_with_crop_and_subsampling(tmp_path):
         assert len(hdus) == 1 and hdus[0].header["BITPIX"] == 16
     channels = open_channels(series, (94, 335, 171))
     # the image centre (pixel 6.5, 4.5) is at (-400", 50"), 0.6"/px: pixels x 3..9, y 1..8
-    prepared = prepare.prepare_channels(
+    prepared = steps.prepare_channels(
         channels, bottom_left=(-402.1, 47.9), top_right=(-398.5, 52.1), every=2
     )
     assert dict(prepared[94].sizes) == {"time": 79, "y": 8, "x": 7}
@@ -300,6 +300,6 @@ def test_gateway_cluster_reads_s3_and_recovers_lags(gateway_client, s3_bucket):
     """Files on S3, read and correlated by gateway workers (where sunkit-image has #276)."""
     series = aia_series(f"s3://{s3_bucket}/aia", channels=(94, 335), shape=(6, 6), n_frames=40)
     with dask.config.set(scheduler=gateway_client):
-        prepared = prepare.prepare_channels(open_channels(series, (94, 335)))
+        prepared = steps.prepare_channels(open_channels(series, (94, 335)))
         maps = timelag_maps(prepared).compute()
     assert_recovers_injected_lags(series, maps)

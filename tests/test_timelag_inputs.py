@@ -97,7 +97,7 @@ def test_min_correlation_masks_weak_pixels():
 
 @pytest.mark.parametrize("option", ["start", "end"])
 def test_bad_start_end_names_the_option(option):
-    from cloudlab.timelag.prepare import select_time
+    from cloudlab.timelag.steps import select_time
 
     cube, _ = _pair(np.datetime64("2020-01-01") + np.arange(64) * np.timedelta64(12, "s"))
     with pytest.raises(InputError, match=f"--{option}.*'yesterday'"):
@@ -114,7 +114,7 @@ def test_bad_duration_option_names_the_option(capsys):
 
 
 def test_channel_label_contradicting_wavelnth_is_refused():
-    from cloudlab.timelag.prepare import prepare_channels
+    from cloudlab.timelag.steps import prepare_channels
 
     cube, _ = _pair(np.datetime64("2020-01-01") + np.arange(64) * np.timedelta64(12, "s"))
     cube = cube.assign_coords(wavelength=193)
@@ -143,7 +143,7 @@ def _open(series, drop: dict[int, slice] | None = None):
 
 
 def test_a_gap_longer_than_max_gap_is_refused_naming_channel_and_times(series):
-    from cloudlab.timelag.prepare import prepare_channels
+    from cloudlab.timelag.steps import prepare_channels
 
     channels = _open(series, {171: slice(10, 14)})  # 4 frames missing: a 60 s step, 5 cadences
     before, after = series.t_obs[171][9], series.t_obs[171][14]
@@ -161,7 +161,7 @@ def test_a_gap_longer_than_max_gap_is_refused_naming_channel_and_times(series):
 def test_gaps_up_to_max_gap_and_outside_the_common_span_are_accepted(series):
     import warnings
 
-    from cloudlab.timelag.prepare import prepare_channels
+    from cloudlab.timelag.steps import prepare_channels
 
     # two missing frames in 94 (a 3-cadence step) and 10 missing at the start of 171 (the common
     # span then starts later, so nothing is interpolated across them)
@@ -201,7 +201,7 @@ def test_command_line_refuses_a_gap_unless_allow_gaps(series, tmp_path, capsys):
 # ------------------------------------------------------------------ channel labels and WAVELNTH
 def test_label_contradicting_wavelnth_names_the_file_in_prepare_and_timelag_maps(series):
     from cloudlab.timelag import timelag_maps
-    from cloudlab.timelag.prepare import prepare_channels
+    from cloudlab.timelag.steps import prepare_channels
 
     channels = _open(series)
     first_171 = sorted(series.files[171])[0]

@@ -190,6 +190,29 @@ def test_runs_on_a_local_cluster(series, local_client):
     np.testing.assert_array_equal(remote, local)
 
 
+@pytest.mark.gateway
+def test_runs_on_the_gateway_with_workers_reading_s3(series, gateway_client, s3_bucket):
+    """Level-1 frames on the S3 emulator, registered and derotated by gateway workers."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    remote = {}
+    for channel in (94, 171):
+        remote[channel] = []
+        for path in series.files[channel][:6]:
+            url = f"s3://{s3_bucket}/lev1/{channel:04d}/{path.rsplit('/', 1)[-1]}"
+            fs.put_file(path, url)
+            remote[channel].append(url)
+    options = dict(region=series.region, reference_time=series.reference_time, align=False)
+    with dask.config.set(scheduler=gateway_client):
+        on_gateway = prepare({c: aia.open_stack(u) for c, u in remote.items()}, **options)
+        got = {c: cube.values for c, cube in on_gateway.items()}
+    local = prepare({c: aia.open_stack(series.files[c][:6]) for c in remote}, **options)
+    for channel, cube in local.items():
+        assert np.isfinite(got[channel]).mean() > 0.9
+        np.testing.assert_array_equal(got[channel], cube.values)
+
+
 # ------------------------------------------------------------------ bad input
 def _frame_with(tmp_path, source: str, name: str, **changes) -> str:
     with fits.open(source) as hdus:

@@ -178,6 +178,10 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError("give --out DIR")
     if (args.bottom_left is None) != (args.top_right is None):
         raise InputError("give both --bottom-left and --top-right, or neither")
+    if not args.prep and (args.degradation_table or args.pointing_table):
+        raise InputError(
+            "--degradation-table and --pointing-table apply to level-1 files: add --prep"
+        )
     files: dict[str, list[str]] = {}
     for name, urls in args.channel:
         files.setdefault(name, []).append(urls)
@@ -239,6 +243,14 @@ def _add_prep_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--derotate", action="store_true", help="with --prep: follow solar rotation")
     group.add_argument("--scale", type=float, default=0.6, help="grid arcsec/px (default 0.6)")
     group.add_argument("--reference-time", help="grid time (ISO; default: mid-series)")
+    group.add_argument(
+        "--degradation-table", metavar="PATH",
+        help="with --prep: local aia.response table (aiapy's format) to correct degradation",
+    )  # fmt: skip
+    group.add_argument(
+        "--pointing-table", metavar="PATH",
+        help="with --prep: local master pointing table (aiapy's format) for full frames",
+    )  # fmt: skip
 
 
 def _prepare_level1(channels: dict, args: argparse.Namespace) -> dict:
@@ -252,4 +264,5 @@ def _prepare_level1(channels: dict, args: argparse.Namespace) -> dict:
     return prepare(
         channels, region=region, reference_time=args.reference_time, scale=args.scale,
         derotate=args.derotate, drop_bad=not args.keep_bad, cadence=args.cadence,
+        correct_degradation=args.degradation_table, pointing_table=args.pointing_table,
     )  # fmt: skip

@@ -7,7 +7,7 @@ in HDU 0. A channel's frames become a ``(time, y, x)`` DataArray, one dask chunk
 in ``attrs["fits_header"]``.
 
 This module only reads. Preparing the cubes for time-lag analysis (exposure normalisation, crop,
-common time grid) is :mod:`cloudlab.timelag.prepare`.
+common time grid) is :mod:`cloudlab.timelag.steps`.
 """
 
 from __future__ import annotations

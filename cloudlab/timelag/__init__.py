@@ -1,12 +1,11 @@
 """AIA time-lag analysis: lazy registration and preparation of AIA cubes, FFT cross-correlation
 maps between channels, and their products.
 
-``cloudlab.timelag.prepare(channels, ...)`` registers level-1 stacks onto one helioprojective
-grid (:func:`cloudlab.timelag.register.prepare`); ``cloudlab.timelag.prepare`` is also the module
-of the steps for cubes already on one grid (``prepare.crop``, ``prepare.select_time``...).
+:func:`prepare` (from :mod:`cloudlab.timelag.register`) registers level-1 stacks onto one
+helioprojective grid; :mod:`cloudlab.timelag.steps` holds the steps for cubes already on one
+grid (``crop``, ``select_time``, ``align_channels``...).
 """
 
-from cloudlab.timelag import prepare
 from cloudlab.timelag.kernels import timelag_bytes_per_pixel
 from cloudlab.timelag.maps import (
     HOT_TO_COOL,
@@ -17,7 +16,8 @@ from cloudlab.timelag.maps import (
     timelag_maps,
 )
 from cloudlab.timelag.output import plot_maps, to_map, write_fits, write_zarr
-from cloudlab.timelag.prepare import (
+from cloudlab.timelag.register import prepare
+from cloudlab.timelag.steps import (
     align_channels,
     common_time_grid,
     crop,

@@ -17,6 +17,7 @@ difference to a whole-image filter decays as ``0.268**margin``.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -34,8 +35,8 @@ from cloudlab import fits
 from cloudlab.errors import FITSFormatError, InputError, MissingDependencyError
 from cloudlab.fits.header import HDUInfo
 from cloudlab.io.aia import image_hdu
-from cloudlab.timelag import geometry
-from cloudlab.timelag.prepare import align_channels, check_channel_label, drop_bad_frames
+from cloudlab.timelag import calibration, geometry
+from cloudlab.timelag.steps import align_channels, check_channel_label, drop_bad_frames
 
 __all__ = [
     "Frame",
@@ -78,6 +79,8 @@ class Frame:
         The frame's observer (needed for derotation).
     axis_drift : float
         Turn of the HGS axes from the reference time to ``T_OBS`` (rad).
+    degradation : float
+        Degradation factor the image is divided by (1: no correction).
     """
 
     info: HDUInfo
@@ -86,6 +89,7 @@ class Frame:
     seconds: float
     observer: geometry.Observer | None
     axis_drift: float = 0.0
+    degradation: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -372,7 +376,7 @@ def register_frame(frame: Frame, grid: Grid) -> np.ndarray:
         window = fits.read_region(frame.info, (slice(y0, y1), slice(x0, x1)))
         ok = np.isfinite(x) & np.isfinite(y)
         values = _interpolate(window, x[ok] - x0, y[ok] - y0)
-        out[ok] = values / frame.exptime
+        out[ok] = values / (frame.exptime * frame.degradation)
     return out[None]
 
 
@@ -402,14 +406,52 @@ def _check_coverage(frame: Frame, grid: Grid, whole_field: bool = False) -> None
         )
 
 
-def _frames(cube: xr.DataArray, reference_time, derotate: bool, storage_options) -> list[Frame]:
-    """The checked frames of one channel, with observers and axis turns when derotating."""
+def _with_pointing(frame: Frame, update: Mapping[str, float]) -> Frame:
+    """``frame`` with its WCS cards replaced by ``update`` (a roll as CROTA2, no PC matrix)."""
+    cards = [(k, update.get(k, v)) for k, v in frame.cards if k not in _ROTATION_KEYS]
+    return replace(frame, cards=(*cards, ("CROTA2", update["CROTA2"])))
+
+
+def _date_obs(info: HDUInfo, t_obs) -> np.datetime64:
+    """``DATE-OBS`` (the exposure start, the time aiapy's ``correct_degradation`` uses for an
+    AIA map), else ``T_OBS``."""
+    value = info.get("DATE-OBS")
+    if value is None or value == "":
+        return np.datetime64(t_obs, "ns")
+    try:
+        return np.datetime64(str(value).strip().rstrip("Z"), "ns")
+    except ValueError as err:
+        raise FITSFormatError(f"{info.url}: header key DATE-OBS = {value!r} is not a time") from err
+
+
+def _calibrated(frames: list[Frame], infos: Sequence[HDUInfo], times, wavelength: int,
+                tables: Mapping[str, object]) -> list[Frame]:  # fmt: skip
+    """Frames with the pointing update and the degradation factors of ``tables``."""
+    urls = [i.url for i in infos]
+    if "pointing" in tables:
+        table, name = tables["pointing"]
+        frames = [_with_pointing(f, calibration.pointing(table, wavelength, t, i, url=i.url,
+                                                         shape=i.shape, name=name))
+                  for f, i, t in zip(frames, infos, times, strict=True)]  # fmt: skip
+    if "degradation" in tables:
+        table, name = tables["degradation"]
+        starts = [_date_obs(i, t) for i, t in zip(infos, times, strict=True)]
+        factors = calibration.degradation(table, wavelength, starts, url=urls, name=name)
+        frames = [replace(f, degradation=float(d)) for f, d in zip(frames, factors, strict=True)]
+    return frames
+
+
+def _frames(cube: xr.DataArray, reference_time, derotate: bool, storage_options,
+            wavelength: int, tables: Mapping[str, object]) -> list[Frame]:  # fmt: skip
+    """The checked frames of one channel (calibrated with ``tables``), with observers and axis
+    turns when derotating."""
     urls = [str(u) for u in cube["url"].values]
     hdu = image_hdu(urls[0], storage_options=storage_options)
     infos = [fits.hdu_info(url, hdu, storage_options=storage_options) for url in urls]
     times, exptimes = cube["time"].values, cube["exptime"].values
     frames = [frame_of(i, t, float(e), reference_time)
               for i, t, e in zip(infos, times, exptimes, strict=True)]  # fmt: skip
+    frames = _calibrated(frames, infos, times, wavelength, tables)
     if not derotate:
         return frames
     drift = hgs_axis_drift(reference_time, times)
@@ -455,6 +497,32 @@ def _channel_cube(cube: xr.DataArray, frames: list[Frame], grid: Grid) -> xr.Dat
                         attrs=attrs, name=cube.name)  # fmt: skip
 
 
+def _tables(correct_degradation, pointing_table) -> dict[str, tuple]:
+    """The calibration tables, each read once, with its name for errors."""
+    tables = {}
+    for key, option, source, columns in (
+        ("degradation", "correct_degradation", correct_degradation,
+         calibration.CORRECTION_COLUMNS),
+        ("pointing", "pointing_table", pointing_table, ("T_START", "T_STOP")),
+    ):  # fmt: skip
+        if source is not None:
+            name = f"{option}={source}" if isinstance(source, str | os.PathLike) else option
+            tables[key] = (calibration.read_table(source, columns, option), name)
+    return tables
+
+
+def _wavelength(name: Hashable, cube: xr.DataArray) -> int:
+    """The channel's wavelength (angstrom): its ``wavelength`` coordinate, else its name."""
+    value = cube["wavelength"].values if "wavelength" in cube.coords else name
+    try:
+        return int(np.asarray(value).item())
+    except (TypeError, ValueError) as err:
+        raise InputError(
+            f"channel {name!r}: its wavelength is unknown (no 'wavelength' coordinate and the "
+            "name is not a number): the calibration tables are per channel"
+        ) from err
+
+
 def prepare(
     channels: Mapping[Hashable, xr.DataArray],
     *,
@@ -468,6 +536,8 @@ def prepare(
     cadence=None,
     chunks: Sequence[int] | None = None,
     margin: int = 16,
+    correct_degradation=None,
+    pointing_table=None,
     storage_options: dict | None = None,
 ) -> dict[Hashable, xr.DataArray]:
     """Register level-1 AIA stacks onto one helioprojective grid, lazily (one task per frame).
@@ -500,6 +570,13 @@ def prepare(
         Spatial chunks after aligning.
     margin : int
         Extra input pixels read around each frame's sampled area (spline prefilter support).
+    correct_degradation : path or astropy Table, optional
+        A local degradation (``aia.response``) table in aiapy's format: each frame is divided by
+        its channel's degradation factor at its ``T_OBS`` (:mod:`cloudlab.timelag.calibration`).
+    pointing_table : path or astropy Table, optional
+        A local master pointing table (``aia.master_pointing3h``) in aiapy's format:
+        ``CRPIX``, ``CDELT`` and ``CROTA2`` of each full 4096x4096 frame are replaced by the
+        table's row covering its ``T_OBS``, as aiapy's ``update_pointing``.
     storage_options : dict, optional
         Filesystem options used to open the files.
 
@@ -513,7 +590,8 @@ def prepare(
     ------
     InputError
         Bad parameters, a region off the disk or outside a frame, frames whose headers lack
-        ``CROTA2``, WCS or observer keys (naming the file and key); all before computation.
+        ``CROTA2``, WCS or observer keys (naming the file and key), tables that do not cover a
+        frame's time (naming the table, the time and the file); all before computation.
     """
     if not channels:
         raise InputError("prepare: no channels given")
@@ -529,7 +607,10 @@ def prepare(
             raise InputError(f"channel {name!r} has no 'url' coordinate: open it with open_stack")
     cubes = {k: drop_bad_frames(c) if drop_bad else c for k, c in channels.items()}
     t_ref = _reference_time(cubes, reference_time)
-    frames = {k: _frames(c, t_ref, derotate, storage_options) for k, c in cubes.items()}
+    tables = _tables(correct_degradation, pointing_table)
+    frames = {k: _frames(c, t_ref, derotate, storage_options,
+                         _wavelength(k, c) if tables else 0, tables)
+              for k, c in cubes.items()}  # fmt: skip
     first = next(iter(cubes))
     nearest = int(np.argmin(np.abs(cubes[first]["time"].values - t_ref)))
     reference = frames[first][nearest]

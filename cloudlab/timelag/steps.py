@@ -1,8 +1,7 @@
 """Lazy preparation of AIA cubes for time-lag analysis.
 
-Calling the module, ``cloudlab.timelag.prepare(channels, ...)``, registers level-1 stacks onto
-one grid: it is :func:`cloudlab.timelag.register.prepare`. The functions below prepare cubes
-that are already on one grid.
+These steps prepare cubes that are already on one pixel grid; level-1 stacks are first
+registered onto one grid by :func:`cloudlab.timelag.prepare` (:mod:`cloudlab.timelag.register`).
 
 The steps chain and stay lazy: :func:`drop_bad_frames`, :func:`normalize_exposure`,
 :func:`crop`, :func:`select_time`, then :func:`align_channels` puts every channel on one uniform
@@ -12,8 +11,6 @@ time grid built from absolute times (:func:`common_time_grid`, :func:`interpolat
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Hashable, Mapping, Sequence
 
 import dask.array as da
@@ -425,15 +422,3 @@ def prepare_channels(
     return align_channels(
         prepared, cadence=cadence, chunks=chunks, max_gap=max_gap, allow_gaps=allow_gaps
     )
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`cloudlab.timelag.register.prepare`."""
-
-    def __call__(self, *args, **kwargs):
-        from cloudlab.timelag.register import prepare
-
-        return prepare(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
