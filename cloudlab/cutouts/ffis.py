@@ -10,6 +10,8 @@ The result is the array the cube path gives, pixel for pixel.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import dask
 import dask.array as da
 import numpy as np
@@ -17,7 +19,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from dask.utils import parse_bytes
 
-from cloudlab import fits
+from cloudlab import fits, storage
 from cloudlab.cutouts.cutout import BYTES_PER_PIXEL_FRAME, cutout_boxes
 
 __all__ = ["ffi_cutout_array", "read_ffi_cutouts"]
@@ -68,10 +70,12 @@ def read_ffi_cutouts(
     """
     ny, nx = size
     out = np.full((2, corners.shape[1], len(images), ny, nx), np.nan, dtype=np.float32)
-    for f, (image, err) in enumerate(zip(images, errors, strict=True)):
-        _cut_frame(image, corners, size, out[0, :, f])
-        if err is not None:
-            _cut_frame(err, corners, size, out[1, :, f])
+    jobs = [(info, plane, f) for f, pair in enumerate(zip(images, errors, strict=True))
+            for plane, info in enumerate(pair) if info is not None]  # fmt: skip
+    # each read waits on the store, not the CPU: keep every FFI's request in flight at once
+    local = all(storage.is_local(info.url) for info, _, _ in jobs)
+    with ThreadPoolExecutor(max_workers=max(1, min(2 if local else 32, len(jobs)))) as pool:
+        list(pool.map(lambda j: _cut_frame(j[0], corners, size, out[j[1], :, j[2]]), jobs))
     return out
 
 
