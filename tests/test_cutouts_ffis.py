@@ -110,3 +110,53 @@ def test_ffis_equal_a_cube_astrocut_builds_from_them(sim, tmp_path):
         np.testing.assert_array_equal(ds[name].values, ref[name].values, err_msg=name)
     # astrocut leaves SECTOR blank unless told; the FFIs' primary headers have it
     assert set(ds["sector"].values) == {55} and set(ref["sector"].values) == {0}
+
+
+def test_cli_cuts_from_ffis(sim, tmp_path, capsys):
+    from astropy.io import fits
+
+    from cloudlab.cli import main
+
+    ((ra, dec),) = _targets(sim, PIXELS[:1])[["ra", "dec"]].to_numpy()
+    base = ["cutouts", "--target", "TIC 9", "--ra", str(ra), "--dec", str(dec), "--size", "5"]
+    glob = f"{sim.dest}/*_ffic.fits"
+    assert main([*base, "--ffis", glob, "--out", str(tmp_path / "f")]) == 0
+    assert main([*base, "--cube", sim.cube_url, "--out", str(tmp_path / "c")]) == 0
+    (name,) = [p.name for p in (tmp_path / "f").iterdir()]
+    assert name == "tic9_s0055-1-1_5x5_tpf.fits"
+    with fits.open(tmp_path / "f" / name) as a, fits.open(tmp_path / "c" / name) as b:
+        np.testing.assert_array_equal(a[1].data["FLUX"], b[1].data["FLUX"])
+        np.testing.assert_array_equal(a[1].data["TIME"], b[1].data["TIME"])
+    capsys.readouterr()
+    assert main([*base, "--ffis", glob, "--cube", sim.cube_url, "--out", str(tmp_path / "x")]) == 2
+    assert "--ffis and --cube exclude each other" in capsys.readouterr().err
+    assert main([*base, "--ffis", glob, "--sector", "54", "--out", str(tmp_path / "y")]) != 0
+    assert "contradicts" in capsys.readouterr().err
+
+
+def test_requests_per_ffi_on_an_object_store(sim, object_store, tmp_path):
+    """Headers: two GETs per FFI (one walk); pixels: one GET per HDU per FFI for targets whose
+    rows overlap, one per target otherwise; the values equal the local cube's."""
+    from cloudlab.fits import clear_cache
+    from cloudlab.storage import resolve
+    from cloudlab.testing import Shaper
+
+    with Shaper(object_store.port, latency=0.002, bandwidth=None) as shaper:
+        options = object_store.storage_options(shaper.endpoint_url)
+        prefix = f"s3://data/{tmp_path.name}"
+        fs, _ = resolve(prefix, storage_options=options)
+        for url in sim.ffi_urls:
+            fs.put(url, f"{prefix.removeprefix('s3://')}/{url.rsplit('/', 1)[-1]}")
+        n = len(sim.ffi_urls)
+        clear_cache()
+        shaper.reset()
+        # two targets sharing rows, one far below them
+        targets = _targets(sim, [[30.0, 100.0], [90.0, 101.0], [60.0, 20.0]])
+        ds = make_cutouts(targets, ffis=f"{prefix}/*_ffic.fits", size=5, storage_options=options)
+        opened = shaper.reset()
+        assert opened.requests.get("HEAD", 0) == 0 and opened.total_requests <= 1 + 2 * n
+        flux = ds["flux"].compute(scheduler="threads")
+        read = shaper.reset()
+        assert read.total_requests == 2 * 2 * n  # 2 HDUs x 2 row bands per FFI
+    ref = make_cutouts(targets, cube_url=sim.cube_url, size=5)
+    np.testing.assert_array_equal(flux.values, ref["flux"].values)

@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--sector",
         type=int,
         nargs="+",
-        help="TESS sector(s): one set of TPFs per sector (required unless --cube)",
+        help="TESS sector(s): one set of TPFs per sector (required unless --cube or --ffis)",
     )
     size = p.add_mutually_exclusive_group()
     size.add_argument(
@@ -108,6 +108,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="cut every target from this cube (several: one set of TPFs per cube; with "
         "--sector, one sector per cube)",
     )
+    p.add_argument(
+        "--ffis",
+        metavar="GLOB",
+        help="cut straight from these calibrated FFIs of one sector, camera and CCD (a glob or "
+        "URL), no cube needed",
+    )
     p.add_argument("--limit", type=int, help="only the first N targets")
     p.add_argument("--out", required=True, help="output directory (local path or URL)")
     add_overwrite_argument(p)
@@ -139,8 +145,13 @@ def _check_args(args: argparse.Namespace) -> None:
             f"cutouts: --ra {args.ra} --dec {args.dec} is not a sky position "
             "(0 <= ra <= 360, -90 <= dec <= 90, degrees)"
         )
-    if args.sector is None and args.cube is None:
-        raise InputError("cutouts: give --sector (targets grouped by cube) or --cube")
+    if args.ffis is not None and (args.cube is not None or args.cube_base is not None):
+        other = "--cube" if args.cube is not None else "--cube-base"
+        raise InputError(f"cutouts: --ffis and {other} exclude each other; give one")
+    if args.ffis is not None and args.sector is not None and len(args.sector) > 1:
+        raise InputError("cutouts: --ffis holds one sector; give at most one --sector")
+    if args.sector is None and args.cube is None and args.ffis is None:
+        raise InputError("cutouts: give --sector (targets grouped by cube), --cube or --ffis")
     if args.sector is not None and args.cube is not None and len(args.sector) != len(args.cube):
         raise InputError(
             f"cutouts: {len(args.sector)} --sector value(s) for {len(args.cube)} --cube "
@@ -176,7 +187,9 @@ def _cut_size(args: argparse.Namespace):
 
 
 def _runs(args: argparse.Namespace) -> list[dict]:
-    """The make_cutouts calls: one per sector (grouped by cube) or per cube."""
+    """The make_cutouts calls: one per sector (grouped by cube), per cube, or the FFIs."""
+    if args.ffis is not None:
+        return [{"sector": (args.sector or [None])[0], "cube_url": None, "ffis": args.ffis}]
     if args.cube is None:
         return [{"sector": s, "cube_url": None} for s in args.sector]
     sectors = args.sector or [None] * len(args.cube)
@@ -230,6 +243,8 @@ def _targets(args: argparse.Namespace):
 
 
 def _label(run: dict) -> str:
+    if run.get("ffis") is not None:
+        return f"FFIs {run['ffis']}"
     return f"cube {run['cube_url']}" if run["cube_url"] is not None else f"sector {run['sector']}"
 
 
@@ -248,6 +263,7 @@ def _cut(args: argparse.Namespace, targets) -> list[tuple]:
                 cube_base=args.cube_base,
                 on_error="skip",
                 pad=args.pad,
+                ffis=run.get("ffis"),
             )
         except ValueError as err:
             if len(_runs(args)) == 1 or not isinstance(err, InputError):
