@@ -166,9 +166,10 @@ def test_full_width_crop_is_one_request_per_frame(files):
     cropped = prepare.crop(cube, bottom_left, top_right)
     assert crop_box(cube, cropped)[1] == slice(0, SHAPE[1])
     CountingFileSystem.reset()
-    cropped.values
+    values = cropped.values
     counts = CountingFileSystem.reset()
     assert counts["get"] == N_FRAMES
+    np.testing.assert_array_equal(values, reference(cube, files)[:, 20:50])
 
 
 def test_overread_setting_merges_rows_into_one_request(files):
@@ -210,3 +211,17 @@ def test_interpolated_blocks_read_every_frame_once_per_block(files):
     assert counts["bytes"] <= 1.2 * N_FRAMES * SHAPE[0] * SHAPE[1] * 2
     plain = prepare.interpolate_to_grid(cube.copy(data=cube.data + 0), grid, chunks=(48, 64))
     np.testing.assert_array_equal(values, plain.values)
+
+
+def test_maps_of_file_backed_cubes_read_blocks_straight_from_the_files(files):
+    from cloudlab.timelag import cross_correlation
+
+    cube = prepare.normalize_exposure(aia.open_stack(counted_glob(files)))
+    cube = cube.assign_coords(time=12.0 * np.arange(N_FRAMES))  # evenly sampled, same data
+    assert aia.frames_of(cube) is not None
+    cc = cross_correlation(cube, cube, chunks=(48, 64))
+    assert len(cc.data.__dask_graph__()) <= 3 * 4 + 2  # reads, correlation: nothing per frame
+    plain = cube.copy(data=cube.data + 0)
+    np.testing.assert_array_equal(
+        cc.values, cross_correlation(plain, plain, chunks=(48, 64)).values
+    )

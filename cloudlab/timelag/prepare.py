@@ -24,7 +24,7 @@ import xarray as xr
 from cloudlab.backend import array_module
 from cloudlab.chunking import plan_spatial_chunks
 from cloudlab.errors import InputError
-from cloudlab.io.aia import frames_of, header_of, wcs_of, with_frames
+from cloudlab.io.aia import frame_blocks, frames_of, header_of, wcs_of, with_frames
 from cloudlab.timelag._gaps import DEFAULT_MAX_GAP, check_gaps
 from cloudlab.timelag.kernels import timelag_bytes_per_pixel
 from cloudlab.timelag.maps import check_channel_label, to_seconds
@@ -55,9 +55,14 @@ def drop_bad_frames(cube: xr.DataArray) -> xr.DataArray:
 
 def _select_frames(cube: xr.DataArray, index: np.ndarray) -> xr.DataArray:
     """``cube.isel(time=index)``; file-backed cubes keep reading only the frames selected."""
-    out = cube.isel(time=index)
     frames = frames_of(cube)
-    return out if frames is None else with_frames(out, frames.select(index))
+    if frames is None:
+        return cube.isel(time=index)
+    coords = cube.coords.to_dataset().isel(time=index).coords  # no per-frame dask graph
+    return xr.DataArray(
+        frame_blocks(frames.select(index)), dims=cube.dims, coords=coords,
+        attrs=dict(cube.attrs), name=cube.name,
+    )  # fmt: skip
 
 
 def normalize_exposure(cube: xr.DataArray) -> xr.DataArray:
