@@ -365,7 +365,12 @@ def read_window(info: HDUInfo, box: list[tuple[int, int]]) -> np.ndarray:
     starts, run_bytes = plan.runs[0]
     where = np.searchsorted(plan.starts, starts, side="right") - 1
     pos = offsets[where] + (starts - plan.starts[where])
-    rows = buf[pos[:, None] + np.arange(run_bytes)[None, :]]
+    if len(pos) == 1 or np.all(np.diff(pos) == run_bytes):  # rows back to back: a view
+        rows = buf[pos[0] : pos[0] + len(pos) * run_bytes]
+    else:  # rows inside merged ranges: copy them out, gaps left behind
+        rows = np.empty((len(pos), run_bytes), dtype=np.uint8)
+        for k, p in enumerate(pos.tolist()):
+            rows[k] = buf[p : p + run_bytes]
     raw = rows.reshape(-1).view(info.raw_dtype).reshape(y1 - y0, x1 - x0)
     return scale(raw, info)
 
