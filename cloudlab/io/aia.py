@@ -6,6 +6,12 @@ in HDU 0. A channel's frames become a ``(time, y, x)`` DataArray, one dask chunk
 ``wavelength`` as a scalar coordinate, BLANK pixels as NaN, and the WCS header of the first frame
 in ``attrs["fits_header"]``.
 
+Opening reads one header per file (a glob's listing gives the sizes). The cube remembers its
+files (:class:`Frames`), so that :mod:`cloudlab.timelag.prepare` selects frames, divides by the
+exposure time and crops inside the reads: each task fetches only its window's rows of each file
+(:func:`read_window`), and an (all frames x spatial block) chunk is one task reading that block
+of every file (:func:`frame_blocks`).
+
 This module only reads. Preparing the cubes for time-lag analysis (exposure normalisation, crop,
 common time grid) is :mod:`cloudlab.timelag.prepare`.
 """
@@ -150,8 +156,9 @@ def open_stack(
     xarray.DataArray
         Dask-backed (one chunk per file), with the dtype astropy returns (float32 with NaN for
         BLANK pixels of int16 images), with coordinates ``time``
-        (datetime64 of ``T_OBS``), ``exptime`` (s), ``quality``, ``url`` and scalar
-        ``wavelength`` (Å); ``attrs``: ``fits_header`` (first frame's header), ``units`` "DN".
+        (datetime64 of ``T_OBS``), ``exptime`` (s), ``quality``, ``url``, ``status``,
+        ``reason`` and scalar ``wavelength`` (Å); ``attrs``: ``fits_header`` (first frame's
+        header), ``units`` "DN". Its recipe is :func:`frames_of`.
 
     Raises
     ------
@@ -313,6 +320,7 @@ class Frames:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """``(frames, y, x)`` of the cube the recipe makes."""
         (y0, y1), (x0, x1) = self.window
         return (len(self.infos), y1 - y0, x1 - x0)
 
@@ -469,8 +477,25 @@ def frames_of(cube: xr.DataArray) -> Frames | None:
     return frames
 
 
-def with_frames(cube: xr.DataArray, frames: Frames, chunks: Sequence[int] | None = None):
-    """``cube`` (same coordinates and attrs) with its data read through ``frames``."""
+def with_frames(
+    cube: xr.DataArray, frames: Frames, chunks: Sequence[int] | None = None
+) -> xr.DataArray:
+    """``cube`` (same coordinates and attrs) with its data read through ``frames``.
+
+    Parameters
+    ----------
+    cube : xarray.DataArray
+        ``(time, y, x)`` cube of the recipe's shape.
+    frames : Frames
+        What to read.
+    chunks : (cy, cx), optional
+        As in :func:`frame_blocks`.
+
+    Raises
+    ------
+    InputError
+        If the recipe's shape is not the cube's.
+    """
     data = frame_blocks(frames, chunks)
     if data.shape != cube.shape:
         raise InputError(f"recipe of shape {data.shape} does not fit cube {cube.shape}")
