@@ -148,14 +148,19 @@ def test_crop_after_sort_and_normalize_reads_only_the_crop(files, order):
     for step in order.split("-"):
         out = steps[step](out)
     box = crop_box(cube, out)
-    CountingFileSystem.reset()
-    values = out.values
-    counts = CountingFileSystem.reset()
     expected = reference(out, files)[:, box[0], box[1]]
-    np.testing.assert_array_equal(values, expected)
-    crop_bytes = values.shape[0] * values.shape[1] * values.shape[2] * 2  # int16 files
+    n, ny, nx = expected.shape
+    crop_bytes = n * ny * nx * 2  # int16 files
+    CountingFileSystem.reset()
+    with dask.config.set({"cloudlab.aia.request-bytes": 0}):  # bytes bounded
+        np.testing.assert_array_equal(out.values, expected)
+    counts = CountingFileSystem.reset()
     assert counts["bytes"] <= 1.2 * crop_bytes, (counts, crop_bytes)
     assert counts["info"] == 0
+    np.testing.assert_array_equal(out.values, expected)  # default: one request per frame
+    counts = CountingFileSystem.reset()
+    assert counts["get"] == n
+    assert counts["bytes"] <= n * ((ny - 1) * SHAPE[1] + nx) * 2  # the crop's rows, no more
 
 
 def test_full_width_crop_is_one_request_per_frame(files):
@@ -172,18 +177,21 @@ def test_full_width_crop_is_one_request_per_frame(files):
     np.testing.assert_array_equal(values, reference(cube, files)[:, 20:50])
 
 
-def test_overread_setting_merges_rows_into_one_request(files):
+def test_rows_are_merged_on_remote_files_unless_bytes_are_bounded(files):
     cube = aia.open_stack(counted_glob(files))
     bottom_left, top_right = corners(cube, slice(30, 70), slice(40, 72))
     cropped = prepare.crop(cube, bottom_left, top_right)
     CountingFileSystem.reset()
-    narrow = cropped.values
-    assert CountingFileSystem.reset()["get"] == N_FRAMES * cropped.sizes["y"]  # row by row
-    with dask.config.set({"cloudlab.aia.overread": 10.0}):
-        merged = cropped.values
-    counts = CountingFileSystem.reset()
-    assert counts["get"] == N_FRAMES
+    merged = cropped.values
+    assert CountingFileSystem.reset()["get"] == N_FRAMES
+    with dask.config.set({"cloudlab.aia.request-bytes": 0}):
+        narrow = cropped.values
+        assert CountingFileSystem.reset()["get"] == N_FRAMES * cropped.sizes["y"]  # by row
+        with dask.config.set({"cloudlab.aia.overread": 10.0}):  # gaps up to 10 rows' bytes
+            wide = cropped.values
+    assert CountingFileSystem.reset()["get"] == N_FRAMES
     np.testing.assert_array_equal(merged, narrow)
+    np.testing.assert_array_equal(wide, narrow)
 
 
 def test_changed_values_are_never_taken_for_the_files(files):
@@ -206,7 +214,8 @@ def test_interpolated_blocks_read_every_frame_once_per_block(files):
     tasks = len(out.data.__dask_graph__())
     assert tasks <= 2 * 4 + 2  # a read and an interpolation per block, nothing per frame
     CountingFileSystem.reset()
-    values = out.values
+    with dask.config.set({"cloudlab.aia.request-bytes": 0}):
+        values = out.values
     counts = CountingFileSystem.reset()
     assert counts["bytes"] <= 1.2 * N_FRAMES * SHAPE[0] * SHAPE[1] * 2
     plain = prepare.interpolate_to_grid(cube.copy(data=cube.data + 0), grid, chunks=(48, 64))

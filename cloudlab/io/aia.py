@@ -50,6 +50,7 @@ from cloudlab.fits.regions import fetch_ranges, normalize_index, plan_reads, sca
 
 __all__ = [
     "DEFAULT_OVERREAD",
+    "DEFAULT_REQUEST_BYTES",
     "Frames",
     "FramesArray",
     "frame_blocks",
@@ -282,10 +283,15 @@ def wcs_of(cube: xr.DataArray) -> WCS:
 # file-backed frames: selection, crop and exposure scaling pushed into the reads
 # --------------------------------------------------------------------------------------------
 
-#: Largest share of extra bytes a crop may fetch: the gap between two rows of a crop is read
-#: (one request instead of two) only when it is at most this fraction of a row's bytes (dask
-#: config ``cloudlab.aia.overread``; raise it on stores where requests cost more than bytes).
+#: Share of extra bytes a crop may always fetch: two rows of a crop are read as one range when
+#: the bytes between them are at most this fraction of a row's bytes (dask config
+#: ``cloudlab.aia.overread``).
 DEFAULT_OVERREAD = 0.2
+
+#: What one request to a remote file costs, in bytes: two rows closer than this are read as one
+#: range too (dask config ``cloudlab.aia.request-bytes``; 0 bounds the bytes of a crop by
+#: :data:`DEFAULT_OVERREAD`). Local files: 0.
+DEFAULT_REQUEST_BYTES = 2**20
 
 _RECIPES: OrderedDict[str, Frames] = OrderedDict()
 _RECIPES_MAX = 4096
@@ -345,17 +351,25 @@ class Frames:
         )
 
 
-def _overread() -> float:
-    return float(dask.config.get("cloudlab.aia.overread", default=DEFAULT_OVERREAD))
+def _row_gap(info: HDUInfo, row_bytes: int) -> int:
+    """Bytes between two rows below which they are fetched as one range."""
+    overread = float(dask.config.get("cloudlab.aia.overread", default=DEFAULT_OVERREAD))
+    local = storage.local_path(info.url, storage_options=info.storage_options) is not None
+    request = 0 if local else DEFAULT_REQUEST_BYTES
+    request = int(dask.config.get("cloudlab.aia.request-bytes", default=request))
+    return max(int(overread * row_bytes), request)
 
 
 def read_window(info: HDUInfo, box: list[tuple[int, int]]) -> np.ndarray:
-    """Read one box of an image HDU, merging row gaps only within the overread budget.
+    """Read one box of an image HDU: its rows with one batched request.
 
-    Uncompressed images: the box's rows are fetched with one batched request, two rows as one
-    range only when the bytes between them are at most ``cloudlab.aia.overread`` (default
-    :data:`DEFAULT_OVERREAD`) of a row's bytes, so at most that share of extra bytes is read.
-    Compressed images: the tiles the box touches (:func:`cloudlab.fits.read_regions`).
+    Uncompressed images: two rows of the box are fetched as one range when the bytes between
+    them are at most ``cloudlab.aia.overread`` (default :data:`DEFAULT_OVERREAD`) of a row's
+    bytes, or, for remote files, fewer than ``cloudlab.aia.request-bytes`` (default
+    :data:`DEFAULT_REQUEST_BYTES`: on an object store a request costs about as much time as a
+    megabyte, so a crop's rows come in one request per frame). With ``request-bytes`` 0 a crop
+    fetches at most ``1 + overread`` times its bytes. Compressed images: the tiles the box
+    touches (:func:`cloudlab.fits.read_regions`).
 
     Returns
     -------
@@ -368,7 +382,7 @@ def read_window(info: HDUInfo, box: list[tuple[int, int]]) -> np.ndarray:
     itemsize = info.raw_dtype.itemsize
     (y0, y1), (x0, x1) = box
     run = (x1 - x0) * itemsize
-    plan = plan_reads([box], info.shape, itemsize, info.data_offset, gap=int(_overread() * run))
+    plan = plan_reads([box], info.shape, itemsize, info.data_offset, gap=_row_gap(info, run))
     buf, offsets = fetch_ranges(info, plan.starts, plan.ends)
     starts, run_bytes = plan.runs[0]
     where = np.searchsorted(plan.starts, starts, side="right") - 1
