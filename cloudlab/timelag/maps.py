@@ -12,6 +12,7 @@ import xarray as xr
 from cloudlab.backend import array_module
 from cloudlab.chunking import plan_spatial_chunks
 from cloudlab.errors import InputError
+from cloudlab.io.aia import frames_of, with_frames
 from cloudlab.timelag import kernels
 
 __all__ = [
@@ -295,6 +296,10 @@ def _inputs(
         raise InputError(f"chunks {tuple(chunks)} do not match the spatial dims {spatial}")
     data = []
     for arr in arrays:
+        frames = frames_of(arr)
+        if frames is not None:  # file-backed frames: each block read straight from the files
+            data.append(with_frames(arr, frames, tuple(chunks)).data)
+            continue
         values = arr.transpose("time", *spatial).data
         if not isinstance(values, da.Array):
             values = da.from_array(values, chunks=(-1, *chunks))

@@ -12,6 +12,7 @@ time grid built from absolute times (:func:`common_time_grid`, :func:`interpolat
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import replace
 
 import dask.array as da
 import numpy as np
@@ -20,7 +21,7 @@ import xarray as xr
 from cloudlab.backend import array_module
 from cloudlab.chunking import plan_spatial_chunks
 from cloudlab.errors import InputError
-from cloudlab.io.aia import header_of, wcs_of
+from cloudlab.io.aia import frame_blocks, frames_of, header_of, wcs_of, with_frames
 from cloudlab.timelag._gaps import DEFAULT_MAX_GAP, check_gaps
 from cloudlab.timelag.kernels import timelag_bytes_per_pixel
 from cloudlab.timelag.maps import check_channel_label, to_seconds
@@ -46,7 +47,19 @@ def drop_bad_frames(cube: xr.DataArray) -> xr.DataArray:
         raise InputError(
             f"{cube.name!r}: every frame has QUALITY != 0: pass drop_bad=False to keep them"
         )
-    return cube.isel(time=np.flatnonzero(good))
+    return _select_frames(cube, np.flatnonzero(good))
+
+
+def _select_frames(cube: xr.DataArray, index: np.ndarray) -> xr.DataArray:
+    """``cube.isel(time=index)``; file-backed cubes keep reading only the frames selected."""
+    frames = frames_of(cube)
+    if frames is None:
+        return cube.isel(time=index)
+    coords = cube.coords.to_dataset().isel(time=index).coords  # no per-frame dask graph
+    return xr.DataArray(
+        frame_blocks(frames.select(index)), dims=cube.dims, coords=coords,
+        attrs=dict(cube.attrs), name=cube.name,
+    )  # fmt: skip
 
 
 def normalize_exposure(cube: xr.DataArray) -> xr.DataArray:
@@ -66,6 +79,10 @@ def normalize_exposure(cube: xr.DataArray) -> xr.DataArray:
     out = cube.astype(dtype) / cube["exptime"].astype(dtype)
     out.attrs = {**cube.attrs, "units": "DN / s"}
     out.name = cube.name
+    frames = frames_of(cube)
+    if frames is not None and frames.divisors is None:  # divide in the reads, crop stays cheap
+        frames = replace(frames, dtype=np.dtype(dtype), divisors=tuple(exptime.tolist()))
+        out = with_frames(out, frames)
     return out
 
 
@@ -148,6 +165,9 @@ def crop(cube: xr.DataArray, bottom_left, top_right) -> xr.DataArray:
     header["NAXIS1"] = right - left
     header["NAXIS2"] = top - bottom
     out = cube.isel(y=slice(bottom, top), x=slice(left, right))
+    frames = frames_of(cube)
+    if frames is not None:  # read only the crop's pixels of each file
+        out = with_frames(out, frames.crop((bottom, top), (left, right)))
     out.attrs = {**cube.attrs, "fits_header": header.tostring()}
     return out
 
@@ -184,7 +204,7 @@ def select_time(cube: xr.DataArray, start=None, end=None, every: int = 1) -> xr.
         raise InputError(
             f"{cube.name!r} has no frame between {start} and {end}: widen the time range"
         )
-    return cube.isel(time=index)
+    return _select_frames(cube, index)
 
 
 def nominal_cadence(cube: xr.DataArray) -> float:
@@ -293,13 +313,17 @@ def interpolate_to_grid(
     """
     grid = np.asarray(grid, "datetime64[ns]")
     left, weight = _interpolation_weights(cube["time"].values, grid)
-    data = cube.transpose("time", "y", "x").data
-    if not isinstance(data, da.Array):
-        data = da.from_array(data)
     if chunks is None:  # planned for the time-lag step over the six AIA EUV channels
         per_pixel = timelag_bytes_per_pixel(grid.size, 6, 8)
         chunks = plan_spatial_chunks((cube.sizes["y"], cube.sizes["x"]), per_pixel)
-    data = data.rechunk((-1, *chunks))
+    frames = frames_of(cube)
+    if frames is not None:  # each (all frames x spatial block) read straight from the files
+        data = with_frames(cube, frames, chunks).data
+    else:
+        data = cube.transpose("time", "y", "x").data
+        if not isinstance(data, da.Array):
+            data = da.from_array(data)
+        data = data.rechunk((-1, *chunks))
     dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float64)
     out = data.map_blocks(
         _interpolate_block,
