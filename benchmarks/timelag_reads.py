@@ -34,7 +34,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from cloudlab.io import aia
 from cloudlab.simulate import aia_series
-from cloudlab.timelag import prepare
+from cloudlab.timelag import steps
 
 SIDE = 4096
 
@@ -138,7 +138,7 @@ def crop_read(url: str, corners, config: dict, storage_options=None):
     """Open, count the scan; normalise, crop and compute; returns (cube, crop, seconds)."""
     cube = aia.open_stack(url, storage_options=storage_options)
     yield cube
-    out = prepare.crop(prepare.normalize_exposure(cube), *corners)
+    out = steps.crop(steps.normalize_exposure(cube), *corners)
     start = time.perf_counter()
     with dask.config.set(scheduler="threads", num_workers=4, **config):
         out.data.compute()

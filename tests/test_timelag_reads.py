@@ -22,7 +22,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from cloudlab.io import aia
 from cloudlab.simulate import aia_series
-from cloudlab.timelag import prepare
+from cloudlab.timelag import steps
 
 N_FRAMES = 10
 SHAPE = (96, 128)
@@ -139,14 +139,14 @@ def test_crop_after_sort_and_normalize_reads_only_the_crop(files, order):
     cube = aia.open_stack(counted_glob(files))
     y, x = slice(30, 70), slice(40, 72)
     bottom_left, top_right = corners(cube, y, x)
-    steps = {
-        "normalize": prepare.normalize_exposure,
-        "crop": lambda c: prepare.crop(c, bottom_left, top_right),
-        "select": lambda c: prepare.select_time(c, every=2),
+    stages = {
+        "normalize": steps.normalize_exposure,
+        "crop": lambda c: steps.crop(c, bottom_left, top_right),
+        "select": lambda c: steps.select_time(c, every=2),
     }
     out = cube
     for step in order.split("-"):
-        out = steps[step](out)
+        out = stages[step](out)
     box = crop_box(cube, out)
     expected = reference(out, files)[:, box[0], box[1]]
     n, ny, nx = expected.shape
@@ -164,11 +164,11 @@ def test_crop_after_sort_and_normalize_reads_only_the_crop(files, order):
 
 
 def test_full_width_crop_is_one_request_per_frame(files):
-    cube = prepare.normalize_exposure(aia.open_stack(counted_glob(files)))
+    cube = steps.normalize_exposure(aia.open_stack(counted_glob(files)))
     band = cube.isel(y=slice(20, 50))  # plain xarray indexing: dask slicing, still correct
     np.testing.assert_array_equal(band.values, reference(cube, files)[:, 20:50])
     bottom_left, top_right = corners(cube, slice(20, 50), slice(0, SHAPE[1]))
-    cropped = prepare.crop(cube, bottom_left, top_right)
+    cropped = steps.crop(cube, bottom_left, top_right)
     assert crop_box(cube, cropped)[1] == slice(0, SHAPE[1])
     CountingFileSystem.reset()
     values = cropped.values
@@ -180,7 +180,7 @@ def test_full_width_crop_is_one_request_per_frame(files):
 def test_rows_are_merged_on_remote_files_unless_bytes_are_bounded(files):
     cube = aia.open_stack(counted_glob(files))
     bottom_left, top_right = corners(cube, slice(30, 70), slice(40, 72))
-    cropped = prepare.crop(cube, bottom_left, top_right)
+    cropped = steps.crop(cube, bottom_left, top_right)
     CountingFileSystem.reset()
     merged = cropped.values
     assert CountingFileSystem.reset()["get"] == N_FRAMES
@@ -200,16 +200,16 @@ def test_changed_values_are_never_taken_for_the_files(files):
     assert aia.frames_of(cube) is not None
     assert aia.frames_of(doubled) is None
     bottom_left, top_right = corners(cube, slice(30, 70), slice(40, 72))
-    cropped = prepare.crop(doubled, bottom_left, top_right)
+    cropped = steps.crop(doubled, bottom_left, top_right)
     box = crop_box(cube, cropped)
-    expected = 2 * prepare.normalize_exposure(cube).values * cube["exptime"].values[:, None, None]
+    expected = 2 * steps.normalize_exposure(cube).values * cube["exptime"].values[:, None, None]
     np.testing.assert_allclose(cropped.values, expected[:, box[0], box[1]], rtol=1e-6)
 
 
 def test_interpolated_blocks_read_every_frame_once_per_block(files):
-    cube = prepare.normalize_exposure(aia.open_stack(counted_glob(files)))
-    grid = prepare.common_time_grid([cube])
-    out = prepare.interpolate_to_grid(cube, grid, chunks=(48, 64))
+    cube = steps.normalize_exposure(aia.open_stack(counted_glob(files)))
+    grid = steps.common_time_grid([cube])
+    out = steps.interpolate_to_grid(cube, grid, chunks=(48, 64))
     assert out.data.npartitions == 4
     tasks = len(out.data.__dask_graph__())
     assert tasks <= 2 * 4 + 2  # a read and an interpolation per block, nothing per frame
@@ -218,14 +218,14 @@ def test_interpolated_blocks_read_every_frame_once_per_block(files):
         values = out.values
     counts = CountingFileSystem.reset()
     assert counts["bytes"] <= 1.2 * N_FRAMES * SHAPE[0] * SHAPE[1] * 2
-    plain = prepare.interpolate_to_grid(cube.copy(data=cube.data + 0), grid, chunks=(48, 64))
+    plain = steps.interpolate_to_grid(cube.copy(data=cube.data + 0), grid, chunks=(48, 64))
     np.testing.assert_array_equal(values, plain.values)
 
 
 def test_maps_of_file_backed_cubes_read_blocks_straight_from_the_files(files):
     from cloudlab.timelag import cross_correlation
 
-    cube = prepare.normalize_exposure(aia.open_stack(counted_glob(files)))
+    cube = steps.normalize_exposure(aia.open_stack(counted_glob(files)))
     cube = cube.assign_coords(time=12.0 * np.arange(N_FRAMES))  # evenly sampled, same data
     assert aia.frames_of(cube) is not None
     cc = cross_correlation(cube, cube, chunks=(48, 64))
