@@ -65,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def format_table(table: pd.DataFrame, *, top: int | None = None, truth: bool = False) -> str:
-    """The ranked table as text: rank, TIC, TCE, period, depth, prediction (and truth, status).
+    """The ranked table as text: rank, TIC, TCE, period, depth, prediction, centroid offset (and
+    truth, status).
 
     Parameters
     ----------
@@ -82,13 +83,15 @@ def format_table(table: pd.DataFrame, *, top: int | None = None, truth: bool = F
     """
     shown = table if top is None else table.iloc[:top]
     header = f"{'rank':>4}  {'TIC':>11}  {'TCE':<16} {'period d':>9} {'depth ppm':>10} {'pred':>6}"
+    header += f" {'offset px':>9}"
     header += f"  {'truth':<8}" if truth else ""
     lines = [header + "  status"]
     for row in shown.itertuples(index=False):
         pred = f"{row.prediction:6.3f}" if pd.notna(row.prediction) else f"{'-':>6}"
+        offset = f"{row.centroid_offset:9.2f}" if pd.notna(row.centroid_offset) else f"{'-':>9}"
         line = (
             f"{row.rank:>4}  {row.ticid:>11}  {row.tceid:<16} {row.period:9.4f} "
-            f"{row.depth_ppm:10.0f} {pred}"
+            f"{row.depth_ppm:10.0f} {pred} {offset}"
         )
         line += f"  {row.truth:<8}" if truth else ""
         line += f"  {getattr(row, STATUS)}"

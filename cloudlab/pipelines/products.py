@@ -6,7 +6,7 @@ Layout under ``out``::
                 the photometric aperture)
     lc/         tic{TIC}-s{SECTOR:04d}_lc.fits, one light curve per TIC (lightkurve.read opens it)
     vetting.csv, vetting.parquet
-                one row per TCE, ranked by prediction (failed TCEs last, with their reason)
+                one row per TCE, ranked by score (failed TCEs last, with their reason)
     plots/      tce{TCEID}.png per TCE with a light curve
 """
 
@@ -35,7 +35,7 @@ __all__ = [
 
 TABLE_COLUMNS = (
     "rank", "tceid", "ticid", "planet", "period", "t0", "duration_hours", "depth_ppm",
-    "prediction", STATUS, REASON,
+    "prediction", "centroid_offset", "score", STATUS, REASON,
 )  # fmt: skip
 """Columns of the ranked table (period d, t0 BTJD)."""
 
@@ -96,7 +96,11 @@ def product_urls(
 
 
 def ranked_table(ds: xr.Dataset) -> pd.DataFrame:
-    """One row per TCE, highest prediction first (TCEs without one last, in catalog order).
+    """One row per TCE, highest score first (TCEs without one last, in catalog order).
+
+    The score is the prediction, set to 0 where the difference-image centroid test puts the dip
+    on another star (``centroid_offset`` beyond
+    :data:`cloudlab.pipelines.centroids.MAX_CENTROID_OFFSET` pixels).
 
     Parameters
     ----------
@@ -118,13 +122,15 @@ def ranked_table(ds: xr.Dataset) -> pd.DataFrame:
             "duration_hours": ds["duration"].values * 24.0,
             "depth_ppm": ds["depth"].values,
             "prediction": ds["prediction"].values,
+            "centroid_offset": ds["centroid_offset"].values,
+            "score": ds["score"].values,
             STATUS: ds[STATUS].values.astype(str),
             REASON: ds[REASON].values.astype(str),
         }
     )
     if "disposition" in ds:
         table["disposition"] = ds["disposition"].values.astype(str)
-    table = table.sort_values("prediction", ascending=False, na_position="last", kind="stable")
+    table = table.sort_values("score", ascending=False, na_position="last", kind="stable")
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table.reset_index(drop=True)
 

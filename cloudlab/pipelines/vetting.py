@@ -54,6 +54,7 @@ from cloudlab.errors import (
     check_on_error,
 )
 from cloudlab.io.catalogs import add_coordinates, read_tce
+from cloudlab.pipelines.centroids import MAX_CENTROID_OFFSET, centroid_offsets
 from cloudlab.tess_detector import BAD_QUALITY_BITS
 
 __all__ = [
@@ -650,6 +651,35 @@ def _predict_in_memory(ds: xr.Dataset, models: list) -> da.Array:
     )  # fmt: skip
 
 
+def _centroid_offsets(catalog: pd.DataFrame, position: np.ndarray, cut: xr.Dataset) -> da.Array:
+    """Per TCE (catalog order), the difference-image centroid offset from its target (pixels;
+    NaN for TCEs without a cutout)."""
+    n_tic = cut.sizes["target"]
+    cut_pos = np.where(position >= 0, position, n_tic)  # TCEs without a cutout: a spare row
+    slot = pd.Series(cut_pos).groupby(cut_pos).cumcount().to_numpy()
+    slots = int(slot.max()) + 1 if len(slot) else 1
+    ephemeris = {}
+    for name in ("period", "t0", "duration"):
+        table = np.full((n_tic + 1, slots), np.nan)
+        table[cut_pos, slot] = catalog[name].to_numpy(float)
+        ephemeris[name] = table[:n_tic]
+    quality = np.asarray(cut["cube_quality"].values)[cut["cube_index"].values]
+    offsets = centroid_offsets(
+        cut["flux"].data,
+        (quality & BAD_QUALITY_BITS) == 0,
+        np.asarray(cut["time"].values, float),
+        ephemeris,
+        cut["center_row"].values - cut["corner_row"].values,
+        cut["center_column"].values - cut["corner_column"].values,
+    )
+    flat = np.where(position >= 0, cut_pos * slots + slot, -1)
+    where = da.from_array(flat, chunks=1_000_000)
+    return da.blockwise(
+        _take, "i", offsets.reshape(-1).rechunk(-1), "j", where, "i", np.nan, None,
+        concatenate=True, dtype=float, meta=np.array((), dtype=float),
+    )  # fmt: skip
+
+
 def _take(values: np.ndarray, position: np.ndarray, fill: str) -> np.ndarray:
     """``values[position]``, ``fill`` where the position is -1."""
     out = np.full(len(position), fill, dtype=values.dtype)
@@ -690,6 +720,17 @@ def _assemble(ds, catalog, lcs, cut, status, reason, models, backdrop, aperture)
     ds[REASON] = ("tce", why.astype(reason_dtype))
     ds["valid"] = ("tce", final == STATUS_OK)
     ds["prediction"] = ("tce", da.where(final == STATUS_OK, ds["prediction"].data, np.nan))
+    offset = _centroid_offsets(catalog, position, cut)
+    ds["centroid_offset"] = ("tce", da.where(final == STATUS_OK, offset, np.nan), {
+        "units": "pixel",
+        "description": "difference-image centroid minus the target's position (21 arcsec "
+        "pixels); NaN with too few frames in or around transit",
+    })  # fmt: skip
+    on_target = ~(offset > MAX_CENTROID_OFFSET)  # NaN (no test possible) keeps the prediction
+    ds["score"] = ("tce", da.where(on_target, ds["prediction"].data, 0.0), {
+        "description": f"prediction, 0 where the dip is more than {MAX_CENTROID_OFFSET:g} "
+        "pixel from the target (a neighbour's signal); the ranking",
+    })  # fmt: skip
     ds["tic_index"] = ("tce", position.astype(np.int64))
     ds["t0"].attrs["units"] = "BTJD (BJD - 2457000), TDB"
     ds["depth"].attrs["units"] = "ppm"
