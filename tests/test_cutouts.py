@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
+from dask.core import get_deps
 
 from cloudlab import fits as cf
 from cloudlab import storage
@@ -96,6 +97,42 @@ def test_grouped_by_cube_in_input_order(sims):
         np.testing.assert_array_equal(
             ds["flux"][i].values, _astrocut(url, t.ra, t.dec, (6, 6)).data
         )
+
+
+def _interleaved(sims, n):
+    """``n`` targets per cube, alternating between the two cubes."""
+    dest, one, two = sims
+    rng = np.random.default_rng(n)
+    parts = [
+        _targets_at(sim, rng.uniform(5, 95, (n, 2)), first_id=1000 * (k + 1))
+        for k, sim in enumerate((one, two))
+    ]
+    return pd.concat(parts).sort_index(kind="stable").reset_index(drop=True)
+
+
+def test_interleaved_cubes_one_layer_no_reorder(sims):
+    dest, one, two = sims
+    layers, tasks = [], []
+    for n in (6, 60):
+        targets = _interleaved(sims, n)
+        ds = make_cutouts(targets, sector=55, cube_base=dest, size=5, batch_size=3)
+        graph = ds["flux"].data.__dask_graph__()
+        layers.append(len(graph.layers))
+        tasks.append(len(graph))
+        # no gathering step: every task depends on at most one other (flux of its batch)
+        dependencies, _ = get_deps(dict(graph))
+        assert max(map(len, dependencies.values())) <= 1
+    assert layers[1] == layers[0]
+    assert tasks[1] <= 10 * tasks[0] + 2
+    # values in the caller's order equal each cube cut on its own
+    ds = ds.compute()
+    assert ds["ticid"].values.tolist() == targets["ticid"].tolist()
+    assert ds["ccd"].values.tolist() == [1, 2] * 60
+    for k, sim in enumerate((one, two)):
+        rows = np.flatnonzero(targets["ticid"].to_numpy() // 1000 == k + 1)
+        alone = make_cutouts(targets.iloc[rows], cube_url=sim.cube_url, size=5).compute()
+        for name in ("flux", "flux_err", "aperture"):
+            np.testing.assert_array_equal(ds[name].values[rows], alone[name].values)
 
 
 def test_one_batched_read_per_task_and_lazy(sims, monkeypatch):
