@@ -285,7 +285,6 @@ XFAIL = {
     "timelag": "tasks x18.2 at 120 -> 1,200 frames: the spatial chunk shrinks as the series "
     "lengthens (one task holds every frame of a block) and each frame is read whole, then split "
     "(9,600 rechunk-split tasks at 1,200 frames)",
-    "backdrop": "layers 36 -> 249 (one per batch of frames)",
 }
 
 
