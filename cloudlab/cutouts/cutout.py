@@ -1,4 +1,5 @@
-"""Batched cube cutouts: one task per batch of targets per cube, one batched ranged read per task.
+"""Batched cube cutouts: one task per batch of consecutive targets, one batched ranged read per
+cube the batch touches.
 
 In a cube (numpy shape ``(rows, columns, frames, 2)``, big-endian float32) the pixels of one
 cutout row are contiguous over all frames and both planes, so a ``ny × nx`` cutout is ``ny`` byte
