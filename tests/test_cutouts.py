@@ -186,6 +186,22 @@ def test_from_s3_equals_local(sims, s3_bucket):
     np.testing.assert_array_equal(local["flux_err"].values, remote["flux_err"].values)
 
 
+def test_interleaved_cubes_from_s3_equal_local(sims, s3_bucket):
+    """Batches that touch both cubes of an object store read them concurrently, same values."""
+    dest, one, two = sims
+    for sim in (one, two):
+        fs, path = storage.resolve(f"s3://{s3_bucket}/{os.path.basename(sim.cube_url)}")
+        fs.put_file(sim.cube_url, path)
+    targets = _interleaved(sims, 5)
+    local = make_cutouts(targets, sector=55, cube_base=dest, size=5, batch_size=4).compute()
+    remote = make_cutouts(
+        targets, sector=55, cube_base=f"s3://{s3_bucket}", size=5, batch_size=4
+    ).compute()
+    assert remote["ccd"].values.tolist() == [1, 2] * 5
+    for name in ("flux", "flux_err", "aperture"):
+        np.testing.assert_array_equal(local[name].values, remote[name].values)
+
+
 def test_on_a_cluster(sims, local_client):
     _, one, _ = sims
     targets = _targets_at(one, PIXELS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import dask.array as da
 import numpy as np
@@ -22,7 +23,7 @@ from astropy.wcs import WCS
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from cloudlab import fits
+from cloudlab import fits, storage
 from cloudlab.cutouts.locate import check_targets, wcs_pixels
 from cloudlab.cutouts.pointing import radec_to_pixel, sector_geometry
 from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError, check_on_error
@@ -577,16 +578,23 @@ def _read_batch(
     """The cutouts of a batch of targets, in the batch's order, read from the cubes they lie on.
 
     ``which`` gives each target's position in ``infos``; every cube the batch touches is read
-    once (:func:`read_cutouts`) and its rows are placed where its targets stand.
+    once (:func:`read_cutouts`, the cubes of an object store concurrently) and its rows are
+    placed where its targets stand.
     """
     which = np.asarray(which)
     if len(infos) == 1:
         return read_cutouts(infos[0], corner_col, corner_row, size)
-    n_frames = infos[0].shape[2]
-    out = np.empty((2, len(which), n_frames, *size), dtype=np.float32)
-    for k, info in enumerate(infos):
-        rows = np.flatnonzero(which == k)
-        out[:, rows] = read_cutouts(info, corner_col[rows], corner_row[rows], size)
+    out = np.empty((2, len(which), infos[0].shape[2], *size), dtype=np.float32)
+    members = [np.flatnonzero(which == k) for k in range(len(infos))]
+
+    def cut(k: int) -> None:
+        rows = members[k]
+        out[:, rows] = read_cutouts(infos[k], corner_col[rows], corner_row[rows], size)
+
+    # each read waits on the store, not the CPU: keep every cube's request in flight at once
+    local = all(storage.is_local(info.url) for info in infos)
+    with ThreadPoolExecutor(max_workers=1 if local else min(len(infos), 16)) as pool:
+        list(pool.map(cut, range(len(infos))))
     return out
 
 
