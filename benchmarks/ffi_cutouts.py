@@ -141,7 +141,8 @@ def report(cube: str, ffis: str, sizes: list[int], frames: int, shaper: Shaper) 
         targets = random_targets(cube, n, seed=n)
         for path, kwargs in (("cube", {"cube_url": cube}), ("FFIs", {"ffis": ffis})):
             seconds, stats, _ = timed(
-                shaper, lambda kw=kwargs: make_cutouts(targets, size=10, **kw)["flux"].compute()
+                shaper,
+                lambda kw=kwargs, t=targets: make_cutouts(t, size=10, **kw)["flux"].compute(),
             )
             print(f"{n:>7} {path:<5} {n / seconds:9.2f} {stats.total_requests / frames:8.2f} "
                   f"{stats.body_bytes / n / 1e6:9.2f}")  # fmt: skip
