@@ -327,7 +327,7 @@ def test_fit_on_the_real_trimmed_ffi():
 
 def test_in_memory_stack_with_a_blank_frame(stack):
     truth, ffis = stack
-    mem = ffis.drop_vars("url").load()
+    mem = ffis.drop_vars("url").compute()  # a copy: the fixture stays lazy
     mem["flux"][2] = np.nan
     mem["flux"][0, 10:20, 30:40] = np.nan
     with dask.config.set(scheduler="sync"):
@@ -399,7 +399,7 @@ def test_graph_layers_do_not_grow_with_batches(stack, weights, in_memory):
     """A task per batch of frames, all in one layer: batching changes tasks, not layers."""
     _, ffis = stack
     if in_memory:  # frames taken from the dataset's chunks, not read from the files
-        ffis = ffis.drop_vars("url").load()
+        ffis = ffis.drop_vars("url").compute()
     layers = []
     for fpb in (4, 1, 3):
         fitted = backdrop.fit(ffis, nknots=NKNOTS, frames_per_batch=fpb)
