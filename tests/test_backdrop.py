@@ -327,7 +327,7 @@ def test_fit_on_the_real_trimmed_ffi():
 
 def test_in_memory_stack_with_a_blank_frame(stack):
     truth, ffis = stack
-    mem = ffis.drop_vars("url").load()
+    mem = ffis.drop_vars("url").compute()  # a copy: the fixture stays lazy
     mem["flux"][2] = np.nan
     mem["flux"][0, 10:20, 30:40] = np.nan
     with dask.config.set(scheduler="sync"):
@@ -392,3 +392,22 @@ def test_fit_takes_an_explicit_frame_source(stack, weights):
     assert (again.attrs["image_row_offset"], again.attrs["image_column_offset"]) == (0, 44)
     with pytest.raises(InputError, match="frame source has 4 frames"):
         backdrop.fit(ffis.isel(time=[0, 2, 3]), nknots=NKNOTS, source=source)
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_graph_layers_do_not_grow_with_batches(stack, weights, in_memory):
+    """A task per batch of frames, all in one layer: batching changes tasks, not layers."""
+    _, ffis = stack
+    if in_memory:  # frames taken from the dataset's chunks, not read from the files
+        ffis = ffis.drop_vars("url").compute()
+    layers = []
+    for fpb in (4, 1, 3):
+        fitted = backdrop.fit(ffis, nknots=NKNOTS, frames_per_batch=fpb)
+        layers.append(len(fitted.__dask_graph__().layers))
+        assert fitted["poly_w"].data.numblocks[0] == -(-4 // fpb)
+    assert layers[1:] == layers[:1] * 2
+    with dask.config.set(scheduler="sync"):
+        fitted = fitted.compute()
+    for name in ("poly_w", "spline_w", "strap_w", "average_image", "star_mask"):
+        np.testing.assert_allclose(fitted[name].values, weights[name].values, rtol=1e-6, atol=1e-9)
+    assert fitted["status"].values.tolist() == weights["status"].values.tolist()

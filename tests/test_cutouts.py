@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
+from dask.core import get_deps
 
 from cloudlab import fits as cf
 from cloudlab import storage
@@ -98,6 +99,42 @@ def test_grouped_by_cube_in_input_order(sims):
         )
 
 
+def _interleaved(sims, n):
+    """``n`` targets per cube, alternating between the two cubes."""
+    dest, one, two = sims
+    rng = np.random.default_rng(n)
+    parts = [
+        _targets_at(sim, rng.uniform(5, 95, (n, 2)), first_id=1000 * (k + 1))
+        for k, sim in enumerate((one, two))
+    ]
+    return pd.concat(parts).sort_index(kind="stable").reset_index(drop=True)
+
+
+def test_interleaved_cubes_one_layer_no_reorder(sims):
+    dest, one, two = sims
+    layers, tasks = [], []
+    for n in (6, 60):
+        targets = _interleaved(sims, n)
+        ds = make_cutouts(targets, sector=55, cube_base=dest, size=5, batch_size=3)
+        graph = ds["flux"].data.__dask_graph__()
+        layers.append(len(graph.layers))
+        tasks.append(len(graph))
+        # no gathering step: every task depends on at most one other (flux of its batch)
+        dependencies, _ = get_deps(dict(graph))
+        assert max(map(len, dependencies.values())) <= 1
+    assert layers[1] == layers[0]
+    assert tasks[1] <= 10 * tasks[0] + 2
+    # values in the caller's order equal each cube cut on its own
+    ds = ds.compute()
+    assert ds["ticid"].values.tolist() == targets["ticid"].tolist()
+    assert ds["ccd"].values.tolist() == [1, 2] * 60
+    for k, sim in enumerate((one, two)):
+        rows = np.flatnonzero(targets["ticid"].to_numpy() // 1000 == k + 1)
+        alone = make_cutouts(targets.iloc[rows], cube_url=sim.cube_url, size=5).compute()
+        for name in ("flux", "flux_err", "aperture"):
+            np.testing.assert_array_equal(ds[name].values[rows], alone[name].values)
+
+
 def test_one_batched_read_per_task_and_lazy(sims, monkeypatch):
     _, one, _ = sims
     calls = []
@@ -147,6 +184,22 @@ def test_from_s3_equals_local(sims, s3_bucket):
     remote = make_cutouts(targets, cube_url=url, size=5).compute()
     np.testing.assert_array_equal(local["flux"].values, remote["flux"].values)
     np.testing.assert_array_equal(local["flux_err"].values, remote["flux_err"].values)
+
+
+def test_interleaved_cubes_from_s3_equal_local(sims, s3_bucket):
+    """Batches that touch both cubes of an object store read them concurrently, same values."""
+    dest, one, two = sims
+    for sim in (one, two):
+        fs, path = storage.resolve(f"s3://{s3_bucket}/{os.path.basename(sim.cube_url)}")
+        fs.put_file(sim.cube_url, path)
+    targets = _interleaved(sims, 5)
+    local = make_cutouts(targets, sector=55, cube_base=dest, size=5, batch_size=4).compute()
+    remote = make_cutouts(
+        targets, sector=55, cube_base=f"s3://{s3_bucket}", size=5, batch_size=4
+    ).compute()
+    assert remote["ccd"].values.tolist() == [1, 2] * 5
+    for name in ("flux", "flux_err", "aperture"):
+        np.testing.assert_array_equal(local[name].values, remote[name].values)
 
 
 def test_on_a_cluster(sims, local_client):

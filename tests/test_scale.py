@@ -281,10 +281,7 @@ BYTES_PER_ITEM = 4000
 LAYER_GROWTH = 2.0
 
 #: still growing faster than their input, with the ratios measured at n -> 10 n
-XFAIL = {
-    "cutouts": "layers 16 -> 104 (one per batch; the target reorder is its own step)",
-    "backdrop": "layers 36 -> 249 (one per batch of frames)",
-}
+XFAIL = {}
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import warnings
 from typing import Any
 
@@ -11,10 +12,14 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from cloudlab.backdrop import basis, masks
 from cloudlab.backdrop.solver import Solver, build_solver
 from cloudlab.backend import gpu_tasks
+from cloudlab.chunking import task_outputs
 from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError
 from cloudlab.io.tess_ffi import FrameSource, frame_source
 from cloudlab.tess_detector import SCIENCE_COLUMN_START
@@ -175,12 +180,27 @@ def average_batches(
     """
     idx = np.flatnonzero(good)
     source = _source_for(ffis, source, storage_options)
-    items = frame_sources(ffis, source)
+    args, frames = _task_frames(ffis, source)
     reader = _shared(source)
-    return [
-        dask.delayed(batch_mean, pure=True)([items[k] for k in idx[b]], reader)
-        for b in masks.frame_batches(len(idx))
-    ]
+    reader_arg = None if reader is None else reader.key
+    batches = masks.frame_batches(len(idx))
+    name = "backdrop-mean-" + tokenize(args, reader_arg, batches)
+    layer = {
+        (name, j): (batch_mean, [args[k] for k in idx[b]], reader_arg)
+        for j, b in enumerate(batches)
+    }
+    dependencies = [*frames, *([] if reader is None else [reader])]
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
+    return [Delayed((name, j), graph, layer=name) for j in range(len(batches))]
+
+
+def _task_frames(ffis: xr.Dataset, source: FrameSource | None) -> tuple[list, list]:
+    """The frames as task arguments (URLs, or the keys of one-frame blocks) and the collection
+    those keys come from (none for URLs)."""
+    items = frame_sources(ffis, source)
+    if source is not None:
+        return items, []
+    return [item.key for item in items], items[:1]
 
 
 def _shared(source: FrameSource | None) -> Any:
@@ -391,33 +411,38 @@ def fit(
     else:
         labels = [f"frame {k} (time {t})" for k, t in enumerate(np.asarray(ffis["time"].values))]
     means = average_batches(ffis, good, source)
-    solver = dask.delayed(prepare_solver, pure=True)(
-        means,
-        rows,
-        columns,
-        ccd=ccd,
-        npoly=npoly,
-        nrad=nrad,
-        nknots=nknots,
-        degree=degree,
-        names=tuple(labels[k] for k in np.flatnonzero(good)),
+    prepare = functools.partial(
+        prepare_solver, rows=rows, columns=columns, ccd=ccd, npoly=npoly, nrad=nrad,
+        nknots=nknots, degree=degree, names=tuple(labels[k] for k in np.flatnonzero(good)),
+    )  # fmt: skip
+    # the batch means by key: handed over as Delayed objects they would be a layer each
+    keys = [m.key for m in means]
+    solver_name = "prepare_solver-" + tokenize(prepare, keys)
+    solver_graph = HighLevelGraph.from_collections(
+        solver_name, {solver_name: (prepare, keys)}, dependencies=means[:1]
     )
+    solver = Delayed(solver_name, solver_graph, layer=solver_name)
     n_poly = npoly * npoly + nrad - 1
-    items = frame_sources(ffis, source)
+    args, frames = _task_frames(ffis, source)
     reader = _shared(source)
-    poly, spline, strap, status, reason = [], [], [], [], []
+    reader_arg = None if reader is None else reader.key
+    starts = list(range(0, n_t, fpb))
+    name = "backdrop-fit-" + tokenize(args, solver.key, gpu, reader_arg, labels, fpb)
+    layer = {
+        (name, j): (_fit_block, args[a : a + fpb], solver.key, gpu, reader_arg,
+                    labels[a : a + fpb])
+        for j, a in enumerate(starts)
+    }  # fmt: skip
+    lengths = [min(fpb, n_t - a) for a in starts]
+    outputs = (((n_poly,), np.float64), ((nknots, nknots), np.float64), ((n_c,), np.float64),
+               ((), _STATUS_DTYPE), ((), _REASON_DTYPE))  # fmt: skip
     with gpu_tasks() if gpu else contextlib.nullcontext():
-        for start in range(0, n_t, fpb):
-            group = items[start : start + fpb]
-            n = len(group)
-            out = dask.delayed(_fit_block, nout=5, pure=True)(
-                group, solver, gpu, reader, labels[start : start + fpb]
-            )
-            poly.append(da.from_delayed(out[0], (n, n_poly), np.float64))
-            spline.append(da.from_delayed(out[1], (n, nknots, nknots), np.float64))
-            strap.append(da.from_delayed(out[2], (n, n_c), np.float64))
-            status.append(da.from_delayed(out[3], (n,), _STATUS_DTYPE))
-            reason.append(da.from_delayed(out[4], (n,), _REASON_DTYPE))
+        dependencies = [solver, *frames, *([] if reader is None else [reader])]
+        graph = HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
+        poly, spline, strap, status, reason = (
+            task_outputs(graph, name, k, lengths, inner, dtype)
+            for k, (inner, dtype) in enumerate(outputs)
+        )
     average = da.from_delayed(_attr(solver, "average"), (n_r, n_c), np.float32)
     star_mask = da.from_delayed(_attr(solver, "mask"), (n_r, n_c), bool)
     sat_mask = da.from_delayed(_attr(solver, "saturation"), (n_r, n_c), bool)
@@ -430,11 +455,11 @@ def fit(
         column_offset = int(ffis.attrs.get("image_column_offset", SCIENCE_COLUMN_START))
     ds = xr.Dataset(
         {
-            "poly_w": (("time", "poly_term"), da.concatenate(poly)),
-            "spline_w": (("time", "column_knot", "row_knot"), da.concatenate(spline)),
-            "strap_w": (("time", "column"), da.concatenate(strap)),
-            STATUS: ("time", da.concatenate(status)),
-            REASON: ("time", da.concatenate(reason)),
+            "poly_w": (("time", "poly_term"), poly),
+            "spline_w": (("time", "column_knot", "row_knot"), spline),
+            "strap_w": (("time", "column"), strap),
+            STATUS: ("time", status),
+            REASON: ("time", reason),
             "average_image": (("row", "column"), average, {"units": "electron / s"}),
             "star_mask": (("row", "column"), star_mask),
             "sat_mask": (("row", "column"), sat_mask),

@@ -1,4 +1,5 @@
-"""Batched cube cutouts: one task per batch of targets per cube, one batched ranged read per task.
+"""Batched cube cutouts: one task per batch of consecutive targets, one batched ranged read per
+cube the batch touches.
 
 In a cube (numpy shape ``(rows, columns, frames, 2)``, big-endian float32) the pixels of one
 cutout row are contiguous over all frames and both planes, so a ``ny × nx`` cutout is ``ny`` byte
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -20,8 +21,9 @@ import xarray as xr
 from astropy.io import fits as afits
 from astropy.wcs import WCS
 from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
-from cloudlab import fits
+from cloudlab import fits, storage
 from cloudlab.cutouts.locate import check_targets, wcs_pixels
 from cloudlab.cutouts.pointing import radec_to_pixel, sector_geometry
 from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError, check_on_error
@@ -423,8 +425,8 @@ def make_cutouts(
         )
     else:
         flux_err = _build_graph(
-            cube_list, metas, cube_index, corner_col, corner_row, center_row[keep],
-            center_col[keep], (ny, nx), n_frames, batch_size, storage_options,
+            cube_list, cube_index, corner_col, corner_row, (ny, nx), n_frames, batch_size,
+            storage_options,
         )  # fmt: skip
     aperture = _aperture(cube_list, metas, cube_index, corner_col, corner_row, (ny, nx))
     kept = t.iloc[keep]
@@ -566,37 +568,71 @@ def _aperture(cube_list, metas, cube_index, corner_col, corner_row, size):
     return (in_r[:, :, None] & in_c[:, None, :]).astype(np.int32)
 
 
+def _read_batch(
+    infos: list[fits.HDUInfo],
+    which: np.ndarray,
+    corner_col: np.ndarray,
+    corner_row: np.ndarray,
+    size: tuple[int, int],
+) -> np.ndarray:
+    """The cutouts of a batch of targets, in the batch's order, read from the cubes they lie on.
+
+    ``which`` gives each target's position in ``infos``; every cube the batch touches is read
+    once (:func:`read_cutouts`, the cubes of an object store concurrently) and its rows are
+    placed where its targets stand.
+    """
+    which = np.asarray(which)
+    if len(infos) == 1:
+        return read_cutouts(infos[0], corner_col, corner_row, size)
+    out = np.empty((2, len(which), infos[0].shape[2], *size), dtype=np.float32)
+    members = [np.flatnonzero(which == k) for k in range(len(infos))]
+
+    def cut(k: int) -> None:
+        rows = members[k]
+        out[:, rows] = read_cutouts(infos[k], corner_col[rows], corner_row[rows], size)
+
+    # each read waits on the store, not the CPU: keep every cube's request in flight at once
+    local = all(storage.is_local(info.url) for info in infos)
+    with ThreadPoolExecutor(max_workers=1 if local else min(len(infos), 16)) as pool:
+        list(pool.map(cut, range(len(infos))))
+    return out
+
+
 def _build_graph(
-    cube_list, metas, cube_index, corner_col, corner_row, center_row, center_col, size,
-    n_frames, batch_size, storage_options,
+    cube_list, cube_index, corner_col, corner_row, size, n_frames, batch_size, storage_options
 ):  # fmt: skip
+    """Every target's cutouts as one lazy array in one graph layer, targets in input order.
+
+    Each task cuts a run of consecutive targets: it reads each cube the run touches once, so
+    the output needs no re-ordering (no step that gathers every batch) whatever the number of
+    cubes or how their targets interleave.
+    """
     ny, nx = size
     per_target = ny * nx * n_frames * BYTES_PER_PIXEL_FRAME
     if batch_size is None:
         batch_size = int(np.clip(TARGET_BATCH_BYTES // max(per_target, 1), 1, 512))
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    blocks, order = [], []
-    for k, url in enumerate(cube_list):
-        info = fits.hdu_info(url, 1, storage_options=storage_options).light()  # cached by cube_meta
-        # targets keep their input order inside a cube: with a single cube the result needs no
-        # re-ordering (a permutation would copy every cutout once more)
-        members = np.flatnonzero(cube_index == k)
-        for b in range(0, len(members), batch_size):
-            idx = members[b : b + batch_size]
-            task = dask.delayed(read_cutouts, pure=True)(
-                info, corner_col[idx], corner_row[idx], size,
-                dask_key_name="cutouts-" + tokenize(url, corner_col[idx], corner_row[idx], size),
-            )  # fmt: skip
-            blocks.append(
-                da.from_delayed(task, shape=(2, len(idx), n_frames, ny, nx), dtype=np.float32)
-            )
-            order.append(idx)
-    stacked = da.concatenate(blocks, axis=1)
-    perm = np.concatenate(order)
-    if np.array_equal(perm, np.arange(len(perm))):
-        return stacked
-    return stacked[:, np.argsort(perm)]
+    # HDU 1 of each cube: cached by cube_meta, so no file is read again here
+    infos = [fits.hdu_info(u, 1, storage_options=storage_options).light() for u in cube_list]
+    corner_col = np.asarray(corner_col, dtype=np.int64)
+    corner_row = np.asarray(corner_row, dtype=np.int64)
+    n_targets = len(corner_col)
+    name = "cutouts-" + tokenize(cube_list, cube_index, corner_col, corner_row, size, batch_size)
+    starts = list(range(0, n_targets, batch_size))
+    layer: dict = {}
+    for j, a in enumerate(starts):
+        b = min(a + batch_size, n_targets)
+        touched, which = np.unique(cube_index[a:b], return_inverse=True)
+        layer[(name, 0, j, 0, 0, 0)] = (
+            _read_batch, [infos[k] for k in touched], which, corner_col[a:b], corner_row[a:b],
+            size,
+        )  # fmt: skip
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+    chunks = ((2,), tuple(min(batch_size, n_targets - a) for a in starts), (n_frames,), (ny,),
+              (nx,))  # fmt: skip
+    meta = np.empty((0, 0, 0, 0, 0), dtype=np.float32)
+    return da.Array(graph, name, chunks, dtype=np.float32, meta=meta)
 
 
 def cutout_wcs(ds: xr.Dataset, target: int) -> WCS:
