@@ -2,17 +2,17 @@
 
 The header walk reads through a source (a few blocks per request). Region reads
 (:func:`cloudlab.fits.regions.fetch_ranges`) fetch remote files' pixel bytes with one
-``storage.cat_ranges`` call, local files' with :func:`read_local_ranges` (straight into one
-writable buffer, no intermediate copies) and gzip files' with :func:`read_gzip_span`.
+``storage.cat_ranges`` call and gzip files' with :func:`read_gzip_span`; local uncompressed files
+are memory-mapped (:func:`map_local`) and their regions copied straight out of the page cache.
 """
 
 from __future__ import annotations
 
 import gzip
+import mmap
+import os
 from collections.abc import Sequence
 from typing import IO
-
-import numpy as np
 
 from cloudlab import storage
 from cloudlab.errors import FITSFormatError, NotFoundError, StorageError
@@ -23,8 +23,8 @@ __all__ = [
     "RangedSource",
     "cat_ranges",
     "gone",
+    "map_local",
     "read_gzip_span",
-    "read_local_ranges",
     "refuse_compression",
 ]
 
@@ -226,43 +226,41 @@ def read_gzip_span(url: str, start: int, end: int, *, storage_options: dict | No
         ) from exc
 
 
-def read_local_ranges(
-    path: str, starts: Sequence[int], ends: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Byte ranges of a local file read straight into one writable buffer (one open).
+def map_local(path: str, end: int, what: str) -> mmap.mmap:
+    """Memory-map a local file read-only after checking that it holds its first ``end`` bytes.
 
     Parameters
     ----------
     path : str
         Local file path.
-    starts, ends : sequence of int
-        Byte ranges ``[start, end)``.
+    end : int
+        Bytes the caller will read (one past the last byte).
+    what : str
+        Start of the truncation message (file and HDU).
 
     Returns
     -------
-    buf : numpy.ndarray
-        uint8, the ranges back to back (each at the sum of the sizes before it).
-    got : numpy.ndarray of int64
-        Bytes read per range: shorter than asked where the file ends early.
+    mmap.mmap
+        The whole file, read-only; close it when the copies are made.
+
+    Raises
+    ------
+    NotFoundError
+        The file is gone.
+    FITSFormatError
+        The file is shorter than ``end`` bytes (truncated).
     """
-    sizes = [int(e) - int(s) for s, e in zip(starts, ends, strict=True)]
-    buf = np.empty(sum(sizes), dtype=np.uint8)
-    view = memoryview(buf)
-    got = []
-    pos = 0
     try:
-        f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     except FileNotFoundError as exc:
         raise gone(path, exc) from exc
-    with f:
-        for start, size in zip(starts, sizes, strict=True):
-            f.seek(int(start))
-            done = 0
-            while done < size:
-                n = f.readinto(view[pos + done : pos + size])
-                if not n:
-                    break
-                done += n
-            got.append(done)
-            pos += size
-    return buf, np.array(got, dtype=np.int64)
+    try:
+        size = os.fstat(fd).st_size
+        if size < end:
+            raise FITSFormatError(
+                f"{what}: truncated: asked for bytes up to {end}, the file has {size} bytes; "
+                "the file is shorter than its header says"
+            )
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
