@@ -500,8 +500,9 @@ def _read_compressed(info: HDUInfo, boxes: Sequence[Box]) -> list[np.ndarray]:
 def read_local_boxes(info: HDUInfo, path: str, boxes: Sequence[Box]) -> list[np.ndarray]:
     """Scaled pixels of non-empty boxes of a local uncompressed HDU, copied from a memory map.
 
-    The fast path of local files: the file is mapped read-only, each box is one strided numpy
-    view of the mapped bytes, and scaling (:func:`scale`) makes the one copy that converts to
+    The fast path of local files: the file is mapped read-only (the map is kept for the next
+    read, :func:`~cloudlab.fits.sources.map_local`), each box is one strided numpy view of the
+    mapped bytes, and scaling (:func:`scale`) makes the one copy that converts to
     native byte order, so a page-cached region costs what numpy's copy costs. The file's size is
     checked first (a truncated file raises instead of faulting), and :func:`check_unchanged`
     runs as for every read.
@@ -532,19 +533,11 @@ def read_local_boxes(info: HDUInfo, path: str, boxes: Sequence[Box]) -> list[np.
     last = max(int(np.ravel_multi_index([b - 1 for _, b in box], info.shape)) for box in boxes)
     end = info.data_offset + (last + 1) * itemsize
     mapped = map_local(path, end, f"{info.url}: HDU {info.index}")
-    try:
-        whole = np.ndarray(info.shape, dtype=info.raw_dtype, buffer=mapped, offset=info.data_offset)
-        out = []
-        for box in boxes:
-            raw = whole[tuple(slice(a, b) for a, b in box)]
-            data = scale(raw, info)
-            out.append(np.array(data) if np.shares_memory(data, whole) else data)
-        del whole, raw, data
-    finally:
-        try:
-            mapped.close()
-        except BufferError:  # a view still refers to the map: it closes when that goes
-            pass
+    whole = np.ndarray(info.shape, dtype=info.raw_dtype, buffer=mapped, offset=info.data_offset)
+    out = []
+    for box in boxes:
+        data = scale(whole[tuple(slice(a, b) for a, b in box)], info)
+        out.append(np.array(data) if np.may_share_memory(data, whole) else data)
     return out
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import gzip
 import mmap
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import IO
 
@@ -226,8 +228,20 @@ def read_gzip_span(url: str, start: int, end: int, *, storage_options: dict | No
         ) from exc
 
 
+#: Memory maps of local files kept open (most recently used last), keyed by path; an entry is
+#: used only while the file's inode, size and mtime are those it was mapped with.
+_MAPS: OrderedDict[str, tuple[tuple[int, int, int], mmap.mmap]] = OrderedDict()
+_MAPS_MAX = 64
+_MAPS_LOCK = threading.Lock()
+
+
 def map_local(path: str, end: int, what: str) -> mmap.mmap:
-    """Memory-map a local file read-only after checking that it holds its first ``end`` bytes.
+    """A read-only memory map of a local file, after checking that it holds its first ``end``
+    bytes.
+
+    Maps are kept open (up to 64 files, least recently used dropped first), so that repeated
+    reads of a page-cached file touch mapped pages only; each call checks the file's inode,
+    size and mtime with one ``stat`` and maps it again when any changed.
 
     Parameters
     ----------
@@ -241,7 +255,7 @@ def map_local(path: str, end: int, what: str) -> mmap.mmap:
     Returns
     -------
     mmap.mmap
-        The whole file, read-only; close it when the copies are made.
+        The whole file, read-only (shared: do not close it).
 
     Raises
     ------
@@ -251,16 +265,37 @@ def map_local(path: str, end: int, what: str) -> mmap.mmap:
         The file is shorter than ``end`` bytes (truncated).
     """
     try:
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise gone(path, exc) from exc
+    if st.st_size < end:
+        raise FITSFormatError(
+            f"{what}: truncated: asked for bytes up to {end}, the file has {st.st_size} bytes; "
+            "the file is shorter than its header says"
+        )
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _MAPS_LOCK:
+        hit = _MAPS.get(path)
+        if hit is not None and hit[0] == key:
+            _MAPS.move_to_end(path)
+            return hit[1]
+    try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     except FileNotFoundError as exc:
         raise gone(path, exc) from exc
     try:
-        size = os.fstat(fd).st_size
-        if size < end:
+        st = os.fstat(fd)
+        if st.st_size < end:
             raise FITSFormatError(
-                f"{what}: truncated: asked for bytes up to {end}, the file has {size} bytes; "
-                "the file is shorter than its header says"
+                f"{what}: truncated: asked for bytes up to {end}, the file has {st.st_size} "
+                "bytes; the file is shorter than its header says"
             )
-        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     finally:
         os.close(fd)
+    with _MAPS_LOCK:
+        _MAPS[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), mapped)
+        _MAPS.move_to_end(path)
+        while len(_MAPS) > _MAPS_MAX:  # dropped maps close once no array uses them
+            _MAPS.popitem(last=False)
+    return mapped
