@@ -1,21 +1,22 @@
-"""Local reads against astropy, side by side in one run, reported as ratios.
+"""Local, page-cached FITS reads: cloudlab against astropy, side by side in one run.
 
-(a) Full frames: one 2048x2048 float32 primary HDU and one FFI-like 2078x2136 float32 HDU 1
-    (BSCALE/BZERO-free, as TESS calibrated FFIs) read whole with ``cloudlab.fits.read_region``
-    and with ``open_hdu(path, hdu).values``, against ``astropy.io.fits.open(path,
-    memmap=True)[hdu].data`` copied into a native numpy array.
-(b) Small regions: 10x10 and 64x64 pixels x all frames of a page-cached cube (500 frames x
-    200x200 float32) read with ``read_region``, with one ``read_regions`` call for many boxes
-    (time per box) and with a lazy slice ``open_hdu(path)[region].values``, against astropy's
-    ``hdul[0].section[region]`` on an already open file.
+(a) Full frames: a 2048x2048 float32 image and a 2078x2136 TESS-FFI-like image (HDU 1, float32),
+    read whole with ``cloudlab.fits.read_region`` (eager) and ``open_hdu(...).values`` (lazy,
+    dask), against astropy's memory map converted to native byte order (what a computation
+    needs: ``hdul[k].data.astype(native)``). Ratio cloudlab / astropy (goal: <= 1.5).
+(b) Small regions (10x10 and 64x64 pixels, all frames) of page-cached cubes: a dense
+    2000 x 100 x 100 float32 cube (frames first) and a sparse full-size astrocut-layout cube
+    (2078 x 2136 x frames x 2, float32), read with ``read_region`` (eager) and a lazy xarray
+    slice of ``open_hdu``, against astropy's ``section`` on an open file (goal: >= 5x faster)
+    and, for reference, slicing astropy's memory map.
 
-Every figure is CPU time per read (``time.process_time``, best of several repeats, the files
-page-cached by a first read). Ratios above 1 mean cloudlab is faster.
+Every file is read once before timing (page cache warm). Times are the median wall time per read
+over ``--repeat`` reads at random positions; the machine may be shared, so compare ratios.
 
 Usage::
 
-    python benchmarks/local_reads.py            # the sizes above
-    python benchmarks/local_reads.py --quick    # 100 frames: a smoke run
+    python benchmarks/local_reads.py              # 2000-frame sparse cube
+    python benchmarks/local_reads.py --quick      # fewer repeats, 200-frame sparse cube
 
 The files live in a temporary directory that is always removed.
 """
@@ -23,7 +24,6 @@ The files live in a temporary directory that is always removed.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -34,142 +34,139 @@ import numpy as np
 from astropy.io import fits
 
 from cloudlab import fits as cf
+from cloudlab.fits.header import padded
+
+ROWS, COLS = 2078, 2136
 
 
-def best(fn: Callable[[], object], repeat: int) -> float:
-    """Least CPU seconds of ``repeat`` calls of ``fn`` (after one warm-up call)."""
+def _median_ms(fn: Callable[[], object], repeat: int) -> float:
     fn()
     times = []
     for _ in range(repeat):
-        t0 = time.process_time()
+        t0 = time.perf_counter()
         fn()
-        times.append(time.process_time() - t0)
-    return min(times)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
 
 
-def per_call(fn: Callable[[], object], calls: int, repeat: int) -> float:
-    """Least CPU seconds per call over ``repeat`` loops of ``calls`` calls."""
-
-    def loop() -> None:
-        for _ in range(calls):
-            fn()
-
-    return best(loop, repeat) / calls
+def _native(data: np.ndarray) -> np.ndarray:
+    return data.astype(data.dtype.newbyteorder("="))
 
 
-def write_files(tmp: Path, frames: int) -> dict[str, Path]:
-    """The 2048x2048 frame, the FFI-like HDU 1 and the cube, written to ``tmp``."""
-    rng = np.random.default_rng(0)
-    paths = {"frame": tmp / "frame.fits", "ffi": tmp / "ffi.fits", "cube": tmp / "cube.fits"}
-    fits.PrimaryHDU(rng.normal(size=(2048, 2048)).astype(np.float32)).writeto(paths["frame"])
-    ffi = fits.ImageHDU(rng.normal(size=(2078, 2136)).astype(np.float32), name="CAMERA.CCD")
-    fits.HDUList([fits.PrimaryHDU(), ffi]).writeto(paths["ffi"])
-    cube = rng.normal(size=(frames, 200, 200)).astype(np.float32)
-    fits.PrimaryHDU(cube).writeto(paths["cube"])
-    return paths
-
-
-def full_frames(paths: dict[str, Path], repeat: int) -> list[dict]:
-    """Part (a): whole-frame reads, cloudlab against astropy's memory map."""
-    rows = []
-    for label, hdu in (("frame", 0), ("ffi", 1)):
-        path = str(paths[label])
-        info = cf.hdu_info(path, hdu)
-
-        def astropy_memmap(path: str = path, hdu: int = hdu) -> np.ndarray:
-            with fits.open(path, memmap=True) as hdul:
-                data = hdul[hdu].data
-                return np.array(data, dtype=data.dtype.newbyteorder("="))
-
-        def region(info: cf.HDUInfo = info) -> np.ndarray:
-            return cf.read_region(info, ())
-
-        def values(path: str = path, hdu: int = hdu) -> np.ndarray:
-            return cf.open_hdu(path, hdu).values
-
-        ref = best(astropy_memmap, repeat)
-        for how, fn in (("read_region", region), ("open_hdu(...).values", values)):
-            assert np.array_equal(fn(), astropy_memmap())
-            took = best(fn, repeat)
-            rows.append({
-                "part": "full frame",
-                "file": f"{label} {'x'.join(map(str, info.shape))} HDU {hdu}",
-                "cloudlab": how,
-                "cloudlab_ms": round(took * 1e3, 3),
-                "astropy_memmap_ms": round(ref * 1e3, 3),
-                "memmap_over_cloudlab": round(ref / took, 2),
-            })  # fmt: skip
-    return rows
-
-
-def regions(path: Path, repeat: int, calls: int) -> list[dict]:
-    """Part (b): small regions of a page-cached cube, cloudlab against astropy's ``section``."""
-    info = cf.hdu_info(str(path), 0)
-    lazy = cf.open_hdu(str(path), 0)
+def full_frames(workdir: Path, repeat: int) -> list[dict]:
+    """Whole-image reads of a 2048² and an FFI-like 2078×2136 frame."""
     rng = np.random.default_rng(1)
-    rows = []
-    with fits.open(path, memmap=True) as hdul:
-        section = hdul[0].section
-        for size in (10, 64):
-            y, x = (int(v) for v in rng.integers(0, 200 - size, 2))
-            region = (slice(None), slice(y, y + size), slice(x, x + size))
-            boxes = [
-                (slice(None), slice(int(a), int(a) + size), slice(int(b), int(b) + size))
-                for a, b in rng.integers(0, 200 - size, (100, 2))
-            ]
+    cases = []
+    for name, shape, ext in (("2048x2048", (2048, 2048), 0), ("2078x2136 FFI", (ROWS, COLS), 1)):
+        path = workdir / f"frame_{ext}.fits"
+        data = rng.normal(100, 10, shape).astype(np.float32)
+        hdus = [fits.PrimaryHDU(data)] if ext == 0 else [fits.PrimaryHDU(), fits.ImageHDU(data)]
+        fits.HDUList(hdus).writeto(path)
+        info = cf.hdu_info(str(path), ext)
+        lazy = cf.open_hdu(str(path), ext)
+        hdul = fits.open(path, memmap=True)
+        assert np.array_equal(cf.read_region(info, ()), hdul[ext].data)
+        ref = _median_ms(lambda h=hdul, e=ext: _native(h[e].data), repeat)
+        eager = _median_ms(lambda i=info: cf.read_region(i, ()), repeat)
+        graph = _median_ms(lambda a=lazy: a.values, repeat)
+        hdul.close()
+        cases.append({"case": name, "astropy": ref, "eager": eager, "lazy": graph})
+    return cases
 
-            def astropy_section(region: tuple = region) -> np.ndarray:
-                return section[region]
 
-            def one(region: tuple = region) -> np.ndarray:
-                return cf.read_region(info, region)
+def dense_cube(path: Path) -> None:
+    """A 2000×100×100 float32 cube (frames first), fully written."""
+    rng = np.random.default_rng(2)
+    fits.PrimaryHDU(rng.normal(100, 10, (2000, 100, 100)).astype(np.float32)).writeto(path)
 
-            def many(boxes: list = boxes) -> list[np.ndarray]:
-                return cf.read_regions(info, boxes)
 
-            def sliced(region: tuple = region) -> np.ndarray:
-                return lazy[region].values
+def sparse_cube(path: Path, frames: int) -> None:
+    """An astrocut-layout cube (HDU 1: rows, columns, frames, 2) of full size, written sparse."""
+    image = fits.ImageHDU()
+    header = image.header
+    header["BITPIX"] = -32
+    header["NAXIS"] = 4
+    for key, value in (("NAXIS1", 2), ("NAXIS2", frames), ("NAXIS3", COLS), ("NAXIS4", ROWS)):
+        header[key] = value
+    blob = fits.PrimaryHDU().header.tostring().encode() + header.tostring().encode()
+    with open(path, "wb") as f:
+        f.write(blob)
+        f.truncate(len(blob) + padded(ROWS * COLS * frames * 2 * 4))
 
-            assert np.array_equal(one(), astropy_section())
-            assert np.array_equal(sliced(), astropy_section())
-            ref = per_call(astropy_section, calls, repeat)
-            for how, took in (
-                ("read_region", per_call(one, calls, repeat)),
-                ("read_regions (100 boxes, per box)", per_call(many, 1, repeat) / len(boxes)),
-                ("open_hdu(...)[region].values", per_call(sliced, calls, repeat)),
-            ):
-                rows.append({
-                    "part": "region",
-                    "file": f"cube {'x'.join(map(str, info.shape))}, {size}x{size} x all frames",
-                    "cloudlab": how,
-                    "cloudlab_ms": round(took * 1e3, 4),
-                    "astropy_section_ms": round(ref * 1e3, 4),
-                    "section_over_cloudlab": round(ref / took, 2),
-                })  # fmt: skip
-    return rows
+
+def regions(path: Path, ext: int, size: int, repeat: int, frames_first: bool) -> dict:
+    """Median time per ``size``×``size``×all-frames region; every reader reads the same
+    ``repeat`` random positions (so the same pages), after one warm-up pass over them."""
+    info = cf.hdu_info(str(path), ext)
+    ny, nx = info.shape[1:3] if frames_first else info.shape[:2]
+    rng = np.random.default_rng(size)
+    corners = [(int(rng.integers(0, ny - size)), int(rng.integers(0, nx - size)))
+               for _ in range(repeat)]  # fmt: skip
+
+    def region(y: int, x: int) -> tuple:
+        sy, sx = slice(y, y + size), slice(x, x + size)
+        return (slice(None), sy, sx) if frames_first else (sy, sx)
+
+    boxes = [region(y, x) for y, x in corners]
+    lazy = cf.open_hdu(str(path), ext)
+    hdul = fits.open(path, memmap=True)
+    for box in boxes:  # warm the page cache and check the values
+        assert np.array_equal(cf.read_region(info, box), hdul[ext].section[box])
+
+    def each(read: Callable[[tuple], object]) -> float:
+        times = []
+        for box in boxes:
+            t0 = time.perf_counter()
+            read(box)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times)) * 1e3
+
+    out = {
+        "eager": each(lambda b: cf.read_region(info, b)),
+        "lazy": each(lambda b: lazy[b].values),
+        "section": each(lambda b: hdul[ext].section[b]),
+        "memmap": each(lambda b: _native(hdul[ext].data[b])),
+    }
+    hdul.close()
+    return out
 
 
 def main() -> None:
-    """Run both parts and print one table (and JSON with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="100 frames, fewer repeats")
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, 200-frame cube")
+    parser.add_argument("--frames", type=int, default=2000, help="frames of the sparse cube")
+    parser.add_argument("--repeat", type=int, default=30, help="reads per measurement")
     args = parser.parse_args()
-    frames, repeat, calls = (100, 3, 20) if args.quick else (500, 7, 100)
-    tmp = Path(tempfile.mkdtemp(prefix="cloudlab-local-reads-"))
+    frames = 200 if args.quick else args.frames
+    repeat = 10 if args.quick else args.repeat
+    workdir = Path(tempfile.mkdtemp(prefix="cloudlab-local-"))
     try:
-        paths = write_files(tmp, frames)
-        rows = full_frames(paths, repeat) + regions(paths["cube"], repeat, calls)
+        print(f"(a) full frames, median of {repeat} reads (ms); ratio = cloudlab / astropy")
+        print(f"{'frame':16} {'astropy memmap':>15} {'read_region':>12} {'ratio':>6} "
+              f"{'lazy .values':>13} {'ratio':>6}")  # fmt: skip
+        for c in full_frames(workdir, repeat):
+            print(f"{c['case']:16} {c['astropy']:15.2f} {c['eager']:12.2f} "
+                  f"{c['eager'] / c['astropy']:6.2f} {c['lazy']:13.2f} "
+                  f"{c['lazy'] / c['astropy']:6.2f}")  # fmt: skip
+        dense, sparse = workdir / "dense.fits", workdir / "sparse.fits"
+        dense_cube(dense)
+        sparse_cube(sparse, frames)
+        cubes = [
+            ("2000x100x100 (frames first)", dense, 0, True),
+            (f"{ROWS}x{COLS}x{frames}x2 sparse", sparse, 1, False),
+        ]
+        print(f"\n(b) regions x all frames, median of {repeat} reads (ms); "
+              "speed-up = astropy section / cloudlab")  # fmt: skip
+        print(f"{'cube':30} {'box':>6} {'section':>9} {'memmap':>8} {'read_region':>12} "
+              f"{'x':>6} {'lazy slice':>11} {'x':>6}")  # fmt: skip
+        for name, path, ext, first in cubes:
+            for size in (10, 64):
+                r = regions(path, ext, size, repeat, first)
+                print(f"{name:30} {f'{size}x{size}':>6} {r['section']:9.2f} {r['memmap']:8.2f} "
+                      f"{r['eager']:12.3f} {r['section'] / r['eager']:6.1f} {r['lazy']:11.2f} "
+                      f"{r['section'] / r['lazy']:6.1f}")  # fmt: skip
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"CPU ms per read, best of {repeat}; ratio = astropy / cloudlab (above 1: faster)")
-    for row in rows:
-        ref = row.get("astropy_memmap_ms", row.get("astropy_section_ms"))
-        ratio = row.get("memmap_over_cloudlab", row.get("section_over_cloudlab"))
-        print(f"{row['file']:<45} {row['cloudlab']:<36} {row['cloudlab_ms']:>9} ms "
-              f"astropy {ref:>8} ms  ratio {ratio}")  # fmt: skip
-    if args.json:
-        print(json.dumps(rows, indent=1))
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
