@@ -533,7 +533,12 @@ def read_local_boxes(info: HDUInfo, path: str, boxes: Sequence[Box]) -> list[np.
     last = max(int(np.ravel_multi_index([b - 1 for _, b in box], info.shape)) for box in boxes)
     end = info.data_offset + (last + 1) * itemsize
     mapped = map_local(path, end, f"{info.url}: HDU {info.index}")
-    whole = np.ndarray(info.shape, dtype=info.raw_dtype, buffer=mapped, offset=info.data_offset)
+    # only the elements up to the boxes' last one need be in the file (a file cut short after
+    # it was opened still reads what it holds): a flat view of those, strided to the HDU's shape
+    flat = np.frombuffer(mapped, dtype=info.raw_dtype, count=last + 1, offset=info.data_offset)
+    strides = tuple(int(np.prod(info.shape[k + 1 :], dtype=np.int64)) * itemsize
+                    for k in range(len(info.shape)))  # fmt: skip
+    whole = np.lib.stride_tricks.as_strided(flat, info.shape, strides, writeable=False)
     out = []
     for box in boxes:
         data = scale(whole[tuple(slice(a, b) for a, b in box)], info)
