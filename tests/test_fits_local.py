@@ -1,9 +1,7 @@
-"""The local fast path: uncompressed images of local files read from a read-only memory map.
+"""The local fast path of cloudlab.fits: page-cached files read from a memory map.
 
-Values equal astropy's for every BITPIX, with and without BSCALE/BZERO/BLANK; the fast path is
-taken for local files (one map per call, no ranged reads), its arrays own their memory, a
-rewritten file is mapped again, a truncated file is named, and the file is revalidated at most
-once per ``cloudlab.fits.revalidate-seconds``.
+Values are checked against astropy on the same files; the path is checked by making the
+ranged-read path unusable and reading anyway.
 """
 
 from __future__ import annotations
@@ -17,192 +15,123 @@ import pytest
 from astropy.io import fits
 
 from cloudlab import fits as cf
-from cloudlab import storage
-from cloudlab.errors import FITSFormatError
-from cloudlab.fits import regions
+from cloudlab.errors import FITSFormatError, StorageError
+from cloudlab.fits import regions, sources
 
 RNG = np.random.default_rng(7)
 
-
-def _ints(dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    info = np.iinfo(dtype)
-    lo, hi = max(info.min, -(2**40)), min(info.max, 2**40)
-    return RNG.integers(lo, hi, shape, endpoint=True).astype(dtype)
-
-
-def _hdu(dtype: str, shape=(6, 23, 37), bscale=None, bzero=None, blank=None) -> fits.PrimaryHDU:
-    data = RNG.normal(size=shape).astype(dtype) if dtype[0] == "f" else _ints(dtype, shape)
-    if blank is not None:
-        data[1, 2, 3] = blank
-        data[4, 7, ::5] = blank
-    hdu = fits.PrimaryHDU(data)
-    for key, value in (("BSCALE", bscale), ("BZERO", bzero), ("BLANK", blank)):
-        if value is not None:
-            hdu.header[key] = value
-    return hdu
-
-
 CASES = {
-    "bitpix8": lambda: _hdu("u1"),
-    "bitpix16": lambda: _hdu("i2"),
-    "bitpix32": lambda: _hdu("i4"),
-    "bitpix64": lambda: _hdu("i8"),
-    "bitpix-32": lambda: _hdu("f4"),
-    "bitpix-64": lambda: _hdu("f8"),
-    "int8-bzero": lambda: _hdu("u1", bscale=1, bzero=-128),
-    "uint8-scaled": lambda: _hdu("u1", bscale=0.5, bzero=100.0),
-    "int16-scaled": lambda: _hdu("i2", bscale=0.25, bzero=-3.5),
-    "int16-blank-scaled": lambda: _hdu("i2", bscale=0.1, bzero=5.0, blank=-999),
-    "int16-blank-unscaled": lambda: _hdu("i2", blank=-32768),
-    "uint16-bzero": lambda: _hdu("i2", bscale=1, bzero=32768),
-    "uint16-bzero-blank": lambda: _hdu("i2", bscale=1, bzero=32768, blank=-1),
-    "int32-scaled": lambda: _hdu("i4", bscale=1.5e-3, bzero=10.0),
-    "int32-blank-unscaled": lambda: _hdu("i4", blank=12345),
-    "uint32-bzero": lambda: _hdu("i4", bscale=1, bzero=2**31),
-    "int64-scaled": lambda: _hdu("i8", bscale=2.0, bzero=1.0),
-    "uint64-bzero": lambda: _hdu("i8", bscale=1, bzero=2**63),
-    "float32-scaled": lambda: _hdu("f4", bscale=3.0, bzero=-1.25),
-    "float64-scaled": lambda: _hdu("f8", bscale=3.0, bzero=-1.25),
+    "u8": (np.uint8, {}),
+    "u8-scaled": (np.uint8, {"BSCALE": 0.5, "BZERO": 3.0}),
+    "i16": (np.int16, {}),
+    "i16-blank": (np.int16, {"BSCALE": 2.0, "BZERO": -7.5, "BLANK": -32768}),
+    "u16": (np.int16, {"BZERO": 32768}),
+    "i32": (np.int32, {}),
+    "i32-blank": (np.int32, {"BSCALE": 1.5, "BLANK": 99}),
+    "u32": (np.int32, {"BZERO": 2**31}),
+    "i64": (np.int64, {}),
+    "f32": (np.float32, {}),
+    "f32-scaled": (np.float32, {"BSCALE": 3.0, "BZERO": 1.0}),
+    "f64": (np.float64, {}),
 }
 
-BOXES = [
-    [(0, 6), (0, 23), (0, 37)],  # the whole cube: one contiguous run
-    [(2, 4)],  # whole frames
-    [(0, 6), (5, 15), (0, 37)],  # whole rows of every frame
-    [(1, 5), (3, 13), (4, 14)],  # a 10x10 cutout over four frames
-    [(0, 6), (22, 23), (36, 37)],  # the last pixel of every frame
-]
-INDEXES = [(slice(None), slice(3, 9), slice(5, 17)), (4, slice(2, 30, 3)), (slice(None), [1, 5], 7)]
 
-
-class Spy:
-    """Counts calls of a real function and passes them through."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.calls = 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.fn(*args, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def _fresh():
-    with dask.config.set(scheduler="sync"):
-        cf.clear_cache()
-        yield
-
-
-@pytest.fixture
-def spies(monkeypatch: pytest.MonkeyPatch) -> dict[str, Spy]:
-    """Spies on the memory map of the fast path, ranged reads and revalidation requests."""
-    found = {
-        "map": Spy(regions.map_local),
-        "ranges": Spy(regions.cat_ranges),
-        "info": Spy(storage.file_info),
-    }
-    monkeypatch.setattr(regions, "map_local", found["map"])
-    monkeypatch.setattr(regions, "cat_ranges", found["ranges"])
-    monkeypatch.setattr(storage, "file_info", found["info"])
-    return found
-
-
-def _write(path: Path, hdu: fits.PrimaryHDU) -> str:
-    hdu.writeto(path)
+def _write(path: Path, dtype: type, keys: dict, shape: tuple = (6, 20, 30)) -> str:
+    """An image HDU 1 of raw values of ``dtype`` with scaling keywords written as given."""
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    if info is None:
+        raw = RNG.normal(0, 100, shape).astype(dtype)
+        raw.flat[::17] = np.nan
+    else:
+        raw = RNG.integers(max(info.min, -(2**40)), min(info.max, 2**40), shape).astype(dtype)
+        if "BLANK" in keys:
+            raw.flat[::13] = keys["BLANK"]
+    hdu = fits.ImageHDU(do_not_scale_image_data=True)
+    hdu.data = raw
+    for key, value in keys.items():
+        hdu.header[key] = value
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
     return str(path)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_fast_path_equals_astropy(tmp_path: Path, case: str, spies: dict[str, Spy]) -> None:
-    path = _write(tmp_path / f"{case}.fits", CASES[case]())
-    ref = fits.getdata(path)
-    if "blank" in case and ref.dtype.kind == "f":
-        assert np.isnan(ref).sum() > 0  # BLANK -> NaN is really exercised
-    info = cf.hdu_info(path, 0)
-    got = cf.read_regions(info, BOXES)
-    assert spies["map"].calls == 1 and spies["ranges"].calls == 0  # one map, no ranged read
-    for box, data in zip(BOXES, got, strict=True):
-        ref_box = ref[tuple(slice(a, b) for a, b in box)]
-        assert data.dtype == ref.dtype.newbyteorder("=")
-        np.testing.assert_array_equal(data, ref_box)
-        assert data.flags.writeable and data.flags.owndata or data.base is not None
-    for index in INDEXES:
-        np.testing.assert_array_equal(cf.read_region(info, index), ref[index])
-    np.testing.assert_array_equal(cf.open_hdu(path, chunks=(2, 10, 37)).values, ref)
-    assert spies["ranges"].calls == 0
+def test_local_values_equal_astropy(tmp_path: Path, case: str) -> None:
+    dtype, keys = CASES[case]
+    path = _write(tmp_path / f"{case}.fits", dtype, keys)
+    with fits.open(path) as hdul:
+        truth = hdul[1].data.copy()
+    assert not np.all(truth == truth.flat[0])
+    info = cf.hdu_info(path, 1)
+    whole = cf.read_region(info, ())
+    assert whole.dtype == truth.dtype.newbyteorder("=") and whole.dtype.isnative
+    np.testing.assert_array_equal(whole, truth)
+    box = (slice(1, 5), slice(3, 17), slice(2, 29, 3))
+    np.testing.assert_array_equal(cf.read_region(info, box), truth[box])
+    np.testing.assert_array_equal(cf.open_hdu(path, 1)[:, 4:9, ::-2].values, truth[:, 4:9, ::-2])
+    parts = cf.read_regions(info, [[(0, 2), (5, 9)], [(1, 6), (0, 20), (10, 11)]])
+    np.testing.assert_array_equal(parts[0], truth[0:2, 5:9])
+    np.testing.assert_array_equal(parts[1], truth[1:6, :, 10:11])
 
 
-def test_results_own_their_memory(tmp_path: Path) -> None:
-    """Arrays read from the map are copies: writing to them leaves the file as it was."""
-    data = RNG.normal(size=(20, 30)).astype("f4")
-    path = _write(tmp_path / "a.fits", fits.PrimaryHDU(data))
-    info = cf.hdu_info(path, 0)
-    for box in ([(0, 20)], [(5, 6), (0, 30)], [(3, 9), (4, 8)]):
-        (got,) = cf.read_regions(info, [box])
-        got[...] = -1
-    np.testing.assert_array_equal(cf.read_region(info, ()), data)
-    np.testing.assert_array_equal(fits.getdata(path), data)
+def test_local_reads_use_the_memory_map(tmp_path: Path, monkeypatch) -> None:
+    """With the ranged-read path made unusable, local files are still read (from the map)."""
+    path = _write(tmp_path / "a.fits", np.float32, {})
+    truth = fits.getdata(path, 1)
+    info = cf.hdu_info(path, 1)  # headers are read by ranged reads
+    lazy = cf.open_hdu(path, 1)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ranged reads used for a local file")
+
+    monkeypatch.setattr(regions, "fetch_ranges", refuse)
+    monkeypatch.setattr(sources.storage, "cat_ranges", refuse)
+    got = cf.read_region(info, (slice(None), slice(2, 7)))
+    np.testing.assert_array_equal(got, truth[:, 2:7])
+    assert os.path.abspath(path) in sources._MAPS
+    np.testing.assert_array_equal(lazy.values, truth)
 
 
-def test_rewritten_local_file_is_mapped_again(tmp_path: Path) -> None:
-    """A file replaced after a read (new inode, size or mtime) is never read through the old
-    map: opened again, the new content reads exactly."""
-    path = tmp_path / "moved.fits"
-    first = RNG.normal(size=(30, 20)).astype("f4")
-    fits.PrimaryHDU(first).writeto(path)
-    np.testing.assert_array_equal(cf.read_region(cf.hdu_info(str(path), 0), ()), first)
-    for shape in ((30, 20), (40, 20)):
-        new = RNG.normal(size=shape).astype("f4")
-        fits.PrimaryHDU(new).writeto(path, overwrite=True)
-        os.utime(path, ns=(os.stat(path).st_mtime_ns + 10**9,) * 2)
-        cf.clear_cache()
-        with dask.config.set({"cloudlab.fits.revalidate-seconds": -1}):
-            np.testing.assert_array_equal(cf.read_region(cf.hdu_info(str(path), 0), ()), new)
+def test_local_reads_are_copies(tmp_path: Path) -> None:
+    """An unscaled byte image comes back writeable and not sharing the mapped file."""
+    path = _write(tmp_path / "b.fits", np.uint8, {})
+    data = cf.read_region(cf.hdu_info(path, 1), ())
+    mapped = sources._MAPS[os.path.abspath(path)][1]
+    assert data.flags.writeable
+    assert not np.may_share_memory(data, np.frombuffer(mapped, dtype=np.uint8))
+    data[:] = 0
+    assert fits.getdata(path, 1).any()
 
 
-def test_truncated_local_file_names_file_and_hdu(tmp_path: Path) -> None:
-    """With revalidation off, a file cut short after it was opened is refused by the size check
-    (never a fault reading past the end of the map)."""
-    data = RNG.normal(size=(100, 100)).astype("f4")
-    path = _write(tmp_path / "cut.fits", fits.PrimaryHDU(data))
-    info = cf.hdu_info(path, 0)
-    with open(path, "r+b") as f:
-        f.truncate(2880 + 50 * 400)
-    with dask.config.set({"cloudlab.fits.revalidate-seconds": -1}):
-        np.testing.assert_array_equal(cf.read_region(info, (slice(10, 20),)), data[10:20])
-        with pytest.raises(FITSFormatError, match="truncated") as err:
-            cf.read_region(info, (slice(40, 60),))
-    assert path in str(err.value) and "HDU 0" in str(err.value)
-
-
-def test_revalidation_at_most_once_per_interval(tmp_path: Path, spies: dict[str, Spy]) -> None:
-    """Many small reads make no revalidation request within ``revalidate-seconds``; with ``0``
-    every read checks the file once."""
-    path = _write(tmp_path / "cube.fits", fits.PrimaryHDU(RNG.normal(size=(8, 30, 30))))
-    ref = fits.getdata(path)
-    info = cf.hdu_info(path, 0)
-    before = spies["info"].calls
-    for k in range(20):
-        box = (slice(None), slice(k, k + 10), slice(k, k + 10))
-        np.testing.assert_array_equal(cf.read_region(info, box), ref[box])
-    assert spies["info"].calls == before
+def test_rewritten_local_file_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path / "c.fits", np.float32, {})
+    info = cf.hdu_info(path, 1)
+    cf.read_region(info, ())
+    _write(tmp_path / "new.fits", np.float32, {}, shape=(6, 20, 31))
+    os.replace(tmp_path / "new.fits", path)
     with dask.config.set({"cloudlab.fits.revalidate-seconds": 0}):
-        for k in range(5):
-            cf.read_regions(info, [[(0, 8), (k, k + 3), (k, k + 3)], [(1, 2)]])
-    assert spies["info"].calls == before + 5
-    assert spies["map"].calls == 25 and spies["ranges"].calls == 0
+        with pytest.raises(StorageError, match="changed after it was opened") as err:
+            cf.read_region(info, ())
+    assert path in str(err.value)
 
 
-def test_remote_and_gzip_files_keep_ranged_reads(tmp_path: Path, spies: dict[str, Spy]) -> None:
-    """Files behind another filesystem (here fsspec's memory filesystem) and gzip files do not
-    take the memory map: one batched ranged read, or one decompressed span."""
-    data = RNG.normal(size=(12, 40)).astype("f4")
-    path = _write(tmp_path / "a.fits", fits.PrimaryHDU(data))
-    url = "memory://fits-local/a.fits"
-    storage.write_bytes(url, Path(path).read_bytes(), overwrite=True)
-    info = cf.hdu_info(url, 0)
-    got = cf.read_regions(info, [[(2, 5), (3, 9)], [(7, 8)]])
-    np.testing.assert_array_equal(got[0], data[2:5, 3:9])
-    np.testing.assert_array_equal(got[1], data[7:8])
-    assert spies["ranges"].calls == 1 and spies["map"].calls == 0
+def test_truncated_local_file_raises_instead_of_faulting(tmp_path: Path) -> None:
+    """A file cut short after its header was read: an error naming it, never a bus error."""
+    path = _write(tmp_path / "d.fits", np.float64, {}, shape=(40, 50))
+    info = cf.hdu_info(path, 1)
+    cf.read_region(info, (slice(0, 2),))
+    with open(path, "r+b") as f:
+        f.truncate(info.data_offset + 100)
+    with dask.config.set({"cloudlab.fits.revalidate-seconds": -1}):  # skip the fingerprint
+        with pytest.raises(FITSFormatError, match="truncated") as err:
+            cf.read_region(info, (slice(30, 40),))
+    assert path in str(err.value) and "HDU 1" in str(err.value)
+
+
+def test_map_follows_a_replaced_file(tmp_path: Path) -> None:
+    """A new file at the same path is mapped again, not read through the old map."""
+    path = _write(tmp_path / "e.fits", np.int16, {})
+    cf.read_region(cf.hdu_info(path, 1), ())
+    _write(tmp_path / "f.fits", np.int16, {"BZERO": 32768})
+    os.replace(tmp_path / "f.fits", path)
+    cf.clear_cache()
+    np.testing.assert_array_equal(cf.open_hdu(path, 1).values, fits.getdata(path, 1))
