@@ -135,3 +135,72 @@ def test_map_follows_a_replaced_file(tmp_path: Path) -> None:
     os.replace(tmp_path / "f.fits", path)
     cf.clear_cache()
     np.testing.assert_array_equal(cf.open_hdu(path, 1).values, fits.getdata(path, 1))
+
+
+def test_truncated_local_file_still_reads_what_it_holds(tmp_path: Path) -> None:
+    """Regions inside the bytes a cut-short file still holds read exactly (the map is shorter
+    than the HDU); one past them is refused naming file and HDU."""
+    data = RNG.normal(size=(100, 100)).astype(">f4")
+    path = str(tmp_path / "cut.fits")
+    fits.PrimaryHDU(data).writeto(path)
+    info = cf.hdu_info(path, 0)
+    with open(path, "r+b") as f:
+        f.truncate(info.data_offset + 50 * 400)
+    with dask.config.set({"cloudlab.fits.revalidate-seconds": -1}):
+        np.testing.assert_array_equal(cf.read_region(info, (slice(10, 20),)), data[10:20])
+        got = cf.read_regions(info, [[(0, 50), (3, 9)], [(49, 50)]])
+        np.testing.assert_array_equal(got[0], data[:50, 3:9])
+        np.testing.assert_array_equal(got[1], data[49:50])
+        with pytest.raises(FITSFormatError, match="truncated") as err:
+            cf.read_region(info, (slice(40, 60),))
+    assert path in str(err.value) and "HDU 0" in str(err.value)
+
+
+def test_revalidation_at_most_once_per_interval(tmp_path: Path, monkeypatch) -> None:
+    """Small local reads ask for the file's size and modification marker at most once per
+    ``cloudlab.fits.revalidate-seconds`` (``0``: once per read)."""
+    from cloudlab import storage
+
+    asked = []
+    real = storage.file_info
+    monkeypatch.setattr(storage, "file_info", lambda *a, **k: asked.append(a) or real(*a, **k))
+    path = str(tmp_path / "cube.fits")
+    fits.PrimaryHDU(RNG.normal(size=(8, 30, 30))).writeto(path)
+    ref = fits.getdata(path)
+    info = cf.hdu_info(path, 0)
+    before = len(asked)
+    for k in range(20):
+        box = (slice(None), slice(k, k + 10), slice(k, k + 10))
+        np.testing.assert_array_equal(cf.read_region(info, box), ref[box])
+    assert len(asked) == before
+    with dask.config.set({"cloudlab.fits.revalidate-seconds": 0}):
+        for k in range(5):
+            cf.read_regions(info, [[(0, 8), (k, k + 3), (k, k + 3)], [(1, 2)]])
+    assert len(asked) == before + 5
+
+
+def test_other_filesystems_keep_ranged_reads(tmp_path: Path, monkeypatch) -> None:
+    """A file behind another fsspec filesystem (here the memory filesystem) takes one batched
+    ranged read, never the memory map."""
+    from cloudlab import storage
+
+    calls = {"map": 0, "ranges": 0}
+    real_map, real_ranges = regions.map_local, regions.cat_ranges
+
+    def counted(name, fn):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(regions, "map_local", counted("map", real_map))
+    monkeypatch.setattr(regions, "cat_ranges", counted("ranges", real_ranges))
+    data = RNG.normal(size=(12, 40)).astype(">f4")
+    fits.PrimaryHDU(data).writeto(tmp_path / "a.fits")
+    url = "memory://fits-local-test/a.fits"
+    storage.write_bytes(url, (tmp_path / "a.fits").read_bytes(), overwrite=True)
+    got = cf.read_regions(cf.hdu_info(url, 0), [[(2, 5), (3, 9)], [(7, 8)]])
+    np.testing.assert_array_equal(got[0], data[2:5, 3:9])
+    np.testing.assert_array_equal(got[1], data[7:8])
+    assert calls == {"map": 0, "ranges": 1}
