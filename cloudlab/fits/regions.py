@@ -24,7 +24,7 @@ from astropy.io import fits
 from cloudlab import storage
 from cloudlab.errors import FITSFormatError, InputError, NotFoundError, StorageError
 from cloudlab.fits.header import HDUInfo, fingerprint_of, padded
-from cloudlab.fits.sources import cat_ranges, gone, read_gzip_span, read_local_ranges
+from cloudlab.fits.sources import cat_ranges, gone, map_local, read_gzip_span
 
 __all__ = [
     "DEFAULT_MERGE_GAP",
@@ -37,6 +37,7 @@ __all__ = [
     "normalize_index",
     "plan_ranges",
     "plan_reads",
+    "read_local_boxes",
     "read_region",
     "read_regions",
     "scale",
@@ -362,8 +363,9 @@ def fetch_ranges(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fetch merged byte ranges of ``info``'s file with one batched request.
 
-    Remote files: one ``storage.cat_ranges`` call; local files: one open, read straight into one
-    writable buffer; gzip files: one decompressed span from the first start to the last end.
+    Remote (and local) files: one ``storage.cat_ranges`` call; gzip files: one decompressed span
+    from the first start to the last end. Region reads of local uncompressed files do not come
+    here: they copy straight out of a memory map (:func:`read_local_boxes`).
 
     Parameters
     ----------
@@ -391,9 +393,6 @@ def fetch_ranges(
     """
     check_unchanged(info)
     sizes = ends - starts
-    local = (
-        None if info.gzip else storage.local_path(info.url, storage_options=info.storage_options)
-    )
     if info.gzip:
         first, last = int(starts[0]), int(ends[-1])
         buf = np.frombuffer(
@@ -401,9 +400,6 @@ def fetch_ranges(
         )
         offsets = starts - first
         got = np.clip(len(buf) - offsets, 0, sizes)
-    elif local is not None:
-        buf, got = read_local_ranges(local, starts.tolist(), ends.tolist())
-        offsets = np.cumsum(sizes) - sizes
     else:
         raw = cat_ranges(
             info.url, starts.tolist(), ends.tolist(), storage_options=info.storage_options
@@ -501,6 +497,55 @@ def _read_compressed(info: HDUInfo, boxes: Sequence[Box]) -> list[np.ndarray]:
         raise gone(info.url, exc) from exc
 
 
+def read_local_boxes(info: HDUInfo, path: str, boxes: Sequence[Box]) -> list[np.ndarray]:
+    """Scaled pixels of non-empty boxes of a local uncompressed HDU, copied from a memory map.
+
+    The fast path of local files: the file is mapped read-only (the map is kept for the next
+    read, :func:`~cloudlab.fits.sources.map_local`), each box is one strided numpy view of the
+    mapped bytes, and scaling (:func:`scale`) makes the one copy that converts to
+    native byte order, so a page-cached region costs what numpy's copy costs. The file's size is
+    checked first (a truncated file raises instead of faulting), and :func:`check_unchanged`
+    runs as for every read.
+
+    Parameters
+    ----------
+    info : HDUInfo
+        An uncompressed image HDU of a local file.
+    path : str
+        The file's local path.
+    boxes : sequence of boxes
+        Non-empty (start, stop) per axis, inside the image.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One array per box, equal to ``astropy.io.fits.getdata(path, hdu)[box]``.
+
+    Raises
+    ------
+    FITSFormatError
+        The file is shorter than the boxes need (truncated).
+    NotFoundError, StorageError
+        The file is gone or was rewritten after it was opened.
+    """
+    check_unchanged(info)
+    itemsize = info.raw_dtype.itemsize
+    last = max(int(np.ravel_multi_index([b - 1 for _, b in box], info.shape)) for box in boxes)
+    end = info.data_offset + (last + 1) * itemsize
+    mapped = map_local(path, end, f"{info.url}: HDU {info.index}")
+    # only the elements up to the boxes' last one need be in the file (a file cut short after
+    # it was opened still reads what it holds): a flat view of those, strided to the HDU's shape
+    flat = np.frombuffer(mapped, dtype=info.raw_dtype, count=last + 1, offset=info.data_offset)
+    strides = tuple(int(np.prod(info.shape[k + 1 :], dtype=np.int64)) * itemsize
+                    for k in range(len(info.shape)))  # fmt: skip
+    whole = np.lib.stride_tricks.as_strided(flat, info.shape, strides, writeable=False)
+    out = []
+    for box in boxes:
+        data = scale(whole[tuple(slice(a, b) for a, b in box)], info)
+        out.append(np.array(data) if np.may_share_memory(data, whole) else data)
+    return out
+
+
 def _read_boxes(info: HDUInfo, boxes: Sequence[Box]) -> list[np.ndarray]:
     """Scaled pixels of valid boxes (empty boxes allowed), in the order given."""
     out: list[np.ndarray | None] = [None] * len(boxes)
@@ -514,6 +559,14 @@ def _read_boxes(info: HDUInfo, boxes: Sequence[Box]) -> list[np.ndarray]:
         return out
     if info.kind == "compressed":
         for k, data in zip(todo, _read_compressed(info, [boxes[k] for k in todo]), strict=True):
+            out[k] = data
+        return out
+    local = None
+    if not info.gzip:
+        local = storage.local_path(info.url, storage_options=info.storage_options)
+    if local is not None:
+        found = read_local_boxes(info, local, [boxes[k] for k in todo])
+        for k, data in zip(todo, found, strict=True):
             out[k] = data
         return out
     plan = plan_reads([boxes[k] for k in todo], info.shape, info.raw_dtype.itemsize,

@@ -2,17 +2,19 @@
 
 The header walk reads through a source (a few blocks per request). Region reads
 (:func:`cloudlab.fits.regions.fetch_ranges`) fetch remote files' pixel bytes with one
-``storage.cat_ranges`` call, local files' with :func:`read_local_ranges` (straight into one
-writable buffer, no intermediate copies) and gzip files' with :func:`read_gzip_span`.
+``storage.cat_ranges`` call and gzip files' with :func:`read_gzip_span`; local uncompressed files
+are memory-mapped (:func:`map_local`) and their regions copied straight out of the page cache.
 """
 
 from __future__ import annotations
 
 import gzip
+import mmap
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import IO
-
-import numpy as np
 
 from cloudlab import storage
 from cloudlab.errors import FITSFormatError, NotFoundError, StorageError
@@ -23,8 +25,8 @@ __all__ = [
     "RangedSource",
     "cat_ranges",
     "gone",
+    "map_local",
     "read_gzip_span",
-    "read_local_ranges",
     "refuse_compression",
 ]
 
@@ -226,43 +228,74 @@ def read_gzip_span(url: str, start: int, end: int, *, storage_options: dict | No
         ) from exc
 
 
-def read_local_ranges(
-    path: str, starts: Sequence[int], ends: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Byte ranges of a local file read straight into one writable buffer (one open).
+#: Memory maps of local files kept open (most recently used last), keyed by path; an entry is
+#: used only while the file's inode, size and mtime are those it was mapped with.
+_MAPS: OrderedDict[str, tuple[tuple[int, int, int], mmap.mmap]] = OrderedDict()
+_MAPS_MAX = 64
+_MAPS_LOCK = threading.Lock()
+
+
+def map_local(path: str, end: int, what: str) -> mmap.mmap:
+    """A read-only memory map of a local file, after checking that it holds its first ``end``
+    bytes.
+
+    Maps are kept open (up to 64 files, least recently used dropped first), so that repeated
+    reads of a page-cached file touch mapped pages only; each call checks the file's inode,
+    size and mtime with one ``stat`` and maps it again when any changed.
 
     Parameters
     ----------
     path : str
         Local file path.
-    starts, ends : sequence of int
-        Byte ranges ``[start, end)``.
+    end : int
+        Bytes the caller will read (one past the last byte).
+    what : str
+        Start of the truncation message (file and HDU).
 
     Returns
     -------
-    buf : numpy.ndarray
-        uint8, the ranges back to back (each at the sum of the sizes before it).
-    got : numpy.ndarray of int64
-        Bytes read per range: shorter than asked where the file ends early.
+    mmap.mmap
+        The whole file, read-only (shared: do not close it).
+
+    Raises
+    ------
+    NotFoundError
+        The file is gone.
+    FITSFormatError
+        The file is shorter than ``end`` bytes (truncated).
     """
-    sizes = [int(e) - int(s) for s, e in zip(starts, ends, strict=True)]
-    buf = np.empty(sum(sizes), dtype=np.uint8)
-    view = memoryview(buf)
-    got = []
-    pos = 0
     try:
-        f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
+        st = os.stat(path)
     except FileNotFoundError as exc:
         raise gone(path, exc) from exc
-    with f:
-        for start, size in zip(starts, sizes, strict=True):
-            f.seek(int(start))
-            done = 0
-            while done < size:
-                n = f.readinto(view[pos + done : pos + size])
-                if not n:
-                    break
-                done += n
-            got.append(done)
-            pos += size
-    return buf, np.array(got, dtype=np.int64)
+    if st.st_size < end:
+        raise FITSFormatError(
+            f"{what}: truncated: asked for bytes up to {end}, the file has {st.st_size} bytes; "
+            "the file is shorter than its header says"
+        )
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _MAPS_LOCK:
+        hit = _MAPS.get(path)
+        if hit is not None and hit[0] == key:
+            _MAPS.move_to_end(path)
+            return hit[1]
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError as exc:
+        raise gone(path, exc) from exc
+    try:
+        st = os.fstat(fd)
+        if st.st_size < end:
+            raise FITSFormatError(
+                f"{what}: truncated: asked for bytes up to {end}, the file has {st.st_size} "
+                "bytes; the file is shorter than its header says"
+            )
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    with _MAPS_LOCK:
+        _MAPS[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), mapped)
+        _MAPS.move_to_end(path)
+        while len(_MAPS) > _MAPS_MAX:  # dropped maps close once no array uses them
+            _MAPS.popitem(last=False)
+    return mapped
