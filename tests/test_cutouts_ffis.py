@@ -160,3 +160,38 @@ def test_requests_per_ffi_on_an_object_store(sim, object_store, tmp_path):
         assert read.total_requests == 2 * 2 * n  # 2 HDUs x 2 row bands per FFI
     ref = make_cutouts(targets, cube_url=sim.cube_url, size=5)
     np.testing.assert_array_equal(flux.values, ref["flux"].values)
+
+
+def test_header_index_saves_every_header_request(sim, object_store, tmp_path):
+    """The second session reads every FFI header from the index: only the listing and the index
+    itself are requested; a rewritten FFI is read again and the index rewritten."""
+    from cloudlab.fits import clear_cache
+    from cloudlab.storage import resolve
+    from cloudlab.testing import Shaper
+
+    with Shaper(object_store.port, latency=0.002, bandwidth=None) as shaper:
+        options = object_store.storage_options(shaper.endpoint_url)
+        prefix = f"s3://data/{tmp_path.name}"
+        fs, _ = resolve(prefix, storage_options=options)
+        for url in sim.ffi_urls:
+            fs.put(url, f"{prefix.removeprefix('s3://')}/ffi/{url.rsplit('/', 1)[-1]}")
+        glob, index = f"{prefix}/ffi/*_ffic.fits", f"{prefix}/out/ffi-headers.parquet"
+        targets = _targets(sim, PIXELS[:3])
+        first = make_cutouts(targets, ffis=glob, ffi_index=index, size=5, storage_options=options)
+        assert fs.exists(index.removeprefix("s3://"))
+        clear_cache()
+        fs.invalidate_cache()
+        shaper.reset()
+        again = make_cutouts(targets, ffis=glob, ffi_index=index, size=5, storage_options=options)
+        opened = shaper.reset()
+        assert opened.total_requests <= 3, opened  # the listing and the index, no FFI header
+        np.testing.assert_array_equal(again["flux"].values, first["flux"].values)
+        # rewrite one FFI (same bytes, new modification marker): only it is read again
+        name = sim.ffi_urls[0].rsplit("/", 1)[-1]
+        fs.put(sim.ffi_urls[0], f"{prefix.removeprefix('s3://')}/ffi/{name}")
+        clear_cache()
+        fs.invalidate_cache()
+        shaper.reset()
+        make_cutouts(targets, ffis=glob, ffi_index=index, size=5, storage_options=options)
+        opened = shaper.reset()
+        assert 3 < opened.total_requests <= 3 + 2 + 1, opened  # + its two header reads + a PUT

@@ -112,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--ffis",
         metavar="GLOB",
         help="cut straight from these calibrated FFIs of one sector, camera and CCD (a glob or "
-        "URL), no cube needed",
+        "URL), no cube needed; their headers are kept in OUT/ffi-headers.parquet for the next run",
     )
     p.add_argument("--limit", type=int, help="only the first N targets")
     p.add_argument("--out", required=True, help="output directory (local path or URL)")
@@ -264,6 +264,7 @@ def _cut(args: argparse.Namespace, targets) -> list[tuple]:
                 on_error="skip",
                 pad=args.pad,
                 ffis=run.get("ffis"),
+                ffi_index=None if run.get("ffis") is None else f"{args.out}/ffi-headers.parquet",
             )
         except ValueError as err:
             if len(_runs(args)) == 1 or not isinstance(err, InputError):

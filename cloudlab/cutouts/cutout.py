@@ -280,6 +280,7 @@ def make_cutouts(
     storage_options: dict | None = None,
     pad: bool = True,
     ffis: str | Sequence[str] | None = None,
+    ffi_index: str | None = None,
 ) -> xr.Dataset:
     """Cut every target out of its sector cube, or straight out of the FFIs, lazily, as one
     dask graph.
@@ -320,6 +321,10 @@ def make_cutouts(
         FFIs, each with one batched ranged read per HDU for all targets. The result equals the
         cube path on the cube astrocut's ``CubeFactory`` would build from the same FFIs
         (``cube_url`` is then the glob, or the first FFI of a list).
+    ffi_index : str, optional
+        With ``ffis``: a Parquet header index to read the FFIs' headers from (for FFIs
+        unchanged since) and to write, so that the next session makes no header request
+        (:func:`cloudlab.io.tess.ffi_cube_meta`).
 
     Returns
     -------
@@ -357,7 +362,9 @@ def make_cutouts(
     if ffis is not None:
         if cube_url is not None:
             raise InputError("make_cutouts: give cube_url or ffis, not both")
-        ffi_meta, ffi_urls, _ = ffi_cube_meta(ffis, storage_options=storage_options)
+        ffi_meta, ffi_urls, _ = ffi_cube_meta(
+            ffis, storage_options=storage_options, index=ffi_index
+        )
         cube_url = ffi_meta.url
     urls = _assign_cubes(t, sector, cube_url, cube_base, failed)
     metas: dict[str, CubeMeta] = {}

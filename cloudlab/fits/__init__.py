@@ -28,9 +28,11 @@ from cloudlab.fits.codecs import FITSScale, FITSTile
 from cloudlab.fits.header import (
     FITSError,
     HDUInfo,
+    cache_records,
     clear_cache,
     hdu_info,
     hdu_infos,
+    hdu_records,
     header_int,
 )
 from cloudlab.fits.references import references, write_references
@@ -42,10 +44,12 @@ __all__ = [
     "FITSScale",
     "FITSTile",
     "HDUInfo",
+    "cache_records",
     "clear_cache",
     "default_dims",
     "hdu_info",
     "hdu_infos",
+    "hdu_records",
     "header_int",
     "open_hdu",
     "open_stack",

@@ -7,6 +7,7 @@ options) and revalidated against the file's size and modification marker.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
@@ -31,11 +32,13 @@ __all__ = [
     "FITSError",
     "HDUInfo",
     "card_fields",
+    "cache_records",
     "clear_cache",
     "fingerprint_of",
     "fits_text",
     "hdu_info",
     "hdu_infos",
+    "hdu_records",
     "header_int",
     "padded",
     "parse_value",
@@ -710,6 +713,86 @@ def hdu_infos(
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return infos
+
+
+def hdu_records(infos: list[HDUInfo]) -> list[dict[str, Any]]:
+    """What rebuilds these HDUs' descriptions without reading their files (a header index).
+
+    Parameters
+    ----------
+    infos : list of HDUInfo
+        From :func:`hdu_info` / :func:`hdu_infos` (whole-file gzip HDUs are left out).
+
+    Returns
+    -------
+    list of dict
+        Per HDU: ``url``, ``index``, ``header_text``, ``header_offset``, ``data_offset``,
+        ``file_size`` and ``fingerprint`` (the file's size and modification marker, as JSON),
+        plain values a table (Parquet, CSV) can hold.
+    """
+    return [
+        {
+            "url": info.url,
+            "index": int(info.index),
+            "header_text": info.header_text,
+            "header_offset": int(info.header_offset),
+            "data_offset": int(info.data_offset),
+            "file_size": -1 if info.file_size is None else int(info.file_size),
+            "fingerprint": json.dumps(list(info.fingerprint)),
+        }
+        for info in infos
+        if not info.gzip
+    ]
+
+
+def cache_records(
+    records: list[dict[str, Any]],
+    file_infos: dict[str, dict],
+    *,
+    storage_options: dict | None = None,
+) -> int:
+    """Put the HDUs of :func:`hdu_records` into the header cache, for files unchanged since.
+
+    A record is used only when its file's current ``fs.info`` (``file_infos``, from a listing)
+    has the size and modification marker it was made with; others are left out, so their
+    headers are read again.
+
+    Parameters
+    ----------
+    records : list of dict
+        From :func:`hdu_records` (for example read back from an index file).
+    file_infos : dict
+        URL to its current ``fs.info``.
+    storage_options : dict, optional
+        The options the HDUs will be read with (part of the cache key).
+
+    Returns
+    -------
+    int
+        Records put into the cache.
+    """
+    options_key = tokenize(storage_options) if storage_options else None
+    now = time.time()
+    used = 0
+    for record in records:
+        url = str(record["url"])
+        current = file_infos.get(url)
+        if current is None or json.dumps(list(fingerprint_of(current))) != record["fingerprint"]:
+            continue
+        index = int(record["index"])
+        offsets = int(record["header_offset"]), int(record["data_offset"])
+        info = _info_from_header(str(record["header_text"]), url, index, *offsets)
+        info.storage_options = storage_options
+        info.file_size = None if int(record["file_size"]) < 0 else int(record["file_size"])
+        info.fingerprint = fingerprint_of(current)
+        info.read_at = now
+        with _cache_lock:
+            _cache[(url, index, options_key)] = info
+        used += 1
+    with _cache_lock:
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return used
 
 
 def header_int(header: Any, key: str, url: str, default: int | None = None) -> int | None:

@@ -318,8 +318,44 @@ def _ffi_headers(
         return list(pool.map(one, found))
 
 
+def _load_header_index(
+    index: str, found: list[tuple[str, dict | None]], storage_options: dict | None
+) -> int:
+    """Put the FFI headers of a header index into the header cache (those of files unchanged
+    since it was written); the number of HDUs taken from it."""
+    import io
+
+    import pandas as pd
+
+    try:
+        data = storage.read_bytes(index, storage_options=storage_options)
+    except FileNotFoundError:
+        return 0
+    try:
+        records = pd.read_parquet(io.BytesIO(data)).to_dict("records")
+    except (OSError, ValueError) as exc:  # a damaged cache is rebuilt, not fatal
+        warnings.warn(f"{index}: unreadable FFI header index ({exc}); rebuilding it", stacklevel=3)
+        return 0
+    listed = {url: info for url, info in found if info is not None}
+    return lfits.cache_records(records, listed, storage_options=storage_options)
+
+
+def _write_header_index(index: str, rows: list, storage_options: dict | None) -> None:
+    import io
+
+    import pandas as pd
+
+    infos = [h for _, *hdus in rows for h in hdus if h is not None]
+    buf = io.BytesIO()
+    pd.DataFrame(lfits.hdu_records(infos)).to_parquet(buf, index=False)
+    storage.write_bytes(index, buf.getvalue(), storage_options=storage_options)
+
+
 def ffi_cube_meta(
-    urls_or_glob: str | list[str], *, storage_options: dict | None = None
+    urls_or_glob: str | list[str],
+    *,
+    storage_options: dict | None = None,
+    index: str | None = None,
 ) -> tuple[CubeMeta, list[str], bool]:
     """What the cutout cube of these FFIs would hold, from the FFIs' headers alone.
 
@@ -333,6 +369,10 @@ def ffi_cube_meta(
         Calibrated FFIs of one sector, camera and CCD: a glob, a URL or a list.
     storage_options : dict, optional
         Filesystem keyword arguments.
+    index : str, optional
+        A header index (Parquet): headers of FFIs listed unchanged since it was written (same
+        size and modification marker) are taken from it instead of the files; it is written,
+        or rewritten, when it lacks any. A cache: deleting it only costs a new header scan.
 
     Returns
     -------
@@ -350,7 +390,10 @@ def ffi_cube_meta(
     found = storage.expand_detail(urls_or_glob, storage_options=storage_options)
     if not found:
         raise InputError(f"no FFIs given: {urls_or_glob!r}")
+    cached = 0 if index is None else _load_header_index(index, found, storage_options)
     rows = _ffi_headers(found, storage_options)
+    if index is not None and cached < sum(1 for _, *hdus in rows for h in hdus if h is not None):
+        _write_header_index(index, rows, storage_options)
     starts = []
     for url, _, image, _ in rows:
         value = image.get("TSTART")
