@@ -122,8 +122,11 @@ def test_cli_cuts_from_ffis(sim, tmp_path, capsys):
     glob = f"{sim.dest}/*_ffic.fits"
     assert main([*base, "--ffis", glob, "--out", str(tmp_path / "f")]) == 0
     assert main([*base, "--cube", sim.cube_url, "--out", str(tmp_path / "c")]) == 0
-    (name,) = [p.name for p in (tmp_path / "f").iterdir()]
-    assert name == "tic9_s0055-1-1_5x5_tpf.fits"
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == [
+        "ffi-headers.parquet",  # the FFIs' headers, for the next run
+        "tic9_s0055-1-1_5x5_tpf.fits",
+    ]
+    name = "tic9_s0055-1-1_5x5_tpf.fits"
     with fits.open(tmp_path / "f" / name) as a, fits.open(tmp_path / "c" / name) as b:
         np.testing.assert_array_equal(a[1].data["FLUX"], b[1].data["FLUX"])
         np.testing.assert_array_equal(a[1].data["TIME"], b[1].data["TIME"])
