@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from astropy.wcs import WCS
 
 from cloudlab import fits as cf
 from cloudlab import storage
@@ -63,12 +62,7 @@ SUNPY_FILES = _files(SUNPY_DATA, ("*.fits", "*.fits.gz", "*.fts.gz", "*/*.fits",
 
 # Cases still open (strict xfail: each turns into a failure the day it starts to pass).
 OPEN_IMAGES: dict[str, str] = {}
-OPEN_SUNPY = {
-    "efz20040301.000010_s.fits": "EIT: the WCS does not match sunpy's map (sunpy fixes the header)",
-    "efz20040301.010016_s.fits": "EIT: the WCS does not match sunpy's map (sunpy fixes the header)",
-    "heliographic_phase_map.fits.gz": "CUNIT 'degree' makes astropy's WCS fail",
-    "hsi_image_20101016_191218.fits": "RHESSI: the WCS does not match sunpy's map",
-}
+OPEN_SUNPY: dict[str, str] = {}
 
 
 def _params(paths: list[Path], open_cases: dict[str, str]) -> list:
@@ -266,7 +260,7 @@ def test_sunpy_test_files(path: Path) -> None:
             assert str(header[key]) == str(smap.meta[key.lower()])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        wcs = WCS(header, naxis=2)
+        wcs = aia.wcs_of(arr.rename(dict(zip(arr.dims, ("y", "x"), strict=True))))
     pix = np.array([[0.0, 0.0], [10.5, 7.25], [smap.data.shape[1] - 1, smap.data.shape[0] - 1]])
     np.testing.assert_allclose(wcs.pixel_to_world_values(pix[:, 0], pix[:, 1]),
                                smap.wcs.pixel_to_world_values(pix[:, 0], pix[:, 1]))  # fmt: skip

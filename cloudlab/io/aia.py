@@ -270,9 +270,30 @@ def header_of(cube: xr.DataArray) -> afits.Header:
     return afits.Header.fromstring(text) if isinstance(text, str) else afits.Header(text)
 
 
+_UNIT_NAMES = {"degree": "deg", "degrees": "deg", "arcsecs": "arcsec", "arcseconds": "arcsec"}
+_HELIOPROJECTIVE_NAMES = ("solar-x", "solar_x", "solar-y", "solar_y", "arcsec")
+
+
+def _solar_header(header: afits.Header) -> afits.Header:
+    """Spellings older solar headers use (EIT's ``Solar-X``, RHESSI's ``CTYPE = 'arcsec'``,
+    ``CUNIT = 'degree'``) made standard, as sunpy's map sources do: helioprojective axes are
+    ``HPLN-TAN``/``HPLT-TAN`` in arcsec unless the header says otherwise."""
+    for axis, ctype in ((1, "HPLN-TAN"), (2, "HPLT-TAN")):
+        unit = str(header.get(f"CUNIT{axis}", "")).strip()
+        if unit.lower() in _UNIT_NAMES:
+            header[f"CUNIT{axis}"] = _UNIT_NAMES[unit.lower()]
+        kind = str(header.get(f"CTYPE{axis}", "")).strip().lower()
+        if kind in _HELIOPROJECTIVE_NAMES:
+            header[f"CTYPE{axis}"] = ctype
+        if str(header.get(f"CTYPE{axis}", "")).startswith(("HPLN", "HPLT")) and not unit:
+            header[f"CUNIT{axis}"] = "arcsec"
+    return header
+
+
 def wcs_of(cube: xr.DataArray) -> WCS:
-    """The celestial WCS of a cube or map (from ``attrs["fits_header"]``)."""
-    header = header_of(cube)
+    """The celestial WCS of a cube or map (from ``attrs["fits_header"]``; EIT's, RHESSI's and
+    other older solar spellings of the axes and units read as sunpy reads them)."""
+    header = _solar_header(header_of(cube))
     header["NAXIS"] = 2
     header["NAXIS1"] = cube.sizes["x"]
     header["NAXIS2"] = cube.sizes["y"]
