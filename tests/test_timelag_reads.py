@@ -1,6 +1,6 @@
 """What AIA cubes read: crops and frame selections go into the reads, headers cost one request.
 
-The files sit behind a counting filesystem (the local disk under the ``countfile://``
+The files sit behind a counting filesystem (the local disk under the ``countreads://``
 protocol), so every request and every byte the library asks for is counted; values are checked
 against ``astropy.io.fits.getdata`` of the same files.
 """
@@ -31,7 +31,7 @@ SHAPE = (96, 128)
 class CountingFileSystem(LocalFileSystem):
     """The local disk, counting metadata requests, ranged reads and the bytes they return."""
 
-    protocol = "countfile"
+    protocol = "countreads"
     counts: Counter = Counter()
     lock = threading.Lock()
     listing = threading.local()
@@ -68,7 +68,7 @@ class CountingFileSystem(LocalFileSystem):
         return before
 
 
-fsspec.register_implementation("countfile", CountingFileSystem, clobber=True)
+fsspec.register_implementation("countreads", CountingFileSystem, clobber=True)
 
 
 @pytest.fixture(autouse=True)
@@ -95,14 +95,14 @@ def files(tmp_path_factory) -> list[Path]:
 
 
 def counted_glob(files: list[Path]) -> str:
-    return f"countfile://{files[0].parent}/frame_*.fits"
+    return f"countreads://{files[0].parent}/frame_*.fits"
 
 
 def reference(cube, files: list[Path]) -> np.ndarray:
     """The frames of ``cube`` (by url), read whole with astropy, divided by EXPTIME."""
     planes = []
     for url in cube["url"].values:
-        path = url.removeprefix("countfile://")
+        path = url.removeprefix("countreads://")
         with fits.open(path) as hdul:
             hdu = hdul[0] if hdul[0].data is not None else hdul[1]
             planes.append(hdu.data.astype(np.float32) / np.float32(hdu.header["EXPTIME"]))
