@@ -163,45 +163,60 @@ def cube_wcs_header(
     (astropy.io.fits.Header, int)
         The header built from that row, and the row index.
     """
-    n = len(table)
     if key not in table.colnames:
         raise FITSFormatError(f"cube table has no {key} column: no WCS")
+    i = _wcs_row(table[key], value)
+    if i is None:
+        raise FITSFormatError(f"no row of the cube table has {key} = {value!r}: no WCS")
+    row = table[i]
+    return _header_from((name, row[name]) for name in table.colnames), i
+
+
+def _wcs_row(values, value: str = "DEC--TAN-SIP") -> int | None:
+    """astrocut's choice of WCS row: the first at or after ``len(values) // 2`` (wrapping to
+    row 0) whose value (``CTYPE2``) is ``value``; None when there is none."""
+    n = len(values)
     for k in range(n):
         i = (n // 2 + k) % n
-        cell = table[key][i]
+        cell = values[i]
         cell = cell.decode() if isinstance(cell, bytes) else str(cell)
         if cell.strip() == value:
-            break
-    else:
-        raise FITSFormatError(f"no row of the cube table has {key} = {value!r}: no WCS")
+            return i
+    return None
+
+
+def _header_from(items) -> fits.Header:
+    """A header of ``(keyword, value)`` pairs (the first of repeated keywords), bytes decoded,
+    NaN values left out."""
     header = fits.Header()
-    row = table[i]
-    for name in table.colnames:
-        val = row[name]
+    for name, val in items:
         if isinstance(val, bytes):
             val = val.decode()
         elif isinstance(val, np.generic):
             val = val.item()
-        if not isinstance(val, str) and np.isnan(val):
+        if name in header or (isinstance(val, float) and np.isnan(val)):
             continue
         header[name] = val
-    return header, i
+    return header
 
 
-def _science_region(table, n_rows: int, n_cols: int) -> dict:
-    """0-based science region from the SPOC collateral keywords, or the full-size default."""
-    names = set(table.colnames)
-    if {"SCCSA", "SCCED", "SCIROWE"} <= names:
-        row_start = int(table["SCIROWS"][0]) - 1 if "SCIROWS" in names else 0
+def _science_region(first: dict, n_rows: int, n_cols: int) -> dict:
+    """0-based science region from the SPOC collateral keywords of the first frame's header
+    (a cube table's first row), or the full-size default."""
+    if {"SCCSA", "SCCED", "SCIROWE"} <= first.keys():
+        row_start = int(first["SCIROWS"]) - 1 if "SCIROWS" in first else 0
         return {
-            "col_start": int(table["SCCSA"][0]) - 1,
-            "col_stop": int(table["SCCED"][0]),
+            "col_start": int(first["SCCSA"]) - 1,
+            "col_stop": int(first["SCCED"]),
             "row_start": row_start,
-            "row_stop": int(table["SCIROWE"][0]),
+            "row_stop": int(first["SCIROWE"]),
         }
     if (n_rows, n_cols) == FULL_SHAPE:
         return dict(FULL_SCIENCE)
     return {"col_start": 0, "col_stop": n_cols, "row_start": 0, "row_stop": n_rows}
+
+
+_SCIENCE_KEYS = ("SCCSA", "SCCED", "SCIROWS", "SCIROWE")
 
 
 @functools.lru_cache(maxsize=128)
@@ -259,7 +274,11 @@ def _cube_meta_cached(url: str, options_key: str) -> CubeMeta:
         wcs_header=wcs_header.tostring(sep="\n"),
         wcs_row=int(wcs_row),
         primary_header=ph.tostring(sep="\n"),
-        science=_science_region(table, n_rows, n_cols),
+        science=_science_region(
+            {k: table[k][0] for k in _SCIENCE_KEYS if k in table.colnames and len(table)},
+            n_rows,
+            n_cols,
+        ),
         sector=lfits.header_int(ph, "SECTOR", f"{url} (primary header)"),
         camera=number("CAMERA"),
         ccd=number("CCD"),
@@ -419,39 +438,22 @@ def ffi_cube_meta(
         )
     n = len(rows)
     headers = [image.header for _, _, image, _ in rows]
-    wcs_row = next(
-        ((n // 2 + k) % n for k in range(n)
-         if str(headers[(n // 2 + k) % n].get("CTYPE2", "")).strip() == "DEC--TAN-SIP"),
-        None,
-    )  # fmt: skip
+    wcs_row = _wcs_row([str(h.get("CTYPE2", "")) for h in headers])
     if wcs_row is None:
         raise FITSFormatError(f"no FFI in {urls_or_glob!r} has CTYPE2 = 'DEC--TAN-SIP': no WCS")
-    wcs_header = fits.Header()
-    for card in headers[wcs_row].cards:
-        if card.keyword in ("", "COMMENT", "HISTORY") or card.keyword in wcs_header:
-            continue
-        if isinstance(card.value, float) and np.isnan(card.value):
-            continue
-        wcs_header[card.keyword] = card.value
+    wcs_header = _header_from(
+        (card.keyword, card.value)
+        for card in headers[wcs_row].cards
+        if card.keyword not in ("", "COMMENT", "HISTORY")
+    )
 
     def column(key: str, default: float, dtype) -> np.ndarray:
         values = [h.get(key, default) for h in headers]
         return np.array([default if v is None else v for v in values], dtype=dtype)
 
     n_rows, n_cols = shapes.pop()
-    first = headers[0]
-    geometry = {k: first.get(k) for k in ("SCCSA", "SCCED", "SCIROWS", "SCIROWE")}
-    if all(isinstance(v, int) for v in geometry.values()):
-        science = {
-            "col_start": geometry["SCCSA"] - 1,
-            "col_stop": geometry["SCCED"],
-            "row_start": geometry["SCIROWS"] - 1,
-            "row_stop": geometry["SCIROWE"],
-        }
-    elif (n_rows, n_cols) == FULL_SHAPE:
-        science = dict(FULL_SCIENCE)
-    else:
-        science = {"col_start": 0, "col_stop": n_cols, "row_start": 0, "row_stop": n_rows}
+    first = {k: headers[0][k] for k in _SCIENCE_KEYS if isinstance(headers[0].get(k), int)}
+    science = _science_region(first, n_rows, n_cols)
     url0, primary0, _, _ = rows[0]
     camera, ccd, sector = ids.pop()
     meta = CubeMeta(
