@@ -172,19 +172,17 @@ def task_outputs(
     return da.Array(graph, out, chunks, dtype=dtype, meta=meta)
 
 
-def client_batches(chunks: Sequence[int], item_bytes: int) -> list[tuple[int, int]]:
-    """Ranges of whole chunks to bring to the client one at a time, each about dask's
-    ``array.chunk-size``.
+def client_batches(array: Any) -> list[tuple[int, int]]:
+    """Ranges of whole chunks (along axis 0) to bring to the client one at a time, each about
+    dask's ``array.chunk-size``.
 
     Writers that must pass results through the client (one HDF5 file, a table) compute one
     range at a time, so the client holds a bounded amount whatever the input size.
 
     Parameters
     ----------
-    chunks : sequence of int
-        Chunk lengths along the item axis.
-    item_bytes : int
-        Bytes of one item.
+    array : dask.array.Array or numpy.ndarray
+        Items along axis 0 (an in-memory array is one chunk).
 
     Returns
     -------
@@ -192,7 +190,9 @@ def client_batches(chunks: Sequence[int], item_bytes: int) -> list[tuple[int, in
         ``(start, stop)`` item ranges covering every chunk in order; a range holds one chunk,
         or several whose total stays within ``array.chunk-size``.
     """
-    limit = max(int(item_bytes), parse_bytes(dask.config.get("array.chunk-size")))
+    chunks = array.chunks[0] if getattr(array, "chunks", None) else (array.shape[0],)
+    item_bytes = max(1, array.dtype.itemsize * math.prod(array.shape[1:]))
+    limit = max(item_bytes, parse_bytes(dask.config.get("array.chunk-size")))
     ranges: list[tuple[int, int]] = []
     start = stop = 0
     for size in chunks:

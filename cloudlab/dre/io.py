@@ -156,10 +156,8 @@ def _galaxy_batches(variable: xr.DataArray, *, progress: bool, what: str):
     from tqdm import tqdm
 
     n = variable.sizes["galaxy"]
-    chunks = variable.chunks[0] if variable.chunks else (n,)
-    per_galaxy = max(1, variable.dtype.itemsize * int(np.prod(variable.shape[1:])))
     with tqdm(total=n, desc=what, unit="galaxy", file=sys.stderr, disable=not progress) as bar:
-        for start, stop in client_batches(chunks, per_galaxy):
+        for start, stop in client_batches(variable.data):
             yield start, stop
             bar.update(stop - start)
 

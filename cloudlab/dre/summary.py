@@ -145,11 +145,9 @@ def summarize(result: xr.Dataset) -> Table:
     """
     axes = {dim: np.asarray(result[dim].values) for dim in MODEL_DIMS}
     n = result.sizes["galaxy"]
-    variable = result["chi"]
-    per_galaxy = max(1, variable.dtype.itemsize * int(np.prod(variable.shape[1:])))
     rows, flags = [], [np.zeros(0, result["flag"].dtype)]
     # χ comes to the client a bounded batch at a time, never whole
-    for start, stop in client_batches(variable.chunks[0] if variable.chunks else (n,), per_galaxy):
+    for start, stop in client_batches(result["chi"].data):
         computed = result[["chi", "flag"]].isel(galaxy=slice(start, stop)).compute()
         chi, flag = asnumpy(computed["chi"].data), asnumpy(computed["flag"].data)
         for c, f in zip(chi, flag, strict=True):

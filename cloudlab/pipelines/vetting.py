@@ -376,15 +376,22 @@ def _lc_reason(status):
     )
 
 
+def _cutout_frames(cut: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per target: its frames' quality flags, which frames are good, and its position in its
+    cutout (0-based row and column)."""
+    quality = np.asarray(cut["cube_quality"].values)[cut["cube_index"].values]
+    good = (quality & BAD_QUALITY_BITS) == 0
+    ref_row = cut["center_row"].values - cut["corner_row"].values
+    ref_col = cut["center_column"].values - cut["corner_column"].values
+    return quality, good, ref_row, ref_col
+
+
 def _light_curves(cut: xr.Dataset, aperture: str | int, local_background: bool) -> xr.Dataset:
     """Aperture photometry of every cutout, lazily: one Dataset on the ``target`` dim."""
     flux = cut["flux"].data
     tchunks = (flux.chunks[0],)
-    quality = np.asarray(cut["cube_quality"].values)[cut["cube_index"].values]
-    good = (quality & BAD_QUALITY_BITS) == 0
+    quality, good, ref_row, ref_col = _cutout_frames(cut)
     good_d = da.from_array(good, chunks=(tchunks[0], -1))
-    ref_row = cut["center_row"].values - cut["corner_row"].values
-    ref_col = cut["center_column"].values - cut["corner_column"].values
     mask = da.blockwise(
         _aperture_block, "tyx", flux, "tfyx", good_d, "tf",
         da.from_array(ref_row, chunks=tchunks), "t", da.from_array(ref_col, chunks=tchunks), "t",
@@ -663,14 +670,9 @@ def _centroid_offsets(catalog: pd.DataFrame, position: np.ndarray, cut: xr.Datas
         table = np.full((n_tic + 1, slots), np.nan)
         table[cut_pos, slot] = catalog[name].to_numpy(float)
         ephemeris[name] = table[:n_tic]
-    quality = np.asarray(cut["cube_quality"].values)[cut["cube_index"].values]
+    _, good, ref_row, ref_col = _cutout_frames(cut)
     offsets = centroid_offsets(
-        cut["flux"].data,
-        (quality & BAD_QUALITY_BITS) == 0,
-        np.asarray(cut["time"].values, float),
-        ephemeris,
-        cut["center_row"].values - cut["corner_row"].values,
-        cut["center_column"].values - cut["corner_column"].values,
+        cut["flux"].data, good, np.asarray(cut["time"].values, float), ephemeris, ref_row, ref_col
     )
     flat = np.where(position >= 0, cut_pos * slots + slot, -1)
     where = da.from_array(flat, chunks=1_000_000)
