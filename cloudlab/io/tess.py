@@ -22,7 +22,10 @@ from astropy.wcs import WCS, FITSFixedWarning
 from cloudlab import fits as lfits
 from cloudlab import storage
 from cloudlab.errors import FITSFormatError, InputError
-from cloudlab.io.tess_ffi import open_ffis  # re-exported: TESS FFI stacks
+from cloudlab.io.tess_ffi import (
+    _frame_hdus,
+    open_ffis,  # re-exported: TESS FFI stacks
+)
 from cloudlab.tess_detector import (
     FULL_SHAPE,
     SCIENCE_COLUMN_START,
@@ -320,11 +323,7 @@ def _ffi_headers(
 
     def one(item: tuple[str, dict | None]):
         url, file_info = item
-        primary, image, err = lfits.hdu_infos(
-            url, [0, 1, 2], storage_options=storage_options, file_info=file_info, missing_ok=True
-        )
-        if image is None:  # raises, listing the HDUs the file has
-            image = lfits.hdu_info(url, 1, storage_options=storage_options, file_info=file_info)
+        primary, image, err = _frame_hdus(url, storage_options, file_info)
         if image.kind != "image" or len(image.shape) != 2:
             raise FITSFormatError(
                 f"{url}: HDU 1 is not a 2-D image (kind {image.kind}, shape {image.shape}); "

@@ -46,15 +46,23 @@ class FFIError(InputError):
     """A frame stack that cannot be opened (mixed CCDs, bad headers, unreadable frames)."""
 
 
-def _frame_meta(url: str, storage_options: dict | None, file_info: dict | None = None) -> dict:
-    """Header information of one frame (primary, calibrated image, uncertainty image), read
-    with one walk of its headers: two requests, none more when ``file_info`` (from the glob
-    listing) is given."""
+def _frame_hdus(
+    url: str, storage_options: dict | None, file_info: dict | None = None
+) -> tuple[fits.HDUInfo, fits.HDUInfo, fits.HDUInfo | None]:
+    """Primary, calibrated-image and uncertainty HDUs of one frame (None: no uncertainty HDU),
+    read with one walk of its headers: two requests, none more when ``file_info`` (from the
+    glob listing) is given. A frame without HDU 1 raises, listing the HDUs it has."""
     primary, cal, err = fits.hdu_infos(
         url, [0, 1, 2], storage_options=storage_options, file_info=file_info, missing_ok=True
     )
-    if cal is None:  # raises, listing the file's HDUs
+    if cal is None:
         cal = fits.hdu_info(url, 1, storage_options=storage_options, file_info=file_info)
+    return primary, cal, err
+
+
+def _frame_meta(url: str, storage_options: dict | None, file_info: dict | None = None) -> dict:
+    """Header information of one frame (primary, calibrated image, uncertainty image)."""
+    primary, cal, err = _frame_hdus(url, storage_options, file_info)
     if cal.kind != "image" or len(cal.shape) != 2:
         raise FFIError(f"{url}: HDU 1 is not a 2-D image (kind {cal.kind}, shape {cal.shape})")
     h = cal.header
