@@ -30,24 +30,18 @@ import time
 from pathlib import Path
 
 import dask
-import numpy as np
-import pandas as pd
 from astropy.io import fits
+from cloud_cutouts import random_targets  # the same random 10x10 targets
 
 from cloudlab.cutouts import make_cutouts
 from cloudlab.fits import clear_cache
 from cloudlab.io.tess import cube_meta, ffi_cube_meta
 from cloudlab.simulate import tess_sector
-from cloudlab.testing import ObjectStore, Shaper, place_object
+from cloudlab.testing import ObjectStore, Shaper, place_object, sparse_fits
 
 BUCKET = "stpubdata"
 PREFIX = "tess/public/ffi/s0055/1-1"
 SHAPE = (2078, 2136)
-
-
-def _data_bytes(header: fits.Header) -> int:
-    n = int(np.prod([header[f"NAXIS{i}"] for i in range(1, header["NAXIS"] + 1)]))
-    return -(-(abs(header["BITPIX"]) // 8 * n if header["NAXIS"] else 0) // 2880) * 2880
 
 
 def make_sector(store: ObjectStore, tmp: str, frames: int) -> tuple[str, str]:
@@ -67,26 +61,12 @@ def make_sector(store: ObjectStore, tmp: str, frames: int) -> tuple[str, str]:
         for h in headers[1:]:
             h["TSTART"], h["TSTOP"] = cube.tstart[k], cube.tstop[k]
         key = f"{PREFIX}/tess{k:06d}-s0055-1-1-0120-s_ffic.fits"
-        path = place_object(store.root, BUCKET, key)
-        with open(path, "wb") as f:
-            for h in headers:
-                f.write(h.tostring().encode("ascii"))
-                f.seek(_data_bytes(h), 1)
-            f.truncate()
+        sparse_fits(place_object(store.root, BUCKET, key), headers)
         store.seal(BUCKET, key)
     print(f"sparse sector: cube and {frames} FFIs of {SHAPE[0]}x{SHAPE[1]} in "
           f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
     return (f"s3://{BUCKET}/tess/public/mast/tess-s0055-1-1-cube.fits",
             f"s3://{BUCKET}/{PREFIX}/*_ffic.fits")  # fmt: skip
-
-
-def random_targets(cube: str, n: int, seed: int) -> pd.DataFrame:
-    meta = cube_meta(cube)
-    sci, rng = meta.science, np.random.default_rng(seed)
-    col = rng.uniform(sci["col_start"] + 5, sci["col_stop"] - 5, n)
-    row = rng.uniform(sci["row_start"] + 5, sci["row_stop"] - 5, n)
-    ra, dec = meta.wcs.all_pix2world(col, row, 0)
-    return pd.DataFrame({"ticid": np.arange(n) + 1, "ra": ra, "dec": dec})
 
 
 def timed(shaper: Shaper, func) -> tuple[float, object, object]:

@@ -36,6 +36,8 @@ from dask.highlevelgraph import HighLevelGraph
 from distributed.protocol import serialize, to_serialize
 from distributed.utils import nbytes
 
+from cloudlab.testing import sparse_fits
+
 GROWTH = 10
 #: ``CLOUDLAB_SCALE=k`` multiplies every small size by k (the default 1 keeps the test quick)
 SCALE = int(os.environ.get("CLOUDLAB_SCALE", "1"))
@@ -57,23 +59,6 @@ def graph_size(collections: list) -> tuple[int, int]:
     expr = FinalizeCompute(collections_to_expr(collections, optimize_graph=True)).optimize()
     shipped = serialize(to_serialize(expr), on_error="raise")
     return len(expr.__dask_graph__()), sum(map(nbytes, [shipped[0], *shipped[1]]))
-
-
-def _data_bytes(header: fits.Header) -> int:
-    bitpix = abs(int(header["BITPIX"]))
-    n = int(np.prod([int(header[f"NAXIS{i}"]) for i in range(1, int(header["NAXIS"]) + 1)]))
-    n = n if int(header["NAXIS"]) else 0
-    size = bitpix // 8 * int(header.get("GCOUNT", 1)) * (int(header.get("PCOUNT", 0)) + n)
-    return -(-size // 2880) * 2880
-
-
-def sparse_fits(path: Path, headers: list[fits.Header]) -> None:
-    """Write ``headers`` as a FITS file whose data units are holes (nothing written)."""
-    with open(path, "wb") as f:
-        for header in headers:
-            f.write(header.tostring().encode("ascii"))
-            f.seek(_data_bytes(header), 1)
-        f.truncate()
 
 
 def headers_of(path: Path) -> list[fits.Header]:

@@ -1,8 +1,10 @@
-"""Test and benchmark helpers: servers that stand in for cloud services on 127.0.0.1.
+"""Test and benchmark helpers: servers that stand in for cloud services on 127.0.0.1, and
+sparse full-size FITS files.
 
 Nothing in the library imports this package; tests and ``benchmarks/`` do.
 """
 
 from cloudlab.testing.objectstore import ObjectStore, Shaper, place_object
+from cloudlab.testing.sparse import sparse_fits
 
-__all__ = ["ObjectStore", "Shaper", "place_object"]
+__all__ = ["ObjectStore", "Shaper", "place_object", "sparse_fits"]
