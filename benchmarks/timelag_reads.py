@@ -3,7 +3,7 @@ fetch from full-size AIA files.
 
 Writes sparse uncompressed 4096x4096 int16 AIA frames (real headers, pixels left as holes: no
 disk used), names them against time order (so the ``T_OBS`` sort reorders them), opens them
-through a counting filesystem (the local disk under ``countfile://``: every ranged read and its
+through a counting filesystem (the local disk under ``countreads://``: every ranged read and its
 bytes are counted, as an object store would bill them) and computes the crop after exposure
 normalisation, the order ``prepare_channels`` uses. Reports bytes fetched / the crop's bytes,
 GETs per frame, and the header scan's requests per file (HEADs counted apart).
@@ -20,59 +20,22 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
 import time
 import warnings
 from collections import Counter
 from pathlib import Path
 
 import dask
-import fsspec
 import numpy as np
 from astropy.io import fits
-from fsspec.implementations.local import LocalFileSystem
 
 from cloudlab.io import aia
 from cloudlab.simulate import aia_series
+from cloudlab.testing import sparse_fits
+from cloudlab.testing.counting import CountingFileSystem
 from cloudlab.timelag import steps
 
 SIDE = 4096
-
-
-class Counting(LocalFileSystem):
-    """The local disk, counting ranged reads (GETs), their bytes and per-file HEADs."""
-
-    protocol = "countfile"
-    counts: Counter = Counter()
-    lock = threading.Lock()
-    listing = threading.local()
-
-    def ls(self, path, detail=False, **kwargs):
-        self.listing.on = True
-        try:
-            return super().ls(path, detail=detail, **kwargs)
-        finally:
-            self.listing.on = False
-
-    def info(self, path, **kwargs):
-        if not getattr(self.listing, "on", False) and str(path).endswith(".fits"):
-            with self.lock:
-                self.counts["head"] += 1
-        return super().info(path, **kwargs)
-
-    def cat_file(self, path, start=None, end=None, **kwargs):
-        data = super().cat_file(path, start=start, end=end, **kwargs)
-        with self.lock:
-            self.counts["get"] += 1
-            self.counts["bytes"] += len(data)
-        return data
-
-    @classmethod
-    def take(cls) -> Counter:
-        with cls.lock:
-            out = Counter(cls.counts)
-            cls.counts.clear()
-        return out
 
 
 def sparse_series(root: Path, n: int, place=None) -> Path:
@@ -94,10 +57,7 @@ def sparse_series(root: Path, n: int, place=None) -> Path:
         h["CRPIX1"] += (SIDE - 64) / 2
         h["CRPIX2"] += (SIDE - 64) / 2
         name = f"aia_{n - k:05d}.fits"
-        with open(out / name if place is None else place(name), "wb") as f:
-            f.write(h.tostring().encode("ascii"))
-            f.seek(-(-SIDE * SIDE * 2 // 2880) * 2880, 1)
-            f.truncate()
+        sparse_fits(out / name if place is None else place(name), [h])
         if place is not None:
             place(name, seal=True)
     return out
@@ -146,14 +106,13 @@ def crop_read(url: str, corners, config: dict, storage_options=None):
 
 
 def through_counter(tmp: Path, n: int, corners, config: dict):
-    fsspec.register_implementation("countfile", Counting, clobber=True)
     folder = sparse_series(tmp, n)
-    Counting.take()
-    steps = crop_read(f"countfile://{folder}/aia_*.fits", corners, config)
+    CountingFileSystem.reset()
+    steps = crop_read(f"countreads://{folder}/aia_*.fits", corners, config)
     next(steps)
-    scan = Counting.take()
+    scan = CountingFileSystem.reset()
     out, seconds = next(steps)
-    return scan, Counting.take(), seconds, out.shape
+    return scan, CountingFileSystem.reset(), seconds, out.shape
 
 
 def through_s3(tmp: Path, n: int, corners, config: dict):

@@ -8,67 +8,21 @@ against ``astropy.io.fits.getdata`` of the same files.
 from __future__ import annotations
 
 import os
-import threading
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import dask
-import fsspec
 import numpy as np
 import pytest
 from astropy.io import fits
-from fsspec.implementations.local import LocalFileSystem
 
 from cloudlab.io import aia
 from cloudlab.simulate import aia_series
+from cloudlab.testing.counting import CountingFileSystem
 from cloudlab.timelag import steps
 
 N_FRAMES = 10
 SHAPE = (96, 128)
-
-
-class CountingFileSystem(LocalFileSystem):
-    """The local disk, counting metadata requests, ranged reads and the bytes they return."""
-
-    protocol = "countreads"
-    counts: Counter = Counter()
-    lock = threading.Lock()
-    listing = threading.local()
-
-    def _count(self, what: str, n: int = 1) -> None:
-        with self.lock:
-            self.counts[what] += n
-
-    def ls(self, path, detail=False, **kwargs):
-        # a listing (one request on an object store) gives each entry's size: not counted
-        self._count("list")
-        self.listing.active = True
-        try:
-            return super().ls(path, detail=detail, **kwargs)
-        finally:
-            self.listing.active = False
-
-    def info(self, path, **kwargs):
-        if not getattr(self.listing, "active", False) and str(path).endswith(".fits"):
-            self._count("info")  # a HEAD of one file (a glob's own look at folders not counted)
-        return super().info(path, **kwargs)
-
-    def cat_file(self, path, start=None, end=None, **kwargs):
-        data = super().cat_file(path, start=start, end=end, **kwargs)
-        self._count("get")
-        self._count("bytes", len(data))
-        return data
-
-    @classmethod
-    def reset(cls) -> Counter:
-        with cls.lock:
-            before = Counter(cls.counts)
-            cls.counts.clear()
-        return before
-
-
-fsspec.register_implementation("countreads", CountingFileSystem, clobber=True)
 
 
 @pytest.fixture(autouse=True)
@@ -129,7 +83,7 @@ def test_header_scan_makes_one_request_per_file_and_no_head(files):
     cube = aia.open_stack(counted_glob(files))
     counts = CountingFileSystem.reset()
     assert cube.sizes["time"] == N_FRAMES
-    assert counts["info"] == 0  # the glob's listing gave every size
+    assert counts["head"] == 0  # the glob's listing gave every size
     assert counts["get"] <= N_FRAMES + 1  # one ranged read per header (+ the HDU probe)
     assert list(cube["url"].values) == sorted(cube["url"].values, reverse=True)  # by T_OBS
 
@@ -156,7 +110,7 @@ def test_crop_after_sort_and_normalize_reads_only_the_crop(files, order):
         np.testing.assert_array_equal(out.values, expected)
     counts = CountingFileSystem.reset()
     assert counts["bytes"] <= 1.2 * crop_bytes, (counts, crop_bytes)
-    assert counts["info"] == 0
+    assert counts["head"] == 0
     np.testing.assert_array_equal(out.values, expected)  # default: one request per frame
     counts = CountingFileSystem.reset()
     assert counts["get"] == n
