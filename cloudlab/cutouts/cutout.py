@@ -358,13 +358,11 @@ def make_cutouts(
     ny, nx = parse_size(size)
     t = check_targets(targets)
     failed: list[dict] = []
-    ffi_urls = None  # the FFIs, in frame order, when cutting from FFIs
+    ffi_frames = None  # the FFIs' image and uncertainty HDUs, in frame order, when cutting FFIs
     if ffis is not None:
         if cube_url is not None:
             raise InputError("make_cutouts: give cube_url or ffis, not both")
-        ffi_meta, ffi_urls, _ = ffi_cube_meta(
-            ffis, storage_options=storage_options, index=ffi_index
-        )
+        ffi_meta, ffi_frames = ffi_cube_meta(ffis, storage_options=storage_options, index=ffi_index)
         cube_url = ffi_meta.url
     urls = _assign_cubes(t, sector, cube_url, cube_base, failed)
     metas: dict[str, CubeMeta] = {}
@@ -375,7 +373,10 @@ def make_cutouts(
     for url in dict.fromkeys(u for u in urls if u):
         members = np.flatnonzero(urls == url)
         try:
-            meta = cube_meta(url, storage_options=storage_options) if ffi_urls is None else ffi_meta
+            if ffi_frames is None:
+                meta = cube_meta(url, storage_options=storage_options)
+            else:
+                meta = ffi_meta
         except (OSError, ValueError) as exc:
             if cube_url is not None:
                 raise
@@ -424,12 +425,10 @@ def make_cutouts(
     cube_list = [u for u in metas if (urls[keep] == u).any()]
     cube_index = np.array([cube_list.index(u) for u in urls[keep]], dtype=np.int64)
     corner_col, corner_row = cutout_limits(center_col[keep], center_row[keep], (ny, nx))
-    if ffi_urls is not None:
+    if ffi_frames is not None:
         from cloudlab.cutouts.ffis import ffi_cutout_array
 
-        flux_err = ffi_cutout_array(
-            ffi_urls, corner_col, corner_row, (ny, nx), storage_options=storage_options
-        )
+        flux_err = ffi_cutout_array(ffi_frames, corner_col, corner_row, (ny, nx))
     else:
         flux_err = _build_graph(
             cube_list, cube_index, corner_col, corner_row, (ny, nx), n_frames, batch_size,

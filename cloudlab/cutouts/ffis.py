@@ -80,21 +80,20 @@ def read_ffi_cutouts(
 
 
 def ffi_cutout_array(
-    urls: list[str],
+    frames: list[tuple[fits.HDUInfo, fits.HDUInfo | None]],
     corner_col: np.ndarray,
     corner_row: np.ndarray,
     size: tuple[int, int],
     *,
     frames_per_task: int | None = None,
-    storage_options: dict | None = None,
 ) -> da.Array:
     """The cutouts of all targets from a stack of FFIs as one lazy array, in one graph layer.
 
     Parameters
     ----------
-    urls : list of str
-        The FFIs in frame order (their headers already read by
-        :func:`cloudlab.io.tess.ffi_cube_meta`, so they come from the header cache).
+    frames : list of (HDUInfo, HDUInfo or None)
+        Each FFI's calibrated-image and uncertainty HDUs, in frame order, as
+        :func:`cloudlab.io.tess.ffi_cube_meta` gives them (they carry the storage options).
     corner_col, corner_row : numpy.ndarray
         0-based first column and row of each target's cutout, in the caller's target order.
     size : (int, int)
@@ -102,8 +101,6 @@ def ffi_cutout_array(
     frames_per_task : int, optional
         FFIs per task (default: as many as keep a task's output within dask's
         ``array.chunk-size``).
-    storage_options : dict, optional
-        Filesystem keyword arguments.
 
     Returns
     -------
@@ -111,18 +108,15 @@ def ffi_cutout_array(
         float32 ``(2, target, frame, row, column)``, chunked along frames only.
     """
     ny, nx = size
-    n_targets, n_frames = len(corner_col), len(urls)
+    n_targets, n_frames = len(corner_col), len(frames)
     per_frame = max(1, n_targets * ny * nx * BYTES_PER_PIXEL_FRAME)
     if frames_per_task is None:
         limit = parse_bytes(dask.config.get("array.chunk-size"))
         frames_per_task = int(np.clip(limit // per_frame, 1, max(n_frames, 1)))
-    infos = [
-        fits.hdu_infos(u, [1, 2], storage_options=storage_options, missing_ok=True) for u in urls
-    ]
-    images = [image.light() for image, _ in infos]
-    errors = [None if err is None else err.light() for _, err in infos]
+    images = [image.light() for image, _ in frames]
+    errors = [None if err is None else err.light() for _, err in frames]
     corners = np.stack([np.asarray(corner_col, np.int64), np.asarray(corner_row, np.int64)])
-    token = tokenize(urls, corners, size, frames_per_task)
+    token = tokenize([i.url for i in images], corners, size, frames_per_task)
     name, data = f"ffi-cutouts-{token}", f"ffi-corners-{token}"
     starts = list(range(0, n_frames, frames_per_task))
     layer: dict = {data: corners}

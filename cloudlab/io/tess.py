@@ -374,7 +374,7 @@ def ffi_cube_meta(
     *,
     storage_options: dict | None = None,
     index: str | None = None,
-) -> tuple[CubeMeta, list[str], bool]:
+) -> tuple[CubeMeta, list[tuple[lfits.HDUInfo, lfits.HDUInfo | None]]]:
     """What the cutout cube of these FFIs would hold, from the FFIs' headers alone.
 
     The frames are ordered by ``TSTART`` and the WCS is chosen as astrocut's ``CubeFactory``
@@ -394,9 +394,10 @@ def ffi_cube_meta(
 
     Returns
     -------
-    (CubeMeta, list of str, bool)
-        The metadata (``url`` is ``urls_or_glob`` as given, or the first FFI of a list), the
-        FFI URLs in frame order, and whether every FFI has an uncertainty HDU (2).
+    (CubeMeta, list of (HDUInfo, HDUInfo or None))
+        The metadata (``url`` is ``urls_or_glob`` as given, or the first FFI of a list), and
+        each FFI's calibrated-image (1) and uncertainty (2, None where absent) HDUs, in frame
+        order: what reading the pixels needs, with no further request.
 
     Raises
     ------
@@ -474,4 +475,4 @@ def ffi_cube_meta(
         camera=camera,
         ccd=ccd,
     )
-    return meta, [url for url, _, _, _ in rows], all(err is not None for *_, err in rows)
+    return meta, [(image, err) for _, _, image, err in rows]
