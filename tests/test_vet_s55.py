@@ -122,9 +122,10 @@ def test_cli_vets_the_real_s55_catalog_on_simulated_cubes_in_s3(s3_server, tmp_p
     vetted = table[kind.isin(["eb", "quiet"])]
     assert len(vetted) == n_vetted and (vetted["status"] == "ok").all()
     assert table["prediction"].notna().sum() == n_vetted
-    # ranked: the vetted TCEs first, by prediction
+    # ranked: the vetted TCEs first, by score (the prediction, 0 where the dip is off target)
     assert table["rank"].iloc[:n_vetted].tolist() == list(range(1, n_vetted + 1))
-    assert (np.diff(table["prediction"].iloc[:n_vetted]) <= 0).all()
+    assert (np.diff(table["score"].iloc[:n_vetted]) <= 0).all()
+    assert (table["score"].iloc[:n_vetted] <= table["prediction"].iloc[:n_vetted]).all()
     # the truth: the selected (deep) TCEs of the binaries score high, any TCE of a quiet star low
     selected = vetted["tceid"].isin(deep["tceid"])
     eb = vetted.loc[selected & (kind[vetted.index] == "eb"), "prediction"]
@@ -132,5 +133,7 @@ def test_cli_vets_the_real_s55_catalog_on_simulated_cubes_in_s3(s3_server, tmp_p
     assert len(eb) == 8  # seven binaries; TIC 1882909457's two TCEs are its two eclipses
     assert len(quiet) >= 3
     assert eb.min() > 0.9 and quiet.max() < 0.1
+    # the binaries' eclipses are on their targets: the centroid test keeps their scores
+    assert (vetted.loc[eb.index, "score"] == eb).all()
     lcs = sorted(p.name for p in (out / "lc").iterdir())
     assert lcs == sorted(f"tic{t}-s0055_lc.fits" for t in on_silicon)
