@@ -19,69 +19,21 @@ Run: ``python benchmarks/aia_prep.py [--frames 3] [--size 4096]``
 from __future__ import annotations
 
 import argparse
-import io
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import dask
-import fsspec
 import numpy as np
 from astropy.io import fits
-from fsspec.implementations.local import LocalFileSystem
 from scipy import ndimage
 
 from cloudlab.io import aia
+from cloudlab.testing.counting import CountingFileSystem
 from cloudlab.timelag import prepare
 
 REGION = ((-450.0, -50.0), (-50.0, 350.0))  # 400" x 400"
-
-
-class _Counting(io.RawIOBase):
-    """A read-only file counting the bytes read through it (no fileno, so no memmap)."""
-
-    def __init__(self, path: str):
-        self._f = open(path, "rb")  # noqa: SIM115 - closed in close()
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._f.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def readinto(self, buffer) -> int:
-        n = self._f.readinto(buffer)
-        CountingFileSystem.bytes_read += n
-        return n
-
-    def close(self) -> None:
-        self._f.close()
-        super().close()
-
-
-class CountingFileSystem(LocalFileSystem):
-    """Local files under ``aiacount://`` counting every byte read."""
-
-    protocol = "aiacount"
-    bytes_read = 0
-
-    def cat_file(self, path, start=None, end=None, **kwargs):
-        data = super().cat_file(path, start=start, end=end, **kwargs)
-        type(self).bytes_read += len(data)
-        return data
-
-    def _open(self, path, mode="rb", **kwargs):
-        return io.BufferedReader(_Counting(self._strip_protocol(path)))
-
-
-fsspec.register_implementation("aiacount", CountingFileSystem, clobber=True)
 
 
 def _sun(size: int, seed: int) -> np.ndarray:
@@ -133,11 +85,11 @@ def run_cloudlab(urls: list[str], region, derotate: bool) -> tuple[float, np.nda
 def bytes_read(urls: list[str], region) -> int:
     """Bytes read to prepare ``region`` through a file object without ``fileno``, as for
     remote files (fsspec), headers included."""
-    CountingFileSystem.bytes_read = 0
-    cube = aia.open_stack([f"aiacount://{u}" for u in urls])
+    CountingFileSystem.reset()
+    cube = aia.open_stack([f"countreads://{u}" for u in urls])
     with dask.config.set(scheduler="synchronous"):
         prepare({171: cube}, region=region, derotate=False, align=False)[171].compute()
-    return CountingFileSystem.bytes_read
+    return CountingFileSystem.reset()["bytes"]
 
 
 def run_reference(urls: list[str], target_header, region, derotate: bool):

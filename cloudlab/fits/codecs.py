@@ -267,11 +267,18 @@ class FITSTile(Codec):
             }
         return {}
 
-    def decode(self, buf: Any, out: Any = None) -> np.ndarray:
-        """Compressed tile bytes → the tile's raw pixels (big-endian, the ZBITPIX dtype),
-        zero-padded to the full tile shape."""
+    def decode_tile(self, buf: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """Compressed bytes of a tile whose shape is known → its pixels, in the ZBITPIX dtype
+        (native byte order, read-only when astropy's decompressor hands back its buffer).
+
+        Parameters
+        ----------
+        buf : bytes-like
+            The tile's bytes in the heap.
+        shape : tuple of int
+            The tile's shape (smaller than ``tile_shape`` at the image edge).
+        """
         data = np.frombuffer(memoryview(np.ascontiguousarray(buf)).cast("B"), self.heap_dtype)
-        shape = self._actual_shape(data)
         decoded = _tiled._decompress_tile(
             data, algorithm=self.compression, **self._settings(data, shape)
         )
@@ -282,7 +289,14 @@ class FITSTile(Codec):
             algorithm=self.compression,
             lossless=True,
         )
-        raw = np.asarray(tile).astype(self._raw_dtype)
+        return np.asarray(tile).reshape(shape)
+
+    def decode(self, buf: Any, out: Any = None) -> np.ndarray:
+        """Compressed tile bytes → the tile's raw pixels (big-endian, the ZBITPIX dtype),
+        zero-padded to the full tile shape."""
+        data = np.frombuffer(memoryview(np.ascontiguousarray(buf)).cast("B"), self.heap_dtype)
+        shape = self._actual_shape(data)
+        raw = self.decode_tile(buf, shape).astype(self._raw_dtype)
         if shape != self.tile_shape:
             full = np.zeros(self.tile_shape, dtype=self._raw_dtype)
             full[tuple(slice(0, n) for n in shape)] = raw

@@ -21,26 +21,22 @@ from __future__ import annotations
 import base64
 import json
 import math
-import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 
 from cloudlab import storage
 from cloudlab.errors import FITSFormatError, InputError
+from cloudlab.fits._tiles import tile_table
 from cloudlab.fits.arrays import _layout_chunks, check_chunks, default_dims
-from cloudlab.fits.codecs import COMPRESSIONS, FITSScale, FITSTile
+from cloudlab.fits.codecs import FITSScale
 from cloudlab.fits.header import HDUInfo, fits_text
 from cloudlab.fits.regions import check_image
 from cloudlab.fits.tables import gather_infos, raise_errors, raise_missing
 
 __all__ = ["references", "write_references"]
-
-_HEAP_TYPES = {"B": "u1", "I": ">i2", "J": ">i4", "K": ">i8"}
-_TFORM = re.compile(r"^\s*(\d*)([A-Z])(.*)$")
 
 
 def references(
@@ -331,104 +327,10 @@ def _compressed_refs(
             f"{where}: chunks={chunks!r}; a tile-compressed image is referenced one tile per "
             f"chunk (tile shape {tile_shape}): leave chunks='auto'"
         )
-    (header_bytes,) = storage.cat_ranges(
-        url, [info.header_offset], [info.data_offset], storage_options=storage_options
-    )
-    table = fits.Header.fromstring(header_bytes.decode("ascii"))
-    ctype = str(table.get("ZCMPTYPE", "")).strip()
-    if ctype not in COMPRESSIONS:
-        raise FITSFormatError(f"{where}: compression {ctype!r} is not one of {COMPRESSIONS}")
-    names = [
-        str(table.get(f"TTYPE{i}", "")).strip().upper() for i in range(1, table["TFIELDS"] + 1)
-    ]
-    if "ZSCALE" in names or "ZZERO" in names:
-        raise FITSFormatError(
-            f"{where}: quantized floating-point tiles (ZQUANTIZ {table.get('ZQUANTIZ', '')!r}, "
-            "ZSCALE/ZZERO per tile) cannot be described by one zarr codec; read the HDU with "
-            "cloudlab.fits.open_hdu, or rewrite it losslessly (quantize_level=0)"
-        )
-    if "COMPRESSED_DATA" not in names:
-        raise FITSFormatError(f"{where}: no COMPRESSED_DATA column")
-    width, nrows = int(table["NAXIS1"]), int(table["NAXIS2"])
-    theap = int(table.get("THEAP", width * nrows))
-    rows = _table_rows(info, url, table, names, width, nrows, storage_options)
-    col = rows["COMPRESSED_DATA"]
-    if np.any(col[:, 0] == 0):
-        raise FITSFormatError(
-            f"{where}: some tiles have no COMPRESSED_DATA (stored gzip-compressed or raw "
-            "instead), which one codec cannot describe; read it with cloudlab.fits.open_hdu"
-        )
-    zblank = table.get("ZBLANK", info.get("BLANK"))
-    if "ZBLANK" in names and (zblank is None or np.any(rows["ZBLANK"] != zblank)):
-        raise FITSFormatError(
-            f"{where}: a ZBLANK column with values other than the header's ZBLANK/BLANK "
-            f"({zblank}), which one codec cannot describe; read it with cloudlab.fits.open_hdu"
-        )
-    tform = str(table[f"TFORM{names.index('COMPRESSED_DATA') + 1}"]).upper()
-    match = _TFORM.match(tform)
-    if not match or match.group(2) not in ("P", "Q") or match.group(3)[:1] not in _HEAP_TYPES:
-        raise FITSFormatError(f"{where}: COMPRESSED_DATA has the unexpected format {tform!r}")
-    heap_type = _HEAP_TYPES[match.group(3)[0]]
-    codec = _tile_codec(info, table, ctype, tile_shape, heap_type, where)
-    elsize = np.dtype(heap_type).itemsize
-    grid = [-(-n // t) for n, t in zip(info.shape, tile_shape, strict=True)]
-    if math.prod(grid) != nrows:
-        raise FITSFormatError(f"{where}: {nrows} table rows for a grid of {grid} tiles")
+    table = tile_table(info, storage_options)
+    table.codec.check_edges(where)
     refs = {}
-    heap = info.data_offset + theap
-    for row, idx in enumerate(np.ndindex(*grid)):
-        count, offset = (int(v) for v in col[row])
-        refs[".".join(map(str, idx))] = [url, heap + offset, count * elsize]
-    meta = _zarray(info, tile_shape, codec.get_config())
+    for row, idx in enumerate(np.ndindex(*table.grid)):
+        refs[".".join(map(str, idx))] = [url, int(table.starts[row]), int(table.sizes[row])]
+    meta = _zarray(info, tile_shape, table.codec.get_config())
     return meta, refs
-
-
-def _table_rows(
-    info: HDUInfo,
-    url: str,
-    table: fits.Header,
-    names: list[str],
-    width: int,
-    nrows: int,
-    storage_options: dict | None,
-) -> dict[str, np.ndarray]:
-    """Columns of the compressed binary table (descriptors as ``(count, offset)`` pairs)."""
-    from astropy.io.fits.column import _ColumnFormat
-
-    fields = []
-    for i, name in enumerate(names, start=1):
-        fmt = _ColumnFormat(str(table[f"TFORM{i}"]))
-        fields.append((name or f"col{i}", np.dtype(fmt.dtype).newbyteorder(">")))
-    dtype = np.dtype(fields)
-    if dtype.itemsize != width:
-        raise FITSFormatError(
-            f"{info.url}: compressed HDU {info.index}: row width {width} != {dtype.itemsize}"
-        )
-    (data,) = storage.cat_ranges(
-        url, [info.data_offset], [info.data_offset + width * nrows], storage_options=storage_options
-    )
-    records = np.frombuffer(data, dtype=dtype, count=nrows)
-    return {name: np.asarray(records[name]) for name in dtype.names}
-
-
-def _tile_codec(
-    info: HDUInfo, table: fits.Header, ctype: str, tile_shape: tuple, heap_type: str, where: str
-) -> FITSTile:
-    settings: dict[str, Any] = {}
-    zvals = {}
-    i = 1
-    while f"ZNAME{i}" in table:
-        zvals[str(table[f"ZNAME{i}"]).strip().upper()] = table.get(f"ZVAL{i}")
-        i += 1
-    if ctype in ("RICE_1", "RICE_ONE"):
-        settings = {
-            "blocksize": int(zvals.get("BLOCKSIZE", 32)),
-            "bytepix": int(zvals.get("BYTEPIX", 4)),
-        }
-    elif ctype == "HCOMPRESS_1":
-        settings = {"scale": int(zvals.get("SCALE", 0)), "smooth": int(zvals.get("SMOOTH", 0))}
-    codec = FITSTile(
-        ctype, tile_shape, info.bitpix, shape=info.shape, heap_dtype=heap_type, **settings
-    )
-    codec.check_edges(where)
-    return codec

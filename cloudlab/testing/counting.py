@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from collections import Counter
 
@@ -16,14 +17,16 @@ class CountingFileSystem(LocalFileSystem):
 
     Counts (class-wide, thread-safe): ``list`` (directory listings), ``head`` (``info`` of one
     ``.fits`` file outside a listing: a glob's listing gives sizes for free), ``get`` (ranged
-    reads) and ``bytes`` (what those reads returned). :meth:`reset` returns and clears them.
-    Registered with fsspec when this module is imported.
+    reads), ``open`` (files opened for reading, as astropy reads them) and ``bytes`` (what the
+    ranged reads returned plus what was read through opened files, read-ahead included).
+    :meth:`reset` returns and clears them. Registered with fsspec when this module is imported.
     """
 
     protocol = "countreads"
     counts: Counter = Counter()
     lock = threading.Lock()
     listing = threading.local()
+    ranged = threading.local()
 
     def _count(self, what: str, n: int = 1) -> None:
         with self.lock:
@@ -43,10 +46,20 @@ class CountingFileSystem(LocalFileSystem):
         return super().info(path, **kwargs)
 
     def cat_file(self, path, start=None, end=None, **kwargs):
-        data = super().cat_file(path, start=start, end=end, **kwargs)
+        self.ranged.active = True  # counted below, not again by the file it opens
+        try:
+            data = super().cat_file(path, start=start, end=end, **kwargs)
+        finally:
+            self.ranged.active = False
         self._count("get")
         self._count("bytes", len(data))
         return data
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "r" not in mode or "+" in mode or getattr(self.ranged, "active", False):
+            return super()._open(path, mode=mode, **kwargs)
+        self._count("open")
+        return io.BufferedReader(_CountingReader(self, super()._open(path, mode="rb")))
 
     @classmethod
     def reset(cls) -> Counter:
@@ -55,6 +68,34 @@ class CountingFileSystem(LocalFileSystem):
             before = Counter(cls.counts)
             cls.counts.clear()
         return before
+
+
+class _CountingReader(io.RawIOBase):
+    """A read-only file counting into its filesystem the bytes read through it."""
+
+    def __init__(self, fs: CountingFileSystem, raw) -> None:
+        self._fs, self._raw = fs, raw
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def readinto(self, buffer) -> int:
+        n = self._raw.readinto(buffer)
+        self._fs._count("bytes", n)
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 fsspec.register_implementation("countreads", CountingFileSystem, clobber=True)
