@@ -449,6 +449,33 @@ def test_read_regions_tile_compressed_equal_astropy(tmp_path: Path, algorithm: s
     assert_same(got[2], ref)
 
 
+def test_compressed_region_fetches_only_the_tiles_it_touches(tmp_path: Path) -> None:
+    """Through a filesystem without ``fileno`` (as for remote files), a box of a RICE image
+    with one tile per row costs its rows' compressed bytes, the HDU's header and its tile
+    table, no more."""
+    from cloudlab.testing.counting import CountingFileSystem
+
+    yy, xx = np.indices((512, 256))
+    data = (1000 + 800 * np.sin(yy / 9.0) * np.cos(xx / 7.0)).astype("i2")
+    data += RNG.integers(0, 50, data.shape).astype("i2")  # rows of different compressed sizes
+    hdu = fits.CompImageHDU(data, compression_type="RICE_1", tile_shape=(1, 256), name="SCI")
+    path = write(tmp_path / "rice.fits", fits.PrimaryHDU(), hdu)
+    rows, cols = slice(300, 380), slice(40, 90)
+    with fits.open(path, disable_image_compression=True) as hdul:
+        table = hdul[1]
+        header = hdul.fileinfo(1)["datLoc"] - hdul.fileinfo(1)["hdrLoc"]
+        descriptors = table.header["NAXIS1"] * table.header["NAXIS2"]
+        touched = sum(len(table.data["COMPRESSED_DATA"][r]) for r in range(300, 380))
+        heap = int(table.header["PCOUNT"])
+    assert touched < heap / 4
+    info = cf.hdu_info(f"countreads://{path}", "SCI")
+    CountingFileSystem.reset()
+    got = cf.read_region(info, (rows, cols))
+    counts = CountingFileSystem.reset()
+    assert_same(got, fits.getdata(path, "SCI")[rows, cols])
+    assert counts["bytes"] <= header + descriptors + touched, (counts, header, touched)
+
+
 def test_read_regions_gzip_file(tmp_path: Path) -> None:
     data = RNG.normal(size=(6, 30, 40)).astype("f4")
     plain = write(tmp_path / "a.fits", fits.PrimaryHDU(), fits.ImageHDU(data, name="SCI"))

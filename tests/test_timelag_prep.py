@@ -291,3 +291,120 @@ def test_command_line_prep_derotate_recovers_the_injected_lags(series, tmp_path)
     inside = _uniform_truth(series, 94, 171)
     got = maps["timelag"].sel(pair="94-171").values
     np.testing.assert_array_equal(got[inside], series.expected_lag(94, 171)[inside])
+
+
+# ------------------------------------------------------------------ full-size geometry
+def _level1_header(k: int) -> fits.Header:
+    """A full 4096x4096 level-1 header (its own scale, roll and reference pixel)."""
+    header = fits.Header()
+    cards = {
+        "SIMPLE": True, "BITPIX": 16, "NAXIS": 2, "NAXIS1": 4096, "NAXIS2": 4096,
+        "TELESCOP": "SDO/AIA", "WAVELNTH": 171, "EXPTIME": 2.0, "QUALITY": 0,
+        "T_OBS": f"2011-02-15T00:00:{1 + 12 * k:02d}.34Z", "CTYPE1": "HPLN-TAN",
+        "CTYPE2": "HPLT-TAN", "CUNIT1": "arcsec", "CUNIT2": "arcsec",
+        "CDELT1": 0.6 * (1 + 0.003 * (k - 1)), "CDELT2": 0.6 * (1 + 0.003 * (k - 1)),
+        "CRPIX1": 2048.5 + 1.7 * k, "CRPIX2": 2048.5 - 1.3 * k, "CRVAL1": 0.0, "CRVAL2": 0.0,
+        "CROTA2": 0.1 + 0.05 * k, "HGLN_OBS": 0.0, "HGLT_OBS": -6.82,
+        "DSUN_OBS": 1.47724815e11, "RSUN_REF": 696000000.0,
+    }  # fmt: skip
+    for key, value in cards.items():
+        header[key] = value
+    return header
+
+
+@pytest.mark.parametrize("derotate", [True, False])
+def test_coarse_pixel_map_is_within_a_thousandth_of_a_pixel_of_the_exact_map(tmp_path, derotate):
+    from dataclasses import replace
+
+    from cloudlab.fits import hdu_info
+    from cloudlab.testing.sparse import sparse_fits
+    from cloudlab.timelag import register
+
+    path = tmp_path / "frame.fits"
+    sparse_fits(path, [_level1_header(2)])
+    info = hdu_info(str(path), 0)
+    t_obs = np.datetime64("2011-02-15T00:00:25.34")
+    t_ref = t_obs + np.timedelta64(6, "h")  # 6 h of rotation: a curved map
+    frame = register.frame_of(info, t_obs, 2.0, t_ref)
+    if derotate:
+        frame = replace(frame, observer=register.observers([info], [t_obs])[0],
+                        axis_drift=float(register.hgs_axis_drift(t_ref, [t_obs])[0]))  # fmt: skip
+    exact = {}
+    for name, region in (("400", ((-450, -50), (-50, 350))), ("limb", ((600, -200), (1000, 200)))):
+        grid = register.grid_for(frame, region, 0.6, info.shape, t_ref, 696e6, derotate,
+                                 "howard", 16)  # fmt: skip
+        x, y = register.fast_pixel_map(frame, grid)
+        ex, ey = register.pixel_map(frame, grid, *np.indices(grid.shape, dtype=np.float64))
+        exact[name] = (x, y, ex, ey)
+        finite = np.isfinite(ex)
+        np.testing.assert_array_equal(np.isfinite(x), finite)
+        assert np.abs(x - ex)[finite].max() <= register.MAP_TOLERANCE
+        assert np.abs(y - ey)[finite].max() <= register.MAP_TOLERANCE
+    x, y, ex, ey = exact["400"]
+    assert 0 < np.abs(x - ex).max() < 1e-4  # interpolated, not computed per pixel
+    if derotate:  # beyond the limb the map is undefined: computed per pixel, NaN there
+        x, y, ex, ey = exact["limb"]
+        assert np.isnan(ex).any()
+        np.testing.assert_array_equal(x, ex)
+    # a check that fails falls back to the exact map
+    grid = register.grid_for(frame, ((-450, -50), (-50, 350)), 0.6, info.shape, t_ref, 696e6,
+                             derotate, "howard", 16)  # fmt: skip
+    x, _ = register.fast_pixel_map(frame, grid, tolerance=1e-15)
+    np.testing.assert_array_equal(x, exact["400"][2])
+
+
+def _rice_frame(path, k: int) -> str:
+    """A 1024x1024 RICE frame (one tile per row) of a limb-darkened disk, 2.4 arcsec/px."""
+    header = _level1_header(k)
+    for key in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2"):
+        del header[key]
+    header["CDELT1"] = header["CDELT2"] = 2.4 * (1 + 0.003 * (k - 1))
+    header["CRPIX1"], header["CRPIX2"] = 512.5 + 0.4 * k, 512.5 - 0.3 * k
+    yy, xx = np.indices((1024, 1024))
+    r = np.hypot(xx - 512, yy - 512) / 400
+    disk = np.where(r < 1, 0.4 + 0.6 * np.sqrt(np.clip(1 - r * r, 0, 1)), 0.02)
+    noise = np.random.default_rng(k).integers(0, 40, disk.shape)
+    image = (3000 * disk * (1 + 0.2 * np.sin(xx / 13) * np.cos(yy / 17)) + noise).astype(np.int16)
+    hdu = fits.CompImageHDU(image, header, compression_type="RICE_1", tile_shape=(1, 1024))
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    return str(path)
+
+
+def test_prepared_region_of_a_rice_frame_fetches_only_the_rows_it_touches(tmp_path):
+    """Through a filesystem without ``fileno`` (as for remote files), registering a region reads
+    the headers, the tile table and the compressed rows the region and its interpolation margin
+    touch, and gives what the same frame gives read from the local disk."""
+    from astropy.wcs import WCS
+
+    from cloudlab.testing.counting import CountingFileSystem
+
+    path = _rice_frame(tmp_path / "aia_lev1_171a_000.fits", 2)
+    region, margin = ((-300, -100), (100, 300)), 16
+    CountingFileSystem.reset()
+    cube = prepare({171: aia.open_stack(f"countreads://{path}")}, region=region,
+                   derotate=False, align=False, margin=margin)[171]  # fmt: skip
+    got = cube.values
+    counts = CountingFileSystem.reset()
+    local = prepare({171: aia.open_stack(path)}, region=region, derotate=False, align=False,
+                    margin=margin)[171]  # fmt: skip
+    np.testing.assert_array_equal(got, local.values)
+    # the frame rows the grid maps to (astropy's WCS), widened by the margin and the spline
+    grid = WCS(fits.Header.fromstring(cube.attrs["fits_header"]))
+    ny, nx = got.shape[1:]
+    edge = np.concatenate([np.c_[np.arange(nx), np.zeros(nx)], np.c_[np.arange(nx),
+                           np.full(nx, ny - 1)], np.c_[np.zeros(ny), np.arange(ny)],
+                           np.c_[np.full(ny, nx - 1), np.arange(ny)]])  # fmt: skip
+    with fits.open(path, disable_image_compression=True) as hdul:
+        wcs = WCS(fits.getheader(path, 1))
+        _, rows = wcs.world_to_pixel_values(*grid.pixel_to_world_values(edge[:, 0], edge[:, 1]))
+        first, last = int(np.floor(rows.min())) - margin - 1, int(np.ceil(rows.max())) + margin + 1
+        table = hdul[1]
+        headers = hdul.fileinfo(1)["datLoc"]  # both headers
+        compressed = table.header["NAXIS1"] * table.header["NAXIS2"]
+        touched = sum(len(table.data["COMPRESSED_DATA"][r]) for r in range(first, last + 1))
+        heap = int(table.header["PCOUNT"])
+    assert touched < heap / 3
+    # headers: open_stack and prepare each scan them (reading the first 8 FITS blocks at
+    # least), and the tile table reads the compressed HDU's header again
+    scans = 2 * max(headers, 8 * 2880)
+    assert counts["bytes"] <= touched + compressed + scans + headers, counts

@@ -29,7 +29,7 @@ from astropy.io import fits as afits
 from astropy.wcs import WCS
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
-from scipy import ndimage
+from scipy import interpolate, ndimage
 
 from cloudlab import fits
 from cloudlab.errors import FITSFormatError, InputError, MissingDependencyError
@@ -41,6 +41,9 @@ from cloudlab.timelag.steps import align_channels, check_channel_label, drop_bad
 __all__ = [
     "Frame",
     "Grid",
+    "MAP_STEP",
+    "MAP_TOLERANCE",
+    "fast_pixel_map",
     "frame_of",
     "grid_for",
     "hgs_axis_drift",
@@ -57,6 +60,10 @@ _ROTATION_KEYS = ("CROTA2", "PC1_1", "PC1_2", "PC2_1", "PC2_2")
 _OBSERVER_KEYS = ("HGLN_OBS", "HGLT_OBS", "DSUN_OBS")
 _HAE_KEYS = ("HAEX_OBS", "HAEY_OBS", "HAEZ_OBS")
 _ARCSEC = np.pi / 180 / 3600
+#: grid pixels between the nodes where :func:`fast_pixel_map` computes the exact map
+MAP_STEP = 32
+#: largest error (input pixels) :func:`fast_pixel_map` accepts at its check points
+MAP_TOLERANCE = 1e-3
 #: default solar radius (m) when RSUN_REF is absent (AIA's value)
 _RSUN_REF = 696_000_000.0
 
@@ -337,6 +344,49 @@ def pixel_map(frame: Frame, grid: Grid, rows: np.ndarray, cols: np.ndarray):
     return _wcs(frame.cards).world_to_pixel_values(lon, lat)
 
 
+def _spline_weights(n: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes every ``step`` pixels of ``0..n-1`` (the last pixel included) and the ``(n, nodes)``
+    matrix whose product with values at the nodes is their not-a-knot cubic spline at every
+    pixel."""
+    nodes = np.unique(np.append(np.arange(0, n, step), n - 1))
+    weights = interpolate.CubicSpline(nodes, np.eye(len(nodes)), bc_type="not-a-knot")
+    return nodes, weights(np.arange(n))
+
+
+def fast_pixel_map(frame: Frame, grid: Grid, step: int = MAP_STEP,
+                   tolerance: float = MAP_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """:func:`pixel_map` of every grid pixel, from exact values on a coarse grid.
+
+    The exact map is computed every ``step`` grid pixels along each axis (and at the last row and
+    column) and interpolated with a separable not-a-knot cubic spline (two small matrix
+    products). It is then computed exactly at the centre of every coarse cell, where the
+    interpolation error of a smooth map is largest: if any of those differs from the
+    interpolation by more than ``tolerance`` input pixels, or the map is undefined (NaN: the
+    derotated region leaves the disk) at any node, every pixel is computed exactly instead, as
+    for grids smaller than ``4 * step`` pixels. The result is thus within ``tolerance`` pixels
+    of :func:`pixel_map` at every checked point; on AIA geometry the largest error found is
+    ~1e-6 pixel.
+
+    Returns
+    -------
+    x, y : numpy.ndarray
+        Input pixel coordinates (0-based), shape ``grid.shape``.
+    """
+    if min(grid.shape) < 4 * step:
+        return pixel_map(frame, grid, *np.indices(grid.shape, dtype=np.float64))
+    (rows, wy), (cols, wx) = (_spline_weights(n, step) for n in grid.shape)
+    coarse = pixel_map(frame, grid, *np.meshgrid(rows, cols, indexing="ij"))
+    mid_y, mid_x = (rows[:-1] + rows[1:]) // 2, (cols[:-1] + cols[1:]) // 2
+    exact = pixel_map(frame, grid, *np.meshgrid(mid_y, mid_x, indexing="ij"))
+    full = []
+    for values, check in zip(coarse, exact, strict=True):
+        approx = wy[mid_y] @ values @ wx[mid_x].T
+        if not np.all(np.abs(approx - check) <= tolerance):  # also NaN anywhere
+            return pixel_map(frame, grid, *np.indices(grid.shape, dtype=np.float64))
+        full.append(wy @ values @ wx.T)
+    return full[0], full[1]
+
+
 def _window(x: np.ndarray, y: np.ndarray, shape, margin: int):
     """The input box (y0, y1, x0, x1) holding every finite sample plus ``margin``, or None."""
     finite = np.isfinite(x) & np.isfinite(y)
@@ -364,8 +414,7 @@ def _interpolate(window: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray
 
 def register_frame(frame: Frame, grid: Grid) -> np.ndarray:
     """One frame on the grid, in DN/s: shape ``(1, ny, nx)``, float32, NaN outside the frame."""
-    rows, cols = np.indices(grid.shape, dtype=np.float64)
-    x, y = pixel_map(frame, grid, rows, cols)
+    x, y = fast_pixel_map(frame, grid)
     shape = frame.info.shape
     inside = (x >= -0.5) & (x <= shape[1] - 0.5) & (y >= -0.5) & (y <= shape[0] - 0.5)
     x, y = np.where(inside, x, np.nan), np.where(inside, y, np.nan)
