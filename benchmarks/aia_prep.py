@@ -74,7 +74,10 @@ def write_frames(dest: Path, n: int, size: int) -> list[str]:
 
 
 def run_cloudlab(urls: list[str], region, derotate: bool) -> tuple[float, np.ndarray]:
-    """Seconds per frame and the result, in DN (headers read first, outside the timing)."""
+    """Seconds per frame and the result, in DN (headers read first, outside the timing, and
+    sunpy's coordinates imported first, as the reference's imports are)."""
+    import sunpy.coordinates  # noqa: F401
+
     cube = aia.open_stack(urls)
     t0 = time.perf_counter()
     with dask.config.set(scheduler="synchronous"):

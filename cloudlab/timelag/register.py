@@ -387,26 +387,31 @@ def fast_pixel_map(frame: Frame, grid: Grid, step: int = MAP_STEP,
     return full[0], full[1]
 
 
-def _window(x: np.ndarray, y: np.ndarray, shape, margin: int):
-    """The input box (y0, y1, x0, x1) holding every finite sample plus ``margin``, or None."""
-    finite = np.isfinite(x) & np.isfinite(y)
-    if not finite.any():
+def _window(x: np.ndarray, y: np.ndarray, inside: np.ndarray, shape, margin: int):
+    """The input box (y0, y1, x0, x1) holding every sample ``inside`` plus ``margin``, or None."""
+    if not inside.any():
         return None
     ny, nx = shape
-    x0 = max(int(np.floor(x[finite].min())) - margin, 0)
-    x1 = min(int(np.ceil(x[finite].max())) + margin + 1, nx)
-    y0 = max(int(np.floor(y[finite].min())) - margin, 0)
-    y1 = min(int(np.ceil(y[finite].max())) + margin + 1, ny)
+    every = inside.all()
+    low = [v.min() if every else v.min(where=inside, initial=np.inf) for v in (x, y)]
+    high = [v.max() if every else v.max(where=inside, initial=-np.inf) for v in (x, y)]
+    x0, y0 = (max(int(np.floor(v)) - margin, 0) for v in low)
+    x1, y1 = (min(int(np.ceil(v)) + margin + 1, n) for v, n in zip(high, (nx, ny), strict=True))
     return (y0, y1, x0, x1) if x1 > x0 and y1 > y0 else None
 
 
 def _interpolate(window: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Cubic-spline samples of ``window`` at ``(x, y)``; NaN where a NaN pixel is in reach."""
-    bad = ~np.isfinite(window)
-    data = np.where(bad, 0.0, window.astype(np.float64))
+    """Cubic-spline samples (float32) of ``window`` at ``(x, y)``; NaN where a NaN pixel is in
+    reach."""
+    bad = ~np.isfinite(window) if window.dtype.kind == "f" else None
+    if bad is not None and bad.any():
+        data = np.where(bad, 0.0, window.astype(np.float64))
+    else:
+        bad, data = None, window.astype(np.float64)
     coeffs = ndimage.spline_filter(data, order=3, mode="mirror")
-    out = ndimage.map_coordinates(coeffs, [y, x], order=3, mode="mirror", prefilter=False)
-    if bad.any():
+    out = ndimage.map_coordinates(coeffs, [y, x], np.float32, order=3, mode="mirror",
+                                  prefilter=False)  # fmt: skip
+    if bad is not None:
         reach = ndimage.binary_dilation(bad, np.ones((3, 3), bool)).astype(np.float32)
         out[ndimage.map_coordinates(reach, [y, x], order=1, mode="nearest") > 0] = np.nan
     return out
@@ -417,15 +422,20 @@ def register_frame(frame: Frame, grid: Grid) -> np.ndarray:
     x, y = fast_pixel_map(frame, grid)
     shape = frame.info.shape
     inside = (x >= -0.5) & (x <= shape[1] - 0.5) & (y >= -0.5) & (y <= shape[0] - 0.5)
-    x, y = np.where(inside, x, np.nan), np.where(inside, y, np.nan)
-    out = np.full(grid.shape, np.nan, np.float32)
-    box = _window(x, y, shape, grid.margin)
-    if box is not None:
-        y0, y1, x0, x1 = box
-        window = fits.read_region(frame.info, (slice(y0, y1), slice(x0, x1)))
-        ok = np.isfinite(x) & np.isfinite(y)
-        values = _interpolate(window, x[ok] - x0, y[ok] - y0)
-        out[ok] = values / (frame.exptime * frame.degradation)
+    box = _window(x, y, inside, shape, grid.margin)
+    if box is None:
+        return np.full((1, *grid.shape), np.nan, np.float32)
+    y0, y1, x0, x1 = box
+    window = fits.read_region(frame.info, (slice(y0, y1), slice(x0, x1)))
+    every = inside.all()  # else sample the outside at the window's corner, then blank it
+    x -= x0
+    y -= y0
+    if not every:
+        x[~inside], y[~inside] = 0.0, 0.0
+    out = _interpolate(window, x, y)
+    out /= np.float32(frame.exptime * frame.degradation)
+    if not every:
+        out[~inside] = np.nan
     return out[None]
 
 
