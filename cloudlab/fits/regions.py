@@ -5,7 +5,9 @@ range per contiguous run in C order; the runs of every box asked for at once are
 overlap or lie closer than a small gap, fetched with one batched request (:func:`fetch_ranges`:
 one ``storage.cat_ranges`` call, one open of a local file, or one decompressed span of a gzip
 file), cut back into boxes and scaled exactly as astropy scales them.
-Tile-compressed HDUs are read through astropy's ``section``, opening the file once per call.
+Tile-compressed HDUs fetch only the heap bytes of the tiles a box touches (their tile table is
+read once per file), decoded with astropy's decompression functions; tiles one codec cannot
+decode (quantized floating point...) are read through astropy's ``section``.
 """
 
 from __future__ import annotations
@@ -702,7 +704,8 @@ def read_regions(info: HDUInfo, boxes: Sequence[Any]) -> list[np.ndarray]:
     The contiguous byte runs of all boxes are merged where they overlap or lie closer than the
     merge gap (dask config ``cloudlab.fits.merge-gap``, default 1024 bytes) and fetched with one
     batched request (:func:`fetch_ranges`: a single ``storage.cat_ranges`` call for remote files;
-    tile-compressed HDUs: astropy's ``section``, one open of the file).
+    tile-compressed HDUs: the compressed bytes of the tiles the boxes touch, after the tile table
+    on the first read of a file).
 
     Parameters
     ----------
