@@ -19,7 +19,7 @@ from dask.highlevelgraph import HighLevelGraph
 from cloudlab.backdrop import basis, masks
 from cloudlab.backdrop.solver import Solver, build_solver
 from cloudlab.backend import gpu_tasks
-from cloudlab.chunking import task_outputs
+from cloudlab.chunking import items_per_task, task_outputs
 from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError
 from cloudlab.io.tess_ffi import FrameSource, frame_source
 from cloudlab.tess_detector import SCIENCE_COLUMN_START
@@ -37,7 +37,6 @@ __all__ = [
     "prepare_solver",
 ]
 
-BATCH_BYTES = 128 * 2**20
 SUBSAMPLE = 16
 MAX_NAN_FRACTION = 0.5
 """A frame with more than this fraction of its unmasked science pixels NaN is not fitted."""
@@ -305,8 +304,25 @@ def _fit_block(
 
 
 def default_frames_per_batch(n_rows: int, n_cols: int, n_frames: int) -> int:
-    """Frames per time chunk: about 128 MiB of float32 pixels, at least one frame."""
-    return int(max(1, min(n_frames, BATCH_BYTES // (4 * n_rows * n_cols))))
+    """Frames per fit task, from :func:`cloudlab.chunking.items_per_task` (dask's
+    ``array.chunk-size`` capped by the workers' memory), at least one frame.
+
+    A task holds its frames as float32 (4 bytes per pixel); the fit's temporaries (one frame's
+    residual and weights at a time) and the shared solver do not grow with the batch.
+
+    Parameters
+    ----------
+    n_rows, n_cols : int
+        Science pixels of one frame.
+    n_frames : int
+        Frames in the stack (the most one task can hold).
+
+    Returns
+    -------
+    int
+        Frames per task.
+    """
+    return items_per_task(4 * n_rows * n_cols, maximum=n_frames)
 
 
 def fit(
@@ -337,7 +353,8 @@ def fit(
     degree : int
         B-spline degree.
     frames_per_batch : int, optional
-        Frames per time chunk (right-hand sides solved together); default about 128 MiB.
+        Frames per time chunk (right-hand sides solved together); default
+        :func:`default_frames_per_batch`.
     gpu : bool
         Run the per-chunk kernels on CuPy (tasks ask for the ``GPU`` resource).
     source : cloudlab.io.tess_ffi.FrameSource, optional
