@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 SUBSAMPLE = 16
+#: bytes of the batch means stacked at once for their per-pixel median
+_MEDIAN_BAND_BYTES = 2**24
 MAX_NAN_FRACTION = 0.5
 """A frame with more than this fraction of its unmasked science pixels NaN is not fitted."""
 STATUS_NAN_FRAME = "nan_frame"
@@ -209,6 +211,20 @@ def _shared(source: FrameSource | None) -> Any:
     return dask.delayed(dataclasses.replace(source, urls=()), pure=True)
 
 
+def _median_image(batch_means: list[np.ndarray], median) -> np.ndarray:
+    """Per-pixel median of the batch means, a band of rows at a time: the stack of every mean
+    and the copy ``median`` sorts are a band's, not the whole image's."""
+    if len(batch_means) == 1:
+        return batch_means[0]
+    n_rows, n_cols = batch_means[0].shape
+    band = max(1, _MEDIAN_BAND_BYTES // (len(batch_means) * n_cols * batch_means[0].itemsize))
+    bands = [
+        median(np.stack([m[a : a + band] for m in batch_means]), axis=0)
+        for a in range(0, n_rows, band)
+    ]
+    return np.concatenate(bands)
+
+
 def prepare_solver(
     batch_means: list[np.ndarray],
     rows: np.ndarray,
@@ -228,16 +244,15 @@ def prepare_solver(
     removed, so that it keeps only fine (stellar) structure and the weights fitted to
     ``frame - average`` describe the whole background, constant included.
     """
-    stack = np.stack(batch_means)
-    if not np.isfinite(stack).any():
+    if not any(np.isfinite(m).any() for m in batch_means):
         where = f" ({len(names)} frames, the first {names[0]})" if names else ""
         raise InputError(
             f"fit: every frame is NaN{where}: no pixel has a value to build the average image; "
             "check the files and the HDU they are read from"
         )
-    finite = bool(np.isfinite(stack).all())
+    finite = all(bool(np.isfinite(m).all()) for m in batch_means)
     median = np.median if finite else np.nanmedian
-    avg = median(stack, axis=0) if len(stack) > 1 else stack[0]
+    avg = _median_image(batch_means, median)
     avg = (avg - median(avg)).astype(np.float32)
     star_mask, sat_mask = masks.background_mask(avg)
     solver = build_solver(
