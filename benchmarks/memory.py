@@ -266,18 +266,18 @@ def main() -> None:
 
     limit = parse_bytes(args.memory)
     rows = []
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit=limit,
-                     dashboard_address=None) as cluster,
-        Client(cluster) as client,
-    ):  # fmt: skip
-        for name in args.workflows:
-            tmp = Path(tempfile.mkdtemp(prefix=f"cloudlab-memory-{name}-"))
-            try:
+    for name in args.workflows:  # a fresh cluster each: nothing left over from the one before
+        tmp = Path(tempfile.mkdtemp(prefix=f"cloudlab-memory-{name}-"))
+        try:
+            with (
+                LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                             memory_limit=limit, dashboard_address=":0") as cluster,
+                Client(cluster) as client,
+            ):  # fmt: skip
                 rows.append(measure(client, name, tmp))
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            print(rows[-1], flush=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(rows[-1], flush=True)
     chunk = dask.config.get("array.chunk-size")
     print(f"\narray.chunk-size {chunk}, 2 workers x 1 thread, {format_bytes(limit)} each\n")
     print("| workflow | items | task size chosen | peak above baseline | ratio | spilled | "
