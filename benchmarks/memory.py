@@ -162,7 +162,12 @@ def build_dre(tmp: Path, n: int):
     return _reduce(result["chi"].data), max(cuts["obj"].data.chunks[0]) * per_galaxy
 
 
-def build_astronet(tmp: Path, n: int):
+def build_astronet_sorted(tmp: Path, n: int):
+    """The same catalog sorted by target, as the light curves are."""
+    return build_astronet(tmp, n, ordered=True)
+
+
+def build_astronet(tmp: Path, n: int, ordered: bool = False):
     from cloudlab.astronet import views
     from cloudlab.astronet.catalog import tces_per_task
     from cloudlab.io.lightcurves import read_lightcurves
@@ -180,7 +185,9 @@ def build_astronet(tmp: Path, n: int):
         urls[tic] = str(tmp / f"{tic}.fits")
         sparse_fits(Path(urls[tic]), hs)
     lcs = read_lightcurves(urls, reader="kepler")
-    tics = np.random.default_rng(0).permutation(np.asarray(lcs.target.values))
+    tics = np.asarray(lcs.target.values)
+    if not ordered:  # as catalogs come: not sorted by target
+        tics = np.random.default_rng(0).permutation(tics)
     tces = pd.DataFrame({"tic_id": tics, "Period": 3.0, "Epoc": 1.0, "Duration": 0.1})
     ds = views(lcs, tces)
     per_task = tces_per_task(lcs["flux"].shape[1], "triage", len(tces))
@@ -237,6 +244,7 @@ WORKFLOWS = {
     "cutouts": (build_cutouts, 200),
     "dre": (build_dre, 640),
     "astronet": (build_astronet, 640),
+    "astronet-sorted": (build_astronet_sorted, 640),
     "backdrop": (build_backdrop, 80),
     "timelag": (build_timelag, 1200),
 }
