@@ -1,5 +1,10 @@
-"""Chunk planning: spatial chunk sizes that keep one task's memory under a worker's limit, and
-the outputs of batch tasks as dask arrays in one graph layer."""
+"""Chunk planning: how much one task holds, in one place for every workflow.
+
+A task's size comes from dask's ``array.chunk-size`` (128 MiB by default), capped so that one task
+fits a fraction of a worker's memory per thread. :func:`items_per_task` turns a workflow's bytes
+per item (a target's cutout, a frame, a galaxy's cuts, a TCE's light curve and views) into items
+per task; :func:`plan_spatial_chunks` picks spatial chunks from bytes per pixel. Also: the outputs
+of batch tasks as dask arrays in one graph layer, and client-side batches for writers."""
 
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ from cloudlab.errors import InputError
 __all__ = [
     "DEFAULT_MEMORY_FRACTION",
     "client_batches",
+    "items_per_task",
     "plan_spatial_chunks",
+    "task_bytes",
     "task_outputs",
     "worker_memory_limit",
 ]
@@ -62,6 +69,87 @@ def worker_memory_limit(client=None) -> int:
     return int(psutil.virtual_memory().total / max(psutil.cpu_count() or 1, 1))
 
 
+def task_bytes(
+    *, memory_limit: int | None = None, fraction: float = DEFAULT_MEMORY_FRACTION
+) -> int:
+    """Bytes one task may hold: dask's ``array.chunk-size``, capped at a share of a worker's
+    memory per thread.
+
+    Parameters
+    ----------
+    memory_limit : int, optional
+        Bytes one task may use on a worker; default :func:`worker_memory_limit`.
+    fraction : float
+        Share of ``memory_limit`` one task may plan for (headroom for the worker itself).
+
+    Returns
+    -------
+    int
+        ``min(array.chunk-size, fraction * memory_limit)``, at least 1.
+
+    Raises
+    ------
+    InputError
+        If ``fraction`` is not in ``(0, 1]`` or ``memory_limit`` is not positive.
+    """
+    if not 0 < fraction <= 1:
+        raise InputError(f"fraction={fraction}: use a share of worker memory in (0, 1]")
+    limit = worker_memory_limit() if memory_limit is None else memory_limit
+    if limit <= 0:
+        raise InputError(f"memory_limit={limit}: use a positive number of bytes")
+    size = parse_bytes(dask.config.get("array.chunk-size"))
+    return max(1, int(min(size, fraction * limit)))
+
+
+def items_per_task(
+    bytes_per_item: float,
+    *,
+    minimum: int = 1,
+    maximum: int | None = None,
+    memory_limit: int | None = None,
+    fraction: float = DEFAULT_MEMORY_FRACTION,
+) -> int:
+    """How many items (targets, frames, galaxies, TCEs) one task should hold.
+
+    As many items as fit :func:`task_bytes` (dask's ``array.chunk-size``, capped at
+    ``fraction`` of a worker's memory per thread), clipped to ``[minimum, maximum]``.
+
+    Parameters
+    ----------
+    bytes_per_item : float
+        Peak memory one item costs a task: its inputs, intermediates and outputs.
+    minimum : int
+        Fewest items per task (a task holds at least this many even when they exceed the
+        budget).
+    maximum : int, optional
+        Most items per task, e.g. the number of items there are.
+    memory_limit : int, optional
+        Bytes one task may use on a worker; default :func:`worker_memory_limit`.
+    fraction : float
+        Share of ``memory_limit`` one task may plan for.
+
+    Returns
+    -------
+    int
+        Items per task, ``>= 1``.
+
+    Raises
+    ------
+    InputError
+        If ``bytes_per_item`` is not positive, or ``minimum`` is below 1.
+    """
+    if not bytes_per_item > 0:
+        raise InputError(f"items_per_task: bytes_per_item={bytes_per_item} must be positive")
+    if minimum < 1:
+        raise InputError(f"items_per_task: minimum={minimum} must be at least 1")
+    n = max(
+        minimum, int(task_bytes(memory_limit=memory_limit, fraction=fraction) // bytes_per_item)
+    )
+    if maximum is not None:
+        n = min(n, max(maximum, 1))
+    return n
+
+
 def plan_spatial_chunks(
     spatial_shape: Sequence[int],
     bytes_per_pixel: float,
@@ -72,8 +160,10 @@ def plan_spatial_chunks(
     """Pick spatial chunk sizes so that one task fits in a worker's memory.
 
     The time axis is always one chunk; this picks near-square spatial chunks whose pixel count
-    times ``bytes_per_pixel`` stays under ``fraction * memory_limit``. Chunks are spread evenly
-    so that no chunk is much smaller than the others.
+    times ``bytes_per_pixel`` stays under :func:`task_bytes` (dask's ``array.chunk-size``,
+    capped at ``fraction * memory_limit``), with at least one pixel per chunk as long as one
+    pixel fits ``fraction * memory_limit``. Chunks are spread evenly so that no chunk is much
+    smaller than the others.
 
     Parameters
     ----------
@@ -107,13 +197,13 @@ def plan_spatial_chunks(
             "pass the shape of a non-empty image"
         )
     limit = worker_memory_limit() if memory_limit is None else memory_limit
-    budget = int(fraction * limit // bytes_per_pixel)
-    if budget < 1:
+    if fraction * limit < bytes_per_pixel:
         raise InputError(
             f"plan_spatial_chunks: one pixel needs {bytes_per_pixel / 2**20:.1f} MiB but a task "
             f"may use only {fraction * limit / 2**20:.1f} MiB: shorten the time series or give "
             "workers more memory"
         )
+    budget = max(1, int(task_bytes(memory_limit=limit, fraction=fraction) // bytes_per_pixel))
     shape = list(spatial_shape)
     if not shape:
         return ()

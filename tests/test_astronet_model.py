@@ -300,3 +300,53 @@ def test_cli_train_offers_the_training_options(simulated_views, tmp_path, capsys
     expect = evaluate(load(str(tmp_path / "m_5.keras")), test_views)
     assert result["test"]["n"] == expect["n"] == test_views.sizes["tce"]
     assert result["test"]["auc"] == pytest.approx(expect["auc"], abs=1e-6)
+
+
+def _recording_scheduler(calls: list):
+    """dask's threaded scheduler, recording how many output chunks each compute asks for."""
+    import dask.threaded
+    from dask.core import flatten
+
+    def get(dsk, keys, **kwargs):
+        calls.append(len(list(flatten(keys))))
+        return dask.threaded.get(dsk, keys, **kwargs)
+
+    return get
+
+
+def test_cli_predict_writes_batch_by_batch(tiny_model, tmp_path):
+    import dask
+    import pandas as pd
+
+    from cloudlab.astronet import write_predictions
+    from cloudlab.cli import main
+    from cloudlab.storage import read_zarr
+
+    _, _, path, _ = tiny_model
+    src = tmp_path / "lc"
+    lc, tces = simulate_lightcurves(4, 4, 4, dest=str(src), seed=13)
+    expected = predict_catalog(lc, tces, path, batch_size=4).compute(scheduler="synchronous")
+    csv = tmp_path / "pred.csv"
+    args = ["astronet", "predict", "--checkpoints", path, "--lightcurves", str(src / "*.h5"),
+            "--tces", str(src / "tces.csv"), "--out", str(csv), "--batch-size", "4"]  # fmt: skip
+    calls: list[int] = []
+    # 4 TCEs of reasons (<U96) exceed 1 KiB: the client asks for one batch at a time
+    with dask.config.set({"array.chunk-size": "1KiB", "scheduler": _recording_scheduler(calls)}):
+        assert main(args) == 0
+    table = pd.read_csv(csv, keep_default_na=False)
+    assert len(calls) == 3 and max(calls) == 3  # 12 TCEs in 3 batches: prediction, status, reason
+    np.testing.assert_array_equal(table["tic_id"], tces["tic_id"])
+    np.testing.assert_allclose(table["prediction"], expected["prediction"].values, rtol=1e-6)
+    np.testing.assert_array_equal(table["status"], expected["status"].values)
+    np.testing.assert_array_equal(table["reason"], expected["reason"].values)
+
+    store = str(tmp_path / "pred.zarr")
+    graph = predict_catalog(lc, tces, path, batch_size=4)
+    counts = write_predictions(graph, store, progress=False)
+    back = read_zarr(store)
+    assert counts == {"written": int(expected["valid"].sum()), "skipped": 0}
+    assert back["prediction"].chunks == ((4, 4, 4),)  # one chunk per batch, written per batch
+    np.testing.assert_allclose(back["prediction"].values, expected["prediction"].values, rtol=1e-6)
+    np.testing.assert_array_equal(back["Period"].values, tces["Period"].values)
+    with pytest.raises(FileExistsError):
+        write_predictions(graph, store, progress=False)

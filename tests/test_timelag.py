@@ -234,9 +234,13 @@ def test_chunk_planner_keeps_tasks_under_the_memory_limit():
     per_pixel = timelag_bytes_per_pixel(3600, 2)
     assert per_pixel * 300 * 300 > 5.2e9  # the C array alone is ~5.2 GB for 300x300 pixels
     limit = 4 * 2**30
-    chunks = plan_spatial_chunks((4096, 4096), per_pixel, memory_limit=limit)
+    with dask.config.set({"array.chunk-size": "8GiB"}):  # capped by the worker's memory
+        chunks = plan_spatial_chunks((4096, 4096), per_pixel, memory_limit=limit)
     assert chunks[0] * chunks[1] * per_pixel <= 0.5 * limit
     assert chunks[0] * chunks[1] * per_pixel > 0.1 * limit  # not needlessly small
+    chunks = plan_spatial_chunks((4096, 4096), per_pixel, memory_limit=limit)
+    size = chunks[0] * chunks[1] * per_pixel  # by default: dask's array.chunk-size
+    assert 0.25 * 128 * 2**20 < size <= 128 * 2**20
     assert plan_spatial_chunks((20, 30), 8.0, memory_limit=2**30) == (20, 30)
     with pytest.raises(ValueError, match="one pixel needs"):
         plan_spatial_chunks((10, 10), 2.0**30, memory_limit=2**20)

@@ -3,7 +3,7 @@
 TensorFlow is imported only by the TFRecord, model and training functions.
 """
 
-from cloudlab.astronet.catalog import predict_catalog, read_tces, views
+from cloudlab.astronet.catalog import predict_catalog, read_tces, views, write_predictions
 from cloudlab.astronet.shipped import shipped_models
 from cloudlab.astronet.tfrecords import read_tfrecords, write_tfrecords
 from cloudlab.astronet.views import (
@@ -23,5 +23,6 @@ __all__ = [
     "shipped_models",
     "views",
     "views_for",
+    "write_predictions",
     "write_tfrecords",
 ]

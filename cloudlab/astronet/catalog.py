@@ -10,6 +10,7 @@ after :func:`read_tces` (``tic_id``, ``Period``, ``Epoc``, ``Duration`` in days)
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
 from functools import lru_cache
@@ -25,20 +26,25 @@ from cloudlab import storage
 from cloudlab.astronet.shipped import SHIPPED, shipped_models
 from cloudlab.astronet.views import batch_views, num_bins
 from cloudlab.backend import gpu_tasks
-from cloudlab.chunking import task_outputs
-from cloudlab.errors import REASON, STATUS, InputError, NotFoundError
+from cloudlab.chunking import client_batches, items_per_task, task_outputs
+from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError, NotFoundError
 
 __all__ = [
     "DR24_COLUMNS",
+    "INFERENCE_BATCH",
     "REASON_DTYPE",
     "REFERENCE_COLUMNS",
     "STATUS_DTYPE",
     "predict_catalog",
     "read_tces",
+    "tces_per_task",
     "views",
+    "write_predictions",
 ]
 
 REASON_DTYPE = "<U96"
+#: TCEs the models see at once inside a task (bounds the network's activations)
+INFERENCE_BATCH = 256
 STATUS_DTYPE = "<U16"
 REFERENCE_COLUMNS = [  # the columns generate_input_records keeps (usecols 0-3, 7-13, 18)
     "row_id",
@@ -236,12 +242,40 @@ def _batch_inputs(row_of: np.ndarray, starts: np.ndarray, batch: slice):
     return blocks, picks, local, found
 
 
+def tces_per_task(n_cadences: int, kind: str, n_tces: int, *, extra: bool = False) -> int:
+    """TCEs per views (and inference) task, from :func:`cloudlab.chunking.items_per_task`.
+
+    A TCE costs a task the light-curve rows it reads (time and flux, as the input blocks hold
+    them and as the float64 copy the views are made from: 32 bytes per cadence, twice that with
+    the vetting apertures ``flux_small``/``flux_big``) and its float64 views.
+
+    Parameters
+    ----------
+    n_cadences : int
+        Samples per light curve.
+    kind : str
+        View algorithm (sets the view lengths).
+    n_tces : int
+        TCEs in the catalog (the most one task holds).
+    extra : bool
+        Whether the small- and big-aperture fluxes come too (vetting ``depth_change``).
+
+    Returns
+    -------
+    int
+        TCEs per task.
+    """
+    per_cadence = 2 * 2 * 8 * (2 if extra else 1)
+    per_tce = per_cadence * max(n_cadences, 1) + 8 * sum(num_bins(kind).values())
+    return items_per_task(per_tce, maximum=n_tces)
+
+
 def views(
     lightcurves: xr.Dataset,
     tces: pd.DataFrame,
     *,
     kind: str = "triage",
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     target: str = "tic_id",
     period: str = "Period",
     t0: str = "Epoc",
@@ -259,8 +293,8 @@ def views(
         One row per TCE; ``target`` values must match ``lightcurves.target``.
     kind : {"triage", "vetting", "kepler"}
         View algorithm (see :func:`cloudlab.astronet.views_for`).
-    batch_size : int
-        TCEs per task.
+    batch_size : int, optional
+        TCEs per task (default: :func:`tces_per_task`, from dask's ``array.chunk-size``).
     target, period, t0, duration : str
         Column names (period, epoch and duration in days, epoch in the light curves' time
         system).
@@ -292,9 +326,12 @@ def views(
             f"TCE table lacks columns {missing} (has {list(tces.columns)}); "
             "name the right ones with target=, period=, t0=, duration="
         )
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise InputError(f"batch_size={batch_size}: use a positive number of TCEs per task")
     time, flux, labels = _light_curve_arrays(lightcurves)
+    with_depth = kind == "vetting" and {"flux_small", "flux_big"} <= set(lightcurves.data_vars)
+    if batch_size is None:
+        batch_size = tces_per_task(flux.shape[1], kind, max(len(tces), 1), extra=with_depth)
     lookup = pd.Index(labels)
     if not lookup.is_unique:
         dup = lookup[lookup.duplicated()].unique()[:5].tolist()
@@ -302,7 +339,6 @@ def views(
     row_of = lookup.get_indexer(tces[target].to_numpy())
     sizes = num_bins(kind)
     n = len(tces)
-    with_depth = kind == "vetting" and {"flux_small", "flux_big"} <= set(lightcurves.data_vars)
     inputs = {"time": time, "flux": flux}
     if with_depth:
         inputs["small"] = lightcurves["flux_small"].transpose("target", ...).data
@@ -425,7 +461,7 @@ def predict_catalog(
     checkpoints: str | Sequence[str] | None = None,
     *,
     kind: str = "triage",
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     gpu: bool = False,
     **columns: str,
 ) -> xr.Dataset:
@@ -444,8 +480,8 @@ def predict_catalog(
         which takes ``kind="triage"`` views only.
     kind : str
         View algorithm.
-    batch_size : int
-        TCEs per task (views and inference).
+    batch_size : int, optional
+        TCEs per task (views and inference; default :func:`tces_per_task`).
     gpu : bool
         Annotate the inference tasks with the GPU resource (``cloudlab.cluster.gpu_tasks``) so
         they run on GPU workers, where TensorFlow uses the device; views stay on CPU workers.
@@ -511,7 +547,7 @@ def predict_catalog(
             "i",
             tuple(checkpoints),
             None,
-            batch_size,
+            INFERENCE_BATCH,
             None,
             concatenate=True,
             dtype=float,
@@ -519,3 +555,116 @@ def predict_catalog(
         )
     ds["prediction"] = ("tce", prediction)
     return ds
+
+
+def write_predictions(
+    ds: xr.Dataset,
+    url: str,
+    *,
+    columns: Sequence[str] | None = None,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Write the predictions of :func:`predict_catalog` without gathering them on the client.
+
+    A ``url`` ending in ``.zarr`` gets a zarr (v2) store written by
+    :func:`cloudlab.storage.write_zarr`: on a cluster each worker writes the chunks of its own
+    batches, so the predictions never pass through the client. Any other ``url`` gets a CSV
+    table, computed and appended a range of whole batches at a time
+    (:func:`cloudlab.chunking.client_batches`, about dask's ``array.chunk-size`` of rows), so
+    the client holds one range, not the catalog. Either way the product is put in place only
+    once complete (an existing one is refused unless ``overwrite``, before any computation).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        From :func:`predict_catalog` (lazy).
+    url : str
+        Destination: ``*.zarr`` for a store, else a CSV file.
+    columns : sequence of str, optional
+        TCE columns to write before ``prediction``, ``status`` and ``reason`` (default: every
+        TCE column of the catalog).
+    overwrite : bool
+        Replace an existing product.
+    storage_options : dict, optional
+        fsspec options for ``url``.
+    progress : bool
+        Progress bar on stderr.
+
+    Returns
+    -------
+    dict
+        ``{"written": TCEs with a prediction, "skipped": TCEs without one}``.
+
+    Raises
+    ------
+    InputError
+        ``ds`` has no ``prediction``, a column is not in ``ds``, or (CSV) every TCE was skipped:
+        then nothing is written.
+    OverwriteError
+        ``url`` exists and ``overwrite`` is False.
+    """
+    if "prediction" not in ds:
+        raise InputError(
+            "write_predictions: no 'prediction' variable; pass predict_catalog's result"
+        )
+    if columns is None:
+        columns = [c for c in ds.data_vars if ds[c].dims == ("tce",) and not _is_lazy(ds[c])]
+    missing = [c for c in columns if c not in ds]
+    if missing:
+        raise InputError(f"write_predictions: columns {missing} are not in the predictions")
+    names = [*columns, "prediction", STATUS, REASON]
+    storage.check_writable(url, overwrite=overwrite, storage_options=storage_options)
+    if url.rstrip("/").endswith(".zarr"):
+        out = ds[names]
+        out.attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)}
+        storage.write_zarr(
+            out, url, overwrite=overwrite, storage_options=storage_options, progress=progress,
+            zarr_format=2,
+        )  # fmt: skip
+        status = storage.read_zarr(url, storage_options=storage_options)[STATUS].values
+        ok = int((status == STATUS_OK).sum())
+        return {"written": ok, "skipped": int(status.size - ok)}
+    return _write_predictions_csv(ds, url, columns, overwrite, storage_options, progress)
+
+
+def _is_lazy(variable: xr.DataArray) -> bool:
+    return isinstance(variable.data, da.Array)
+
+
+def _write_predictions_csv(ds, url, columns, overwrite, storage_options, progress):
+    """The CSV table of :func:`write_predictions`, one range of whole batches at a time."""
+    from tqdm import tqdm
+
+    from cloudlab.cluster import compute
+
+    lazy = [ds[v].data for v in ("prediction", STATUS, REASON)]
+    counts = {"written": 0, "skipped": 0}
+    first_reason = ""
+    bar = tqdm(total=ds.sizes["tce"], desc="predict", unit="TCE", file=sys.stderr,
+               disable=not progress)  # fmt: skip
+    with (
+        bar,
+        storage.write_file(url, overwrite=overwrite, storage_options=storage_options) as path,
+        open(path, "w", newline="") as f,
+    ):
+        for start, stop in client_batches(ds[REASON].data):
+            prediction, status, reason = compute(*(v[start:stop] for v in lazy), progress=False)
+            table = pd.DataFrame({c: ds[c].values[start:stop] for c in columns})
+            table["prediction"] = prediction
+            table[STATUS] = status
+            table[REASON] = reason
+            table.to_csv(f, header=start == 0, index=False)
+            ok = int((status == STATUS_OK).sum())
+            counts["written"] += ok
+            counts["skipped"] += stop - start - ok
+            if not first_reason and ok < stop - start:
+                first_reason = str(reason[status != STATUS_OK][0])
+            bar.update(stop - start)
+        if not counts["written"]:
+            raise InputError(
+                f"all {counts['skipped']} TCEs were skipped, nothing written to {url}; the "
+                f"first reason: {first_reason}"
+            )
+    return counts

@@ -19,7 +19,7 @@ from dask.highlevelgraph import HighLevelGraph
 from cloudlab.backdrop import basis, masks
 from cloudlab.backdrop.solver import Solver, build_solver
 from cloudlab.backend import gpu_tasks
-from cloudlab.chunking import task_outputs
+from cloudlab.chunking import items_per_task, task_outputs
 from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError
 from cloudlab.io.tess_ffi import FrameSource, frame_source
 from cloudlab.tess_detector import SCIENCE_COLUMN_START
@@ -37,8 +37,9 @@ __all__ = [
     "prepare_solver",
 ]
 
-BATCH_BYTES = 128 * 2**20
 SUBSAMPLE = 16
+#: bytes of the batch means stacked at once for their per-pixel median
+_MEDIAN_BAND_BYTES = 2**24
 MAX_NAN_FRACTION = 0.5
 """A frame with more than this fraction of its unmasked science pixels NaN is not fitted."""
 STATUS_NAN_FRAME = "nan_frame"
@@ -210,6 +211,20 @@ def _shared(source: FrameSource | None) -> Any:
     return dask.delayed(dataclasses.replace(source, urls=()), pure=True)
 
 
+def _median_image(batch_means: list[np.ndarray], median) -> np.ndarray:
+    """Per-pixel median of the batch means, a band of rows at a time: the stack of every mean
+    and the copy ``median`` sorts are a band's, not the whole image's."""
+    if len(batch_means) == 1:
+        return batch_means[0]
+    n_rows, n_cols = batch_means[0].shape
+    band = max(1, _MEDIAN_BAND_BYTES // (len(batch_means) * n_cols * batch_means[0].itemsize))
+    bands = [
+        median(np.stack([m[a : a + band] for m in batch_means]), axis=0)
+        for a in range(0, n_rows, band)
+    ]
+    return np.concatenate(bands)
+
+
 def prepare_solver(
     batch_means: list[np.ndarray],
     rows: np.ndarray,
@@ -229,16 +244,15 @@ def prepare_solver(
     removed, so that it keeps only fine (stellar) structure and the weights fitted to
     ``frame - average`` describe the whole background, constant included.
     """
-    stack = np.stack(batch_means)
-    if not np.isfinite(stack).any():
+    if not any(np.isfinite(m).any() for m in batch_means):
         where = f" ({len(names)} frames, the first {names[0]})" if names else ""
         raise InputError(
             f"fit: every frame is NaN{where}: no pixel has a value to build the average image; "
             "check the files and the HDU they are read from"
         )
-    finite = bool(np.isfinite(stack).all())
+    finite = all(bool(np.isfinite(m).all()) for m in batch_means)
     median = np.median if finite else np.nanmedian
-    avg = median(stack, axis=0) if len(stack) > 1 else stack[0]
+    avg = _median_image(batch_means, median)
     avg = (avg - median(avg)).astype(np.float32)
     star_mask, sat_mask = masks.background_mask(avg)
     solver = build_solver(
@@ -305,8 +319,25 @@ def _fit_block(
 
 
 def default_frames_per_batch(n_rows: int, n_cols: int, n_frames: int) -> int:
-    """Frames per time chunk: about 128 MiB of float32 pixels, at least one frame."""
-    return int(max(1, min(n_frames, BATCH_BYTES // (4 * n_rows * n_cols))))
+    """Frames per fit task, from :func:`cloudlab.chunking.items_per_task` (dask's
+    ``array.chunk-size`` capped by the workers' memory), at least one frame.
+
+    A task holds its frames as float32 (4 bytes per pixel); the fit's temporaries (one frame's
+    residual and weights at a time) and the shared solver do not grow with the batch.
+
+    Parameters
+    ----------
+    n_rows, n_cols : int
+        Science pixels of one frame.
+    n_frames : int
+        Frames in the stack (the most one task can hold).
+
+    Returns
+    -------
+    int
+        Frames per task.
+    """
+    return items_per_task(4 * n_rows * n_cols, maximum=n_frames)
 
 
 def fit(
@@ -337,7 +368,8 @@ def fit(
     degree : int
         B-spline degree.
     frames_per_batch : int, optional
-        Frames per time chunk (right-hand sides solved together); default about 128 MiB.
+        Frames per time chunk (right-hand sides solved together); default
+        :func:`default_frames_per_batch`.
     gpu : bool
         Run the per-chunk kernels on CuPy (tasks ask for the ``GPU`` resource).
     source : cloudlab.io.tess_ffi.FrameSource, optional

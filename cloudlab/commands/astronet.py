@@ -86,7 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("--data", help="TFRecord file(s) or glob (instead of light curves)")
     _light_curve_args(predict, required=False)
-    predict.add_argument("--out", required=True, help="CSV of predictions (any fsspec URL)")
+    predict.add_argument(
+        "--out", required=True, help="CSV of predictions, or a .zarr store (any fsspec URL)"
+    )
     add_overwrite_argument(predict)
     predict.set_defaults(func=_predict)
 
@@ -140,7 +142,12 @@ def _light_curve_args(parser: argparse.ArgumentParser, required: bool = True) ->
     parser.add_argument("--tces", required=required, help="TCE table (tces.csv)")
     parser.add_argument("--reader", default="qlp", choices=("qlp", "qlp-vetting", "kepler"))
     parser.add_argument("--kind", default="triage", choices=("triage", "vetting", "kepler"))
-    parser.add_argument("--batch-size", type=int, default=1000, help="TCEs per task")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="TCEs per task (default: from dask's array.chunk-size and the workers' memory)",
+    )
     add_cluster_argument(parser)
 
 
@@ -243,31 +250,29 @@ def _predict(args: argparse.Namespace) -> int:
     from cloudlab import storage
 
     check_products([args.out], args)
-    if args.data:
-        from cloudlab.astronet.tfrecords import read_tfrecords
-        from cloudlab.astronet.train import predict
-
-        ds = read_tfrecords(args.data, label=None)
-        ds["prediction"] = ("tce", predict(args.checkpoints, ds))
-        reason = None
-    elif args.lightcurves and args.tces:
-        from cloudlab.astronet import predict_catalog
+    if args.lightcurves and args.tces and not args.data:
+        from cloudlab.astronet import predict_catalog, write_predictions
 
         lightcurves, tces = _catalog(args)
         graph = predict_catalog(
             lightcurves, tces, args.checkpoints, kind=args.kind, batch_size=args.batch_size
         )
-        ds = _compute(graph[["prediction", "valid", "reason"]], args)
-        ds = ds.assign({c: ("tce", tces[c].to_numpy()) for c in tces.columns})
-        reason = ds["reason"].values
-        _refuse_if_all_skipped(reason, f"written to {args.out}")
-    else:
+        columns = [c for c in ("row_id", "tic_id", "Disposition") if c in tces]
+        with cluster_context(args):  # each batch's predictions written, never the whole catalog
+            counts = write_predictions(graph, args.out, columns=columns, overwrite=args.overwrite)
+        print(f"wrote {counts['written']} predictions to {args.out} "
+              f"({counts['skipped']} TCEs skipped, with their reasons)")  # fmt: skip
+        return 0
+    if not args.data:
         raise InputError("give --data (TFRecords) or --lightcurves and --tces")
+    from cloudlab.astronet.tfrecords import read_tfrecords
+    from cloudlab.astronet.train import predict
+
+    ds = read_tfrecords(args.data, label=None)
+    ds["prediction"] = ("tce", predict(args.checkpoints, ds))
     columns = [c for c in ("row_id", "tic_id", "Disposition") if c in ds]
     table = pd.DataFrame({c: ds[c].values for c in columns})
     table["prediction"] = ds["prediction"].values
-    if reason is not None:
-        table["reason"] = reason
     storage.write_bytes(args.out, table.to_csv(index=False).encode(), overwrite=args.overwrite)
     print(f"wrote {len(table)} predictions to {args.out}")
     return 0

@@ -24,6 +24,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from cloudlab import fits, storage
+from cloudlab.chunking import items_per_task
 from cloudlab.cutouts.locate import check_targets, wcs_pixels
 from cloudlab.cutouts.pointing import radec_to_pixel, sector_geometry
 from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError, check_on_error
@@ -33,7 +34,6 @@ from cloudlab.io.tess import cube_url as make_cube_url
 __all__ = [
     "BYTES_PER_PIXEL_FRAME",
     "STELLAR_KEYWORDS",
-    "TARGET_BATCH_BYTES",
     "TESS_PIXEL_ARCSEC",
     "cutout_boxes",
     "cutout_header",
@@ -47,8 +47,6 @@ __all__ = [
 
 BYTES_PER_PIXEL_FRAME = 8
 """Flux and uncertainty, float32 each."""
-TARGET_BATCH_BYTES = 128 * 2**20
-"""Default upper bound on the pixel bytes one task reads."""
 
 
 STELLAR_KEYWORDS = {
@@ -304,7 +302,8 @@ def make_cutouts(
     cube_base : str, optional
         Directory of the cubes (default MAST's ``s3://stpubdata/tess/public/mast``).
     batch_size : int, optional
-        Targets per task (default: as many as fit in 128 MiB of pixels, at most 512).
+        Targets per task (default: :func:`cloudlab.chunking.items_per_task`, as many as fit
+        dask's ``array.chunk-size`` capped by the workers' memory).
     on_error : {"raise", "skip"}
         What to do with targets that cannot be cut (off silicon, cube missing or unreadable,
         coordinates outside the cube's WCS): raise one error listing them all, or leave them
@@ -614,16 +613,18 @@ def _build_graph(
     cubes or how their targets interleave.
     """
     ny, nx = size
-    per_target = ny * nx * n_frames * BYTES_PER_PIXEL_FRAME
+    n_targets = len(corner_col)
     if batch_size is None:
-        batch_size = int(np.clip(TARGET_BATCH_BYTES // max(per_target, 1), 1, 512))
+        # per target: the float32 flux + uncertainty cutout, and the same again for the regions
+        # read_regions returns for the whole batch before they are placed
+        per_target = 2 * ny * nx * max(n_frames, 1) * BYTES_PER_PIXEL_FRAME
+        batch_size = items_per_task(per_target, maximum=n_targets)
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     # HDU 1 of each cube: cached by cube_meta, so no file is read again here
     infos = [fits.hdu_info(u, 1, storage_options=storage_options).light() for u in cube_list]
     corner_col = np.asarray(corner_col, dtype=np.int64)
     corner_row = np.asarray(corner_row, dtype=np.int64)
-    n_targets = len(corner_col)
     name = "cutouts-" + tokenize(cube_list, cube_index, corner_col, corner_row, size, batch_size)
     starts = list(range(0, n_targets, batch_size))
     layer: dict = {}

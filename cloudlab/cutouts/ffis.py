@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import dask
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
-from dask.utils import parse_bytes
 
 from cloudlab import fits, storage
+from cloudlab.chunking import items_per_task
 from cloudlab.cutouts.cutout import BYTES_PER_PIXEL_FRAME, cutout_boxes
 
 __all__ = ["ffi_cutout_array", "read_ffi_cutouts"]
@@ -99,8 +98,8 @@ def ffi_cutout_array(
     size : (int, int)
         (rows, columns).
     frames_per_task : int, optional
-        FFIs per task (default: as many as keep a task's output within dask's
-        ``array.chunk-size``).
+        FFIs per task (default: :func:`cloudlab.chunking.items_per_task`, as many as keep a
+        task's output within dask's ``array.chunk-size``, capped by the workers' memory).
 
     Returns
     -------
@@ -109,10 +108,11 @@ def ffi_cutout_array(
     """
     ny, nx = size
     n_targets, n_frames = len(corner_col), len(frames)
-    per_frame = max(1, n_targets * ny * nx * BYTES_PER_PIXEL_FRAME)
     if frames_per_task is None:
-        limit = parse_bytes(dask.config.get("array.chunk-size"))
-        frames_per_task = int(np.clip(limit // per_frame, 1, max(n_frames, 1)))
+        # per frame: every target's float32 flux + uncertainty cutout (the row bands of one
+        # frame per reading thread come on top, whatever the number of frames)
+        per_frame = max(1, n_targets * ny * nx * BYTES_PER_PIXEL_FRAME)
+        frames_per_task = items_per_task(per_frame, maximum=n_frames)
     images = [image.light() for image, _ in frames]
     errors = [None if err is None else err.light() for _, err in frames]
     corners = np.stack([np.asarray(corner_col, np.int64), np.asarray(corner_row, np.int64)])

@@ -19,17 +19,20 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from scipy import ndimage
 
-from cloudlab.chunking import task_outputs
+from cloudlab.chunking import items_per_task, task_outputs
 from cloudlab.errors import InputError
 from cloudlab.fits import HDUInfo, hdu_info, read_regions
 from cloudlab.io.galaxies import read_catalog
 
-__all__ = ["NAN_IN_CUT", "REQUIRED_COLUMNS", "clean_mask", "open_cuts"]
+__all__ = ["CUT_BYTES_PER_PIXEL", "NAN_IN_CUT", "REQUIRED_COLUMNS", "clean_mask", "open_cuts"]
 
 #: Catalogue columns DRE needs.
 REQUIRED_COLUMNS = ("NUMBER", "X_IMAGE", "Y_IMAGE", "CLASS_STAR")
 #: Bit of ``flag`` set when the science cut contains NaN (DRE skips such cuts).
 NAN_IN_CUT = 1
+#: Peak bytes per cut pixel of a task reading cuts: obj and rms (float32), seg (bool), and one
+#: image's windows as read (up to float64) at a time.
+CUT_BYTES_PER_PIXEL = 4 + 4 + 1 + 8
 
 
 def clean_mask(mask: np.ndarray) -> np.ndarray:
@@ -98,20 +101,22 @@ def _read_chunk(
     obj = np.empty((n, size, size), np.float32)
     seg = np.empty((n, size, size), bool)
     noise = np.empty((n, size, size), np.float32)
-    flag = np.zeros(n, np.uint8)
-    science = read_regions(tile, windows)
-    sky = read_regions(background, windows) if background is not None else None
-    sigma = None if isinstance(rms, float) else read_regions(rms, windows)
-    segments = read_regions(segmentation, windows)
-    for i, number in enumerate(numbers):
-        cut = science[i].astype(np.float32)
-        if np.isnan(cut.sum()):
-            flag[i] |= NAN_IN_CUT
-        if sky is not None:
-            cut = cut - sky[i].astype(np.float32)
+    # one image's windows at a time, each placed in the outputs and let go before the next read
+    for i, cut in enumerate(read_regions(tile, windows)):
         obj[i] = cut
-        noise[i] = rms if sigma is None else sigma[i]
-        seg[i] = clean_mask(segments[i] == number)
+    flag = np.where(np.isnan(obj.sum(axis=(1, 2))), np.uint8(NAN_IN_CUT), np.uint8(0))
+    if background is not None:
+        for i, cut in enumerate(read_regions(background, windows)):
+            obj[i] -= cut.astype(np.float32)
+    if isinstance(rms, float):
+        noise[:] = rms
+    else:
+        for i, cut in enumerate(read_regions(rms, windows)):
+            noise[i] = cut
+    for i, (cut, number) in enumerate(
+        zip(read_regions(segmentation, windows), numbers, strict=True)
+    ):
+        seg[i] = clean_mask(cut == number)
     return obj, seg, noise, flag
 
 
@@ -139,7 +144,7 @@ def open_cuts(
     segmentation: str | None = None,
     filters: dict[str, tuple[float, float]] | None = None,
     hdu: int = 0,
-    chunk_size: int = 32,
+    chunk_size: int | None = None,
     storage_options: dict | None = None,
 ) -> xr.Dataset:
     """Open DRE galaxy cuts of a tile lazily: each chunk of galaxies reads only its windows.
@@ -168,8 +173,9 @@ def open_cuts(
         Extra ``{column: (min, max)}`` cuts, each applied as ``min < value < max``.
     hdu : int
         HDU of the tile and check images.
-    chunk_size : int
-        Galaxies per dask chunk.
+    chunk_size : int, optional
+        Galaxies per dask chunk (default: :func:`cloudlab.chunking.items_per_task`, as many
+        galaxies' cuts as fit dask's ``array.chunk-size`` capped by the workers' memory).
     storage_options : dict, optional
         fsspec options for every URL.
 
@@ -192,7 +198,7 @@ def open_cuts(
         )
     if size < 8 or size % 2:
         raise InputError(f"size must be an even number >= 8, got {size!r}")
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size!r}")
     table = _as_table(catalog, storage_options)
     source = f"catalog {catalog}" if isinstance(catalog, str) else "the catalog"
@@ -241,6 +247,8 @@ def open_cuts(
     numbers = np.asarray(selected["NUMBER"], dtype=np.int64)
 
     n = len(selected)
+    if chunk_size is None:
+        chunk_size = items_per_task(CUT_BYTES_PER_PIXEL * size * size, maximum=n)
     starts = range(0, n, chunk_size)
     lengths = [min(chunk_size, n - s) for s in starts]
     name = "dre-cuts-" + tokenize(

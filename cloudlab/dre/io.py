@@ -23,7 +23,8 @@ from dask.highlevelgraph import HighLevelGraph
 
 from cloudlab import storage
 from cloudlab.backend import asnumpy
-from cloudlab.chunking import client_batches, task_outputs
+from cloudlab.chunking import client_batches, items_per_task, task_outputs
+from cloudlab.dre.cuts import CUT_BYTES_PER_PIXEL
 from cloudlab.errors import FITSFormatError, InputError
 from cloudlab.storage import check_writable, resolve, write_file
 
@@ -255,8 +256,8 @@ def write_cuts_hdf5(
     return written
 
 
-_CUTS_CHUNK = 32  # galaxies per task when cuts are read back from HDF5
 _CUT_VARIABLES = ("obj", "seg", "rms")
+_CUT_DTYPES = (np.float32, bool, np.float32)
 
 
 def _read_cuts_chunk(
@@ -268,9 +269,11 @@ def _read_cuts_chunk(
     fs, path = resolve(url, storage_options=storage_options)
     try:
         with fs.open(path, "rb") as f, h5py.File(f, "r") as h5:
-            obj, seg, rms = (
-                np.stack([np.asarray(h5[n][v]) for n in names]) for v in _CUT_VARIABLES
-            )
+            shape = (len(names), *h5[names[0]]["obj"].shape)
+            obj, seg, rms = (np.empty(shape, dtype) for dtype in _CUT_DTYPES)
+            for i, n in enumerate(names):  # each galaxy straight into the outputs
+                for out, v in zip((obj, seg, rms), _CUT_VARIABLES, strict=True):
+                    out[i] = h5[n][v][()]
     except FileNotFoundError:
         raise
     except (OSError, KeyError, TypeError, ValueError) as err:
@@ -278,7 +281,7 @@ def _read_cuts_chunk(
             f"{url}: cuts of {names[0]}..{names[-1]} unreadable, truncated or changed since "
             f"the file was opened ({err}); rerun `cloudlab dre cuts` for this tile"
         ) from err
-    return obj.astype(np.float32), seg.astype(bool), rms.astype(np.float32)
+    return obj, seg, rms
 
 
 def read_cuts_hdf5(url: str, *, storage_options: dict | None = None) -> xr.Dataset:
@@ -318,7 +321,8 @@ def read_cuts_hdf5(url: str, *, storage_options: dict | None = None) -> xr.Datas
         )
     dims = ("galaxy", "y", "x")
     ext, number = zip(*(map(int, n.split("_")) for n in names), strict=True)
-    parts = [names[lo : lo + _CUTS_CHUNK] for lo in range(0, len(names), _CUTS_CHUNK)]
+    per_task = items_per_task(CUT_BYTES_PER_PIXEL * int(np.prod(shape)), maximum=len(names))
+    parts = [names[lo : lo + per_task] for lo in range(0, len(names), per_task)]
     name = "dre-read-cuts-" + tokenize(url, names, storage_options)
     layer = {
         (name, k): (_read_cuts_chunk, url, part, storage_options) for k, part in enumerate(parts)

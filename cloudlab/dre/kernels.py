@@ -33,6 +33,10 @@ __all__ = ["chi_block", "chi_cupy", "chi_numba", "chi_numpy", "numba_available",
 _NUMPY_MODEL_BLOCK = 128
 
 
+#: bytes of float64 temporaries pack_masks makes at once for the masks' flux
+_FLUX_BLOCK_BYTES = 2**22
+
+
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Runs of consecutive True pixels per row of a ``(G, npix)`` mask: start, length, offsets."""
     g = mask.shape[0]
@@ -70,7 +74,11 @@ def pack_masks(obj: np.ndarray, seg: np.ndarray, rms: np.ndarray) -> tuple[np.nd
     cut, pix = np.nonzero(finite)
     data = obj[cut, pix].astype(np.float32)
     var = (rms[cut, pix].astype(np.float64) ** 2).astype(np.float32)
-    flux = np.where(seg, np.nan_to_num(obj.astype(np.float64), nan=0.0), 0.0).sum(axis=1)
+    flux = np.empty(obj.shape[0])
+    step = max(1, _FLUX_BLOCK_BYTES // (8 * max(obj.shape[1], 1)))
+    for a in range(0, obj.shape[0], step):  # float64 copies of a few cuts at a time, not all
+        d = np.nan_to_num(obj[a : a + step].astype(np.float64), nan=0.0)
+        flux[a : a + step] = np.where(seg[a : a + step], d, 0.0).sum(axis=1)
     count = finite.sum(axis=1).astype(np.float64)
     return (*_runs(seg), *_runs(finite), data, var, flux, count)
 
