@@ -5,6 +5,6 @@ Nothing in the library imports this package; tests and ``benchmarks/`` do.
 """
 
 from cloudlab.testing.objectstore import ObjectStore, Shaper, place_object
-from cloudlab.testing.sparse import sparse_fits
+from cloudlab.testing.sparse import sparse_fits, sparse_series
 
-__all__ = ["ObjectStore", "Shaper", "place_object", "sparse_fits"]
+__all__ = ["ObjectStore", "Shaper", "place_object", "sparse_fits", "sparse_series"]
