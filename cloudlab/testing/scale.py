@@ -30,6 +30,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol import serialize, to_serialize
 from distributed.utils import nbytes
 
+from cloudlab.cluster import submitted_parts
 from cloudlab.testing.sparse import sparse_series
 
 __all__ = [
@@ -74,11 +75,13 @@ def graph_layers(collections: list) -> int:
 
 
 def graph_size(collections: list) -> tuple[int, int]:
-    """(tasks, shipped bytes) of ``collections`` as ``distributed.Client.compute`` sends them.
+    """(tasks, shipped bytes) of ``collections`` as :func:`cloudlab.cluster.compute` sends them.
 
-    The client optimises the expression and serialises it (what it ships, the figure it warns
-    about past ``distributed.admin.large-graph-warning-threshold``); the scheduler materialises
-    it into the tasks counted here.
+    That is what ``distributed.Client.compute`` sends for their dask-backed parts
+    (:func:`cloudlab.cluster.submitted_parts`: xarray objects' in-memory variables stay on the
+    client): the client optimises the expression and serialises it (what it ships, the figure it
+    warns about past ``distributed.admin.large-graph-warning-threshold``); the scheduler
+    materialises it into the tasks counted here.
 
     Parameters
     ----------
@@ -90,7 +93,8 @@ def graph_size(collections: list) -> tuple[int, int]:
     tuple of int
         Tasks on the scheduler and bytes the client ships.
     """
-    expr = FinalizeCompute(collections_to_expr(collections, optimize_graph=True)).optimize()
+    parts, _ = submitted_parts(collections)
+    expr = FinalizeCompute(collections_to_expr(parts, optimize_graph=True)).optimize()
     shipped = serialize(to_serialize(expr), on_error="raise")
     return len(expr.__dask_graph__()), sum(map(nbytes, [shipped[0], *shipped[1]]))
 
@@ -145,7 +149,33 @@ def _split(n: int, parts: int) -> list[int]:
     return [n // parts + (k < n % parts) for k in range(parts)]
 
 
-def setup_cutouts(tmp: Path, n: int, *, cubes: int = 2, n_frames: int = 40) -> Graph:
+def _targets(sector: int, camera: int, ccd: int, shape: tuple[int, int], n: int, seed: int):
+    """``n`` targets (``ticid``, ``ra``, ``dec``) spread uniformly over a CCD's science pixels,
+    placed on the sky with the WCS the simulator gives that CCD."""
+    from astropy.wcs import WCS
+
+    from cloudlab.simulate.tess import DetectorLayout, sector_wcs
+
+    layout = DetectorLayout.for_shape(shape)
+    cards, _ = sector_wcs(sector, camera, ccd, layout)
+    rng = np.random.default_rng([seed, camera, ccd])
+    rows, cols = layout.science_rows, layout.science_cols
+    row = rng.uniform(rows.start + 10, rows.stop - 11, n)
+    column = rng.uniform(cols.start + 10, cols.stop - 11, n)
+    ra, dec = WCS(cards, relax=True).all_pix2world(column, row, 0)
+    ticid = 10_000_000 * (4 * camera + ccd) + np.arange(n)
+    return pd.DataFrame({"ticid": ticid, "ra": ra % 360.0, "dec": dec})
+
+
+def setup_cutouts(
+    tmp: Path,
+    n: int,
+    *,
+    cubes: int = 2,
+    n_frames: int = 40,
+    shape: tuple[int, int] = (208, 214),
+    cube_dir: Path | None = None,
+) -> Graph:
     """``n`` targets on ``cubes`` CCDs of one sector (one sparse cube each), interleaved,
     4 targets per task, 10 × 10 pixels.
 
@@ -154,11 +184,16 @@ def setup_cutouts(tmp: Path, n: int, *, cubes: int = 2, n_frames: int = 40) -> G
     tmp : pathlib.Path
         Directory to write the cubes into.
     n : int
-        Targets in all.
+        Targets in all (as evenly as possible over the CCDs).
     cubes : int
         CCDs (1 to 16, taken in :data:`CCDS` order), one cube of ``n_frames`` each.
     n_frames : int
         Frames per cube.
+    shape : (int, int)
+        FFI shape (rows, columns) of the cubes; (2078, 2136) is a real FFI.
+    cube_dir : pathlib.Path, optional
+        Where the cubes are (default ``tmp``): cubes already there are used as they are, so
+        that several sizes share them.
 
     Returns
     -------
@@ -168,16 +203,17 @@ def setup_cutouts(tmp: Path, n: int, *, cubes: int = 2, n_frames: int = 40) -> G
     from cloudlab.cutouts import make_cutouts
     from cloudlab.simulate import tess_sector
 
+    sector = 55
+    base = tmp if cube_dir is None else cube_dir
     stars = []
-    counts = _split(n, cubes)
-    for seed, ((camera, ccd), count) in enumerate(zip(CCDS[:cubes], counts, strict=True)):
-        sim = tess_sector(str(tmp), camera=camera, ccd=ccd, n_frames=n_frames,
-                          n_stars=max(count, 1), seed=seed, ffis=False, cube=True,
-                          sparse=True)  # fmt: skip
-        stars.append(sim.stars[["ticid", "ra", "dec"]].head(count).reset_index(drop=True))
+    for (camera, ccd), count in zip(CCDS[:cubes], _split(n, cubes), strict=True):
+        if not (base / f"tess-s{sector:04d}-{camera}-{ccd}-cube.fits").exists():
+            tess_sector(str(base), sector=sector, camera=camera, ccd=ccd, n_frames=n_frames,
+                        shape=shape, n_stars=10, ffis=False, cube=True, sparse=True)  # fmt: skip
+        stars.append(_targets(sector, camera, ccd, shape, count, seed=n))
     targets = pd.concat(stars).sort_index(kind="stable").reset_index(drop=True)
     return lambda: [
-        make_cutouts(targets, sector=sim.sector, cube_base=str(tmp), size=10, batch_size=4)
+        make_cutouts(targets, sector=sector, cube_base=str(base), size=10, batch_size=4)
     ]
 
 
