@@ -55,15 +55,27 @@ WARM_UP = 16
 GOALS = (30.0, 50e6, 30.0)
 
 
-def measure(client, name: str, n: int, where: Path, shared: Path) -> dict:  # noqa: ANN001
+def measure(
+    client,  # noqa: ANN001
+    name: str,
+    n: int,
+    where: Path,
+    shared: Path,
+    per_task: int | None = None,
+) -> dict:
     """Set up workflow ``name`` at size ``n`` under ``where`` and time its graph (``shared``:
-    a directory for the inputs that every size of the workflow uses, the cutouts' cubes)."""
+    a directory for the inputs that every size of the workflow uses, the cutouts' cubes;
+    ``per_task``: DRE's ``chunk_size`` or AstroNet's ``batch_size``)."""
     from cloudlab.cluster import submitted_parts
     from cloudlab.testing.scale import SETUPS, AcceptanceClock, graph_size
 
     options = dict(FULL[name][2])
     if name == "cutouts":
         options["cube_dir"] = shared
+    if per_task and name == "dre":
+        options["chunk_size"] = per_task
+    if per_task and name == "astronet":
+        options["batch_size"] = per_task
     start = time.perf_counter()
     graph = SETUPS[name](where, n, **options)
     setup = time.perf_counter() - start
@@ -112,6 +124,9 @@ def main() -> None:
     parser.add_argument("--workflow", nargs="+", choices=sorted(FULL), default=list(DEFAULT))
     parser.add_argument("--size", nargs="+", choices=list(SIZES), default=["small", "10x"])
     parser.add_argument("--n", type=int, help="one size for every workflow asked for")
+    parser.add_argument(
+        "--per-task", type=int, help="galaxies (dre) or TCEs (astronet) per task; default 32 / 16"
+    )
     parser.add_argument("--dir", help="where to write the sparse inputs (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="a smoke run at 1/1000 size")
     args = parser.parse_args()
@@ -153,7 +168,7 @@ def main() -> None:
             for name, label, n in runs:
                 where = root / f"{name}-{n}"
                 where.mkdir()
-                figures = measure(client, name, n, where, root / name)
+                figures = measure(client, name, n, where, root / name, args.per_task)
                 print(row(name, label, n, figures), flush=True)
                 shutil.rmtree(where)
     finally:

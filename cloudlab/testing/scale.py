@@ -338,7 +338,7 @@ def _dre_fit(cuts):  # noqa: ANN001, ANN202
     return fit(cuts, models, gaussian_psf(2.5, 9))
 
 
-def setup_dre(tmp: Path, n: int) -> Graph:
+def setup_dre(tmp: Path, n: int, *, chunk_size: int = 32) -> Graph:
     """``n`` galaxies of a sparse 4096² tile (with background, RMS and segmentation maps), 32²
     cuts, a small model grid.
 
@@ -348,6 +348,8 @@ def setup_dre(tmp: Path, n: int) -> Graph:
         Directory to write the maps into.
     n : int
         Galaxies (the catalog, in memory).
+    chunk_size : int
+        Galaxies per task (``open_cuts``'s ``chunk_size``).
 
     Returns
     -------
@@ -373,7 +375,8 @@ def setup_dre(tmp: Path, n: int) -> Graph:
 
     def graph() -> list:
         cuts = open_cuts(urls["tile"], catalog, size=32, margin=40, background=urls["bkg"],
-                         rms=urls["rms"], segmentation=urls["seg"])  # fmt: skip
+                         rms=urls["rms"], segmentation=urls["seg"],
+                         chunk_size=chunk_size)  # fmt: skip
         return [_dre_fit(cuts)]
 
     return graph
@@ -427,7 +430,7 @@ def _tces(targets, seed: int = 0) -> pd.DataFrame:  # noqa: ANN001
     return pd.DataFrame({"tic_id": tics, "Period": 3.0, "Epoc": 1.0, "Duration": 0.1})
 
 
-def setup_astronet(tmp: Path, n: int) -> Graph:
+def setup_astronet(tmp: Path, n: int, *, batch_size: int = 16) -> Graph:
     """``n`` TCEs, one per target, not sorted by target; light curves read lazily from sparse
     Kepler FITS files, 16 per task.
 
@@ -437,6 +440,8 @@ def setup_astronet(tmp: Path, n: int) -> Graph:
         Directory to write the light curves into.
     n : int
         Targets (files) and TCEs.
+    batch_size : int
+        Light curves and TCEs per task.
 
     Returns
     -------
@@ -450,8 +455,8 @@ def setup_astronet(tmp: Path, n: int) -> Graph:
     tces = _tces(list(urls))
 
     def graph() -> list:
-        lcs = read_lightcurves(urls, reader="kepler", batch_size=16)
-        return [views(lcs, tces, batch_size=16)]
+        lcs = read_lightcurves(urls, reader="kepler", batch_size=batch_size)
+        return [views(lcs, tces, batch_size=batch_size)]
 
     return graph
 
