@@ -90,3 +90,32 @@ def test_graph_grows_linearly(name: str, tmp_path: Path) -> None:
     assert byte_ratio <= LIMIT, f"{name}: shipped graph grew {byte_ratio:.1f}x for 10x input"
     assert per_item <= BYTES_PER_ITEM, f"{name}: {per_item:,.0f} B shipped per item"
     assert layers1 <= LAYER_GROWTH * layers0, f"{name}: layers {layers0} -> {layers1}"
+
+
+def test_sparse_series_writes_what_astropy_writes(tmp_path: Path) -> None:
+    """Each file of :func:`cloudlab.testing.sparse_series` is the template with its own card
+    values, read back by astropy as if astropy had written it (data all zeros, a hole)."""
+    import numpy as np
+    from astropy.io import fits
+
+    from cloudlab.testing import sparse_series
+
+    primary = fits.Header({"SIMPLE": True, "BITPIX": 8, "NAXIS": 0, "EXTEND": True})
+    primary["DATE-OBS"] = ("2011-02-13T15:00:00.000", "start of the exposure")
+    image = fits.ImageHDU(np.zeros((300, 200), np.float32)).header
+    image["TSTART"] = (1.5, "BTJD")
+    paths = [tmp_path / f"f{k}.fits" for k in range(3)]
+    changes = [{(0, "DATE-OBS"): f"2011-02-13T15:00:{k:02d}.000", (1, "TSTART"): 1.5 + k / 7}
+               for k in range(3)]  # fmt: skip
+    sparse_series(paths, [primary, image], changes)
+    for path, change in zip(paths, changes, strict=True):
+        with fits.open(path) as hdul:
+            assert hdul[0].header["DATE-OBS"] == change[0, "DATE-OBS"]
+            assert hdul[1].header["TSTART"] == change[1, "TSTART"]
+            assert hdul[1].header.comments["TSTART"] == "BTJD"
+            assert hdul[1].data.shape == (300, 200)
+            assert not hdul[1].data.any()
+    with pytest.raises(KeyError, match="no card TSTOP"):
+        sparse_series([tmp_path / "x.fits"], [primary, image], [{(1, "TSTOP"): 2.0}])
+    with pytest.raises(ValueError, match="80 characters"):
+        sparse_series([tmp_path / "x.fits"], [primary, image], [{(0, "DATE-OBS"): "x" * 90}])

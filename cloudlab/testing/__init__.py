@@ -1,5 +1,5 @@
-"""Test and benchmark helpers: servers that stand in for cloud services on 127.0.0.1, and
-sparse full-size FITS files.
+"""Test and benchmark helpers: servers that stand in for cloud services on 127.0.0.1, sparse
+full-size FITS files, and every workflow's graph over them (:mod:`cloudlab.testing.scale`).
 
 Nothing in the library imports this package; tests and ``benchmarks/`` do.
 """
