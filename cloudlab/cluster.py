@@ -35,6 +35,7 @@ __all__ = [
     "gpu_tasks",
     "local_hosts",
     "reading_workers",
+    "submitted_parts",
     "worker_addresses",
 ]
 
@@ -106,6 +107,74 @@ def reading_workers(urls: Sequence[str]) -> tuple[Client | None, list[str]]:
     return client, workers
 
 
+#: stands for a DataArray's own data among the names of its variables
+_DATA = object()
+
+
+def _variables(obj: Any) -> Any:
+    """The variables of an xarray object (a DataArray's coordinates, not its data)."""
+    import xarray as xr
+
+    return obj.variables if isinstance(obj, xr.Dataset) else obj.coords.variables
+
+
+def submitted_parts(collections: Sequence[Any]) -> tuple[list[Any], Any]:
+    """What :func:`compute` submits to a cluster for ``collections``, and how it rebuilds them.
+
+    An xarray object computed whole carries every in-memory variable (a catalog's columns, a
+    per-target mask) through the scheduler to a worker and back; only its dask-backed variables
+    are submitted here, and the object is put back together on the client. Other collections
+    are submitted as they are.
+
+    Parameters
+    ----------
+    collections : sequence
+        What to compute (dask collections, xarray objects).
+
+    Returns
+    -------
+    (list, callable)
+        The dask collections to submit, and ``rebuild(values)`` that turns their computed
+        values (in that order) into one result per collection.
+    """
+    import xarray as xr
+
+    parts: list[Any] = []
+    plans: list[tuple[Any, list[Any] | None, int]] = []
+    for collection in collections:
+        if not isinstance(collection, xr.DataArray | xr.Dataset):
+            plans.append((collection, None, len(parts)))
+            parts.append(collection)
+            continue
+        variables = _variables(collection)
+        lazy = {k: v.data for k, v in variables.items() if dask.is_dask_collection(v.data)}
+        if isinstance(collection, xr.DataArray) and dask.is_dask_collection(collection.data):
+            lazy[_DATA] = collection.data
+        plans.append((collection, list(lazy), len(parts)))
+        parts += lazy.values()
+
+    def rebuild(values: Sequence[Any]) -> list[Any]:
+        results = []
+        for collection, names, at in plans:
+            if names is None:
+                results.append(values[at])
+                continue
+            computed = dict(zip(names, values[at : at + len(names)], strict=True))
+            own = computed.pop(_DATA, None)
+            out = collection.copy(data=own) if own is not None else collection.copy()
+            variables = _variables(collection)
+            for name, value in computed.items():
+                variable = variables[name].copy(deep=False, data=value)
+                if name in collection.coords:
+                    out = out.assign_coords({name: variable})
+                else:
+                    out[name] = variable
+            results.append(out)
+        return results
+
+    return parts, rebuild
+
+
 def compute(*collections: Any, progress: bool = True, persist: bool = False) -> tuple:
     """Compute (or persist) dask collections where dask would, with one progress bar on stderr.
 
@@ -136,7 +205,9 @@ def compute(*collections: Any, progress: bool = True, persist: bool = False) -> 
             results = client.persist(list(collections))
             futures = results
         else:
-            futures = client.compute(list(collections))
+            # xarray objects: only their dask-backed variables travel (see submitted_parts)
+            parts, rebuild = submitted_parts(collections)
+            futures = client.compute(parts)
             results = None
         try:
             if progress:
@@ -147,7 +218,7 @@ def compute(*collections: Any, progress: bool = True, persist: bool = False) -> 
             if persist:
                 wait(futures)
                 return tuple(results)
-            return tuple(client.gather(futures))
+            return tuple(rebuild(client.gather(futures)))
         except BaseException:  # interrupted or failed: stop the workers writing on, then re-raise
             with contextlib.suppress(Exception):
                 client.cancel(futures)

@@ -167,3 +167,32 @@ def test_cli_sizes_refused_for_an_existing_scheduler():
 
     with pytest.raises(InputError, match="tcp://127.0.0.1:1"):
         cluster_context(_cli_args("--cluster", "tcp://127.0.0.1:1", "--workers", "3"))
+
+
+def test_compute_on_a_cluster_leaves_in_memory_variables_on_the_client():
+    """An xarray object computed on a cluster comes back identical to dask's local compute,
+    while only its dask-backed variables travel (a catalog column does not)."""
+    import numpy as np
+    import xarray as xr
+
+    from cloudlab.cluster import compute, submitted_parts
+
+    catalog = np.random.default_rng(0).random(5000)  # 40 kB in memory, on the client only
+    ds = xr.Dataset(
+        {"flux": ("target", da.arange(5000, chunks=1000)), "mag": ("target", catalog)},
+        coords={"lazy": ("target", da.ones(5000, chunks=2500)), "target": np.arange(5000)},
+        attrs={"sector": 55},
+    )
+    arr = ds["flux"].assign_coords(mag=ds["mag"])
+    parts, _ = submitted_parts([ds, arr, ds["flux"].data])
+    flux, lazy = ds["flux"].data.name, ds["lazy"].data.name
+    assert sorted(p.name for p in parts) == sorted([flux, lazy, flux, lazy, flux])
+    client = connect("local", n_workers=1)
+    try:
+        got = compute(ds, arr, ds["flux"].data.sum(), progress=False)
+    finally:
+        client.close()
+    xr.testing.assert_identical(got[0], ds.compute())
+    xr.testing.assert_identical(got[1], arr.compute())
+    assert got[2] == 5000 * 4999 // 2
+    assert isinstance(got[0]["flux"].data, np.ndarray)

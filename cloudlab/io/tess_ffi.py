@@ -24,6 +24,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.highlevelgraph import HighLevelGraph
 
 from cloudlab import fits, storage
 from cloudlab.errors import (
@@ -351,20 +352,21 @@ def read_science(
     return out
 
 
+def _read_frame(
+    url: str, hdu: int, box: tuple[int, int, int, int], storage_options: dict | None
+) -> np.ndarray:
+    return read_science(url, hdu, box, storage_options=storage_options)
+
+
 def _stack(
     urls: list[str], hdu: int, box: tuple[int, int, int, int], storage_options: dict | None
 ) -> da.Array:
-    """Lazy ``(time, rows, cols)`` stack, one chunk (one ranged read) per frame."""
-    shape = (1, box[2], box[3])
-    return da.concatenate(
-        [
-            da.from_delayed(
-                dask.delayed(read_science, pure=True)(
-                    url, hdu, box, storage_options=storage_options
-                ),
-                shape,
-                np.float32,
-            )
-            for url in urls
-        ]
-    )
+    """Lazy ``(time, rows, cols)`` stack, one chunk (one ranged read) per frame, in one graph
+    layer (a few small tuples per frame: nothing per frame is built on the client but its task)."""
+    name = "ffi-stack-" + dask.base.tokenize(urls, hdu, box, storage_options)
+    layer = {
+        (name, k, 0, 0): (_read_frame, url, hdu, box, storage_options) for k, url in enumerate(urls)
+    }
+    chunks = ((1,) * len(urls), (box[2],), (box[3],))
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    return da.Array(graph, name, chunks, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
