@@ -133,3 +133,20 @@ def test_dre_galaxies_per_task(tmp_path):
         assert back["obj"].data.chunks[0] == (3, 3, 1)
         np.testing.assert_array_equal(back["obj"].values, cuts["obj"].values)
         np.testing.assert_array_equal(back["seg"].values, cuts["seg"].values)
+
+
+def test_cutouts_targets_per_task(tmp_path):
+    from cloudlab.cutouts import make_cutouts
+    from cloudlab.simulate import tess_sector
+
+    sim = tess_sector(str(tmp_path), n_frames=10, n_stars=12, ffis=False, cube=True, sparse=True)
+    targets = sim.stars[["ticid", "ra", "dec"]].head(12).reset_index(drop=True)
+    # a target: 5 x 5 pixels x 10 frames x 8 bytes (flux, uncertainty), counted twice: 4000 B
+    with dask.config.set({"array.chunk-size": "20000B"}):
+        ds = make_cutouts(targets, sector=sim.sector, cube_base=str(tmp_path), size=5)
+        n = ds.sizes["target"]
+        assert n > 5
+        assert ds["flux"].data.chunks[0] == (5,) * (n // 5) + (n % 5,) * (n % 5 > 0)
+        explicit = make_cutouts(targets, sector=sim.sector, cube_base=str(tmp_path), size=5,
+                                batch_size=3)  # fmt: skip
+        assert max(explicit["flux"].data.chunks[0]) == 3
