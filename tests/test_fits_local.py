@@ -204,3 +204,47 @@ def test_other_filesystems_keep_ranged_reads(tmp_path: Path, monkeypatch) -> Non
     np.testing.assert_array_equal(got[0], data[2:5, 3:9])
     np.testing.assert_array_equal(got[1], data[7:8])
     assert calls == {"map": 0, "ranges": 1}
+
+
+def _mapped_resident_kb(path: str) -> int:
+    """Resident kB of this process's maps of ``path`` (Linux ``/proc/self/smaps``)."""
+    total, ours = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                ours = fields[-1] == path
+            elif ours and fields[0] == "Rss:":
+                total += int(fields[1])
+    return total
+
+
+
+def _read_twice(path: str) -> tuple[np.ndarray, list[int]]:
+    """Read HDU 1 of ``path`` whole, twice; the mapped kB left resident after each read."""
+    info = cf.hdu_info(path, 1)
+    resident = []
+    for _ in range(2):
+        data = cf.read_region(info, ())
+        resident.append(_mapped_resident_kb(path))
+    return data, resident
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_read_pages_leave_a_workers_resident_set(tmp_path: Path) -> None:
+    """In a dask worker, the file's mapped pages no longer count in the resident memory after a
+    region is copied out (the worker's memory manager counts it: page-cached FFIs made workers
+    pause and spill); outside a worker they stay mapped for the next read. Values equal astropy."""
+    from distributed import Client, LocalCluster
+
+    path = os.path.realpath(_write(tmp_path / "big.fits", np.float32, {}, shape=(4, 1024, 1024)))
+    ref = fits.getdata(path, 1, memmap=False)  # astropy's own map would count too
+    data, resident = _read_twice(path)
+    np.testing.assert_array_equal(data, ref)
+    assert min(resident) > 8 * 1024  # interactive reads keep the pages mapped
+    sources._MAPS.clear()
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1) as cluster:
+        with Client(cluster) as client:
+            data, resident = client.submit(_read_twice, path, pure=False).result()
+    np.testing.assert_array_equal(data, ref)
+    assert max(resident) < 1024, f"{resident} kB of mapped pages left resident in the worker"

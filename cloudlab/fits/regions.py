@@ -27,7 +27,7 @@ from cloudlab import storage
 from cloudlab.errors import FITSFormatError, InputError, NotFoundError, StorageError
 from cloudlab.fits._tiles import TileTable, UnsupportedTiles, tile_table
 from cloudlab.fits.header import HDUInfo, fingerprint_of, padded
-from cloudlab.fits.sources import cat_ranges, gone, map_local, read_gzip_span
+from cloudlab.fits.sources import cat_ranges, gone, map_local, read_gzip_span, release_pages
 
 __all__ = [
     "DEFAULT_MERGE_GAP",
@@ -605,6 +605,7 @@ def read_local_boxes(info: HDUInfo, path: str, boxes: Sequence[Box]) -> list[np.
     for box in boxes:
         data = scale(whole[tuple(slice(a, b) for a, b in box)], info)
         out.append(np.array(data) if np.may_share_memory(data, whole) else data)
+    release_pages(mapped, info.data_offset, end)
     return out
 
 

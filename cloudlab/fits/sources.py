@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import mmap
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ __all__ = [
     "cat_ranges",
     "gone",
     "map_local",
+    "release_pages",
     "read_gzip_span",
     "refuse_compression",
 ]
@@ -299,3 +301,36 @@ def map_local(path: str, end: int, what: str) -> mmap.mmap:
         while len(_MAPS) > _MAPS_MAX:  # dropped maps close once no array uses them
             _MAPS.popitem(last=False)
     return mapped
+
+
+def release_pages(mapped: mmap.mmap, start: int, end: int) -> None:
+    """In a dask worker, drop the pages of bytes ``start:end`` of a read-only file map from the
+    process's resident memory once they have been copied out.
+
+    A worker's memory manager counts the resident set, mapped file pages included, and cannot
+    free those: page-cached FFIs made workers pause and spill. The pages stay in the operating
+    system's page cache (the next read maps them again for a minor fault). Outside a worker,
+    and where ``madvise`` is not available, nothing is done, so that repeated interactive reads
+    of a file touch pages that are already mapped.
+    """
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None or end <= start or not _in_dask_worker():
+        return
+    first = start - start % mmap.PAGESIZE
+    last = min(len(mapped), end)
+    try:
+        mapped.madvise(advice, first, last - first)
+    except (OSError, ValueError):  # an unmapped or shrunken range: nothing resident to drop
+        pass
+
+
+def _in_dask_worker() -> bool:
+    """Whether this thread runs a task of a ``distributed`` worker."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return False
+    return True
