@@ -14,7 +14,8 @@ Reports frames/s and the speed-up (wall clock, and CPU time, which a loaded mach
 less), the largest relative difference between the two in the region's interior, and bytes
 read / file bytes for the region against those needed.
 
-Run: ``python benchmarks/aia_prep.py [--frames 3] [--size 4096]``
+Run: ``python benchmarks/aia_prep.py [--frames 3] [--size 4096] [--s3] [--no-full-disk]``
+(``--s3`` needs s3rver: ``make tools``).
 """
 
 from __future__ import annotations
@@ -119,6 +120,30 @@ def bytes_read(urls: list[str], region) -> tuple[int, int]:
     return counted, needed
 
 
+def s3_read(urls: list[str], region, root: Path) -> tuple[float, int, int]:
+    """Frames/s, response body bytes and requests to prepare ``region`` from a loopback S3
+    store (s3rver) behind a proxy adding 30 ms per request (``cloudlab.testing.objectstore``);
+    headers are read first, outside the counts."""
+    import shutil
+
+    from cloudlab.testing.objectstore import ObjectStore, Shaper
+
+    with ObjectStore(root, buckets=["aia"]) as store, Shaper(store.port) as shaper:
+        keys = [Path(u).name for u in urls]
+        for url, key in zip(urls, keys, strict=True):
+            shutil.copyfile(url, store.object_path("aia", key))
+            store.seal("aia", key)
+        options = store.storage_options(shaper.endpoint_url)
+        cube = aia.open_stack([f"s3://aia/{k}" for k in keys], storage_options=options)
+        shaper.reset()
+        t0 = time.perf_counter()
+        with dask.config.set(scheduler="synchronous"):
+            prepare({171: cube}, region=region, align=False, storage_options=options)[171].compute()
+        seconds = time.perf_counter() - t0
+        stats = shaper.reset()
+    return len(urls) / seconds, stats.body_bytes, stats.total_requests
+
+
 def run_reference(urls: list[str], target_header, region, derotate: bool):
     """aiapy register (+ submap + derotating reproject) per frame: wall and CPU seconds per
     frame, result."""
@@ -166,6 +191,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=3)
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--no-full-disk", action="store_true")
+    parser.add_argument("--s3", action="store_true", help="also read the region from loopback S3")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,6 +216,11 @@ def main() -> None:
         print(f"  bytes read / file bytes : {nbytes / file_bytes:8.3f} (file object, no fileno)")
         print(f"  needed / file bytes     : {needed / file_bytes:8.3f} (headers, tile tables and "
               "the compressed rows read)")  # fmt: skip
+        if args.s3:
+            rate, body, requests = s3_read(urls, REGION, Path(tmp) / "store")
+            print(f"region from loopback S3 (30 ms a request), derotated: {rate:.2f} frames/s, "
+                  f"bytes / file bytes {body / file_bytes:.3f}, {requests / len(urls):.1f} "
+                  "requests per frame")  # fmt: skip
         if not args.no_full_disk:
             sec, cpu, ours = run_cloudlab(urls, None, derotate=False)
             ref_sec, ref_cpu, ref = run_reference(urls, None, None, derotate=False)
