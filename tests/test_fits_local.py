@@ -219,7 +219,6 @@ def _mapped_resident_kb(path: str) -> int:
     return total
 
 
-
 def _read_twice(path: str) -> tuple[np.ndarray, list[int]]:
     """Read HDU 1 of ``path`` whole, twice; the mapped kB left resident after each read."""
     info = cf.hdu_info(path, 1)

@@ -34,6 +34,7 @@ from cloudlab.fits.header import (
     hdu_infos,
     hdu_records,
     header_int,
+    with_header,
 )
 from cloudlab.fits.references import references, write_references
 from cloudlab.fits.regions import read_region, read_regions
@@ -58,5 +59,6 @@ __all__ = [
     "read_regions",
     "read_table",
     "references",
+    "with_header",
     "write_references",
 ]

@@ -111,8 +111,11 @@ def _codec(info: HDUInfo, table: fits.Header, ctype: str, heap_type: str) -> FIT
 
 def _read_table(info: HDUInfo, storage_options: dict | None) -> TileTable:
     where = f"{info.url}: compressed HDU {info.index}"
-    header = _fetch(info, info.header_offset, info.data_offset, storage_options, "header")
-    table = fits.Header.fromstring(header.decode("ascii"))
+    # the header and the table's rows in one request when the rows' size is known
+    end = info.data_offset + (info.table_bytes or 0)
+    first = _fetch(info, info.header_offset, end, storage_options, "header")
+    header_bytes = info.data_offset - info.header_offset
+    table = fits.Header.fromstring(first[:header_bytes].decode("ascii"))
     ctype = str(table.get("ZCMPTYPE", "")).strip()
     if ctype not in COMPRESSIONS:
         raise UnsupportedTiles(f"{where}: compression {ctype!r} is not one of {COMPRESSIONS}")
@@ -129,8 +132,10 @@ def _read_table(info: HDUInfo, storage_options: dict | None) -> TileTable:
         raise FITSFormatError(f"{where}: no COMPRESSED_DATA column")
     width, nrows = int(table["NAXIS1"]), int(table["NAXIS2"])
     theap = int(table.get("THEAP", width * nrows))
-    data = _fetch(info, info.data_offset, info.data_offset + width * nrows, storage_options,
-                  "tile table")  # fmt: skip
+    data = first[header_bytes : header_bytes + width * nrows]
+    if len(data) < width * nrows:
+        data += _fetch(info, info.data_offset + len(data), info.data_offset + width * nrows,
+                       storage_options, "tile table")  # fmt: skip
     rows = _rows(info, table, names, data)
     column = rows["COMPRESSED_DATA"]
     if np.any(column[:, 0] == 0):

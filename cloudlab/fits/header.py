@@ -23,7 +23,7 @@ from astropy.io import fits
 from dask.base import tokenize
 
 from cloudlab import storage
-from cloudlab.errors import FITSFormatError, HDUNotFoundError, InputError
+from cloudlab.errors import FITSFormatError, HDUNotFoundError, InputError, StorageError
 from cloudlab.fits.sources import GzipSource, RangedSource, refuse_compression
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "padded",
     "parse_value",
     "scaled_dtype",
+    "with_header",
 ]
 
 #: FITS block size in bytes.
@@ -111,6 +112,8 @@ class HDUInfo:
         The whole file is gzip-compressed (data read by decompressing the stream).
     tile_shape : tuple of int or None
         Tile shape of compressed HDUs (numpy order).
+    table_bytes : int or None
+        Bytes of a compressed HDU's tile table (its binary table's rows, before the heap).
     groups : bool
         A random-groups primary HDU (kind ``"table"``; cloudlab does not read it as an image).
     fingerprint : tuple
@@ -140,6 +143,7 @@ class HDUInfo:
     file_size: int | None = None
     gzip: bool = False
     tile_shape: tuple[int, ...] | None = None
+    table_bytes: int | None = None
     groups: bool = False
     fingerprint: tuple = field(default=(), repr=False)
     read_at: float = field(default=0.0, repr=False, compare=False)
@@ -449,6 +453,7 @@ def _compressed_info(text: str, common: dict) -> HDUInfo:
             int(bintable_header.get(f"ZTILE{i}", axes[0] if i == 1 else 1))
             for i in range(1, znaxis + 1)
         ]
+        table_bytes = int(bintable_header.get("NAXIS1", 0)) * int(bintable_header.get("NAXIS2", 0))
         _drop_default_extnames(bintable_header)
         header = _bintable_header_to_image_header(bintable_header)
     common = dict(
@@ -462,6 +467,7 @@ def _compressed_info(text: str, common: dict) -> HDUInfo:
         compressed=True,
         kind="compressed",
         tile_shape=tuple(reversed(tiles)),
+        table_bytes=table_bytes,
     )
 
 
@@ -653,6 +659,47 @@ def hdu_info(
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return info
+
+
+def with_header(info: HDUInfo) -> HDUInfo:
+    """``info`` with its header, for a copy made by :meth:`HDUInfo.light`.
+
+    The header comes from this process's cache when it holds the same HDU of the same file
+    with the same size and modification marker: no request. Otherwise the file's headers are
+    read again.
+
+    Parameters
+    ----------
+    info : HDUInfo
+        An HDU description, with or without its header.
+
+    Returns
+    -------
+    HDUInfo
+        The same HDU with ``header_text``.
+
+    Raises
+    ------
+    StorageError
+        The file was rewritten since ``info`` was made (its byte layout may differ).
+    NotFoundError
+        The file is gone.
+    """
+    if info.header_text:
+        return info
+    options = info.storage_options
+    key = (info.url, int(info.index), tokenize(options) if options else None)
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is not None and cached.fingerprint == info.fingerprint:
+        return cached
+    fresh = hdu_info(info.url, int(info.index), storage_options=options)
+    if info.fingerprint and fresh.fingerprint != info.fingerprint:
+        raise StorageError(
+            f"{info.url}: the file changed after it was opened (size and modification marker "
+            f"were {info.fingerprint}, are {fresh.fingerprint}); open it again"
+        )
+    return fresh
 
 
 def hdu_infos(

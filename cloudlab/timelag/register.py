@@ -34,7 +34,7 @@ from scipy import interpolate, ndimage
 from cloudlab import fits
 from cloudlab.errors import FITSFormatError, InputError, MissingDependencyError
 from cloudlab.fits.header import HDUInfo
-from cloudlab.io.aia import image_hdu
+from cloudlab.io.aia import frames_of, image_hdu
 from cloudlab.timelag import calibration, geometry
 from cloudlab.timelag.steps import align_channels, check_channel_label, drop_bad_frames
 
@@ -527,9 +527,13 @@ def _frames(cube: xr.DataArray, reference_time, derotate: bool, storage_options,
             wavelength: int, tables: Mapping[str, object]) -> list[Frame]:  # fmt: skip
     """The checked frames of one channel (calibrated with ``tables``), with observers and axis
     turns when derotating."""
-    urls = [str(u) for u in cube["url"].values]
-    hdu = image_hdu(urls[0], storage_options=storage_options)
-    infos = [fits.hdu_info(url, hdu, storage_options=storage_options) for url in urls]
+    recipe = frames_of(cube)
+    if recipe is not None:  # the HDUs open_stack read: their headers are still in the cache
+        infos = [fits.with_header(info) for info in recipe.infos]
+    else:
+        urls = [str(u) for u in cube["url"].values]
+        hdu = image_hdu(urls[0], storage_options=storage_options)
+        infos = [fits.hdu_info(url, hdu, storage_options=storage_options) for url in urls]
     times, exptimes = cube["time"].values, cube["exptime"].values
     frames = [frame_of(i, t, float(e), reference_time)
               for i, t, e in zip(infos, times, exptimes, strict=True)]  # fmt: skip
