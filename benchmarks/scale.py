@@ -64,11 +64,13 @@ def measure(
     shared: Path,
     per_task: int | None = None,
     quick: bool = False,
+    cadences_known: bool = False,
 ) -> dict:
     """Set up workflow ``name`` at size ``n`` under ``where`` and time its graph (``shared``:
     a directory for the inputs that every size of the workflow uses, the cutouts' cubes;
     ``per_task``: DRE's ``chunk_size`` or AstroNet's ``batch_size``; ``quick``: the test's
-    geometry, two cubes, two channels, one CCD)."""
+    geometry, two cubes, two channels, one CCD; ``cadences_known``: AstroNet's light curves
+    opened with their cadence count given)."""
     from cloudlab.cluster import submitted_parts
     from cloudlab.testing.scale import SETUPS, AcceptanceClock, graph_size
 
@@ -79,6 +81,8 @@ def measure(
         options["chunk_size"] = per_task
     if per_task and name == "astronet":
         options["batch_size"] = per_task
+    if cadences_known and name == "astronet":
+        options["cadences_known"] = True
     start = time.perf_counter()
     graph = SETUPS[name](where, n, **options)
     setup = time.perf_counter() - start
@@ -130,6 +134,11 @@ def main() -> None:
     parser.add_argument(
         "--per-task", type=int, help="galaxies (dre) or TCEs (astronet) per task; default 32 / 16"
     )
+    parser.add_argument(
+        "--cadences-known",
+        action="store_true",
+        help="astronet: read_lightcurves(cadences=...) (no file opened while building)",
+    )
     parser.add_argument("--dir", help="where to write the sparse inputs (default: a temp dir)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: the test's sizes")
     args = parser.parse_args()
@@ -171,7 +180,8 @@ def main() -> None:
             for name, label, n in runs:
                 where = root / f"{name}-{n}"
                 where.mkdir()
-                figures = measure(client, name, n, where, root / name, args.per_task, args.quick)
+                figures = measure(client, name, n, where, root / name, args.per_task, args.quick,
+                                  args.cadences_known)  # fmt: skip
                 print(row(name, label, n, figures), flush=True)
                 shutil.rmtree(where)
     finally:
