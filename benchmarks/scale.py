@@ -49,8 +49,9 @@ FULL = {
 #: the five workflows of the goal (``dre-hdf5`` is the CLI's way in to DRE)
 DEFAULT = ("cutouts", "timelag", "backdrop", "dre", "astronet")
 SIZES = {"small": 100, "10x": 10, "full": 1}
-#: size of the warm-up build of each workflow (the test's geometry), before any is timed
-WARM_UP = 16
+#: size of the warm-up build of each workflow (the test's geometry) before any is timed, and
+#: of ``--quick``
+WARM_UP = 24
 #: goals at full size: client build (s), shipped bytes, scheduler acceptance (s)
 GOALS = (30.0, 50e6, 30.0)
 
@@ -62,20 +63,26 @@ def measure(
     where: Path,
     shared: Path,
     per_task: int | None = None,
+    quick: bool = False,
+    cadences_known: bool = False,
 ) -> dict:
     """Set up workflow ``name`` at size ``n`` under ``where`` and time its graph (``shared``:
     a directory for the inputs that every size of the workflow uses, the cutouts' cubes;
-    ``per_task``: DRE's ``chunk_size`` or AstroNet's ``batch_size``)."""
+    ``per_task``: DRE's ``chunk_size`` or AstroNet's ``batch_size``; ``quick``: the test's
+    geometry, two cubes, two channels, one CCD; ``cadences_known``: AstroNet's light curves
+    opened with their cadence count given)."""
     from cloudlab.cluster import submitted_parts
     from cloudlab.testing.scale import SETUPS, AcceptanceClock, graph_size
 
-    options = dict(FULL[name][2])
+    options = {} if quick else dict(FULL[name][2])
     if name == "cutouts":
         options["cube_dir"] = shared
     if per_task and name == "dre":
         options["chunk_size"] = per_task
     if per_task and name == "astronet":
         options["batch_size"] = per_task
+    if cadences_known and name == "astronet":
+        options["cadences_known"] = True
     start = time.perf_counter()
     graph = SETUPS[name](where, n, **options)
     setup = time.perf_counter() - start
@@ -127,8 +134,13 @@ def main() -> None:
     parser.add_argument(
         "--per-task", type=int, help="galaxies (dre) or TCEs (astronet) per task; default 32 / 16"
     )
+    parser.add_argument(
+        "--cadences-known",
+        action="store_true",
+        help="astronet: read_lightcurves(cadences=...) (no file opened while building)",
+    )
     parser.add_argument("--dir", help="where to write the sparse inputs (default: a temp dir)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run at 1/1000 size")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: the test's sizes")
     args = parser.parse_args()
 
     from distributed import Client, LocalCluster
@@ -139,7 +151,7 @@ def main() -> None:
     for name in args.workflow:
         full = FULL[name][0]
         if args.quick:
-            runs.append((name, "1/1000", max(full // 1000, 10)))
+            runs.append((name, "quick", WARM_UP))
         elif args.n:
             runs.append((name, "n", args.n))
         else:
@@ -168,7 +180,8 @@ def main() -> None:
             for name, label, n in runs:
                 where = root / f"{name}-{n}"
                 where.mkdir()
-                figures = measure(client, name, n, where, root / name, args.per_task)
+                figures = measure(client, name, n, where, root / name, args.per_task, args.quick,
+                                  args.cadences_known)  # fmt: skip
                 print(row(name, label, n, figures), flush=True)
                 shutil.rmtree(where)
     finally:

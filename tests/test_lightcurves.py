@@ -138,6 +138,27 @@ def test_read_lightcurves_one_task_per_batch(qlp_dir):
         assert np.isnan(computed["flux"].values[i, f.size :]).all()
 
 
+def test_read_lightcurves_with_the_cadence_count_given(qlp_dir, tmp_path):
+    """``cadences`` given: the same light curves, NaN-padded to that length; a light curve
+    longer than it is refused by file name when its task runs, never cut short."""
+    dest, _, _ = qlp_dir
+    files = sorted(str(p) for p in dest.glob("*.h5"))
+    scanned = read_lightcurves(files, batch_size=4).compute()
+    longest = scanned.sizes["cadence"]
+    given = read_lightcurves(files, batch_size=4, cadences=longest + 5).compute()
+    assert given.sizes["cadence"] == longest + 5
+    for name in ("time", "flux"):
+        np.testing.assert_array_equal(given[name].values[:, :longest], scanned[name].values)
+        assert np.isnan(given[name].values[:, longest:]).all()
+    lengths = [read_qlp(u)[0].size for u in files]  # cleaned: at most the raw length
+    longest_files = [Path(u).name for u, n in zip(files, lengths, strict=True) if n == max(lengths)]
+    short = read_lightcurves(files, batch_size=4, cadences=max(lengths) - 1)
+    with pytest.raises(LightCurveError, match="|".join(longest_files)):
+        short.compute()
+    with pytest.raises(ValueError, match="cadences must be at least 1"):
+        read_lightcurves(files, cadences=0)
+
+
 def test_relative_paths_read_from_any_working_directory(qlp_dir, tmp_path, monkeypatch):
     """Cluster workers may run elsewhere: a lazy read keeps what the relative path meant."""
     from cloudlab.fits import open_hdu

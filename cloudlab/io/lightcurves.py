@@ -238,6 +238,8 @@ def _cadences(urls: Sequence[str], reader: str, storage_options: dict | None) ->
 
 def _read_batch(groups, reader, length, storage_options):
     arrays = np.full((4 if reader == "qlp-vetting" else 2, len(groups), length), np.nan)
+    # the parts are read before any is placed: a light curve longer than ``length`` (possible
+    # only with read_lightcurves' ``cadences``) is refused by name, never cut short
     for i, urls in enumerate(groups):
         if reader == "kepler":
             parts = [read_kepler(list(urls), storage_options=storage_options)]
@@ -247,6 +249,12 @@ def _read_batch(groups, reader, length, storage_options):
             parts = [read_qlp(u, storage_options=storage_options) for u in urls]
         for k in range(len(arrays)):
             values = np.concatenate([p[k] for p in parts])
+            if values.size > length:
+                raise LightCurveError(
+                    f"{', '.join(map(str, urls))}: {values.size} cadences, more than the "
+                    f"cadences={length} given to read_lightcurves; give the longest light "
+                    "curve's length, or leave cadences out to have every file read for it"
+                )
             arrays[k, i, : values.size] = values
     return arrays
 
@@ -287,6 +295,7 @@ def read_lightcurves(
     *,
     reader: str = "qlp",
     batch_size: int = 64,
+    cadences: int | None = None,
     storage_options: dict | None = None,
 ) -> xr.Dataset:
     """Open many light curves lazily as a (target, cadence) Dataset, one task per batch.
@@ -302,17 +311,30 @@ def read_lightcurves(
         ``flux_big`` for Vetting's ``depth_change`` — or :func:`read_kepler`).
     batch_size : int
         Targets per task.
+    cadences : int, optional
+        Length of the cadence axis when it is known (the longest light curve, e.g. a sector's
+        cadence count): no file is opened now (otherwise every file's length is read first, a
+        request per file). A task whose light curve is longer raises :class:`LightCurveError`
+        naming its files. With ``reader="kepler"`` give ``urls`` as a mapping: a list is
+        grouped by the files' headers, which reads them anyway.
     storage_options : dict, optional
         fsspec options.
 
     Returns
     -------
     xarray.Dataset
-        ``time`` and ``flux`` (target, cadence), NaN-padded to the longest raw file; only
-        file metadata is read now.
+        ``time`` and ``flux`` (target, cadence), NaN-padded to the longest raw file (or to
+        ``cadences``); only file metadata is read now.
+
+    Raises
+    ------
+    InputError
+        An unknown reader, no files, or ``cadences`` below 1.
     """
     if reader not in ("qlp", "qlp-vetting", "kepler"):
         raise InputError(f"reader must be 'qlp', 'qlp-vetting' or 'kepler', got {reader!r}")
+    if cadences is not None and int(cadences) < 1:
+        raise InputError(f"cadences must be at least 1 (or None to read it), got {cadences}")
     if not isinstance(urls, Mapping) and reader == "kepler":
         urls = _kepler_targets(urls, storage_options)
     elif not isinstance(urls, Mapping):
@@ -328,7 +350,10 @@ def read_lightcurves(
         else [storage.absolute(v) for v in u]
         for u in urls.values()
     ]
-    length = max(_metadata(lambda g: _cadences(g, reader, storage_options), groups))
+    if cadences is None:
+        length = max(_metadata(lambda g: _cadences(g, reader, storage_options), groups))
+    else:
+        length = int(cadences)
     count = 4 if reader == "qlp-vetting" else 2
     name = "read-lightcurves-" + tokenize(groups, reader, length, batch_size, storage_options)
     parts = [groups[lo : lo + batch_size] for lo in range(0, len(groups), batch_size)]

@@ -66,17 +66,19 @@ def _frame_meta(url: str, storage_options: dict | None, file_info: dict | None =
     primary, cal, err = _frame_hdus(url, storage_options, file_info)
     if cal.kind != "image" or len(cal.shape) != 2:
         raise FFIError(f"{url}: HDU 1 is not a 2-D image (kind {cal.kind}, shape {cal.shape})")
-    h = cal.header
-    missing = [k for k in ("CAMERA", "CCD", "TSTART", "TSTOP") if k not in h]
+    # HDUInfo.get reads single cards without parsing the whole header with astropy (the
+    # header scan of a sector's 48,000 FFIs is bound by that parsing)
+    values = {k: cal.get(k) for k in ("CAMERA", "CCD", "TSTART", "TSTOP", "DQUALITY")}
+    missing = [k for k in ("CAMERA", "CCD", "TSTART", "TSTOP") if values[k] is None]
     if missing:
         raise FFIError(f"{url}: calibrated-image header lacks {', '.join(missing)}")
-    sector = primary.header.get("SECTOR")
+    sector = primary.get("SECTOR")
     if sector is None:
         match = SECTOR_RE.search(url.rsplit("/", 1)[-1])
         if match is None:
             raise FFIError(f"{url}: no SECTOR in the primary header and none in the file name")
         sector = int(match.group(1))
-    geometry = {k: h.get(k) for k in DEFAULT_GEOMETRY}
+    geometry = {k: cal.get(k) for k in DEFAULT_GEOMETRY}
     if any(v is None for v in geometry.values()):
         if tuple(cal.shape) != FULL_SHAPE:
             raise FFIError(
@@ -87,12 +89,12 @@ def _frame_meta(url: str, storage_options: dict | None, file_info: dict | None =
     return {
         "url": url,
         "sector": int(sector),
-        "camera": int(h["CAMERA"]),
-        "ccd": int(h["CCD"]),
-        "tstart": float(h["TSTART"]),
-        "tstop": float(h["TSTOP"]),
-        "tstart_tjd": float(primary.header.get("TSTART", np.nan)),
-        "quality": int(h.get("DQUALITY", 0)),
+        "camera": int(values["CAMERA"]),
+        "ccd": int(values["CCD"]),
+        "tstart": float(values["TSTART"]),
+        "tstop": float(values["TSTOP"]),
+        "tstart_tjd": float(primary.get("TSTART", np.nan)),
+        "quality": int(values["DQUALITY"] or 0),
         "shape": tuple(cal.shape),
         "err_shape": None if err is None else tuple(err.shape),
         "geometry": {k: int(v) for k, v in geometry.items()},

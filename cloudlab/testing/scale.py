@@ -15,6 +15,7 @@ a list of the collections a user would compute), so that the two can be timed ap
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from cloudlab.testing.sparse import sparse_series
 
 __all__ = [
     "CCDS",
+    "LINKS_PER_FILE",
     "SETUPS",
     "AcceptanceClock",
     "Graph",
@@ -50,6 +52,9 @@ __all__ = [
     "setup_dre_hdf5",
     "setup_timelag",
 ]
+
+#: light-curve files made as hard links to one written file (``cadences_known``)
+LINKS_PER_FILE = 50_000
 
 #: what a ``setup_*`` function returns: builds the graph over the inputs it wrote
 Graph = Callable[[], list]
@@ -410,17 +415,29 @@ def setup_dre_hdf5(tmp: Path, n: int) -> Graph:
     return lambda: [_dre_fit(read_cuts_hdf5(str(path)))]
 
 
-def _lightcurve_files(tmp: Path, n: int) -> dict[int, str]:
-    """``n`` sparse Kepler light-curve files, one per target (``KEPLERID`` 1000 on)."""
+def _lightcurve_files(tmp: Path, n: int, *, links: bool = False) -> tuple[dict[int, str], int]:
+    """``n`` sparse Kepler light-curve files, one per target (``KEPLERID`` 1000 on), and their
+    cadence count; with ``links`` the files are hard links to one file in
+    :data:`LINKS_PER_FILE` (with its ``KEPLERID``: for graphs that name the files without
+    opening them)."""
     from cloudlab.simulate import lightcurves
 
     lightcurves(1, 0, 0, dest=str(tmp / "seed"), fmt="fits")
     (src,) = sorted((tmp / "seed").glob("*.fits"))
     headers = headers_of(src)
+    cadences = int(next(h["NAXIS2"] for h in headers if h.get("EXTNAME") == "LIGHTCURVE"))
     urls = {1000 + k: str(tmp / f"{1000 + k}.fits") for k in range(n)}
     key = [(0, "KEPLERID")] if "KEPLERID" in headers[0] else []
-    sparse_series(list(urls.values()), headers, [dict.fromkeys(key, tic) for tic in urls])
-    return urls
+    if links:
+        for k, (tic, path) in enumerate(urls.items()):
+            if k % LINKS_PER_FILE == 0:  # file systems cap the links to one file (ext4: 65,000)
+                sparse_series([path], headers, [dict.fromkeys(key, tic)])
+                source = path
+            else:
+                os.link(source, path)
+    else:
+        sparse_series(list(urls.values()), headers, [dict.fromkeys(key, tic) for tic in urls])
+    return urls, cadences
 
 
 def _tces(targets, seed: int = 0) -> pd.DataFrame:  # noqa: ANN001
@@ -430,7 +447,9 @@ def _tces(targets, seed: int = 0) -> pd.DataFrame:  # noqa: ANN001
     return pd.DataFrame({"tic_id": tics, "Period": 3.0, "Epoc": 1.0, "Duration": 0.1})
 
 
-def setup_astronet(tmp: Path, n: int, *, batch_size: int = 16) -> Graph:
+def setup_astronet(
+    tmp: Path, n: int, *, batch_size: int = 16, cadences_known: bool = False
+) -> Graph:
     """``n`` TCEs, one per target, not sorted by target; light curves read lazily from sparse
     Kepler FITS files, 16 per task.
 
@@ -442,6 +461,10 @@ def setup_astronet(tmp: Path, n: int, *, batch_size: int = 16) -> Graph:
         Targets (files) and TCEs.
     batch_size : int
         Light curves and TCEs per task.
+    cadences_known : bool
+        Give ``read_lightcurves`` the cadence count (no file is opened while the graph is
+        built); the files are then hard links to one sparse file, so that 10⁶ of them cost
+        seconds to make.
 
     Returns
     -------
@@ -451,11 +474,12 @@ def setup_astronet(tmp: Path, n: int, *, batch_size: int = 16) -> Graph:
     from cloudlab.astronet import views
     from cloudlab.io.lightcurves import read_lightcurves
 
-    urls = _lightcurve_files(tmp, n)
+    urls, cadences = _lightcurve_files(tmp, n, links=cadences_known)
     tces = _tces(list(urls))
+    known = cadences if cadences_known else None
 
     def graph() -> list:
-        lcs = read_lightcurves(urls, reader="kepler", batch_size=batch_size)
+        lcs = read_lightcurves(urls, reader="kepler", batch_size=batch_size, cadences=known)
         return [views(lcs, tces, batch_size=batch_size)]
 
     return graph
