@@ -77,9 +77,9 @@ def measure(
     options = {} if quick else dict(FULL[name][2])
     if name == "cutouts":
         options["cube_dir"] = shared
-    if per_task and name == "dre":
+    if name == "dre":  # None: the library's default (cloudlab.chunking.items_per_task)
         options["chunk_size"] = per_task
-    if per_task and name == "astronet":
+    if name == "astronet":
         options["batch_size"] = per_task
     if cadences_known and name == "astronet":
         options["cadences_known"] = True
@@ -132,7 +132,9 @@ def main() -> None:
     parser.add_argument("--size", nargs="+", choices=list(SIZES), default=["small", "10x"])
     parser.add_argument("--n", type=int, help="one size for every workflow asked for")
     parser.add_argument(
-        "--per-task", type=int, help="galaxies (dre) or TCEs (astronet) per task; default 32 / 16"
+        "--per-task",
+        type=int,
+        help="galaxies (dre) or TCEs (astronet) per task; default: the library's",
     )
     parser.add_argument(
         "--cadences-known",

@@ -343,7 +343,7 @@ def _dre_fit(cuts):  # noqa: ANN001, ANN202
     return fit(cuts, models, gaussian_psf(2.5, 9))
 
 
-def setup_dre(tmp: Path, n: int, *, chunk_size: int = 32) -> Graph:
+def setup_dre(tmp: Path, n: int, *, chunk_size: int | None = 32) -> Graph:
     """``n`` galaxies of a sparse 4096² tile (with background, RMS and segmentation maps), 32²
     cuts, a small model grid.
 
@@ -353,8 +353,8 @@ def setup_dre(tmp: Path, n: int, *, chunk_size: int = 32) -> Graph:
         Directory to write the maps into.
     n : int
         Galaxies (the catalog, in memory).
-    chunk_size : int
-        Galaxies per task (``open_cuts``'s ``chunk_size``).
+    chunk_size : int or None
+        Galaxies per task (``open_cuts``'s ``chunk_size``; ``None``: the library's default).
 
     Returns
     -------
@@ -448,7 +448,7 @@ def _tces(targets, seed: int = 0) -> pd.DataFrame:  # noqa: ANN001
 
 
 def setup_astronet(
-    tmp: Path, n: int, *, batch_size: int = 16, cadences_known: bool = False
+    tmp: Path, n: int, *, batch_size: int | None = 16, cadences_known: bool = False
 ) -> Graph:
     """``n`` TCEs, one per target, not sorted by target; light curves read lazily from sparse
     Kepler FITS files, 16 per task.
@@ -459,8 +459,8 @@ def setup_astronet(
         Directory to write the light curves into.
     n : int
         Targets (files) and TCEs.
-    batch_size : int
-        Light curves and TCEs per task.
+    batch_size : int or None
+        Light curves and TCEs per task (``None``: the library's defaults).
     cadences_known : bool
         Give ``read_lightcurves`` the cadence count (no file is opened while the graph is
         built); the files are then hard links to one sparse file, so that 10⁶ of them cost
@@ -479,8 +479,9 @@ def setup_astronet(
     known = cadences if cadences_known else None
 
     def graph() -> list:
-        lcs = read_lightcurves(urls, reader="kepler", batch_size=batch_size, cadences=known)
-        return [views(lcs, tces, batch_size=batch_size)]
+        per_task = {} if batch_size is None else {"batch_size": batch_size}
+        lcs = read_lightcurves(urls, reader="kepler", cadences=known, **per_task)
+        return [views(lcs, tces, **per_task)]
 
     return graph
 
