@@ -346,9 +346,14 @@ def _solver_from_median(
         star_mask, rows, columns, ccd=ccd, npoly=npoly, nrad=nrad, nknots=nknots, degree=degree
     )
     clean = np.where(np.isfinite(avg), avg, 0).astype(np.float32)
-    poly_w, spline_w, strap_w = solver.fit_frames(clean[None])
-    smooth = model_grid(solver, poly_w, spline_w, strap_w)[0]
-    solver.average = (clean - smooth).astype(np.float32)
+    del avg
+    weights = solver.fit_frames(clean[None])
+    # the average less its smooth part, a band of rows at a time (float64 model temporaries)
+    band = max(1, _MEDIAN_BAND_BYTES // (8 * len(columns)))
+    for a in range(0, len(rows), band):
+        part = clean[a : a + band]
+        part[...] = part - _model_rows(solver, *weights, a, a + band)[0]
+    solver.average = clean
     solver.saturation = sat_mask
     solver._device.clear()
     return solver
@@ -358,10 +363,17 @@ def model_grid(
     solver: Solver, poly_w: np.ndarray, spline_w: np.ndarray, strap_w: np.ndarray
 ) -> np.ndarray:
     """Model images ``(time, rows, columns)`` of fitted weights on the solver's whole region."""
+    return _model_rows(solver, poly_w, spline_w, strap_w, 0, len(solver.rows))
+
+
+def _model_rows(
+    solver: Solver, poly_w: np.ndarray, spline_w: np.ndarray, strap_w: np.ndarray, a: int, b: int
+) -> np.ndarray:
+    """:func:`model_grid` on rows ``a:b`` of the solver's region (float64)."""
     out = basis.poly_grid(
-        poly_w, solver.rows, solver.columns, solver.npoly, solver.nrad, solver.ccd
+        poly_w, solver.rows[a:b], solver.columns, solver.npoly, solver.nrad, solver.ccd
     )
-    br = solver.br.astype(float)
+    br = solver.br[a:b].astype(float)
     bc = solver.bc.astype(float)
     out += np.einsum("ri,tji,cj->trc", br, spline_w, bc, optimize=True)
     out += strap_w[:, None, :]
