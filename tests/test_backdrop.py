@@ -463,3 +463,35 @@ def test_average_image_median_in_bands_of_rows(stack):
     )  # fmt: skip
     np.testing.assert_array_equal(banded["average_image"].values, solver.average)
     np.testing.assert_array_equal(banded["star_mask"].values, solver.mask)
+
+
+def test_evaluate_and_subtract_task_sizes_follow_the_chunk_size(stack, weights):
+    """Frames per evaluate task (16 bytes per model pixel) and targets per subtract task (the
+    flux, a float64 background, its cast and the result) come from items_per_task; the values
+    do not depend on them."""
+    _, ffis = stack
+    rows, cols = ffis.row.values, ffis.column.values
+    whole = backdrop.evaluate(weights, rows, cols)
+    assert whole.data.numblocks[0] == 1
+    with dask.config.set({"array.chunk-size": 2 * 16 * SHAPE[0] * SHAPE[1]}):
+        split = backdrop.evaluate(weights, rows, cols)
+    assert split.data.chunks[0] == (2, 2)
+    np.testing.assert_array_equal(split.values, whole.values)
+
+    size = 12
+    flux = np.stack([ffis["flux"].values[:, r : r + size, c : c + size] for r, c in
+                     [(10, 20), (100, 200), (30, 40)]])  # fmt: skip
+    cutouts = xr.Dataset(
+        {"flux": (("target", "time", "row", "column"), flux)},
+        coords={"time": ffis["time"].values, "corner_row": ("target", [10, 100, 30]),
+                "corner_column": ("target", [64, 244, 84])},
+    )  # fmt: skip
+    one = backdrop.subtract(cutouts, weights)
+    assert one["flux"].data.numblocks[0] == 1
+    per_target = 4 * size * size * (3 * 4 + 8)
+    with dask.config.set({"array.chunk-size": 2 * per_target}):
+        two = backdrop.subtract(cutouts, weights)
+    assert two["flux"].data.chunks[0] == (2, 1)
+    np.testing.assert_array_equal(two["background"].values, one["background"].values)
+    np.testing.assert_array_equal(two["flux"].values, one["flux"].values)
+    np.testing.assert_allclose(one["background"].values[0], whole.values[:, 10:22, 20:32])

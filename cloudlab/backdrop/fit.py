@@ -32,10 +32,10 @@ __all__ = [
     "batch_mean",
     "check_parameters",
     "default_frames_per_batch",
-    "MEDIAN_ROW_SHARE",
-    "median_rows_per_task",
     "fit",
     "frame_sources",
+    "MEDIAN_ROW_SHARE",
+    "median_rows_per_task",
     "model_grid",
     "prepare_solver",
 ]
@@ -43,8 +43,7 @@ __all__ = [
 SUBSAMPLE = 16
 #: bytes of the batch means stacked at once for their per-pixel median
 _MEDIAN_BAND_BYTES = 2**24
-#: a band row of the batch means counted this many times per median task: the band fetched,
-#: plus the share of every other band its worker holds until their medians are taken
+#: times a row of the batch means is counted per median task (:func:`median_rows_per_task`)
 MEDIAN_ROW_SHARE = 4
 MAX_NAN_FRACTION = 0.5
 """A frame with more than this fraction of its unmasked science pixels NaN is not fitted."""
@@ -308,13 +307,9 @@ def prepare_solver(
     )  # fmt: skip
 
 
-def _band_median(band_means: list[np.ndarray]) -> np.ndarray:
-    """Per-pixel median of one band of rows of every batch mean."""
-    return _median_image(band_means)
-
-
 def _solver_from_bands(bands: list[np.ndarray], *args: Any, **kwargs: Any) -> Solver:
-    """:func:`prepare_solver` from the median image in bands of rows (:func:`_band_median`)."""
+    """:func:`prepare_solver` from the median image in bands of rows (each the
+    :func:`_median_image` of one band of every batch mean)."""
     return _solver_from_median(np.concatenate(bands), *args, **kwargs)
 
 
@@ -556,7 +551,7 @@ def fit(
     }
     median_name = "backdrop-median-" + tokenize(piece_name)
     medians = {
-        (median_name, b): (_band_median, [(piece_name, j, b) for j in range(n_batches)])
+        (median_name, b): (_median_image, [(piece_name, j, b) for j in range(n_batches)])
         for b in bands
     }
     prepare = functools.partial(
