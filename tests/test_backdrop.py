@@ -411,3 +411,87 @@ def test_graph_layers_do_not_grow_with_batches(stack, weights, in_memory):
     for name in ("poly_w", "spline_w", "strap_w", "average_image", "star_mask"):
         np.testing.assert_allclose(fitted[name].values, weights[name].values, rtol=1e-6, atol=1e-9)
     assert fitted["status"].values.tolist() == weights["status"].values.tolist()
+
+
+def test_average_image_median_in_bands_of_rows(stack):
+    """With a small task size the batch means' per-pixel median is taken in bands of rows, a
+    task per band, and the solver task gets the median image only: the fit is the same, bit for
+    bit, as with one band, and the average image is prepare_solver's on the whole means."""
+    from cloudlab.backdrop.fit import (
+        MEDIAN_ROW_SHARE,
+        average_batches,
+        median_rows_per_task,
+        prepare_solver,
+    )
+
+    _, ffis = stack
+    four = ffis.drop_vars("url").compute()
+    copies = []  # 20 frames, 15 good (3 batch means of 5)
+    for k in range(5):
+        copy = four.assign_coords(time=four["time"] + k)
+        copy["flux"] = copy["flux"] * (1 + 0.01 * k)
+        copies.append(copy)
+    ffis20 = xr.concat(copies, "time", coords="minimal", compat="override")
+    ffis20["flux"][[0, 2, 3, 4, 6], 10:20, 30:40] = np.nan  # NaN in the first batch's mean
+    ffis20["flux"][:, 100:102, 100:102] = np.nan  # and in every mean
+    ffis20["flux"] = ffis20["flux"].chunk({"time": 1})
+
+    def median_tasks(result):
+        layers = result.__dask_graph__().layers
+        return sum(
+            len(layer) for name, layer in layers.items() if name.startswith("backdrop-median-")
+        )
+
+    one = backdrop.fit(ffis20, nknots=NKNOTS, frames_per_batch=4)
+    assert median_tasks(one) == 1
+    row_bytes = MEDIAN_ROW_SHARE * 4 * 3 * SHAPE[1]
+    with dask.config.set({"array.chunk-size": 20 * row_bytes}):
+        assert median_rows_per_task(3, SHAPE[1], SHAPE[0]) == 20
+        banded = backdrop.fit(ffis20, nknots=NKNOTS, frames_per_batch=4)
+    assert median_tasks(banded) == -(-SHAPE[0] // 20)
+    with dask.config.set(scheduler="sync"):
+        one, banded = dask.compute(one, banded)
+        means = dask.compute(average_batches(ffis20, masks.good_frames(ffis20["quality"].values)))
+    assert len(means[0]) == 3
+    assert np.isnan(means[0][0]).sum() == 104 and np.isnan(means[0][1]).sum() == 4
+    assert np.isnan(banded["average_image"].values).sum() == 0
+    for name in ("poly_w", "spline_w", "strap_w", "average_image", "star_mask", "sat_mask"):
+        np.testing.assert_array_equal(banded[name].values, one[name].values)
+    solver = prepare_solver(
+        means[0], ffis20["row"].values, ffis20["column"].values, ccd=2, npoly=5, nrad=5,
+        nknots=NKNOTS, degree=2,
+    )  # fmt: skip
+    np.testing.assert_array_equal(banded["average_image"].values, solver.average)
+    np.testing.assert_array_equal(banded["star_mask"].values, solver.mask)
+
+
+def test_evaluate_and_subtract_task_sizes_follow_the_chunk_size(stack, weights):
+    """Frames per evaluate task (16 bytes per model pixel) and targets per subtract task (the
+    flux, a float64 background, its cast and the result) come from items_per_task; the values
+    do not depend on them."""
+    _, ffis = stack
+    rows, cols = ffis.row.values, ffis.column.values
+    whole = backdrop.evaluate(weights, rows, cols)
+    assert whole.data.numblocks[0] == 1
+    with dask.config.set({"array.chunk-size": 2 * 16 * SHAPE[0] * SHAPE[1]}):
+        split = backdrop.evaluate(weights, rows, cols)
+    assert split.data.chunks[0] == (2, 2)
+    np.testing.assert_array_equal(split.values, whole.values)
+
+    size = 12
+    flux = np.stack([ffis["flux"].values[:, r : r + size, c : c + size] for r, c in
+                     [(10, 20), (100, 200), (30, 40)]])  # fmt: skip
+    cutouts = xr.Dataset(
+        {"flux": (("target", "time", "row", "column"), flux)},
+        coords={"time": ffis["time"].values, "corner_row": ("target", [10, 100, 30]),
+                "corner_column": ("target", [64, 244, 84])},
+    )  # fmt: skip
+    one = backdrop.subtract(cutouts, weights)
+    assert one["flux"].data.numblocks[0] == 1
+    per_target = 4 * size * size * (3 * 4 + 8)
+    with dask.config.set({"array.chunk-size": 2 * per_target}):
+        two = backdrop.subtract(cutouts, weights)
+    assert two["flux"].data.chunks[0] == (2, 1)
+    np.testing.assert_array_equal(two["background"].values, one["background"].values)
+    np.testing.assert_array_equal(two["flux"].values, one["flux"].values)
+    np.testing.assert_allclose(one["background"].values[0], whole.values[:, 10:22, 20:32])

@@ -185,7 +185,10 @@ def poly_grid(
     out = np.einsum("rj,tij,ci->trc", vr, coef, vc, optimize=True)
     rho = radius(rows, columns, ccd)
     power = np.ones_like(rho)
+    term = np.empty_like(rho)  # one image of scratch, whatever the number of frames
     for k in range(1, nrad):
-        power = power * rho
-        out += w[:, npoly * npoly + k - 1, None, None] * power[None]
+        np.multiply(power, rho, out=power)
+        for t in range(len(w)):
+            np.multiply(w[t, npoly * npoly + k - 1], power, out=term)
+            out[t] += term
     return out

@@ -12,6 +12,7 @@ from astropy import units as u
 from astropy.time import Time
 
 from cloudlab.backdrop import basis
+from cloudlab.chunking import items_per_task
 from cloudlab.errors import InputError
 from cloudlab.tess_detector import SCIENCE_COLUMN_START, SCIENCE_ROW_START
 
@@ -171,14 +172,14 @@ def evaluate(weights: xr.Dataset, rows: Any, columns: Any, *, times: Any = None)
     br = basis.spline_basis(rows, weights["row_knots"].values, degree)
     bc = basis.spline_basis(columns, weights["column_knots"].values, degree)
 
-    def lazy(x: xr.DataArray) -> da.Array:
-        return (
-            x.data
-            if isinstance(x.data, da.Array)
-            else da.from_array(x.values, chunks=(64,) + x.shape[1:])
-        )
+    # frames per task: a frame's model is a float64 image plus the spline term's float64
+    # temporary, 16 bytes per pixel (the radial term's three scratch images do not grow)
+    per_task = items_per_task(16 * len(rows) * len(columns), maximum=max(len(idx), 1))
 
-    poly = lazy(sel["poly_w"])
+    def lazy(x: xr.DataArray) -> da.Array:
+        return x.data if isinstance(x.data, da.Array) else da.from_array(x.values)
+
+    poly = lazy(sel["poly_w"]).rechunk({0: per_task})
     spline = lazy(sel["spline_w"]).rechunk({0: poly.chunks[0]})
     strap = lazy(sel["strap_w"]).rechunk({0: poly.chunks[0]})[:, pos].rechunk({1: -1})
     poly = poly.rechunk({1: -1})
@@ -326,7 +327,13 @@ def subtract(
     idx = frame_index(weights, cutouts["time"].values, strict=strict)
     flux = cutouts["flux"].data
     if not isinstance(flux, da.Array):
-        flux = da.from_array(flux, chunks=(max(1, min(64, flux.shape[0])), -1, -1, -1))
+        # a target costs its flux, the float64 background, that background cast to the flux's
+        # type and the result, at every time and pixel
+        pixels = flux.shape[1] * n_rows * n_cols
+        per_task = items_per_task(
+            pixels * (3 * flux.dtype.itemsize + 8), maximum=max(flux.shape[0], 1)
+        )
+        flux = da.from_array(flux, chunks=(per_task, -1, -1, -1))
     tchunks = (flux.chunks[0],)
     w = dask.delayed(_weights_for, pure=True)(weights, idx)
     a = weights.attrs

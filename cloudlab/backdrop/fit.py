@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import operator
 import warnings
 from typing import Any
 
@@ -33,6 +34,8 @@ __all__ = [
     "default_frames_per_batch",
     "fit",
     "frame_sources",
+    "MEDIAN_ROW_SHARE",
+    "median_rows_per_task",
     "model_grid",
     "prepare_solver",
 ]
@@ -40,6 +43,8 @@ __all__ = [
 SUBSAMPLE = 16
 #: bytes of the batch means stacked at once for their per-pixel median
 _MEDIAN_BAND_BYTES = 2**24
+#: times a row of the batch means is counted per median task (:func:`median_rows_per_task`)
+MEDIAN_ROW_SHARE = 4
 MAX_NAN_FRACTION = 0.5
 """A frame with more than this fraction of its unmasked science pixels NaN is not fitted."""
 STATUS_NAN_FRAME = "nan_frame"
@@ -95,11 +100,12 @@ def batch_mean(frames: list, source: FrameSource | None = None) -> np.ndarray:
     """Mean of frames, each minus the median of its ``[::16, ::16]`` subsample.
 
     ``frames`` holds one-frame arrays ``(1, rows, columns)``, or URLs read here through
-    ``source``. Non-finite pixels are left out of the mean (NaN where no frame has a finite
-    value).
+    ``source``, one at a time. Non-finite pixels are left out of the mean (NaN where no frame
+    has a finite value).
     """
     acc = count = None
-    for frame in _frames(frames, source):
+    for item in frames:
+        frame = _frame(item, source)
         if acc is None:
             acc = np.zeros(frame.shape, np.float64)
             count = np.zeros(frame.shape, np.int32)
@@ -107,10 +113,22 @@ def batch_mean(frames: list, source: FrameSource | None = None) -> np.ndarray:
         if not finite.any():
             continue
         level = np.median(frame[::SUBSAMPLE, ::SUBSAMPLE][finite[::SUBSAMPLE, ::SUBSAMPLE]])
-        acc += np.where(finite, frame - level, 0.0)
+        diff = frame - level
+        diff[~finite] = 0
+        acc += diff
         count += finite
+        del frame, finite, diff
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (acc / count).astype(np.float32)
+        return np.divide(acc, count, out=acc).astype(np.float32)
+
+
+def _batch_mean_bands(
+    frames: list, source: FrameSource | None, rows_per_band: int
+) -> tuple[np.ndarray, ...]:
+    """:func:`batch_mean` cut into bands of ``rows_per_band`` rows (copies, so that each band
+    is freed on its own once its median is taken)."""
+    mean = batch_mean(frames, source)
+    return tuple(mean[a : a + rows_per_band].copy() for a in range(0, len(mean), rows_per_band))
 
 
 def frame_sources(ffis: xr.Dataset, source: FrameSource | None = None) -> list:
@@ -128,13 +146,14 @@ def frame_sources(ffis: xr.Dataset, source: FrameSource | None = None) -> list:
     return list(flux.rechunk((1, *flux.shape[1:])).to_delayed().ravel())
 
 
+def _frame(item: Any, source: FrameSource | None) -> np.ndarray:
+    """One frame as float32: read from its URL through ``source``, or a one-frame block."""
+    frame = source.read(item) if isinstance(item, str) else np.asarray(item)[0]
+    return frame.astype(np.float32, copy=False)
+
+
 def _frames(items: list, source: FrameSource | None) -> list[np.ndarray]:
-    return [
-        (source.read(item) if isinstance(item, str) else np.asarray(item)[0]).astype(
-            np.float32, copy=False
-        )
-        for item in items
-    ]
+    return [_frame(item, source) for item in items]
 
 
 def _source_for(
@@ -179,15 +198,25 @@ def average_batches(
     list of dask.delayed.Delayed
         Batch means (float32 images); :func:`prepare_solver` takes their per-pixel median.
     """
-    idx = np.flatnonzero(good)
     source = _source_for(ffis, source, storage_options)
+    return _mean_tasks(ffis, good, source)
+
+
+def _mean_tasks(
+    ffis: xr.Dataset, good: np.ndarray, source: FrameSource | None, rows_per_band: int = 0
+) -> list:
+    """One task per batch of good frames: its mean (:func:`batch_mean`), or with
+    ``rows_per_band`` that mean in bands of rows (:func:`_batch_mean_bands`)."""
+    idx = np.flatnonzero(good)
     args, frames = _task_frames(ffis, source)
     reader = _shared(source)
     reader_arg = None if reader is None else reader.key
     batches = masks.frame_batches(len(idx))
-    name = "backdrop-mean-" + tokenize(args, reader_arg, batches)
+    name = "backdrop-mean-" + tokenize(args, reader_arg, batches, rows_per_band)
+    extra = (rows_per_band,) if rows_per_band else ()
+    task = _batch_mean_bands if rows_per_band else batch_mean
     layer = {
-        (name, j): (batch_mean, [args[k] for k in idx[b]], reader_arg)
+        (name, j): (task, [args[k] for k in idx[b]], reader_arg, *extra)
         for j, b in enumerate(batches)
     }
     dependencies = [*frames, *([] if reader is None else [reader])]
@@ -211,18 +240,45 @@ def _shared(source: FrameSource | None) -> Any:
     return dask.delayed(dataclasses.replace(source, urls=()), pure=True)
 
 
-def _median_image(batch_means: list[np.ndarray], median) -> np.ndarray:
-    """Per-pixel median of the batch means, a band of rows at a time: the stack of every mean
-    and the copy ``median`` sorts are a band's, not the whole image's."""
+def _median_image(batch_means: list[np.ndarray]) -> np.ndarray:
+    """Per-pixel median of the batch means (NaN-aware where any is NaN), a band of rows at a
+    time: the stack of every mean and the copy the median sorts are a band's, not the whole
+    image's."""
     if len(batch_means) == 1:
         return batch_means[0]
+    finite = all(bool(np.isfinite(m).all()) for m in batch_means)
+    median = np.median if finite else np.nanmedian
     n_rows, n_cols = batch_means[0].shape
     band = max(1, _MEDIAN_BAND_BYTES // (len(batch_means) * n_cols * batch_means[0].itemsize))
-    bands = [
-        median(np.stack([m[a : a + band] for m in batch_means]), axis=0)
-        for a in range(0, n_rows, band)
-    ]
+    with warnings.catch_warnings():  # a pixel NaN in every mean stays NaN: that is expected
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+        bands = [
+            median(np.stack([m[a : a + band] for m in batch_means]), axis=0)
+            for a in range(0, n_rows, band)
+        ]
     return np.concatenate(bands)
+
+
+def median_rows_per_task(n_batches: int, n_cols: int, n_rows: int) -> int:
+    """Rows of the average image per median task, from :func:`cloudlab.chunking.items_per_task`.
+
+    A median task fetches one band of every batch mean (float32, 4 bytes per pixel) while its
+    worker keeps its share of every other band until that band's median is taken, so a band's
+    row is counted :data:`MEDIAN_ROW_SHARE` times (the median itself sorts 16 MB at a time).
+
+    Parameters
+    ----------
+    n_batches : int
+        Batch means (:func:`cloudlab.backdrop.masks.frame_batches`).
+    n_cols, n_rows : int
+        Science pixels of one frame.
+
+    Returns
+    -------
+    int
+        Rows per task, 1 to ``n_rows``.
+    """
+    return items_per_task(MEDIAN_ROW_SHARE * 4 * n_batches * n_cols, maximum=n_rows)
 
 
 def prepare_solver(
@@ -239,29 +295,60 @@ def prepare_solver(
 ) -> Solver:
     """Average image, masks, normal matrix and its factor; then the average's own smooth part.
 
-    ``names`` (the frames' files or times) name the input when every frame is NaN.
-    The average image is fitted with the same model and its polynomial, spline and strap parts are
-    removed, so that it keeps only fine (stellar) structure and the weights fitted to
-    ``frame - average`` describe the whole background, constant included.
+    The average image is the per-pixel median of ``batch_means``. ``names`` (the frames' files
+    or times) name the input when every frame is NaN. The average image is fitted with the same
+    model and its polynomial, spline and strap parts are removed, so that it keeps only fine
+    (stellar) structure and the weights fitted to ``frame - average`` describe the whole
+    background, constant included.
     """
-    if not any(np.isfinite(m).any() for m in batch_means):
+    return _solver_from_median(
+        _median_image(batch_means), rows, columns, ccd=ccd, npoly=npoly, nrad=nrad,
+        nknots=nknots, degree=degree, names=names,
+    )  # fmt: skip
+
+
+def _solver_from_bands(bands: list[np.ndarray], *args: Any, **kwargs: Any) -> Solver:
+    """:func:`prepare_solver` from the median image in bands of rows (each the
+    :func:`_median_image` of one band of every batch mean)."""
+    return _solver_from_median(np.concatenate(bands), *args, **kwargs)
+
+
+def _solver_from_median(
+    avg: np.ndarray,
+    rows: np.ndarray,
+    columns: np.ndarray,
+    *,
+    ccd: int,
+    npoly: int,
+    nrad: int,
+    nknots: int,
+    degree: int,
+    names: tuple[str, ...] = (),
+) -> Solver:
+    """:func:`prepare_solver` from the per-pixel median of the batch means."""
+    finite = np.isfinite(avg)
+    if not finite.any():  # NaN in the median only where every batch mean is NaN
         where = f" ({len(names)} frames, the first {names[0]})" if names else ""
         raise InputError(
             f"fit: every frame is NaN{where}: no pixel has a value to build the average image; "
             "check the files and the HDU they are read from"
         )
-    finite = all(bool(np.isfinite(m).all()) for m in batch_means)
-    median = np.median if finite else np.nanmedian
-    avg = _median_image(batch_means, median)
+    median = np.median if finite.all() else np.nanmedian
+    del finite
     avg = (avg - median(avg)).astype(np.float32)
     star_mask, sat_mask = masks.background_mask(avg)
     solver = build_solver(
         star_mask, rows, columns, ccd=ccd, npoly=npoly, nrad=nrad, nknots=nknots, degree=degree
     )
     clean = np.where(np.isfinite(avg), avg, 0).astype(np.float32)
-    poly_w, spline_w, strap_w = solver.fit_frames(clean[None])
-    smooth = model_grid(solver, poly_w, spline_w, strap_w)[0]
-    solver.average = (clean - smooth).astype(np.float32)
+    del avg
+    weights = solver.fit_frames(clean[None])
+    # the average less its smooth part, a band of rows at a time (float64 model temporaries)
+    band = max(1, _MEDIAN_BAND_BYTES // (8 * len(columns)))
+    for a in range(0, len(rows), band):
+        part = clean[a : a + band]
+        part[...] = part - _model_rows(solver, *weights, a, a + band)[0]
+    solver.average = clean
     solver.saturation = sat_mask
     solver._device.clear()
     return solver
@@ -271,10 +358,17 @@ def model_grid(
     solver: Solver, poly_w: np.ndarray, spline_w: np.ndarray, strap_w: np.ndarray
 ) -> np.ndarray:
     """Model images ``(time, rows, columns)`` of fitted weights on the solver's whole region."""
+    return _model_rows(solver, poly_w, spline_w, strap_w, 0, len(solver.rows))
+
+
+def _model_rows(
+    solver: Solver, poly_w: np.ndarray, spline_w: np.ndarray, strap_w: np.ndarray, a: int, b: int
+) -> np.ndarray:
+    """:func:`model_grid` on rows ``a:b`` of the solver's region (float64)."""
     out = basis.poly_grid(
-        poly_w, solver.rows, solver.columns, solver.npoly, solver.nrad, solver.ccd
+        poly_w, solver.rows[a:b], solver.columns, solver.npoly, solver.nrad, solver.ccd
     )
-    br = solver.br.astype(float)
+    br = solver.br[a:b].astype(float)
     bc = solver.bc.astype(float)
     out += np.einsum("ri,tji,cj->trc", br, spline_w, bc, optimize=True)
     out += strap_w[:, None, :]
@@ -442,17 +536,35 @@ def fit(
         labels = [str(u) for u in source.urls]
     else:
         labels = [f"frame {k} (time {t})" for k, t in enumerate(np.asarray(ffis["time"].values))]
-    means = average_batches(ffis, good, source)
+    # the average image: the batch means in bands of rows, the median of each band on its own
+    # task, so no worker holds every mean; the solver task gets the median image only
+    n_batches = len(masks.frame_batches(int(good.sum())))
+    band_rows = median_rows_per_task(n_batches, n_c, n_r)
+    means = _mean_tasks(ffis, good, source, band_rows)
+    bands = range(0, -(-n_r // band_rows))
+    mean_name = means[0].key[0]
+    piece_name = "backdrop-mean-band-" + tokenize(mean_name, band_rows)
+    pieces = {
+        (piece_name, j, b): (operator.getitem, (mean_name, j), b)
+        for j in range(n_batches)
+        for b in bands
+    }
+    median_name = "backdrop-median-" + tokenize(piece_name)
+    medians = {
+        (median_name, b): (_median_image, [(piece_name, j, b) for j in range(n_batches)])
+        for b in bands
+    }
     prepare = functools.partial(
-        prepare_solver, rows=rows, columns=columns, ccd=ccd, npoly=npoly, nrad=nrad,
+        _solver_from_bands, rows=rows, columns=columns, ccd=ccd, npoly=npoly, nrad=nrad,
         nknots=nknots, degree=degree, names=tuple(labels[k] for k in np.flatnonzero(good)),
     )  # fmt: skip
-    # the batch means by key: handed over as Delayed objects they would be a layer each
-    keys = [m.key for m in means]
-    solver_name = "prepare_solver-" + tokenize(prepare, keys)
-    solver_graph = HighLevelGraph.from_collections(
-        solver_name, {solver_name: (prepare, keys)}, dependencies=means[:1]
-    )
+    solver_name = "prepare_solver-" + tokenize(prepare, median_name)
+    solver_graph = HighLevelGraph(
+        {**means[0].dask.layers, piece_name: pieces, median_name: medians,
+         solver_name: {solver_name: (prepare, list(medians))}},
+        {**means[0].dask.dependencies, piece_name: {mean_name}, median_name: {piece_name},
+         solver_name: {median_name}},
+    )  # fmt: skip
     solver = Delayed(solver_name, solver_graph, layer=solver_name)
     n_poly = npoly * npoly + nrad - 1
     args, frames = _task_frames(ffis, source)

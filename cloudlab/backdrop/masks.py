@@ -61,7 +61,8 @@ def star_gradient_mask(average: np.ndarray, threshold: float = STAR_GRADIENT) ->
         Boolean image, True on stars.
     """
     grad_r, grad_c = np.gradient(np.asarray(average, float))
-    soft = np.hypot(grad_r, grad_c) > threshold
+    soft = np.hypot(grad_r, grad_c, out=grad_r) > threshold
+    del grad_r, grad_c
     kernel = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]])
     neighbours = ndimage.convolve(soft.astype(np.int8), kernel, mode="constant", cval=0)
     return soft | (neighbours >= 3)
@@ -83,7 +84,9 @@ def saturation_mask(average: np.ndarray, whisker_width: int = WHISKER_WIDTH) -> 
     """
     avg = np.asarray(average, float)
     n_rows, n_cols = avg.shape
-    seeds = (np.abs(np.gradient(avg, axis=1)) > SATURATED_GRADIENT) | (avg > SATURATED_VALUE)
+    gradient = np.gradient(avg, axis=1)
+    seeds = (np.abs(gradient, out=gradient) > SATURATED_GRADIENT) | (avg > SATURATED_VALUE)
+    del gradient
     if not seeds.any():
         return np.ones_like(seeds)
     sat = ndimage.binary_dilation(seeds, structure=np.ones((3, 1), bool), iterations=1)
@@ -117,8 +120,8 @@ def background_mask(average: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sat_mask : numpy.ndarray
         True where not saturated (tess-backdrop's ``SATMASK``).
     """
-    avg = np.asarray(average, float)
-    finite = np.isfinite(avg)
-    filled = np.where(finite, avg, 0.0)
+    filled = np.array(average, float)  # a copy: NaN are set to zero in place
+    finite = np.isfinite(filled)
+    filled[~finite] = 0.0
     sat_ok = saturation_mask(filled)
     return finite & ~star_gradient_mask(filled) & sat_ok, sat_ok

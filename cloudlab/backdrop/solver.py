@@ -353,10 +353,12 @@ def build_solver(
     normal = normal.reshape(k_c * k_r, k_c * k_r)
     normal[np.diag_indices_from(normal)] += 1.0 / SPLINE_PRIOR**2
     chol = scipy.linalg.cholesky(normal, lower=True, check_finite=False)
+    del normal, schur
 
     # polynomial stage on the 8x8 block means
     n_br, n_bc = -(-len(rows) // BLOCK), -(-len(columns) // BLOCK)
     count = _block_sum(mf, np).ravel()
+    del mf
     valid = count > 0
     block_rows = np.repeat(rows[0] + BLOCK * np.arange(n_br) + BLOCK // 2, n_bc)
     block_cols = np.tile(columns[0] + BLOCK * np.arange(n_bc) + BLOCK // 2, n_br)
@@ -365,6 +367,10 @@ def build_solver(
     vr, vc = basis.poly_axes(rows, columns, npoly)
     avg = np.zeros(mask.shape, np.float32) if average is None else average
     first, values = kernels.band(br, degree)
+    rho = np.empty(mask.shape, np.float32)
+    step = max(1, 2**24 // (8 * len(columns)))  # float64 distances 16 MB at a time
+    for a in range(0, len(rows), step):
+        rho[a : a + step] = basis.radius(rows[a : a + step], columns, ccd)
     return Solver(
         rows=rows,
         columns=columns,
@@ -387,7 +393,7 @@ def build_solver(
         poly_normal=poly_normal,
         vr=vr.astype(np.float32),
         vc=vc.astype(np.float32),
-        rho=basis.radius(rows, columns, ccd).astype(np.float32),
+        rho=rho,
         band_first=first,
         band_values=values,
     )
