@@ -36,10 +36,10 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 from astropy.io import fits
-from astropy.table import Table
 from dask.utils import format_bytes, parse_bytes
 
 from cloudlab.testing import sparse_fits
+from cloudlab.testing.scale import sparse_tile
 
 GOAL = 2.0  # peak above baseline <= GOAL x task size
 
@@ -154,22 +154,8 @@ def build_dre(tmp: Path, n: int):
     from cloudlab.dre.cuts import CUT_BYTES_PER_PIXEL
     from cloudlab.simulate.galaxies import gaussian_psf
 
-    side, size = 4096, 128
-    header = fits.Header({"SIMPLE": True, "BITPIX": -32, "NAXIS": 2, "NAXIS1": side,
-                          "NAXIS2": side})  # fmt: skip
-    urls = {}
-    for kind in ("tile", "bkg", "rms", "seg"):
-        urls[kind] = str(tmp / f"{kind}.fits")
-        sparse_fits(Path(urls[kind]), [header])
-    rng = np.random.default_rng(0)
-    catalog = Table(
-        {
-            "NUMBER": np.arange(1, n + 1),
-            "X_IMAGE": rng.uniform(100, side - 100, n),
-            "Y_IMAGE": rng.uniform(100, side - 100, n),
-            "CLASS_STAR": np.zeros(n),
-        }
-    )
+    size = 128
+    urls, catalog = sparse_tile(tmp, n)
     cuts = open_cuts(urls["tile"], catalog, size=size, margin=100, background=urls["bkg"],
                      rms=urls["rms"], segmentation=urls["seg"])  # fmt: skip
     models = model_grid(ax_ratio=(0.5, 0.5, 1), angle=(0.0, 90.0, 2), log_r=(0.4, 0.3, 2),

@@ -51,6 +51,7 @@ __all__ = [
     "setup_dre",
     "setup_dre_hdf5",
     "setup_timelag",
+    "sparse_tile",
 ]
 
 #: light-curve files made as hard links to one written file (``cadences_known``)
@@ -343,6 +344,42 @@ def _dre_fit(cuts):  # noqa: ANN001, ANN202
     return fit(cuts, models, gaussian_psf(2.5, 9))
 
 
+def sparse_tile(tmp: Path, n: int, *, side: int = 4096) -> tuple[dict[str, str], Table]:
+    """A sparse survey tile with its background, RMS and segmentation maps, and a catalog of
+    ``n`` galaxies at random positions at least 100 pixels inside it.
+
+    Parameters
+    ----------
+    tmp : pathlib.Path
+        Directory to write the four maps into.
+    n : int
+        Galaxies in the catalog.
+    side : int
+        Pixels on a side.
+
+    Returns
+    -------
+    urls : dict
+        ``tile``, ``bkg``, ``rms`` and ``seg`` to their paths.
+    catalog : astropy.table.Table
+        ``NUMBER``, ``X_IMAGE``, ``Y_IMAGE`` and ``CLASS_STAR`` (0).
+    """
+    header = fits.Header({"SIMPLE": True, "BITPIX": -32, "NAXIS": 2, "NAXIS1": side,
+                          "NAXIS2": side})  # fmt: skip
+    urls = {kind: str(tmp / f"{kind}.fits") for kind in ("tile", "bkg", "rms", "seg")}
+    sparse_series(list(urls.values()), [header], [{}] * len(urls))
+    rng = np.random.default_rng(0)
+    catalog = Table(
+        {
+            "NUMBER": np.arange(1, n + 1),
+            "X_IMAGE": rng.uniform(100, side - 100, n),
+            "Y_IMAGE": rng.uniform(100, side - 100, n),
+            "CLASS_STAR": np.zeros(n),
+        }
+    )
+    return urls, catalog
+
+
 def setup_dre(tmp: Path, n: int, *, chunk_size: int | None = 32) -> Graph:
     """``n`` galaxies of a sparse 4096² tile (with background, RMS and segmentation maps), 32²
     cuts, a small model grid.
@@ -363,20 +400,7 @@ def setup_dre(tmp: Path, n: int, *, chunk_size: int | None = 32) -> Graph:
     """
     from cloudlab.dre import open_cuts
 
-    side = 4096
-    header = fits.Header({"SIMPLE": True, "BITPIX": -32, "NAXIS": 2, "NAXIS1": side,
-                          "NAXIS2": side})  # fmt: skip
-    urls = {kind: str(tmp / f"{kind}.fits") for kind in ("tile", "bkg", "rms", "seg")}
-    sparse_series(list(urls.values()), [header], [{}] * len(urls))
-    rng = np.random.default_rng(0)
-    catalog = Table(
-        {
-            "NUMBER": np.arange(1, n + 1),
-            "X_IMAGE": rng.uniform(100, side - 100, n),
-            "Y_IMAGE": rng.uniform(100, side - 100, n),
-            "CLASS_STAR": np.zeros(n),
-        }
-    )
+    urls, catalog = sparse_tile(tmp, n)
 
     def graph() -> list:
         cuts = open_cuts(urls["tile"], catalog, size=32, margin=40, background=urls["bkg"],
