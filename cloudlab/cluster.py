@@ -41,18 +41,17 @@ __all__ = [
 
 
 def active_client() -> Client | None:
-    """The ``distributed`` client when it is dask's active scheduler, else ``None``."""
-    try:
-        from distributed import get_client
+    """The ``distributed`` client when it is dask's active scheduler, else ``None``.
 
-        client = get_client()
-    except ValueError:
-        return None
+    With several clients in a session (a gateway cluster and a local one), the active one is
+    the client whose ``get`` is the scheduler, not necessarily the newest.
+    """
     try:
         active = dask.base.get_scheduler()
     except ValueError:
         return None
-    return client if active == client.get else None
+    client = getattr(active, "__self__", None)
+    return client if isinstance(client, Client) and active == client.get else None
 
 
 def local_hosts() -> set[str]:

@@ -196,3 +196,20 @@ def test_compute_on_a_cluster_leaves_in_memory_variables_on_the_client():
     xr.testing.assert_identical(got[1], arr.compute())
     assert got[2] == 5000 * 4999 // 2
     assert isinstance(got[0]["flux"].data, np.ndarray)
+
+
+def test_active_client_is_the_scheduler_not_the_newest_client() -> None:
+    """With two clients in a session, the one dask computes on is the active one (before, the
+    newest client was asked and the older one, though active, was not recognised)."""
+    from distributed import Client, LocalCluster
+
+    from cloudlab.cluster import active_client
+
+    with LocalCluster(n_workers=1, processes=False) as one, Client(one) as first:
+        with LocalCluster(n_workers=1, processes=False) as two, Client(two) as second:
+            with dask.config.set(scheduler=first.get):
+                assert active_client() is first
+            with dask.config.set(scheduler=second.get):
+                assert active_client() is second
+            with dask.config.set(scheduler="threads"):
+                assert active_client() is None
