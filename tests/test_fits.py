@@ -722,6 +722,29 @@ def test_open_stack_on_local_cluster(tmp_path: Path, local_client) -> None:
     np.testing.assert_array_equal(stack["TSTART"].values, 1000.0 + np.arange(6))
 
 
+def test_header_scan_on_workers_keeps_requests_in_flight(tmp_path: Path, monkeypatch) -> None:
+    """A cluster worker reads its batch of remote headers in threads (one worker thread still
+    keeps many requests waiting on the store at once, as the client's threads do); the stack
+    equals astropy's."""
+    from distributed import Client, LocalCluster
+
+    from cloudlab.testing.counting import CountingFileSystem
+
+    paths = _stack_files(tmp_path, n=24)
+    monkeypatch.setattr(CountingFileSystem, "latency", 0.05)  # an object store's round trip
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as one_thread:
+        with Client(one_thread) as client, dask.config.set(scheduler=client.get):
+            cf.clear_cache()
+            CountingFileSystem.reset()
+            stack = cf.open_stack(f"countreads://{tmp_path}/f*.fits", 1, keys=["TSTART"])
+            counts = CountingFileSystem.reset()
+            got = stack.data.compute()
+    assert counts["get"] == 24 and counts["head"] == 0, counts
+    assert counts["most_in_flight"] >= 4, counts  # before: 1 (a batch read file by file)
+    np.testing.assert_array_equal(got, np.stack([fits.getdata(p, 1) for p in paths]))
+    np.testing.assert_array_equal(stack["TSTART"].values, 1000.0 + np.arange(24))
+
+
 # ------------------------------------------------------------------------------------- tables
 def test_read_table_equals_astropy(tmp_path: Path) -> None:
     cols = [

@@ -23,6 +23,7 @@ from cloudlab.fits.header import hdu_info, padded
 from cloudlab.fits.sources import GzipSource, cat_ranges
 
 __all__ = [
+    "REMOTE_THREADS",
     "gather_infos",
     "header_rows",
     "raise_errors",
@@ -36,25 +37,50 @@ __all__ = [
 _MAX_ERRORS_LISTED = 20
 
 
+#: Header requests in flight at once for remote files: per scan in this process, per batch on a
+#: cluster worker (each request mostly waits on the store's latency).
+REMOTE_THREADS = 16
+
+
 def read_infos(
-    entries: list[tuple[str, dict | None]], hdu: int | str | tuple, *, storage_options: dict | None
+    entries: list[tuple[str, dict | None]],
+    hdu: int | str | tuple,
+    *,
+    storage_options: dict | None,
+    threads: int = 1,
 ) -> list[tuple]:
     """Header information of many files (runs on cluster workers or in threads).
+
+    Parameters
+    ----------
+    entries : list of (url, file info or None)
+        The files, with their ``fs.info`` when a listing gave it.
+    hdu : int, str or (str, int)
+        The HDU to describe.
+    storage_options : dict or None
+        Filesystem options.
+    threads : int
+        Files read at once (a batch on a cluster worker reads remote files in threads).
 
     Returns
     -------
     list of tuple
         Per file ``("ok", HDUInfo)``, ``("missing", url, message)`` or ``("error", url, message)``.
     """
-    out: list[tuple] = []
-    for url, finfo in entries:
+
+    def one(entry: tuple[str, dict | None]) -> tuple:
+        url, finfo = entry
         try:
-            out.append(("ok", hdu_info(url, hdu, storage_options=storage_options, file_info=finfo)))
+            return ("ok", hdu_info(url, hdu, storage_options=storage_options, file_info=finfo))
         except FileNotFoundError as exc:
-            out.append(("missing", url, str(exc)))
+            return ("missing", url, str(exc))
         except (OSError, ValueError, TypeError) as exc:
-            out.append(("error", url, f"{type(exc).__name__}: {exc}"))
-    return out
+            return ("error", url, f"{type(exc).__name__}: {exc}")
+
+    if threads <= 1 or len(entries) <= 1:
+        return [one(entry) for entry in entries]
+    with ThreadPoolExecutor(max_workers=min(threads, len(entries))) as pool:
+        return list(pool.map(one, entries))
 
 
 def stack_infos(
@@ -63,6 +89,7 @@ def stack_infos(
     *,
     storage_options: dict | None,
     keys: tuple[str, ...] = (),
+    threads: int = 1,
 ) -> list[tuple]:
     """Like :func:`read_infos`, plus the values of ``keys``; headers are dropped (except the
     first one) to keep results small when they travel back from cluster workers.
@@ -74,7 +101,7 @@ def stack_infos(
     """
     out: list[tuple] = []
     first = True
-    for result in read_infos(entries, hdu, storage_options=storage_options):
+    for result in read_infos(entries, hdu, storage_options=storage_options, threads=threads):
         if result[0] != "ok":
             out.append(result)
             continue
@@ -86,7 +113,11 @@ def stack_infos(
 
 
 def header_rows(
-    entries: list[tuple[str, dict | None]], hdu: int | str | tuple, *, storage_options: dict | None
+    entries: list[tuple[str, dict | None]],
+    hdu: int | str | tuple,
+    *,
+    storage_options: dict | None,
+    threads: int = 1,
 ) -> list[tuple]:
     """Header keywords of many files as dicts (runs on cluster workers or in threads).
 
@@ -96,7 +127,7 @@ def header_rows(
         Per file ``("ok", url, {keyword: value})``, or ``("missing"|"error", url, message)``.
     """
     out: list[tuple] = []
-    for result in read_infos(entries, hdu, storage_options=storage_options):
+    for result in read_infos(entries, hdu, storage_options=storage_options, threads=threads):
         if result[0] != "ok":
             out.append(result)
             continue
@@ -137,12 +168,14 @@ def gather_infos(
     from cloudlab.cluster import reading_workers  # lazy: cluster imports dask_gateway
 
     client, workers = reading_workers([u for u, _ in entries])
+    local = all(storage.is_local(u) for u, _ in entries)
     if workers and len(entries) > 1:
         batches = _batches(entries, 4 * len(workers))
-        futures = client.map(func, batches, hdu=hdu, storage_options=storage_options, pure=False)
+        futures = client.map(func, batches, hdu=hdu, storage_options=storage_options,
+                             threads=1 if local else REMOTE_THREADS, pure=False)  # fmt: skip
         results = client.gather(futures)
     else:
-        threads = 4 if all(storage.is_local(u) for u, _ in entries) else 16
+        threads = 4 if local else REMOTE_THREADS
         batches = _batches(entries, 4 * threads)
         with ThreadPoolExecutor(max_workers=min(threads, len(batches))) as pool:
             read = functools.partial(func, hdu=hdu, storage_options=storage_options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections import Counter
 
 import fsspec
@@ -18,8 +19,11 @@ class CountingFileSystem(LocalFileSystem):
     Counts (class-wide, thread-safe): ``list`` (directory listings), ``head`` (``info`` of one
     ``.fits`` file outside a listing: a glob's listing gives sizes for free), ``get`` (ranged
     reads), ``open`` (files opened for reading, as astropy reads them) and ``bytes`` (what the
-    ranged reads returned plus what was read through opened files, read-ahead included).
-    :meth:`reset` returns and clears them. Registered with fsspec when this module is imported.
+    ranged reads returned plus what was read through opened files, read-ahead included) and
+    ``most_in_flight`` (the most ranged reads under way at once). :meth:`reset` returns and
+    clears them. Set the class attribute ``latency`` (seconds) to hold every ranged read back
+    as an object store's first-byte latency does. Registered with fsspec when this module is
+    imported.
     """
 
     protocol = "countreads"
@@ -27,6 +31,8 @@ class CountingFileSystem(LocalFileSystem):
     lock = threading.Lock()
     listing = threading.local()
     ranged = threading.local()
+    latency = 0.0
+    _in_flight = 0
 
     def _count(self, what: str, n: int = 1) -> None:
         with self.lock:
@@ -46,11 +52,19 @@ class CountingFileSystem(LocalFileSystem):
         return super().info(path, **kwargs)
 
     def cat_file(self, path, start=None, end=None, **kwargs):
+        cls = type(self)
+        with self.lock:
+            cls._in_flight += 1
+            self.counts["most_in_flight"] = max(self.counts["most_in_flight"], cls._in_flight)
         self.ranged.active = True  # counted below, not again by the file it opens
         try:
+            if self.latency:
+                time.sleep(self.latency)
             data = super().cat_file(path, start=start, end=end, **kwargs)
         finally:
             self.ranged.active = False
+            with self.lock:
+                cls._in_flight -= 1
         self._count("get")
         self._count("bytes", len(data))
         return data
