@@ -71,8 +71,42 @@ def main() -> None:
                 f"flux compute: {read.total_requests / n:.2f} requests per frame "
                 f"({dict(read.requests)}), {seconds:.2f} s"
             )
+            scan_on_workers(options, n, shaper)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scan_on_workers(options: dict, n: int, shaper: Shaper) -> None:
+    """The header scan of ``cloudlab.fits.open_stack`` over the same FFIs (image HDU), with the
+    client's threads and then on the workers of a 2-worker LocalCluster (one thread each)."""
+    from distributed import Client, LocalCluster
+
+    from cloudlab.fits import open_stack
+
+    glob = "s3://data/ffis/*.fits"
+    clear_cache()
+    shaper.reset()
+    t0 = time.perf_counter()
+    open_stack(glob, 1, storage_options=options)
+    threads = time.perf_counter() - t0
+    scanned = shaper.reset()
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1") as cluster,
+        Client(cluster) as client,
+        dask.config.set(scheduler=client.get),
+    ):
+        client.run(clear_cache)
+        clear_cache()
+        shaper.reset()
+        t0 = time.perf_counter()
+        open_stack(glob, 1, storage_options=options)
+        workers = time.perf_counter() - t0
+        on_workers = shaper.reset()
+    print(
+        f"header scan (open_stack): client threads {n / threads:.0f} files/s "
+        f"({scanned.total_requests / n:.2f} requests per file); 2 workers x 1 thread "
+        f"{n / workers:.0f} files/s ({on_workers.total_requests / n:.2f} requests per file)"
+    )
 
 
 if __name__ == "__main__":
