@@ -48,7 +48,7 @@ import psutil
 from cloudlab.cutouts import make_cutouts
 from cloudlab.io.tess import cube_meta
 from cloudlab.simulate import tess_sector
-from cloudlab.testing import ObjectStore, Shaper
+from cloudlab.testing import ObjectStore, Shaper, aws_environment
 
 BUCKET = "stpubdata"
 KEY = "tess/public/mast/tess-s0030-1-1-cube.fits"
@@ -151,24 +151,15 @@ def main() -> None:
         args.targets, args.astrocut, args.frames = "1,10", 2, 100
     sizes = [int(n) for n in args.targets.split(",")]
     tmp = tempfile.mkdtemp(prefix="cloudlab-bench-cloud-")
-    saved = {k: os.environ.get(k) for k in
-             ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}  # fmt: skip
     try:
         with ObjectStore(Path(tmp, "store"), buckets=[BUCKET]) as store:
             url = make_cube(store, tmp, args.frames)
             bandwidth = args.bandwidth or None
             with Shaper(store.port, latency=args.latency, bandwidth=bandwidth) as shaper:
                 # every s3:// client (s3fs for cloudlab, astropy+fsspec for astrocut) goes here
-                os.environ.update(AWS_ENDPOINT_URL_S3=shaper.endpoint_url,
-                                  AWS_ACCESS_KEY_ID=store.key,
-                                  AWS_SECRET_ACCESS_KEY=store.secret)  # fmt: skip
-                report(url, sizes, args, shaper)
+                with aws_environment(shaper.endpoint_url, store.key, store.secret):
+                    report(url, sizes, args, shaper)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         shutil.rmtree(tmp, ignore_errors=True)
 
 

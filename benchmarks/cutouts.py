@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from cloudlab.fits import regions
 from cloudlab.fits.regions import plan_reads
 from cloudlab.io.tess import cube_meta
 from cloudlab.simulate import tess_sector
+from cloudlab.testing.objectstore import aws_environment, free_port
 
 
 class ReadCounter:
@@ -141,64 +141,49 @@ def bench_local(tmp: str, n_targets: int, n_astrocut: int, frames: int, size: in
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_s3(tmp: str, n_targets: int, n_astrocut: int, frames: int, size: int) -> dict:
-    port = _free_port()
+    port = free_port()
     moto = Path(sys.executable).with_name("moto_server")
     proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    env = {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-           "AWS_SECRET_ACCESS_KEY": "bench"}  # fmt: skip
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        local = os.path.join(tmp, "s3src")
-        sim = tess_sector(local, shape=(104, 107), n_frames=frames, n_stars=10, cadence_s=600,
-                          ffis=False, sparse=True)  # fmt: skip
-        fs, _ = storage.resolve("s3://bench/x")
-        fs.mkdir("bench")
-        url = "s3://bench/tess-s0055-1-1-cube.fits"
-        fs.put_file(sim.cube_url, "bench/tess-s0055-1-1-cube.fits")
-        # astrocut reads s3:// anonymously: make the object public
-        fs.chmod("bench/tess-s0055-1-1-cube.fits", acl="public-read")
-        targets = random_targets(url, n_targets, seed=1)
-        cube_meta(url)
-        with dask.config.set(scheduler="threads", num_workers=2):
-            t0 = time.perf_counter()
-            ds = make_cutouts(targets, cube_url=url, size=size).compute()
-            t_cut = time.perf_counter() - t0
-        sub = targets.iloc[:n_astrocut]
-        rate_ac, cuts = astrocut_rate(url, sub, size, threads="auto")
-        same = all(
-            np.array_equal(c.data, ds["flux"].values[i], equal_nan=True) for i, c in enumerate(cuts)
-        )
-        return {
-            "cube": f"104x107x{frames}",
-            "targets": n_targets,
-            "cloudlab_cutouts_per_s": n_targets / t_cut,
-            "astrocut_per_s": rate_ac,
-            "astrocut_targets": len(sub),
-            "identical": same,
-        }
+        with aws_environment(f"http://127.0.0.1:{port}", "bench", "bench"):
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            local = os.path.join(tmp, "s3src")
+            sim = tess_sector(local, shape=(104, 107), n_frames=frames, n_stars=10, cadence_s=600,
+                              ffis=False, sparse=True)  # fmt: skip
+            fs, _ = storage.resolve("s3://bench/x")
+            fs.mkdir("bench")
+            url = "s3://bench/tess-s0055-1-1-cube.fits"
+            fs.put_file(sim.cube_url, "bench/tess-s0055-1-1-cube.fits")
+            # astrocut reads s3:// anonymously: make the object public
+            fs.chmod("bench/tess-s0055-1-1-cube.fits", acl="public-read")
+            targets = random_targets(url, n_targets, seed=1)
+            cube_meta(url)
+            with dask.config.set(scheduler="threads", num_workers=2):
+                t0 = time.perf_counter()
+                ds = make_cutouts(targets, cube_url=url, size=size).compute()
+                t_cut = time.perf_counter() - t0
+            sub = targets.iloc[:n_astrocut]
+            rate_ac, cuts = astrocut_rate(url, sub, size, threads="auto")
+            flux = ds["flux"].values
+            same = all(np.array_equal(c.data, flux[i], equal_nan=True) for i, c in enumerate(cuts))
+            return {
+                "cube": f"104x107x{frames}",
+                "targets": n_targets,
+                "cloudlab_cutouts_per_s": n_targets / t_cut,
+                "astrocut_per_s": rate_ac,
+                "astrocut_targets": len(sub),
+                "identical": same,
+            }
     finally:
         proc.terminate()
         proc.wait(10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def bench_locate(n: int, n_tess_point: int) -> dict:

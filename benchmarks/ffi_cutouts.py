@@ -37,7 +37,7 @@ from cloudlab.cutouts import make_cutouts
 from cloudlab.fits import clear_cache
 from cloudlab.io.tess import cube_meta, ffi_cube_meta
 from cloudlab.simulate import tess_sector
-from cloudlab.testing import ObjectStore, Shaper, place_object, sparse_fits
+from cloudlab.testing import ObjectStore, Shaper, aws_environment, place_object, sparse_fits
 
 BUCKET = "stpubdata"
 PREFIX = "tess/public/ffi/s0055/1-1"
@@ -89,22 +89,13 @@ def main() -> None:
         args.targets, args.frames = "1,10", 20
     sizes = [int(n) for n in args.targets.split(",")]
     tmp = tempfile.mkdtemp(prefix="cloudlab-bench-ffi-")
-    saved = {k: os.environ.get(k) for k in
-             ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}  # fmt: skip
     try:
         with ObjectStore(Path(tmp, "store"), buckets=[BUCKET]) as store:
             cube, ffis = make_sector(store, tmp, args.frames)
             with Shaper(store.port, latency=args.latency, bandwidth=args.bandwidth) as shaper:
-                os.environ.update(AWS_ENDPOINT_URL_S3=shaper.endpoint_url,
-                                  AWS_ACCESS_KEY_ID=store.key,
-                                  AWS_SECRET_ACCESS_KEY=store.secret)  # fmt: skip
-                report(cube, ffis, sizes, args.frames, shaper)
+                with aws_environment(shaper.endpoint_url, store.key, store.secret):
+                    report(cube, ffis, sizes, args.frames, shaper)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         shutil.rmtree(tmp, ignore_errors=True)
 
 

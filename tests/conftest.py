@@ -10,7 +10,6 @@ os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from cloudlab.testing.objectstore import aws_environment, free_port
+
 BIN = Path(sys.executable).parent
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_http_ok(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -103,20 +97,9 @@ class S3Server:
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto_server on 127.0.0.1; the AWS_* variables point every s3:// URL at it."""
     server = S3Server(tmp_path_factory.mktemp("moto"))
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
-                                             "AWS_SECRET_ACCESS_KEY")}  # fmt: skip
-    os.environ.update(
-        AWS_ENDPOINT_URL_S3=server.endpoint_url,
-        AWS_ACCESS_KEY_ID=server.key,
-        AWS_SECRET_ACCESS_KEY=server.secret,
-    )
-    yield server
+    with aws_environment(server.endpoint_url, server.key, server.secret):
+        yield server
     server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture

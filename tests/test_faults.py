@@ -15,12 +15,12 @@ import dask
 import numpy as np
 import s3fs
 from astropy.io import fits
-from conftest import free_port
 
 from cloudlab import _tasks
 from cloudlab.cluster import connect
 from cloudlab.fits import open_hdu, open_stack
 from cloudlab.storage import resolve
+from cloudlab.testing.objectstore import free_port
 
 
 def test_killed_worker_mid_stack_computation_gives_exact_result(tmp_path):

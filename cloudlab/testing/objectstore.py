@@ -33,13 +33,22 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudlab.errors import ExternalToolError, InputError
 
-__all__ = ["ObjectStore", "Shaper", "ShaperStats", "find_s3rver", "free_port", "place_object"]
+__all__ = [
+    "ObjectStore",
+    "Shaper",
+    "ShaperStats",
+    "aws_environment",
+    "find_s3rver",
+    "free_port",
+    "place_object",
+]
 
 #: credentials s3rver accepts
 KEY = "S3RVER"
@@ -62,6 +71,31 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def aws_environment(endpoint_url: str, key: str, secret: str) -> Iterator[None]:
+    """Point every ``s3://`` client of this process (s3fs, botocore, astropy through fsspec) at a
+    loopback S3 endpoint through the ``AWS_*`` variables, and restore them afterwards.
+
+    Parameters
+    ----------
+    endpoint_url : str
+        The endpoint (a server's, or a :class:`Shaper`'s in front of it).
+    key, secret : str
+        The emulator's credentials.
+    """
+    names = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict(zip(names, (endpoint_url, key, secret), strict=True)))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def find_s3rver() -> Path:
