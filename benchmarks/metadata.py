@@ -33,6 +33,7 @@ from cloudlab.fits import clear_cache
 from cloudlab.io.tess import open_ffis
 from cloudlab.simulate.ffis import ffi_stack
 from cloudlab.testing import ObjectStore, Shaper
+from cloudlab.testing.objectstore import ShaperStats
 
 
 def main() -> None:
@@ -83,25 +84,22 @@ def scan_on_workers(options: dict, n: int, shaper: Shaper) -> None:
 
     from cloudlab.fits import open_stack
 
-    glob = "s3://data/ffis/*.fits"
-    clear_cache()
-    shaper.reset()
-    t0 = time.perf_counter()
-    open_stack(glob, 1, storage_options=options)
-    threads = time.perf_counter() - t0
-    scanned = shaper.reset()
+    def scan() -> tuple[float, ShaperStats]:
+        """Seconds and requests of one header scan, nothing cached beforehand here."""
+        clear_cache()
+        shaper.reset()
+        t0 = time.perf_counter()
+        open_stack("s3://data/ffis/*.fits", 1, storage_options=options)
+        return time.perf_counter() - t0, shaper.reset()
+
+    threads, scanned = scan()
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1") as cluster,
         Client(cluster) as client,
         dask.config.set(scheduler=client.get),
     ):
         client.run(clear_cache)
-        clear_cache()
-        shaper.reset()
-        t0 = time.perf_counter()
-        open_stack(glob, 1, storage_options=options)
-        workers = time.perf_counter() - t0
-        on_workers = shaper.reset()
+        workers, on_workers = scan()
     print(
         f"header scan (open_stack): client threads {n / threads:.0f} files/s "
         f"({scanned.total_requests / n:.2f} requests per file); 2 workers x 1 thread "
