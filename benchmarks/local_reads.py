@@ -35,7 +35,7 @@ import numpy as np
 from astropy.io import fits
 
 from cloudlab import fits as cf
-from cloudlab.fits.header import padded
+from cloudlab.testing import sparse_fits
 
 ROWS, COLS = 2078, 2136
 
@@ -89,10 +89,7 @@ def sparse_cube(path: Path, frames: int) -> None:
     header["NAXIS"] = 4
     for key, value in (("NAXIS1", 2), ("NAXIS2", frames), ("NAXIS3", COLS), ("NAXIS4", ROWS)):
         header[key] = value
-    blob = fits.PrimaryHDU().header.tostring().encode() + header.tostring().encode()
-    with open(path, "wb") as f:
-        f.write(blob)
-        f.truncate(len(blob) + padded(ROWS * COLS * frames * 2 * 4))
+    sparse_fits(path, [fits.PrimaryHDU().header, header])
 
 
 def regions(path: Path, ext: int, size: int, repeat: int, frames_first: bool) -> dict:
