@@ -138,19 +138,27 @@ def test_cli_cuts_from_ffis(sim, tmp_path, capsys):
     assert "contradicts" in capsys.readouterr().err
 
 
+def _upload_ffis(sim, object_store, shaper, folder: str):
+    """Put the sector's FFIs in ``s3://data/{folder}`` behind ``shaper``; return the storage
+    options through it, the folder's URL and the filesystem."""
+    from cloudlab.storage import resolve
+
+    options = object_store.storage_options(shaper.endpoint_url)
+    prefix = f"s3://data/{folder}"
+    fs, _ = resolve(prefix, storage_options=options)
+    for url in sim.ffi_urls:
+        fs.put(url, f"{prefix.removeprefix('s3://')}/{url.rsplit('/', 1)[-1]}")
+    return options, prefix, fs
+
+
 def test_requests_per_ffi_on_an_object_store(sim, object_store, tmp_path):
     """Headers: two GETs per FFI (one walk); pixels: one GET per HDU per FFI for targets whose
     rows overlap, one per target otherwise; the values equal the local cube's."""
     from cloudlab.fits import clear_cache
-    from cloudlab.storage import resolve
     from cloudlab.testing import Shaper
 
     with Shaper(object_store.port, latency=0.002, bandwidth=None) as shaper:
-        options = object_store.storage_options(shaper.endpoint_url)
-        prefix = f"s3://data/{tmp_path.name}"
-        fs, _ = resolve(prefix, storage_options=options)
-        for url in sim.ffi_urls:
-            fs.put(url, f"{prefix.removeprefix('s3://')}/{url.rsplit('/', 1)[-1]}")
+        options, prefix, _ = _upload_ffis(sim, object_store, shaper, tmp_path.name)
         n = len(sim.ffi_urls)
         clear_cache()
         shaper.reset()
@@ -171,16 +179,12 @@ def test_header_index_saves_every_header_request(sim, object_store, tmp_path):
     itself are requested; a rewritten FFI is read again and the index rewritten."""
     from cloudlab.fits import clear_cache
     from cloudlab.fits.header import fingerprint_of
-    from cloudlab.storage import resolve
     from cloudlab.testing import Shaper
 
     with Shaper(object_store.port, latency=0.002, bandwidth=None) as shaper:
-        options = object_store.storage_options(shaper.endpoint_url)
+        options, ffi_dir, fs = _upload_ffis(sim, object_store, shaper, f"{tmp_path.name}/ffi")
         prefix = f"s3://data/{tmp_path.name}"
-        fs, _ = resolve(prefix, storage_options=options)
-        for url in sim.ffi_urls:
-            fs.put(url, f"{prefix.removeprefix('s3://')}/ffi/{url.rsplit('/', 1)[-1]}")
-        glob, index = f"{prefix}/ffi/*_ffic.fits", f"{prefix}/out/ffi-headers.parquet"
+        glob, index = f"{ffi_dir}/*_ffic.fits", f"{prefix}/out/ffi-headers.parquet"
         targets = _targets(sim, PIXELS[:3])
         first = make_cutouts(targets, ffis=glob, ffi_index=index, size=5, storage_options=options)
         assert fs.exists(index.removeprefix("s3://"))
