@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from astropy.io import fits
 
+from cloudlab.errors import InputError
+
 __all__ = ["sparse_fits", "sparse_series"]
 
 
@@ -61,7 +63,7 @@ def sparse_series(
     ------
     KeyError
         A key the template lacks.
-    ValueError
+    InputError
         A value whose card would not fit in 80 characters.
     """
     blocks = [header.tostring().encode("ascii") for header in headers]
@@ -74,7 +76,10 @@ def sparse_series(
                 where[hdu, key] = _card_offset(blocks[hdu], key, hdu)
             image = fits.Card(key, value, headers[hdu].comments[key]).image
             if len(image) != 80:
-                raise ValueError(f"HDU {hdu} card {key}={value!r} does not fit in 80 characters")
+                raise InputError(
+                    f"{path}: HDU {hdu} card {key}={value!r} does not fit in 80 characters; "
+                    "give a shorter value"
+                )
             at = where[hdu, key]
             parts[hdu][at : at + 80] = image.encode("ascii")
         with open(path, "wb") as f:
@@ -90,4 +95,4 @@ def _card_offset(block: bytes, key: str, hdu: int) -> int:
     for at in range(0, len(block), 80):
         if block[at : at + 10] == name:
             return at
-    raise KeyError(f"HDU {hdu} of the template has no card {key}")
+    raise KeyError(f"HDU {hdu} of the template has no card {key}: add it to the template header")
