@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,16 +119,20 @@ def test_tensorflow_startup_lines_silenced_unless_debug(catalog, tmp_path):
                  str(catalog / "tces.csv"), "--dest", str(dest)]) == 0  # fmt: skip
     missing = tmp_path / "missing.keras"
     command = ["astronet", "evaluate", "--data", str(dest / "*"), "--checkpoints", str(missing)]
-    quiet = subprocess.run([str(CLOUDLAB), *command], capture_output=True, text=True, timeout=300)
+    # a user who exported no TF_CPP_MIN_LOG_LEVEL (the in-process run above set it here)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run(
+        [str(CLOUDLAB), *command], capture_output=True, text=True, timeout=300, env=env
+    )
     assert quiet.returncode == 2
     assert quiet.stderr.splitlines() == [
         f"cloudlab astronet: error: AstroNet checkpoint not found: {missing}"
     ]
     plain = subprocess.run(
-        [sys.executable, "-c", "import keras"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", "import keras"], capture_output=True, text=True, timeout=300, env=env
     )
     loud = subprocess.run(
-        [str(CLOUDLAB), "--debug", *command], capture_output=True, text=True, timeout=300
+        [str(CLOUDLAB), "--debug", *command], capture_output=True, text=True, timeout=300, env=env
     )
     assert loud.returncode != 0 and "Traceback" in loud.stderr
     for line in plain.stderr.splitlines()[:1]:  # TensorFlow's own lines on this machine

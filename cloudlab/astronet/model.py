@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cloudlab.astronet.tensorflow_import import load_tensorflow
 from cloudlab.errors import InputError
 
 __all__ = ["CONFIGS", "Column", "Config", "build", "compile_model", "get_config"]
@@ -149,6 +150,7 @@ def build(config: str | Config = "local_global", **overrides: Any):
         Inputs: one per feature (shape ``(length,)`` or ``(1,)``); output: one logit.  Compiled
         with Adam(lr, ε), sigmoid cross-entropy on logits, accuracy and AUC (1000 thresholds).
     """
+    load_tensorflow()  # keras' backend, imported quietly
     import keras
     from keras import layers
 
@@ -190,6 +192,7 @@ def compile_model(model, config: str | Config = "local_global") -> None:
     config : str or Config
         Supplies the learning rate and Adam epsilon.
     """
+    load_tensorflow()  # keras' backend, imported quietly
     import keras
 
     cfg = get_config(config)

@@ -22,7 +22,8 @@ import pandas as pd
 import xarray as xr
 
 from cloudlab import storage
-from cloudlab.errors import REASON, STATUS, InputError, MissingDependencyError, NotFoundError
+from cloudlab.astronet.tensorflow_import import load_tensorflow
+from cloudlab.errors import REASON, STATUS, InputError, NotFoundError
 
 __all__ = [
     "POSITIVE_DISPOSITIONS",
@@ -43,13 +44,7 @@ _MASK_DELTA = 0xA282EAD8
 
 
 def _tf():
-    try:
-        import tensorflow as tf
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise MissingDependencyError(
-            "TFRecords need TensorFlow: pip install 'cloudlab[astronet]'"
-        ) from err
-    return tf
+    return load_tensorflow()
 
 
 def _crc32c(data: bytes) -> int:

@@ -21,6 +21,7 @@ import xarray as xr
 from cloudlab import storage
 from cloudlab.astronet.model import Config, build, get_config
 from cloudlab.astronet.shipped import shipped_models
+from cloudlab.astronet.tensorflow_import import load_tensorflow
 from cloudlab.astronet.tfrecords import to_tf_dataset
 from cloudlab.errors import InputError, NotFoundError
 
@@ -75,6 +76,7 @@ def train(
         The trained model and its history (``step``, ``loss``, ``val_accuracy``, ``val_auc``,
         ``seconds``).
     """
+    load_tensorflow()  # keras' backend, imported quietly
     import keras
 
     cfg = get_config(config, **overrides)
@@ -171,6 +173,7 @@ def load(url: str, *, storage_options: dict | None = None):
     -------
     keras.Model
     """
+    load_tensorflow()  # keras' backend, imported quietly
     import keras
 
     try:
