@@ -449,3 +449,46 @@ def test_numba_median_equals_np_median():
         for values in (rng.normal(size=count), np.round(rng.normal(size=count), 1)):
             got = numba_views._median(values.copy(), count)
             assert got == np.median(values), (count, got, np.median(values))
+
+
+def test_views_of_lightcurve_files_read_each_batchs_own_files(tmp_path):
+    """Views of a :func:`read_lightcurves` Dataset: each task reads only the light curves of
+    its own TCEs (no task depends on a light-curve block, so a catalog in any order costs a
+    task only its own rows), with the views of the same light curves held in memory, whatever
+    the catalog order, with two TCEs per target and a target without a light curve."""
+    import glob
+
+    from cloudlab.io.lightcurves import files_of, read_lightcurves
+
+    simulate_lightcurves(3, 3, 2, dest=str(tmp_path), seed=11)
+    files = sorted(glob.glob(str(tmp_path / "*.h5")))
+    lc = read_lightcurves(files, batch_size=3)
+    assert files_of(lc) is not None
+    assert files_of(lc.isel(target=slice(None, None, -1))) is None  # other targets: no recipe
+    tces = read_tces(str(tmp_path / "tces.csv"))
+    lost = tces.iloc[:1].assign(tic_id=999)
+    catalog = pd.concat([tces, tces, lost]).sample(frac=1, random_state=2).reset_index(drop=True)
+    direct = views(lc, catalog, batch_size=4)
+    data = direct["global_view"].data
+    layer = data.name.removesuffix("-global_view")  # the batch tasks, under their outputs
+    assert data.dask.dependencies[layer] == set()  # reads its files itself
+    direct = direct.compute()
+    in_memory = views(lc.compute(), catalog, batch_size=4).compute()
+    reordered = views(lc.isel(target=slice(None, None, -1)), catalog, batch_size=4).compute()
+    for other in (in_memory, reordered):
+        for name in ("global_view", "local_view", "status", "reason", "valid"):
+            np.testing.assert_array_equal(direct[name].values, other[name].values)
+    lost_row = int(np.flatnonzero(catalog["tic_id"].to_numpy() == 999)[0])
+    assert direct["status"].values[lost_row] == "no_lightcurve"
+    assert "999" in direct["reason"].values[lost_row]
+    assert direct["valid"].values.sum() >= 2 * len(tces) - 2  # the simulated TCEs have views
+
+
+def test_packed_file_names_round_trip():
+    from cloudlab.io.lightcurves import pack_groups, unpack_groups
+
+    groups = [["s3://b/a 1.fits"], ["x.h5", "y.h5", "z.h5"], [""], ["ü/é.fits"]]
+    names = [f"s3://stpubdata/tess/public/tid/s0001/{k:016d}-s_lc.fits" for k in range(1000)]
+    assert unpack_groups(pack_groups(groups)) == groups
+    assert unpack_groups(pack_groups([])) == []
+    assert len(pack_groups([[n] for n in names])) < 20 * len(names)  # ~90 characters each

@@ -28,6 +28,7 @@ from cloudlab.astronet.views import batch_views, num_bins
 from cloudlab.backend import gpu_tasks
 from cloudlab.chunking import client_batches, items_per_task, task_outputs
 from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError, NotFoundError
+from cloudlab.io.lightcurves import files_of, pack_groups, read_batch, unpack_groups
 
 __all__ = [
     "DR24_COLUMNS",
@@ -190,6 +191,24 @@ def _by_target(values, rows: int) -> da.Array:
     return values.rechunk({1: -1})
 
 
+def _target_blocks(inputs: dict, rows: int) -> dict:
+    """The per-target inputs as dask arrays of whole light curves, every 2-D one cut into
+    blocks of targets as ``flux`` is."""
+    inputs = {k: _by_target(v, rows) for k, v in inputs.items()}
+    chunks = inputs["flux"].chunks[0]
+    for key, values in inputs.items():
+        if values.ndim == 2 and values.chunks[0] != chunks:
+            inputs[key] = values.rechunk({0: chunks})
+    return inputs
+
+
+def _block_keys(values: da.Array, blocks: np.ndarray) -> list:
+    """The keys of ``values``' blocks ``blocks`` (its one block when 1-D: a shared time axis)."""
+    if values.ndim == 1:
+        return [(values.name, 0)]
+    return [(values.name, int(c), 0) for c in blocks]
+
+
 def _gather(blocks: list, picks: list) -> np.ndarray:
     """The rows ``picks[k]`` of ``blocks[k]``, concatenated (a shared 1-D array as it is)."""
     if np.ndim(blocks[0]) == 1:
@@ -199,47 +218,68 @@ def _gather(blocks: list, picks: list) -> np.ndarray:
     )
 
 
-def _block(
-    time, flux, picks, rows, period, t0, duration, kind, max_epoch_distance, extra, found, labels
-):
-    """Views of one batch of TCEs from the light-curve blocks it needs (``rows``: each TCE's
-    row in the concatenation of the picked rows)."""
-    time = _gather(time, picks)
+def _views_of(time, flux, apertures, rows, ephemeris, extra, found, missing, kind, distance):
+    """Views of one batch of TCEs (``rows``: each TCE's light-curve row in ``flux``)."""
     time = np.repeat(time[None, :], len(rows), axis=0) if time.ndim == 1 else time[rows]
-    flux = _gather(flux, picks)[rows]
-    apertures = qingress = None
-    if extra is not None:
-        small, big, qingress = extra
-        apertures = (_gather(small, picks)[rows], _gather(big, picks)[rows])
+    qingress = None
+    if apertures is not None:
+        apertures, qingress = tuple(a[rows] for a in apertures), extra
+    period, t0, duration = ephemeris
     out = batch_views(
         time,
-        flux,
-        period,
+        flux[rows],
+        np.where(found, period, np.nan),
         t0,
         duration,
         kind=kind,
-        max_epoch_distance=max_epoch_distance,
+        max_epoch_distance=distance,
         apertures=apertures,
         qingress=qingress,
     )
-    out[STATUS], out[REASON] = _reasons(out[STATUS], out[REASON], found, labels)
+    out[STATUS], out[REASON] = _reasons(out[STATUS], out[REASON], found, missing)
     return out
 
 
-def _batch_inputs(row_of: np.ndarray, starts: np.ndarray, batch: slice):
-    """For one batch of TCEs: the target blocks it reads, the rows to take from each, where
-    each TCE's light curve lands in their concatenation, and whether it has one."""
+def _block(time, flux, apertures, picks, *args):
+    """Views of one batch of TCEs from the light-curve blocks it needs (``picks``: the rows of
+    each block it takes, ``args``: as for :func:`_views_of` after ``apertures``)."""
+    if apertures is not None:
+        apertures = tuple(_gather(blocks, picks) for blocks in apertures)
+    return _views_of(_gather(time, picks), _gather(flux, picks), apertures, *args)
+
+
+def _file_block(packed, files, apertures, *args):
+    """Views of one batch of TCEs whose light curves the task reads itself (``packed``: the
+    files of the targets it needs, :func:`~cloudlab.io.lightcurves.pack_groups`; ``files``:
+    reader, cadences and storage options)."""
+    groups = unpack_groups(packed)
+    reader, length, storage_options = files
+    count = 4 if reader == "qlp-vetting" else 2
+    if groups:
+        arrays = read_batch(groups, reader, length, storage_options)
+    else:  # no TCE of the batch has a light curve
+        arrays = np.full((count, 1, length), np.nan)
+    return _views_of(arrays[0], arrays[1], (arrays[2], arrays[3]) if apertures else None, *args)
+
+
+def _targets_needed(row_of: np.ndarray, batch: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For one batch of TCEs: the light-curve rows it needs (sorted, unique), where each TCE's
+    light curve lands among them, and whether it has one."""
     rows = row_of[batch]
     found = rows >= 0
     need = np.unique(rows[found])
+    local = np.zeros(rows.size, dtype=np.min_scalar_type(max(need.size - 1, 0)))
+    local[found] = np.searchsorted(need, rows[found])
+    return need, local, found
+
+
+def _block_picks(need: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, list]:
+    """The target blocks holding light-curve rows ``need`` and the rows to take from each."""
     if not need.size:
         need = np.array([0])
-    local = np.zeros(rows.size, dtype=np.int64)
-    local[found] = np.searchsorted(need, rows[found])
     chunk = np.searchsorted(starts, need, side="right") - 1
     blocks = np.unique(chunk)
-    picks = [need[chunk == c] - starts[c] for c in blocks]
-    return blocks, picks, local, found
+    return blocks, [need[chunk == c] - starts[c] for c in blocks]
 
 
 def tces_per_task(n_cadences: int, kind: str, n_tces: int, *, extra: bool = False) -> int:
@@ -288,7 +328,10 @@ def views(
     Parameters
     ----------
     lightcurves : xarray.Dataset
-        Light curves with a ``target`` dimension (see the module docstring).
+        Light curves with a ``target`` dimension (see the module docstring).  Straight from
+        :func:`~cloudlab.io.lightcurves.read_lightcurves`, each task reads its own TCEs' files
+        (:func:`~cloudlab.io.lightcurves.files_of`); otherwise tasks take the rows they need
+        from the light curves' blocks.
     tces : pandas.DataFrame
         One row per TCE; ``target`` values must match ``lightcurves.target``.
     kind : {"triage", "vetting", "kepler"}
@@ -336,31 +379,24 @@ def views(
     if not lookup.is_unique:
         dup = lookup[lookup.duplicated()].unique()[:5].tolist()
         raise InputError(f"lightcurves: target labels repeat ({dup}); give each target one row")
-    row_of = lookup.get_indexer(tces[target].to_numpy())
-    sizes = num_bins(kind)
+    tce_targets = tces[target].to_numpy()
+    row_of = lookup.get_indexer(tce_targets)
     n = len(tces)
-    inputs = {"time": time, "flux": flux}
-    if with_depth:
-        inputs["small"] = lightcurves["flux_small"].transpose("target", ...).data
-        inputs["big"] = lightcurves["flux_big"].transpose("target", ...).data
-        tce_q = tces[qingress].to_numpy(float) if qingress in tces else np.zeros(n)
-    inputs = {k: _by_target(v, batch_size) for k, v in inputs.items()}
-    chunks = inputs["flux"].chunks[0]
-    for key, values in inputs.items():  # every per-target input is cut as flux is
-        if values.ndim == 2 and values.chunks[0] != chunks:
-            inputs[key] = values.rechunk({0: chunks})
-    starts = np.cumsum((0, *chunks))[:-1]
-
-    def keys(variable: str, blocks: np.ndarray) -> list:
-        values = inputs[variable]
-        if values.ndim == 1:
-            return [(values.name, 0)]
-        return [(values.name, int(c), 0) for c in blocks]
-
-    tce_p = tces[period].to_numpy(float)
-    tce_t0 = tces[t0].to_numpy(float)
-    tce_d = tces[duration].to_numpy(float)
-    names = [values.name for values in inputs.values()]
+    ephemeris = np.stack([tces[c].to_numpy(float) for c in (period, t0, duration)])
+    tce_q = tces[qingress].to_numpy(float) if with_depth and qingress in tces else np.zeros(n)
+    files = files_of(lightcurves)
+    if files is not None and (not with_depth or files.reader == "qlp-vetting"):
+        inputs: dict = {}
+        read = (files.reader, files.length, files.storage_options)
+        names = [flux.name]  # read_lightcurves' name: its files, reader and cadences
+    else:
+        inputs = {"time": time, "flux": flux}
+        if with_depth:
+            inputs["small"] = lightcurves["flux_small"].transpose("target", ...).data
+            inputs["big"] = lightcurves["flux_big"].transpose("target", ...).data
+        inputs = _target_blocks(inputs, batch_size)
+        starts = np.cumsum((0, *inputs["flux"].chunks[0]))[:-1]
+        names = [values.name for values in inputs.values()]
     token = tokenize(names, tces, kind, batch_size, max_epoch_distance, target, period, t0,
                      duration, qingress)  # fmt: skip
     name = f"astronet-views-{token}"
@@ -368,26 +404,20 @@ def views(
     lengths = []
     for b, lo in enumerate(range(0, n, batch_size)):
         sl = slice(lo, min(n, lo + batch_size))
-        blocks, picks, local, found = _batch_inputs(row_of, starts, sl)
-        extra = [keys("small", blocks), keys("big", blocks), tce_q[sl]] if with_depth else None
-        graph[(name, b)] = (
-            _block,
-            keys("time", blocks),
-            keys("flux", blocks),
-            picks,
-            local,
-            np.where(found, tce_p[sl], np.nan),
-            tce_t0[sl],
-            tce_d[sl],
-            kind,
-            max_epoch_distance,
-            extra,
-            found,
-            tces[target].iloc[sl],
-        )
+        need, local, found = _targets_needed(row_of, sl)
+        args = (local, ephemeris[:, sl], tce_q[sl] if with_depth else None, found,
+                tce_targets[sl][~found], kind, max_epoch_distance)  # fmt: skip
+        if not inputs:
+            packed = pack_groups([files.groups[r] for r in need])
+            graph[(name, b)] = (_file_block, packed, read, with_depth, *args)
+        else:
+            blocks, picks = _block_picks(need, starts)
+            keys = {k: _block_keys(v, blocks) for k, v in inputs.items()}
+            apertures = [keys["small"], keys["big"]] if with_depth else None
+            graph[(name, b)] = (_block, keys["time"], keys["flux"], apertures, picks, *args)
         lengths.append(sl.stop - sl.start)
     batches = HighLevelGraph.from_collections(name, graph, dependencies=list(inputs.values()))
-    outputs = {variable: (bins, float) for variable, bins in sizes.items()}
+    outputs = {variable: (bins, float) for variable, bins in num_bins(kind).items()}
     outputs["valid"] = (None, bool)
     if with_depth:
         outputs["depth_change"] = (None, float)
@@ -411,13 +441,15 @@ def views(
 
 
 def _reasons(
-    status: np.ndarray, reason: np.ndarray, found: np.ndarray, targets: pd.Series
+    status: np.ndarray, reason: np.ndarray, found: np.ndarray, missing: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Status and reason with ``no_lightcurve`` for the TCEs not ``found`` (``missing``: their
+    targets, in order)."""
     status = np.asarray(status, dtype=object).copy()
     reason = np.asarray(reason, dtype=object).copy()
-    for i in np.flatnonzero(~found):
+    for i, label in zip(np.flatnonzero(~found), missing, strict=True):
         status[i] = "no_lightcurve"
-        reason[i] = f"no light curve for target {targets.iloc[i]}"
+        reason[i] = f"no light curve for target {label}"
     return status.astype(STATUS_DTYPE), reason.astype(REASON_DTYPE)
 
 

@@ -8,9 +8,13 @@ Light curves from cutouts are :func:`cloudlab.cutouts.aperture_photometry`.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -22,14 +26,107 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from cloudlab import storage
+from cloudlab.chunking import items_per_task
 from cloudlab.errors import InputError, NotFoundError
 from cloudlab.fits import hdu_info, hdu_infos, read_table
+from cloudlab.fits.tables import REMOTE_THREADS
+
+__all__ = [
+    "LightCurveError",
+    "LightCurveFiles",
+    "clean_qlp_magnitudes",
+    "files_of",
+    "pack_groups",
+    "read_batch",
+    "read_kepler",
+    "read_lightcurves",
+    "read_qlp",
+    "read_qlp_apertures",
+    "unpack_groups",
+]
 
 MAD_SCALE = 0.6745  # statsmodels' normalised MAD: median|x - median(x)| / 0.6745
+#: recipes of the latest read_lightcurves Datasets, by the names of their dask arrays
+_RECIPES: OrderedDict[str, LightCurveFiles] = OrderedDict()
+_RECIPES_MAX = 256
+_recipes_lock = threading.Lock()
 
 
 class LightCurveError(InputError):
     """A light-curve file is missing, truncated or not in the expected layout."""
+
+
+@dataclass(frozen=True, eq=False)
+class LightCurveFiles:
+    """What a :func:`read_lightcurves` Dataset reads: its recipe.
+
+    Attributes
+    ----------
+    groups : list of list of str
+        The files of each target, in the Dataset's target order.
+    reader : str
+        File layout.
+    length : int
+        Cadences of the Dataset.
+    storage_options : dict or None
+        fsspec options (never written into products).
+    """
+
+    groups: list[list[str]]
+    reader: str
+    length: int
+    storage_options: dict | None
+
+
+def files_of(lightcurves: xr.Dataset) -> LightCurveFiles | None:
+    """The recipe of a Dataset whose ``time`` and ``flux`` are still what
+    :func:`read_lightcurves` made, so that a task can read any of its targets itself.
+
+    Any operation that changes their values or selects targets gives dask arrays of other
+    names, for which this returns ``None``; relabelling the targets keeps the recipe (it is
+    indexed by row).
+    """
+    recipes = []
+    for variable in ("time", "flux"):
+        data = lightcurves[variable].data if variable in lightcurves.variables else None
+        if not isinstance(data, da.Array):
+            return None
+        with _recipes_lock:
+            recipes.append(_RECIPES.get(data.name))
+    recipe = recipes[0]
+    if recipe is None or recipes[1] is not recipe:
+        return None
+    if lightcurves["flux"].dims != ("target", "cadence"):
+        return None
+    if lightcurves["flux"].shape != (len(recipe.groups), recipe.length):
+        return None
+    return recipe
+
+
+def pack_groups(groups: Sequence[Sequence[str]]) -> bytes:
+    """The file names of a batch of targets as one compressed string (file names of one
+    catalog share most of their characters: a few bytes per name instead of ~100).
+
+    Parameters
+    ----------
+    groups : sequence of sequence of str
+        The files of each target.
+
+    Returns
+    -------
+    bytes
+        What :func:`unpack_groups` turns back into ``groups``.
+    """
+    text = "\n".join("\0".join(urls) for urls in groups)
+    return zlib.compress(f"{len(groups)}\n{text}".encode())
+
+
+def unpack_groups(packed: bytes) -> list[list[str]]:
+    """The groups of file names :func:`pack_groups` packed."""
+    count, _, text = zlib.decompress(packed).decode().partition("\n")
+    if int(count) == 0:
+        return []
+    return [line.split("\0") for line in text.split("\n")]
 
 
 def clean_qlp_magnitudes(time: np.ndarray, mag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -236,17 +333,51 @@ def _cadences(urls: Sequence[str], reader: str, storage_options: dict | None) ->
     return total
 
 
-def _read_batch(groups, reader, length, storage_options):
+def _read_target(urls: Sequence[str], reader: str, storage_options: dict | None) -> list:
+    """The parts (one per file: time, flux[, flux_small, flux_big]) of one target."""
+    if reader == "kepler":
+        return [read_kepler(list(urls), storage_options=storage_options)]
+    if reader == "qlp-vetting":
+        return [read_qlp_apertures(u, storage_options=storage_options) for u in urls]
+    return [read_qlp(u, storage_options=storage_options) for u in urls]
+
+
+def read_batch(
+    groups: Sequence[Sequence[str]], reader: str, length: int, storage_options: dict | None
+) -> np.ndarray:
+    """Read the light curves of a batch of targets into one NaN-padded array.
+
+    Parameters
+    ----------
+    groups : sequence of sequence of str
+        The files of each target (several are concatenated).
+    reader : {"qlp", "qlp-vetting", "kepler"}
+        File layout, as for :func:`read_lightcurves`.
+    length : int
+        Cadences of the output (at least the longest light curve).
+    storage_options : dict, optional
+        fsspec options.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (2 or 4, targets, length): time, flux (and ``flux_small``, ``flux_big`` with
+        ``reader="qlp-vetting"``), NaN after each light curve's last point.  Remote files are
+        read in threads.
+
+    Raises
+    ------
+    LightCurveError
+        A light curve longer than ``length`` (named by its files), or an unreadable file.
+    """
     arrays = np.full((4 if reader == "qlp-vetting" else 2, len(groups), length), np.nan)
-    # the parts are read before any is placed: a light curve longer than ``length`` (possible
-    # only with read_lightcurves' ``cadences``) is refused by name, never cut short
-    for i, urls in enumerate(groups):
-        if reader == "kepler":
-            parts = [read_kepler(list(urls), storage_options=storage_options)]
-        elif reader == "qlp-vetting":
-            parts = [read_qlp_apertures(u, storage_options=storage_options) for u in urls]
-        else:
-            parts = [read_qlp(u, storage_options=storage_options) for u in urls]
+    remote = any(not storage.is_local(u) for urls in groups for u in urls)
+    threads = max(1, min(REMOTE_THREADS if remote else 1, len(groups)))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        # every target is read before any is placed: a light curve longer than ``length``
+        # (possible only with read_lightcurves' ``cadences``) is refused by name, never cut
+        targets = list(pool.map(lambda urls: _read_target(urls, reader, storage_options), groups))
+    for i, (urls, parts) in enumerate(zip(groups, targets, strict=True)):
         for k in range(len(arrays)):
             values = np.concatenate([p[k] for p in parts])
             if values.size > length:
@@ -294,7 +425,7 @@ def read_lightcurves(
     urls: Mapping[object, str | Sequence[str]] | Sequence[str],
     *,
     reader: str = "qlp",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     cadences: int | None = None,
     storage_options: dict | None = None,
 ) -> xr.Dataset:
@@ -309,8 +440,9 @@ def read_lightcurves(
     reader : {"qlp", "qlp-vetting", "kepler"}
         File layout (:func:`read_qlp`, :func:`read_qlp_apertures` — adds ``flux_small`` and
         ``flux_big`` for Vetting's ``depth_change`` — or :func:`read_kepler`).
-    batch_size : int
-        Targets per task.
+    batch_size : int, optional
+        Targets per task; by default as many as fit dask's ``array.chunk-size``
+        (:func:`cloudlab.chunking.items_per_task`).
     cadences : int, optional
         Length of the cadence axis when it is known (the longest light curve, e.g. a sector's
         cadence count): no file is opened now (otherwise every file's length is read first, a
@@ -329,12 +461,19 @@ def read_lightcurves(
     Raises
     ------
     InputError
-        An unknown reader, no files, or ``cadences`` below 1.
+        An unknown reader, no files, ``cadences`` below 1 or ``batch_size`` below 1.
+
+    Notes
+    -----
+    :func:`cloudlab.astronet.views` reads each batch of TCEs' light curves straight from these
+    files (:func:`files_of`) as long as ``time`` and ``flux`` are unchanged.
     """
     if reader not in ("qlp", "qlp-vetting", "kepler"):
         raise InputError(f"reader must be 'qlp', 'qlp-vetting' or 'kepler', got {reader!r}")
     if cadences is not None and int(cadences) < 1:
         raise InputError(f"cadences must be at least 1 (or None to read it), got {cadences}")
+    if batch_size is not None and int(batch_size) < 1:
+        raise InputError(f"batch_size must be at least 1 target per task, got {batch_size}")
     if not isinstance(urls, Mapping) and reader == "kepler":
         urls = _kepler_targets(urls, storage_options)
     elif not isinstance(urls, Mapping):
@@ -355,18 +494,28 @@ def read_lightcurves(
     else:
         length = int(cadences)
     count = 4 if reader == "qlp-vetting" else 2
+    if batch_size is None:
+        batch_size = items_per_task(count * 8 * length, maximum=len(groups))
     name = "read-lightcurves-" + tokenize(groups, reader, length, batch_size, storage_options)
     parts = [groups[lo : lo + batch_size] for lo in range(0, len(groups), batch_size)]
     layer = {
-        (name, 0, b, 0): (_read_batch, part, reader, length, storage_options)
+        (name, 0, b, 0): (read_batch, part, reader, length, storage_options)
         for b, part in enumerate(parts)
     }  # one layer, one task per batch of targets
     chunks = ((count,), tuple(len(part) for part in parts), (length,))
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
     data = da.Array(graph, name, chunks, dtype=float, meta=np.empty((0, 0, 0)))
     names = ["time", "flux", "flux_small", "flux_big"][: data.shape[0]]
-    return xr.Dataset(
+    ds = xr.Dataset(
         {name: (("target", "cadence"), data[k]) for k, name in enumerate(names)},
         coords={"target": np.asarray(targets)},
         attrs={"reader": reader},
     )
+    recipe = LightCurveFiles(groups, reader, length, storage_options)
+    with _recipes_lock:
+        for variable in names:
+            _RECIPES[ds[variable].data.name] = recipe
+            _RECIPES.move_to_end(ds[variable].data.name)
+        while len(_RECIPES) > _RECIPES_MAX:
+            _RECIPES.popitem(last=False)
+    return ds
