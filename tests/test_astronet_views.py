@@ -492,3 +492,25 @@ def test_packed_file_names_round_trip():
     assert unpack_groups(pack_groups(groups)) == groups
     assert unpack_groups(pack_groups([])) == []
     assert len(pack_groups([[n] for n in names])) < 20 * len(names)  # ~90 characters each
+
+
+def test_views_of_lightcurves_on_s3_equal_those_of_local_files(s3_bucket, tmp_path):
+    """The S3 emulator holds the same files: each task reads its targets in threads, and the
+    views are those of the local copies."""
+    import glob
+
+    from cloudlab import storage
+    from cloudlab.io.lightcurves import read_lightcurves
+
+    local = tmp_path / "lc"
+    simulate_lightcurves(2, 2, 1, dest=str(local), seed=3)
+    simulate_lightcurves(2, 2, 1, dest=f"s3://{s3_bucket}/lc", seed=3)
+    remote = storage.expand(f"s3://{s3_bucket}/lc/*.h5")
+    assert len(remote) == 5
+    tces = read_tces(str(local / "tces.csv")).iloc[::-1]
+    with dask.config.set(scheduler="threads"):
+        got = views(read_lightcurves(remote), tces, batch_size=3).compute()
+        want = views(read_lightcurves(sorted(glob.glob(str(local / "*.h5")))), tces).compute()
+    assert got["valid"].values.all()
+    for name in ("global_view", "local_view", "status"):
+        np.testing.assert_array_equal(got[name].values, want[name].values)
