@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cloudlab-installed
+# the package versions the suite last passed with; CONSTRAINTS= installs the newest instead
+CONSTRAINTS ?= constraints.txt
 
 .PHONY: demo test lint docs system-deps tools benchmarks clean
 
@@ -10,8 +12,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[all]"
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[all]" $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $(STAMP)
 
 # SExtractor and PSFEx (DRE preprocessing) come from Debian's packages.
