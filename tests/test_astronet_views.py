@@ -514,3 +514,32 @@ def test_views_of_lightcurves_on_s3_equal_those_of_local_files(s3_bucket, tmp_pa
     assert got["valid"].values.all()
     for name in ("global_view", "local_view", "status"):
         np.testing.assert_array_equal(got[name].values, want[name].values)
+
+
+def test_views_mark_the_tces_of_an_unreadable_file_and_go_on(tmp_path):
+    """A light-curve file gone (or longer than the ``cadences`` given) after the Dataset was
+    opened: its TCEs get status ``unreadable`` with a reason naming the file; the other TCEs of
+    the same task get the views they get when every file is there."""
+    import glob
+
+    from cloudlab.io.lightcurves import read_lightcurves
+
+    simulate_lightcurves(2, 2, 1, dest=str(tmp_path), seed=8)
+    files = sorted(glob.glob(str(tmp_path / "*.h5")))
+    tces = pd.concat([read_tces(str(tmp_path / "tces.csv"))] * 2, ignore_index=True)
+    want = views(read_lightcurves(files), tces).compute()
+    lc = read_lightcurves(files)
+    gone = files[1]
+    Path(gone).unlink()
+    got = views(lc, tces, batch_size=len(tces)).compute()
+    lost = tces["tic_id"].to_numpy() == int(Path(gone).stem)
+    assert lost.sum() == 2
+    assert (got["status"].values[lost] == "unreadable").all()
+    assert all(Path(gone).name in r for r in got["reason"].values[lost])
+    assert not got["valid"].values[lost].any()
+    for name in ("global_view", "local_view", "status", "reason"):
+        np.testing.assert_array_equal(got[name].values[~lost], want[name].values[~lost])
+    there = [f for f in files if f != gone]
+    short = views(read_lightcurves(there, cadences=10), tces[~lost]).compute()
+    assert (short["status"].values == "unreadable").all()
+    assert all("cadences=10" in r for r in short["reason"].values)

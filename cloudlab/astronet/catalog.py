@@ -28,7 +28,7 @@ from cloudlab.astronet.views import batch_views, num_bins
 from cloudlab.backend import gpu_tasks
 from cloudlab.chunking import client_batches, items_per_task, task_outputs
 from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError, NotFoundError
-from cloudlab.io.lightcurves import files_of, pack_groups, read_batch, unpack_groups
+from cloudlab.io.lightcurves import files_of, pack_groups, read_batch_checked, unpack_groups
 
 __all__ = [
     "DR24_COLUMNS",
@@ -251,15 +251,32 @@ def _block(time, flux, apertures, picks, *args):
 def _file_block(packed, files, apertures, *args):
     """Views of one batch of TCEs whose light curves the task reads itself (``packed``: the
     files of the targets it needs, :func:`~cloudlab.io.lightcurves.pack_groups`; ``files``:
-    reader, cadences and storage options)."""
+    reader, cadences and storage options).  The TCEs of a target whose files cannot be read
+    get status ``unreadable`` and the reason, naming the file; the others go on."""
     groups = unpack_groups(packed)
     reader, length, storage_options = files
     count = 4 if reader == "qlp-vetting" else 2
     if groups:
-        arrays = read_batch(groups, reader, length, storage_options)
+        arrays, errors = read_batch_checked(groups, reader, length, storage_options)
     else:  # no TCE of the batch has a light curve
-        arrays = np.full((count, 1, length), np.nan)
-    return _views_of(arrays[0], arrays[1], (arrays[2], arrays[3]) if apertures else None, *args)
+        arrays, errors = np.full((count, 1, length), np.nan), [None]
+    out = _views_of(arrays[0], arrays[1], (arrays[2], arrays[3]) if apertures else None, *args)
+    rows, found = args[0], args[3]
+    for target, err in enumerate(errors):
+        if err is not None:
+            hit = found & (rows == target)
+            out[STATUS][hit] = "unreadable"
+            out[REASON][hit] = _short_reason(str(err), groups[target])
+    return out
+
+
+def _short_reason(message: str, urls: list[str]) -> str:
+    """``message`` with the folders of ``urls`` left out when it is too long for a reason."""
+    if len(message) <= int(REASON_DTYPE[2:]):
+        return message
+    for url in urls:
+        message = message.replace(url, url.rsplit("/", 1)[-1])
+    return message
 
 
 def _targets_needed(row_of: np.ndarray, batch: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -92,6 +92,7 @@ STATUS_CODES = {
     "bad_window": "the view window or bin width does not fit the data",
     "no_depth_change": "Vetting's depth_change is not finite",
     "no_lightcurve": "no light curve for the TCE's target",
+    "unreadable": "the target's light-curve file is missing or unreadable (the reason names it)",
 }
 
 

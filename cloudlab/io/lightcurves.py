@@ -27,7 +27,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from cloudlab import storage
 from cloudlab.chunking import items_per_task
-from cloudlab.errors import InputError, NotFoundError
+from cloudlab.errors import CloudlabError, InputError, NotFoundError
 from cloudlab.fits import hdu_info, hdu_infos, read_table
 from cloudlab.fits.tables import REMOTE_THREADS
 
@@ -38,6 +38,7 @@ __all__ = [
     "files_of",
     "pack_groups",
     "read_batch",
+    "read_batch_checked",
     "read_kepler",
     "read_lightcurves",
     "read_qlp",
@@ -342,6 +343,54 @@ def _read_target(urls: Sequence[str], reader: str, storage_options: dict | None)
     return [read_qlp(u, storage_options=storage_options) for u in urls]
 
 
+def read_batch_checked(
+    groups: Sequence[Sequence[str]], reader: str, length: int, storage_options: dict | None
+) -> tuple[np.ndarray, list[CloudlabError | None]]:
+    """Read the light curves of a batch of targets, keeping going past the unreadable ones.
+
+    Parameters
+    ----------
+    groups, reader, length, storage_options
+        As for :func:`read_batch`.
+
+    Returns
+    -------
+    (numpy.ndarray, list)
+        The array of :func:`read_batch`, and for each target ``None`` or the error that left
+        its rows NaN: its files missing or unreadable, or a light curve longer than ``length``
+        (refused by name, never cut short).
+    """
+    arrays = np.full((4 if reader == "qlp-vetting" else 2, len(groups), length), np.nan)
+    remote = any(not storage.is_local(u) for urls in groups for u in urls)
+    threads = max(1, min(REMOTE_THREADS if remote else 1, len(groups)))
+
+    def read(urls: Sequence[str]) -> list | CloudlabError:
+        try:
+            return _read_target(urls, reader, storage_options)
+        except CloudlabError as err:
+            return err
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        targets = list(pool.map(read, groups))
+    errors: list[CloudlabError | None] = []
+    for i, (urls, parts) in enumerate(zip(groups, targets, strict=True)):
+        longest = 0 if isinstance(parts, CloudlabError) else sum(p[0].size for p in parts)
+        if longest > length:
+            parts = LightCurveError(
+                f"{', '.join(map(str, urls))}: {longest} cadences, more than the "
+                f"cadences={length} given to read_lightcurves; give the longest light "
+                "curve's length, or leave cadences out to have every file read for it"
+            )
+        if isinstance(parts, CloudlabError):
+            errors.append(parts)
+            continue
+        errors.append(None)
+        for k in range(len(arrays)):
+            values = np.concatenate([p[k] for p in parts])
+            arrays[k, i, : values.size] = values
+    return arrays, errors
+
+
 def read_batch(
     groups: Sequence[Sequence[str]], reader: str, length: int, storage_options: dict | None
 ) -> np.ndarray:
@@ -369,24 +418,13 @@ def read_batch(
     ------
     LightCurveError
         A light curve longer than ``length`` (named by its files), or an unreadable file.
+    NotFoundError
+        A file is missing.
     """
-    arrays = np.full((4 if reader == "qlp-vetting" else 2, len(groups), length), np.nan)
-    remote = any(not storage.is_local(u) for urls in groups for u in urls)
-    threads = max(1, min(REMOTE_THREADS if remote else 1, len(groups)))
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        # every target is read before any is placed: a light curve longer than ``length``
-        # (possible only with read_lightcurves' ``cadences``) is refused by name, never cut
-        targets = list(pool.map(lambda urls: _read_target(urls, reader, storage_options), groups))
-    for i, (urls, parts) in enumerate(zip(groups, targets, strict=True)):
-        for k in range(len(arrays)):
-            values = np.concatenate([p[k] for p in parts])
-            if values.size > length:
-                raise LightCurveError(
-                    f"{', '.join(map(str, urls))}: {values.size} cadences, more than the "
-                    f"cadences={length} given to read_lightcurves; give the longest light "
-                    "curve's length, or leave cadences out to have every file read for it"
-                )
-            arrays[k, i, : values.size] = values
+    arrays, errors = read_batch_checked(groups, reader, length, storage_options)
+    first = next((err for err in errors if err is not None), None)
+    if first is not None:
+        raise first
     return arrays
 
 
