@@ -220,15 +220,13 @@ class CardFields(Mapping[str, str]):
 
     def __init__(self, text: str):
         self._text = text
-        self._where: dict[bytes, int] | None = None
+        self._where: dict[bytes, int] | None = None  # keyword -> card index
         self._fields: dict[str, str] | None = None
         if text.isascii() and not any(c in text for c in _ODD_CHARS):
             n = len(text) - len(text) % _CARD
             cards = np.frombuffer(text[:n].encode("ascii"), _CARD_DTYPE)
             valued = np.flatnonzero(cards["equals"] == b"= ")[::-1]
-            self._where = dict(
-                zip(cards["key"][valued].tolist(), (valued * _CARD + 10).tolist(), strict=True)
-            )
+            self._where = dict(zip(cards["key"][valued].tolist(), valued.tolist(), strict=True))
         else:
             self._fields = {
                 key.rstrip(): value
@@ -241,8 +239,8 @@ class CardFields(Mapping[str, str]):
         blanks), else ``default``."""
         if self._where is None:
             return self._fields.get(key, default)
-        at = self._where.get(_card_key(key))
-        return default if at is None else self._text[at : at + _CARD - 10]
+        card = self._where.get(_card_key(key))
+        return default if card is None else self._text[card * _CARD + 10 : (card + 1) * _CARD]
 
     def __getitem__(self, key: str) -> str:
         value = self.get(key)
@@ -597,6 +595,7 @@ def _walk_many(
         )
     found: list[HDUInfo | None] = [None] * len(targets)
     names: list[str] = []
+    fingerprint = fingerprint_of(finfo)
     offset = 0
     index = 0
 
@@ -630,7 +629,7 @@ def _walk_many(
                 info.storage_options = storage_options
                 info.file_size = None if is_gzip else size
                 info.gzip = is_gzip
-                info.fingerprint = fingerprint_of(finfo)
+                info.fingerprint = fingerprint
                 for k in hits:
                     found[k] = info
                 if all(f is not None for f in found):
