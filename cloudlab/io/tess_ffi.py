@@ -202,7 +202,8 @@ def open_ffis(
 ) -> xr.Dataset:
     """Open calibrated TESS FFIs of one sector/camera/CCD as a lazy frame stack.
 
-    Headers are read now (in threads); pixel data stay lazy, one chunk per frame, each reading
+    Headers are read now (:func:`map_frames`: remote frames in threads, local ones one after
+    another unless they wait on the disk); pixel data stay lazy, one chunk per frame, each reading
     only the science-region bytes (``.fits.gz`` frames are decompressed whole).
 
     Parameters
