@@ -400,7 +400,7 @@ def _pseudo_dtype(bitpix: int, bscale: float, bzero: float) -> np.dtype | None:
     return None
 
 
-def _value(cards: dict[str, str], key: str, default: Any, url: str, index: int) -> Any:
+def _value(cards: Mapping[str, str], key: str, default: Any, url: str, index: int) -> Any:
     field_ = cards.get(key)
     if field_ is None:
         return default
