@@ -899,6 +899,63 @@ def test_fast_card_values_equal_astropy(tmp_path: Path) -> None:
     assert info.header == header
 
 
+def _card_by_card(text: str) -> dict[str, str]:
+    """Keyword -> value field of the first valued card of each keyword, one card at a time."""
+    fields: dict[str, str] = {}
+    for at in range(0, len(text) - len(text) % 80, 80):
+        key, equals, value = text[at : at + 8], text[at + 8 : at + 10], text[at + 10 : at + 80]
+        if equals == "= ":
+            fields.setdefault(key.rstrip(), value)
+    return fields
+
+
+@pytest.mark.parametrize(
+    "odd",
+    ["", "TAB\t    = 3", "NUL\x00    = 4", "NONASCII= 'caf\u00e9'", "lower   = 5"],
+)
+def test_card_fields_equal_a_card_by_card_reading(odd: str) -> None:
+    """The value fields found in one pass over a header are those of reading it card by card:
+    the first of repeated keywords, no commentary cards, odd keywords as they are stored."""
+    from cloudlab.fits.header import card_fields
+
+    cards = [
+        "SIMPLE  =                    T",
+        "NAXIS   =                    2 / first",
+        "COMMENT = not a value: commentary cards keep columns 9-10 as text",
+        "HISTORY   NAXIS   = 9",
+        "NAXIS   =                    7 / repeated: the first counts",
+        "        = 'blank keyword'",
+        "NOEQUAL   12",
+        "LONGVAL = 'x' / " + "y" * 60,
+        odd,
+    ]
+    text = "".join(card.ljust(80)[:80] for card in cards) + "PARTIAL = 1"  # a partial card
+    fields = card_fields(text)
+    truth = _card_by_card(text)
+    assert dict(fields) == truth and sorted(fields) == sorted(truth) and len(fields) == len(truth)
+    for key in [*truth, "NAXIS ", "NOEQUAL", "ABSENT", "PARTIAL", "TOOLONGKEY", "caf\u00e9"]:
+        assert fields.get(key) == truth.get(key), repr(key)
+    with pytest.raises(KeyError):
+        fields["ABSENT"]
+
+
+def test_end_card_found_on_a_card_boundary_only(tmp_path: Path) -> None:
+    """A card ending in ``END`` followed by a blank card holds ``END`` and 77 blanks across the
+    two cards: the header goes on to its real END card."""
+    cards = ["SIMPLE  =                    T", "BITPIX  =                  -32",
+             "NAXIS   =                    2", "NAXIS1  =                    3",
+             "NAXIS2  =                    2", "COMMENT " + "x" * 69 + "END", "",
+             "AFTER   =                    5", "END"]  # fmt: skip
+    header = "".join(card.ljust(80) for card in cards).ljust(BLOCK).encode("ascii")
+    data = np.arange(6, dtype=">f4").tobytes()
+    path = tmp_path / "end.fits"
+    path.write_bytes(header + data + bytes(BLOCK - len(data)))
+    assert header.find(b"END" + b" " * 77) == 6 * 80 - 3  # across two cards
+    info = cf.hdu_info(path)
+    assert info.get("AFTER") == 5 and info.header == fits.getheader(path)
+    np.testing.assert_array_equal(cf.read_region(info, ()), fits.getdata(path))
+
+
 def test_real_tess_ffi(shared_data: Path) -> None:
     """A real SPOC FFI cut-down from ../shared/data: values equal astropy, one read per header."""
     files = sorted((shared_data / "tess" / "ffi").glob("*.fits"))

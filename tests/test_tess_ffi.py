@@ -118,6 +118,41 @@ def test_missing_and_corrupt_frames(sim, tmp_path):
         open_ffis(str(tmp_path / "none*.fits"))
 
 
+@pytest.mark.parametrize("waited", [False, True])
+def test_local_frames_in_threads_only_when_their_reads_wait(sim, tmp_path, monkeypatch, waited):
+    """Local frames are read one after another; the rest go to threads only when the first
+    ones waited on the disk longer than they computed. The stack and the frames skipped are the
+    same either way."""
+    import threading
+
+    from cloudlab.fits import clear_cache
+    from cloudlab.io import tess_ffi
+
+    truth, _ = sim
+    broken = tmp_path / Path(truth.urls[1]).name
+    shutil.copy(truth.urls[1], broken)
+    with open(broken, "r+b") as f:
+        f.truncate(20000)
+    readers = set()
+    read_meta = tess_ffi._frame_meta
+
+    def recorded(*args, **kwargs):
+        readers.add(threading.get_ident())
+        return read_meta(*args, **kwargs)
+
+    monkeypatch.setattr(tess_ffi, "_frame_meta", recorded)
+    monkeypatch.setattr(tess_ffi, "PROBE_FRAMES", 1)
+    monkeypatch.setattr(tess_ffi, "WAIT_RATIO", 0.0 if waited else float("inf"))
+    clear_cache()
+    with pytest.warns(UserWarning, match="skipping 1 unreadable"):
+        ds = open_ffis([truth.urls[2], str(broken), truth.urls[0], truth.urls[1]], on_error="skip")
+    assert (readers != {threading.get_ident()}) == waited
+    assert ds.attrs["skipped"] == [str(broken)]
+    assert list(ds["url"].values) == truth.urls
+    np.testing.assert_allclose(ds["time"].values, truth.times)
+    np.testing.assert_array_equal(ds["quality"].values, [0, 0, 32])
+
+
 def test_status_reason_and_frame_source(sim, tmp_path):
     truth, dest = sim
     options = {"auto_mkdir": True}  # a harmless local option, passed explicitly

@@ -44,7 +44,7 @@ SUBSAMPLE = 16
 #: bytes of the batch means stacked at once for their per-pixel median
 _MEDIAN_BAND_BYTES = 2**24
 #: times a row of the batch means is counted per median task (:func:`median_rows_per_task`)
-MEDIAN_ROW_SHARE = 4
+MEDIAN_ROW_SHARE = 3
 MAX_NAN_FRACTION = 0.5
 """A frame with more than this fraction of its unmasked science pixels NaN is not fitted."""
 STATUS_NAN_FRAME = "nan_frame"
@@ -265,6 +265,8 @@ def median_rows_per_task(n_batches: int, n_cols: int, n_rows: int) -> int:
     A median task fetches one band of every batch mean (float32, 4 bytes per pixel) while its
     worker keeps its share of every other band until that band's median is taken, so a band's
     row is counted :data:`MEDIAN_ROW_SHARE` times (the median itself sorts 16 MB at a time).
+    The rows are then evened out over the bands that makes (no band a sliver of a few rows), so
+    a band is at most as large as that count allows.
 
     Parameters
     ----------
@@ -278,7 +280,9 @@ def median_rows_per_task(n_batches: int, n_cols: int, n_rows: int) -> int:
     int
         Rows per task, 1 to ``n_rows``.
     """
-    return items_per_task(MEDIAN_ROW_SHARE * 4 * n_batches * n_cols, maximum=n_rows)
+    rows = items_per_task(MEDIAN_ROW_SHARE * 4 * n_batches * n_cols, maximum=n_rows)
+    bands = -(-n_rows // rows)
+    return -(-n_rows // bands)
 
 
 def prepare_solver(

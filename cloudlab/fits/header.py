@@ -7,6 +7,7 @@ options) and revalidated against the file's size and modification marker.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -14,7 +15,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "BLOCK",
     "FITSError",
     "HDUInfo",
+    "CardFields",
     "card_fields",
     "cache_records",
     "clear_cache",
@@ -166,12 +168,13 @@ class HDUInfo:
             if cards is None:
                 cards = self.__dict__["_cards"] = card_fields(self.header_text)
             key = keyword.upper()
-            if key not in cards:
+            value_field = cards.get(key)
+            if value_field is None:
                 if len(key) <= 8 and key.replace("-", "").replace("_", "").isalnum():
                     return default
             else:
                 try:
-                    return parse_value(cards[key])
+                    return parse_value(value_field)
                 except ValueError:
                     pass
         return self.header.get(keyword, default)
@@ -190,20 +193,89 @@ class HDUInfo:
 
 
 _CARD_PARTS = re.compile(r"(?s)(.{8})(.{2})(.{70})")
+#: the fields of a card: keyword, value indicator (``"= "`` on valued cards), value field
+_CARD_DTYPE = np.dtype([("key", "S8"), ("equals", "S2"), ("value", "V70")])
+#: characters after which a keyword is not simply space-padded (``str.rstrip`` strips the
+#: whitespace among them; numpy's ``S`` strings drop trailing NULs): such headers take the
+#: card-by-card path
+_ODD_CHARS = "\x00\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 
 
-def card_fields(text: str) -> dict[str, str]:
+class CardFields(Mapping[str, str]):
     """Keyword -> value field (text after ``= ``) of the first occurrence of each valued card
-    in ``text`` (concatenated 80-character cards)."""
-    return {
-        key.rstrip(): value
-        for key, equals, value in reversed(_CARD_PARTS.findall(text))
-        if equals == "= "
-    }
+    of a header (concatenated 80-character cards; a partial card at the end is ignored).
+
+    The valued cards are found in one numpy pass over the header's bytes and a value field is
+    cut from the text only when asked for: a header scan of thousands of files is bound by
+    this. Headers with non-ASCII text, NULs or whitespace other than spaces are split card by
+    card instead (same result).
+
+    Parameters
+    ----------
+    text : str
+        The header cards.
+    """
+
+    __slots__ = ("_fields", "_text", "_where")
+
+    def __init__(self, text: str):
+        self._text = text
+        self._where: dict[bytes, int] | None = None  # keyword -> card index
+        self._fields: dict[str, str] | None = None
+        if text.isascii() and not any(c in text for c in _ODD_CHARS):
+            n = len(text) - len(text) % _CARD
+            cards = np.frombuffer(text[:n].encode("ascii"), _CARD_DTYPE)
+            valued = np.flatnonzero(cards["equals"] == b"= ")[::-1]
+            self._where = dict(zip(cards["key"][valued].tolist(), valued.tolist(), strict=True))
+        else:
+            self._fields = {
+                key.rstrip(): value
+                for key, equals, value in reversed(_CARD_PARTS.findall(text))
+                if equals == "= "
+            }
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value field of keyword ``key`` (exactly as stored: upper case, no trailing
+        blanks), else ``default``."""
+        if self._where is None:
+            return self._fields.get(key, default)
+        card = self._where.get(_card_key(key))
+        return default if card is None else self._text[card * _CARD + 10 : (card + 1) * _CARD]
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        if self._where is None:
+            return iter(self._fields)
+        return (key.decode("ascii").rstrip() for key in self._where)
+
+    def __len__(self) -> int:
+        return len(self._where if self._fields is None else self._fields)
 
 
+@functools.lru_cache(maxsize=1024)
+def _card_key(key: str) -> bytes | None:
+    """The 8 bytes of a card holding keyword ``key`` (None: no card can hold it)."""
+    if len(key) > 8 or not key.isascii() or key != key.rstrip():
+        return None
+    return key.ljust(8).encode("ascii")
+
+
+def card_fields(text: str) -> CardFields:
+    """Keyword -> value field (text after ``= ``) of the first occurrence of each valued card
+    in ``text`` (concatenated 80-character cards): a :class:`CardFields`."""
+    return CardFields(text)
+
+
+@functools.lru_cache(maxsize=4096)
 def parse_value(field: str) -> Any:
     """Value of a card's value field as astropy reads it (strings, logicals, ints, floats).
+
+    Cached (the values are immutable): the headers of a series of files repeat most cards.
 
     Raises
     ------
@@ -212,18 +284,14 @@ def parse_value(field: str) -> Any:
     """
     stripped = field.lstrip()
     if stripped.startswith("'"):
-        chars = []
+        parts = []
         i = 1
-        while i < len(stripped):
-            ch = stripped[i]
-            if ch == "'":
-                if stripped[i + 1 : i + 2] == "'":
-                    chars.append("'")
-                    i += 2
-                    continue
-                return "".join(chars).rstrip()
-            chars.append(ch)
-            i += 1
+        while (close := stripped.find("'", i)) >= 0:
+            parts.append(stripped[i:close])
+            if stripped[close + 1 : close + 2] != "'":
+                return "".join(parts).rstrip()
+            parts.append("'")  # a doubled quote stands for one
+            i = close + 2
         raise ValueError("unterminated string")
     value = stripped.split("/", 1)[0].strip()
     if value == "T":
@@ -254,12 +322,16 @@ def fingerprint_of(finfo: dict[str, Any]) -> tuple:
 # --------------------------------------------------------------------------------------------
 
 
+_END_CARD = b"END".ljust(_CARD)
+
+
 def _find_end(block: bytes) -> int:
-    """Index of the END card within ``block`` (a whole number of cards), or -1."""
-    for pos in range(0, len(block) - _CARD + 1, _CARD):
-        if block[pos : pos + 3] == b"END" and block[pos + 3 : pos + _CARD].strip(b" ") == b"":
-            return pos
-    return -1
+    """Index of the END card (``END`` and 77 blanks) within ``block`` (a whole number of
+    cards), or -1."""
+    pos = block.find(_END_CARD)
+    while pos > 0 and pos % _CARD:  # not on a card boundary: look further
+        pos = block.find(_END_CARD, pos + 1)
+    return pos
 
 
 def _read_header(src, url: str, offset: int, index: int) -> tuple[str, int]:
@@ -328,7 +400,7 @@ def _pseudo_dtype(bitpix: int, bscale: float, bzero: float) -> np.dtype | None:
     return None
 
 
-def _value(cards: dict[str, str], key: str, default: Any, url: str, index: int) -> Any:
+def _value(cards: Mapping[str, str], key: str, default: Any, url: str, index: int) -> Any:
     field_ = cards.get(key)
     if field_ is None:
         return default
@@ -523,6 +595,7 @@ def _walk_many(
         )
     found: list[HDUInfo | None] = [None] * len(targets)
     names: list[str] = []
+    fingerprint = fingerprint_of(finfo)
     offset = 0
     index = 0
 
@@ -556,7 +629,7 @@ def _walk_many(
                 info.storage_options = storage_options
                 info.file_size = None if is_gzip else size
                 info.gzip = is_gzip
-                info.fingerprint = fingerprint_of(finfo)
+                info.fingerprint = fingerprint
                 for k in hits:
                     found[k] = info
                 if all(f is not None for f in found):

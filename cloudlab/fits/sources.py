@@ -104,6 +104,10 @@ def cat_ranges(
 class RangedSource:
     """Ranged reads of a plain file with a small read-ahead buffer.
 
+    A local file is opened once, on the first read, and read from that handle until
+    :meth:`close` (a header walk costs one open, not one per read); other files are read with
+    one :func:`cat_ranges` call per read.
+
     Parameters
     ----------
     url : str
@@ -120,6 +124,8 @@ class RangedSource:
         self.size = size
         self._start = 0
         self._buf = b""
+        self._path = storage.local_path(url, storage_options=storage_options)
+        self._file: IO[bytes] | None = None
 
     def read(self, start: int, end: int, readahead: int = 0) -> bytes:
         """Bytes ``[start, end)`` (short at end of file); fetches at least ``readahead`` bytes."""
@@ -129,9 +135,22 @@ class RangedSource:
         if self._start <= start and end <= self._start + len(self._buf):
             return self._buf[start - self._start : end - self._start]
         stop = min(max(end, start + readahead), self.size)
-        (data,) = cat_ranges(self.url, [start], [stop], storage_options=self.storage_options)
+        if self._path is None:
+            (data,) = cat_ranges(self.url, [start], [stop], storage_options=self.storage_options)
+        else:
+            data = storage.retry(lambda: self._read_local(start, stop), what=self.url)
         self._start, self._buf = start, data
         return data[: end - start]
+
+    def _read_local(self, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` of the local file (short at its end), opened on first use."""
+        try:
+            if self._file is None:
+                self._file = open(self._path, "rb")  # closed by close()
+            self._file.seek(start)
+            return self._file.read(stop - start)
+        except FileNotFoundError as exc:
+            raise gone(self.url, exc) from exc
 
     def read_some(self, start: int, want: int, at_least: int) -> bytes:
         """Up to ``want`` bytes from ``start``: what the buffer holds when it holds at least
@@ -142,8 +161,11 @@ class RangedSource:
         return self.read(start, start + want, readahead=want)
 
     def close(self) -> None:
-        """Drop the buffer."""
+        """Drop the buffer and close the local file."""
         self._buf = b""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class GzipSource:

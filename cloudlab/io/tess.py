@@ -24,6 +24,7 @@ from cloudlab import storage
 from cloudlab.errors import FITSFormatError, InputError
 from cloudlab.io.tess_ffi import (
     _frame_hdus,
+    map_frames,
     open_ffis,  # re-exported: TESS FFI stacks
 )
 from cloudlab.tess_detector import (
@@ -317,9 +318,8 @@ def cube_meta(url: str, *, storage_options: dict | None = None) -> CubeMeta:
 def _ffi_headers(
     found: list[tuple[str, dict | None]], storage_options: dict | None
 ) -> list[tuple[str, lfits.HDUInfo, lfits.HDUInfo, lfits.HDUInfo | None]]:
-    """Primary, image and uncertainty header of every FFI: one walk (two requests) per file, in
-    client threads (the reads wait on the store, not the CPU)."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Primary, image and uncertainty header of every FFI: one walk (two requests) per file
+    (:func:`cloudlab.io.tess_ffi.map_frames`: in threads where the reads wait on storage)."""
 
     def one(item: tuple[str, dict | None]):
         url, file_info = item
@@ -331,9 +331,7 @@ def _ffi_headers(
             )
         return url, primary, image, err
 
-    local = all(storage.is_local(url) for url, _ in found)
-    with ThreadPoolExecutor(max_workers=max(1, min(4 if local else 32, len(found)))) as pool:
-        return list(pool.map(one, found))
+    return map_frames(one, found, remote_threads=32)
 
 
 def _load_header_index(
