@@ -691,6 +691,46 @@ def test_open_stack_bad_file_named(tmp_path: Path) -> None:
     assert str(junk) in str(err.value)
 
 
+@pytest.mark.parametrize("waited", [False, True])
+def test_local_header_scan_in_threads_only_when_reads_wait(
+    tmp_path: Path, monkeypatch, waited: bool
+) -> None:
+    """Local headers are read one after another; the rest go to threads only when the first
+    ones waited on the disk longer than they computed. The stack, its keys, the files marked
+    missing and the error naming a bad file are the same either way."""
+    from cloudlab.fits import tables
+
+    paths = _stack_files(tmp_path, n=6)
+    gone = str(tmp_path / "gone.fits")
+    urls = [paths[3], paths[0], gone, *paths[4:], paths[1], paths[2]]
+    order = [3, 0, 4, 5, 1, 2]
+    readers = set()
+    read_info = tables.hdu_info
+
+    def recorded(*args, **kwargs):
+        readers.add(threading.get_ident())
+        return read_info(*args, **kwargs)
+
+    monkeypatch.setattr(tables, "hdu_info", recorded)
+    monkeypatch.setattr(tables, "PROBE_FILES", 1)
+    monkeypatch.setattr(tables, "WAIT_RATIO", 0.0 if waited else float("inf"))
+    stack = cf.open_stack(urls, "SCI", keys=["TSTART", "OBJECT"], on_error="skip")
+    assert (readers != {threading.get_ident()}) == waited
+    assert list(stack["url"].values) == urls
+    assert stack["status"].values.tolist() == ["ok", "ok", "missing", "ok", "ok", "ok", "ok"]
+    assert stack.attrs["missing"] == [gone]
+    ok = [0, 1, 3, 4, 5, 6]
+    np.testing.assert_array_equal(stack["TSTART"].values[ok], 1000.0 + np.array(order))
+    assert list(stack["OBJECT"].values[ok]) == [f"frame{i}" for i in order]
+    assert_same(stack.values[ok], np.stack([fits.getdata(paths[i], "SCI") for i in order]))
+    assert stack.attrs["fits_header"] == fits.getheader(paths[3], "SCI").tostring()
+    junk = tmp_path / "junk.fits"
+    junk.write_bytes(b"hello world" * 400)
+    with pytest.raises(cf.FITSError, match="1 file\\(s\\) could not be read") as err:
+        cf.open_stack([*paths[:3], str(junk), *paths[3:]], 1)
+    assert str(junk) in str(err.value) and "not a FITS file" in str(err.value)
+
+
 def test_open_stack_glob_matching_nothing(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no files match"):
         cf.open_stack(str(tmp_path / "none*.fits"))

@@ -125,7 +125,7 @@ def test_local_frames_in_threads_only_when_their_reads_wait(sim, tmp_path, monke
     same either way."""
     import threading
 
-    from cloudlab.fits import clear_cache
+    from cloudlab.fits import clear_cache, tables
     from cloudlab.io import tess_ffi
 
     truth, _ = sim
@@ -141,8 +141,8 @@ def test_local_frames_in_threads_only_when_their_reads_wait(sim, tmp_path, monke
         return read_meta(*args, **kwargs)
 
     monkeypatch.setattr(tess_ffi, "_frame_meta", recorded)
-    monkeypatch.setattr(tess_ffi, "PROBE_FRAMES", 1)
-    monkeypatch.setattr(tess_ffi, "WAIT_RATIO", 0.0 if waited else float("inf"))
+    monkeypatch.setattr(tables, "PROBE_FILES", 1)
+    monkeypatch.setattr(tables, "WAIT_RATIO", 0.0 if waited else float("inf"))
     clear_cache()
     with pytest.warns(UserWarning, match="skipping 1 unreadable"):
         ds = open_ffis([truth.urls[2], str(broken), truth.urls[0], truth.urls[1]], on_error="skip")

@@ -2,16 +2,17 @@
 header pass that :func:`cloudlab.fits.open_stack` uses.
 
 Header scans of many files run on the workers of the active distributed client when they can
-read the files (:func:`cloudlab.cluster.reading_workers`), otherwise in threads here.
+read the files (:func:`cloudlab.cluster.reading_workers`), otherwise here (:func:`map_files`:
+remote files in threads, local ones one after another unless they wait on the disk).
 """
 
 from __future__ import annotations
 
-import functools
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from astropy.io import fits
@@ -23,9 +24,13 @@ from cloudlab.fits.header import hdu_info, padded
 from cloudlab.fits.sources import GzipSource, cat_ranges
 
 __all__ = [
+    "LOCAL_THREADS",
+    "PROBE_FILES",
     "REMOTE_THREADS",
+    "WAIT_RATIO",
     "gather_infos",
     "header_rows",
+    "map_files",
     "raise_errors",
     "raise_missing",
     "read_headers",
@@ -40,6 +45,63 @@ _MAX_ERRORS_LISTED = 20
 #: Header requests in flight at once for remote files: per scan in this process, per batch on a
 #: cluster worker (each request mostly waits on the store's latency).
 REMOTE_THREADS = 16
+#: local files read one after another before deciding whether threads would help
+PROBE_FILES = 32
+#: local files read at once when the first ones waited on the disk
+LOCAL_THREADS = 4
+#: the first files waited on the disk when their wall time exceeds this many times the CPU
+#: time they took
+WAIT_RATIO = 1.5
+
+T = TypeVar("T")
+
+
+def map_files(
+    func: Callable[[tuple[str, dict | None]], T],
+    entries: list[tuple[str, dict | None]],
+    *,
+    threads: int | None = None,
+    remote_threads: int = REMOTE_THREADS,
+) -> list[T]:
+    """``func`` of every ``(url, file info)`` of ``entries`` (a header read), in that order.
+
+    With ``threads=None`` the files decide. Remote files are read in ``remote_threads`` threads
+    (each request waits on the store). Local files are read one after another while their
+    headers come from memory: the Python work of a file costs more than its reads then, and
+    threads would only contend for the GIL (twice as slow on two cores). When the first
+    :data:`PROBE_FILES` files waited on the disk more than they computed (a cold cache, a
+    network file system), the rest are read in :data:`LOCAL_THREADS` threads.
+
+    Parameters
+    ----------
+    func : callable
+        Reads one file's headers from ``(url, file info or None)``.
+    entries : list of (str, dict or None)
+        The files, as :func:`cloudlab.storage.expand_detail` lists them.
+    threads : int, optional
+        Files read at once, whatever they are (1: one after another); None: as above.
+    remote_threads : int
+        Files read at once when they are not local (with ``threads=None``).
+
+    Returns
+    -------
+    list
+        ``func``'s results; the error of the first file (in ``entries``' order) that raised one
+        is raised, one after another or in threads alike.
+    """
+    results: list[T] = []
+    rest = entries
+    if threads is None and all(storage.is_local(u) for u, _ in entries):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        results = [func(entry) for entry in entries[:PROBE_FILES]]
+        waited = time.perf_counter() - wall > WAIT_RATIO * (time.thread_time() - cpu)
+        rest, threads = entries[PROBE_FILES:], LOCAL_THREADS if waited else 1
+    elif threads is None:
+        threads = remote_threads
+    if threads <= 1 or len(rest) <= 1:
+        return results + [func(entry) for entry in rest]
+    with ThreadPoolExecutor(max_workers=min(threads, len(rest))) as pool:
+        return results + list(pool.map(func, rest))
 
 
 def read_infos(
@@ -47,9 +109,9 @@ def read_infos(
     hdu: int | str | tuple,
     *,
     storage_options: dict | None,
-    threads: int = 1,
+    threads: int | None = 1,
 ) -> list[tuple]:
-    """Header information of many files (runs on cluster workers or in threads).
+    """Header information of many files (runs on cluster workers or here).
 
     Parameters
     ----------
@@ -59,8 +121,9 @@ def read_infos(
         The HDU to describe.
     storage_options : dict or None
         Filesystem options.
-    threads : int
-        Files read at once (a batch on a cluster worker reads remote files in threads).
+    threads : int or None
+        Files read at once (a batch on a cluster worker reads remote files in threads); None:
+        as :func:`map_files` chooses.
 
     Returns
     -------
@@ -77,10 +140,7 @@ def read_infos(
         except (OSError, ValueError, TypeError) as exc:
             return ("error", url, f"{type(exc).__name__}: {exc}")
 
-    if threads <= 1 or len(entries) <= 1:
-        return [one(entry) for entry in entries]
-    with ThreadPoolExecutor(max_workers=min(threads, len(entries))) as pool:
-        return list(pool.map(one, entries))
+    return map_files(one, entries, threads=threads)
 
 
 def stack_infos(
@@ -89,7 +149,7 @@ def stack_infos(
     *,
     storage_options: dict | None,
     keys: tuple[str, ...] = (),
-    threads: int = 1,
+    threads: int | None = 1,
 ) -> list[tuple]:
     """Like :func:`read_infos`, plus the values of ``keys``; headers are dropped (except the
     first one) to keep results small when they travel back from cluster workers.
@@ -117,9 +177,9 @@ def header_rows(
     hdu: int | str | tuple,
     *,
     storage_options: dict | None,
-    threads: int = 1,
+    threads: int | None = 1,
 ) -> list[tuple]:
-    """Header keywords of many files as dicts (runs on cluster workers or in threads).
+    """Header keywords of many files as dicts (runs on cluster workers or here).
 
     Returns
     -------
@@ -155,8 +215,9 @@ def gather_infos(
     *,
     storage_options: dict | None = None,
 ) -> list[tuple]:
-    """Read headers in parallel with ``func`` (:func:`read_infos` or :func:`header_rows`): on
-    the cluster's workers when they can read the files, else in threads.
+    """Read headers with ``func`` (:func:`read_infos`, :func:`stack_infos` or
+    :func:`header_rows`): in batches on the cluster's workers when they can read the files
+    (remote files in :data:`REMOTE_THREADS` threads a batch), else here (:func:`map_files`).
 
     Returns
     -------
@@ -168,19 +229,14 @@ def gather_infos(
     from cloudlab.cluster import reading_workers  # lazy: cluster imports dask_gateway
 
     client, workers = reading_workers([u for u, _ in entries])
-    local = all(storage.is_local(u) for u, _ in entries)
     if workers and len(entries) > 1:
+        local = all(storage.is_local(u) for u, _ in entries)
         batches = _batches(entries, 4 * len(workers))
         futures = client.map(func, batches, hdu=hdu, storage_options=storage_options,
                              threads=1 if local else REMOTE_THREADS, pure=False)  # fmt: skip
         results = client.gather(futures)
-    else:
-        threads = 4 if local else REMOTE_THREADS
-        batches = _batches(entries, 4 * threads)
-        with ThreadPoolExecutor(max_workers=min(threads, len(batches))) as pool:
-            read = functools.partial(func, hdu=hdu, storage_options=storage_options)
-            results = list(pool.map(read, batches))
-    return [r for batch in results for r in batch]
+        return [r for batch in results for r in batch]
+    return func(entries, hdu=hdu, storage_options=storage_options, threads=None)
 
 
 def raise_errors(errors: list[tuple], what: str) -> None:

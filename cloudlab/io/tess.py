@@ -22,9 +22,9 @@ from astropy.wcs import WCS, FITSFixedWarning
 from cloudlab import fits as lfits
 from cloudlab import storage
 from cloudlab.errors import FITSFormatError, InputError
+from cloudlab.fits.tables import map_files
 from cloudlab.io.tess_ffi import (
     _frame_hdus,
-    map_frames,
     open_ffis,  # re-exported: TESS FFI stacks
 )
 from cloudlab.tess_detector import (
@@ -319,7 +319,7 @@ def _ffi_headers(
     found: list[tuple[str, dict | None]], storage_options: dict | None
 ) -> list[tuple[str, lfits.HDUInfo, lfits.HDUInfo, lfits.HDUInfo | None]]:
     """Primary, image and uncertainty header of every FFI: one walk (two requests) per file
-    (:func:`cloudlab.io.tess_ffi.map_frames`: in threads where the reads wait on storage)."""
+    (:func:`cloudlab.fits.tables.map_files`: in threads where the reads wait on storage)."""
 
     def one(item: tuple[str, dict | None]):
         url, file_info = item
@@ -331,7 +331,7 @@ def _ffi_headers(
             )
         return url, primary, image, err
 
-    return map_frames(one, found, remote_threads=32)
+    return map_files(one, found, remote_threads=32)
 
 
 def _load_header_index(

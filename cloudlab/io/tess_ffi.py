@@ -15,12 +15,9 @@ contract between this reader and them. Storage options never enter a dataset's `
 from __future__ import annotations
 
 import re
-import time
 import warnings
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import dask
 import dask.array as da
@@ -37,30 +34,19 @@ from cloudlab.errors import (
     NotFoundError,
     check_on_error,
 )
+from cloudlab.fits.tables import map_files
 from cloudlab.tess_detector import FULL_SHAPE, SCIENCE_KEYWORDS
 
 __all__ = [
     "FFIError",
     "FrameSource",
     "frame_source",
-    "map_frames",
     "open_ffis",
     "read_science",
 ]
 
 SECTOR_RE = re.compile(r"-s(\d{4})-")
 DEFAULT_GEOMETRY = SCIENCE_KEYWORDS
-#: remote frames whose headers are read at once (each request waits on the store's latency)
-REMOTE_THREADS = 16
-#: local frames read one after another before deciding whether threads would help
-PROBE_FRAMES = 32
-#: local frames read at once when the first ones waited on the disk
-LOCAL_THREADS = 4
-#: the first frames waited on the disk when their wall time exceeds this many times the CPU
-#: time they took
-WAIT_RATIO = 1.5
-
-T = TypeVar("T")
 
 
 class FFIError(InputError):
@@ -121,53 +107,11 @@ def _frame_meta(url: str, storage_options: dict | None, file_info: dict | None =
     }
 
 
-def map_frames(
-    func: Callable[[tuple[str, dict | None]], T],
-    found: list,
-    *,
-    remote_threads: int = REMOTE_THREADS,
-) -> list[T]:
-    """``func`` of every ``(url, file info)`` of ``found`` (a header read), in that order.
-
-    Remote frames are read in ``remote_threads`` threads (each request waits on the store).
-    Local frames are read one after another while their headers come from memory: the Python
-    work of a frame costs more than its reads then, and threads would only contend for the
-    GIL (twice as slow on two cores). When the first :data:`PROBE_FRAMES` frames waited on the
-    disk more than they computed (a cold cache, a network file system), the rest are read in
-    :data:`LOCAL_THREADS` threads.
-
-    Parameters
-    ----------
-    func : callable
-        Reads one frame's headers from ``(url, file info or None)``.
-    found : list of (str, dict or None)
-        The frames, as :func:`cloudlab.storage.expand_detail` lists them.
-    remote_threads : int
-        Frames read at once when they are not local.
-
-    Returns
-    -------
-    list
-        ``func``'s results; its first error is raised.
-    """
-    if all(storage.is_local(u) for u, _ in found):
-        wall, cpu = time.perf_counter(), time.thread_time()
-        results = [func(item) for item in found[:PROBE_FRAMES]]
-        waited = time.perf_counter() - wall > WAIT_RATIO * (time.thread_time() - cpu)
-        rest, threads = found[PROBE_FRAMES:], LOCAL_THREADS if waited else 1
-    else:
-        results, rest, threads = [], found, remote_threads
-    if threads == 1 or len(rest) <= 1:
-        return results + [func(item) for item in rest]
-    with ThreadPoolExecutor(max_workers=min(threads, len(rest))) as pool:
-        return results + list(pool.map(func, rest))
-
-
 def _read_all(
     found: list[tuple[str, dict | None]], storage_options: dict | None
 ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Header information of every frame (:func:`map_frames`) and the unreadable ones with
-    the reason."""
+    """Header information of every frame (:func:`cloudlab.fits.tables.map_files`) and the
+    unreadable ones with the reason."""
 
     def one(item: tuple[str, dict | None]) -> dict | tuple[str, str]:
         url, file_info = item
@@ -178,7 +122,7 @@ def _read_all(
         except (fits.FITSError, OSError, ValueError, KeyError, TypeError) as exc:
             return (url, f"{type(exc).__name__}: {exc}")
 
-    results = map_frames(one, found)
+    results = map_files(one, found)
     metas = [r for r in results if isinstance(r, dict)]
     bad = [r for r in results if isinstance(r, tuple)]
     return metas, bad
@@ -202,9 +146,10 @@ def open_ffis(
 ) -> xr.Dataset:
     """Open calibrated TESS FFIs of one sector/camera/CCD as a lazy frame stack.
 
-    Headers are read now (:func:`map_frames`: remote frames in threads, local ones one after
-    another unless they wait on the disk); pixel data stay lazy, one chunk per frame, each reading
-    only the science-region bytes (``.fits.gz`` frames are decompressed whole).
+    Headers are read now (:func:`cloudlab.fits.tables.map_files`: remote frames in threads,
+    local ones one after another unless they wait on the disk); pixel data stay lazy, one chunk
+    per frame, each reading only the science-region bytes (``.fits.gz`` frames are decompressed
+    whole).
 
     Parameters
     ----------
