@@ -218,9 +218,9 @@ def open_stack(
 ) -> xr.DataArray:
     """Stack the same image HDU of many equal-shape files along a new first dimension.
 
-    Headers are read now, in parallel (on the cluster when a distributed client exists,
-    otherwise in threads), normally with one ranged read per file. Data stay lazy: one chunk
-    per file by default, each reading only its bytes.
+    Headers are read now (on the cluster when a distributed client exists, otherwise here:
+    :func:`cloudlab.fits.tables.map_files`), normally with one ranged read per file. Data stay
+    lazy: one chunk per file by default, each reading only its bytes.
 
     Parameters
     ----------

@@ -259,7 +259,8 @@ def raise_missing(missing: list[str], what: str) -> None:
 def read_headers(
     urls: str | Sequence[str], hdu: int | str | tuple = 0, *, storage_options: dict | None = None
 ) -> pd.DataFrame:
-    """Header keywords of many files as a table, read in parallel.
+    """Header keywords of many files as a table (on the cluster when a distributed client
+    exists, otherwise here: :func:`map_files`).
 
     Parameters
     ----------
