@@ -192,7 +192,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--no-full-disk", action="store_true")
     parser.add_argument("--s3", action="store_true", help="also read the region from loopback S3")
+    parser.add_argument("--quick", action="store_true", help="smoke run, tiny size")
     args = parser.parse_args()
+    if args.quick:
+        args.frames, args.no_full_disk = 1, True
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as tmp:
         urls = write_frames(Path(tmp), args.frames, args.size)

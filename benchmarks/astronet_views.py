@@ -67,7 +67,10 @@ def main() -> None:
     parser.add_argument("--tces", type=int, default=10000, help="TCEs for cloudlab")
     parser.add_argument("--ref-tces", type=int, default=500, help="TCEs for the reference")
     parser.add_argument("--batch", type=int, default=1000, help="TCEs per batch (one dask task)")
+    parser.add_argument("--quick", action="store_true", help="smoke run, tiny size")
     args = parser.parse_args()
+    if args.quick:
+        args.tces, args.ref_tces, args.batch = 200, 20, 100
 
     times, flux, period, t0, duration = make_tces(args.tces)
     print(f"{args.tces} TESS-like TCEs, {times.shape[1]} points each")

@@ -77,7 +77,10 @@ def main() -> None:
     parser.add_argument("--ref-cuts", type=int, default=8, help="cuts timed for the reference")
     parser.add_argument("--radius", type=float, default=20.0, help="mask radius (20 ≈ 1250 px)")
     parser.add_argument("--small", action="store_true", help="60-model grid smoke run")
+    parser.add_argument("--quick", action="store_true", help="smoke run, tiny size")
     args = parser.parse_args()
+    if args.quick:
+        args.cuts, args.ref_cuts, args.small = 8, 2, True
 
     axes = (
         {"ax_ratio": (0.2, 0.2, 5), "angle": (0.0, 45.0, 4), "log_r": (0.0, 0.4, 3)}

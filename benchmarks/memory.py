@@ -253,8 +253,9 @@ WORKFLOWS = {
 }
 
 
-def measure(client, name: str, tmp: Path) -> dict:
+def measure(client, name: str, tmp: Path, scale: int = 1) -> dict:
     build, n = WORKFLOWS[name]
+    n //= scale
     collections, task = build(tmp, n)
     dask.compute(*collections)  # warm-up: imports, compiled kernels and caches on both workers
     client.run(_start_sampler)
@@ -273,6 +274,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workflows", nargs="*", default=list(WORKFLOWS), choices=list(WORKFLOWS))
     parser.add_argument("--memory", default="2GiB", help="memory limit of each worker")
+    parser.add_argument("--quick", action="store_true", help="smoke run, a tenth of the sizes")
     args = parser.parse_args()
     from distributed import Client, LocalCluster
 
@@ -286,7 +288,7 @@ def main() -> None:
                              memory_limit=limit, dashboard_address=":0") as cluster,
                 Client(cluster) as client,
             ):  # fmt: skip
-                rows.append(measure(client, name, tmp))
+                rows.append(measure(client, name, tmp, scale=10 if args.quick else 1))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         print(rows[-1], flush=True)

@@ -98,7 +98,10 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="local workers (default 2)")
     parser.add_argument("--chunk", type=int, default=48, help="spatial chunk side (default 48)")
     parser.add_argument("--serial-pixels", type=int, default=150, help="pixels timed serially")
+    parser.add_argument("--quick", action="store_true", help="smoke run, tiny size")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.shape, args.frames, args.chunk, args.serial_pixels = "24x24", 40, 12, 10
 
     import dask
 
@@ -157,8 +160,9 @@ def main(argv=None) -> None:
           f"{m_sunkit / 2**20:>15,.0f} MiB")  # fmt: skip
     serial_time = n_pixel_pairs / rate_serial
     print(f"{'serial scipy loop':<24}{serial_time:>10.2f}{rate_serial:>16,.0f}{'(1 core)':>19}")
+    memory = f"{m_sunkit / m_cloudlab:.2f}" if m_cloudlab else "n/a (no cloudlab peak)"
     print(f"\ncloudlab / sunkit-image: {rate_cloudlab / rate_sunkit:.1f}x the throughput; "
-          f"peak memory sunkit-image / cloudlab: {m_sunkit / m_cloudlab:.2f}")  # fmt: skip
+          f"peak memory sunkit-image / cloudlab: {memory}")  # fmt: skip
     print(f"cloudlab / serial loop:  {rate_cloudlab / rate_serial:.1f}x faster")
 
 

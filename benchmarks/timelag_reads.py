@@ -72,7 +72,10 @@ def main() -> None:
     parser.add_argument("--s3", action="store_true", help="through a shaped loopback S3 server")
     parser.add_argument("--overread", type=float, default=None,
                         help="dask config cloudlab.aia.overread")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="smoke run, tiny size")
     args = parser.parse_args()
+    if args.quick:
+        args.frames = 2
     warnings.filterwarnings("ignore", message="Invalid 'BLANK' keyword")
     config = {} if args.overread is None else {"cloudlab.aia.overread": args.overread}
     if args.request_bytes is not None:
