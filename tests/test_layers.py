@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "backend",
                 "cluster",
                 "chunking",
+                "recipes",
                 "sky",
                 "tess_detector",
                 "_tasks",

@@ -19,8 +19,6 @@ common time grid) is :mod:`cloudlab.timelag.steps`.
 from __future__ import annotations
 
 import functools
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -47,6 +45,7 @@ from cloudlab.errors import (
 from cloudlab.fits.arrays import FITSArray
 from cloudlab.fits.header import HDUInfo
 from cloudlab.fits.regions import fetch_ranges, normalize_index, plan_reads, scale
+from cloudlab.recipes import Recipes
 
 __all__ = [
     "DEFAULT_OVERREAD",
@@ -314,9 +313,7 @@ DEFAULT_OVERREAD = 0.2
 #: :data:`DEFAULT_OVERREAD`). Local files: 0.
 DEFAULT_REQUEST_BYTES = 2**20
 
-_RECIPES: OrderedDict[str, Frames] = OrderedDict()
-_RECIPES_MAX = 4096
-_recipes_lock = threading.Lock()
+_RECIPES: Recipes[Frames] = Recipes(4096)
 
 
 @dataclass(frozen=True)
@@ -488,11 +485,7 @@ def frame_blocks(frames: Frames, chunks: Sequence[int] | None = None) -> da.Arra
         fancy=False,
         meta=np.empty((0, 0, 0), dtype=arr.dtype),
     )
-    with _recipes_lock:
-        _RECIPES[data.name] = frames
-        _RECIPES.move_to_end(data.name)
-        while len(_RECIPES) > _RECIPES_MAX:
-            _RECIPES.popitem(last=False)
+    _RECIPES.remember([data.name], frames)
     return data
 
 
@@ -505,8 +498,7 @@ def frames_of(cube: xr.DataArray) -> Frames | None:
     data = cube.data
     if not isinstance(data, da.Array) or cube.dims != ("time", "y", "x"):
         return None
-    with _recipes_lock:
-        frames = _RECIPES.get(data.name)
+    frames = _RECIPES.get(data.name)
     if frames is None or frames.shape != data.shape or np.dtype(frames.dtype) != data.dtype:
         return None
     return frames

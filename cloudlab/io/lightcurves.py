@@ -8,10 +8,8 @@ Light curves from cutouts are :func:`cloudlab.cutouts.aperture_photometry`.
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from cloudlab.chunking import items_per_task
 from cloudlab.errors import CloudlabError, InputError, NotFoundError
 from cloudlab.fits import hdu_info, hdu_infos, read_table
 from cloudlab.fits.tables import REMOTE_THREADS
+from cloudlab.recipes import Recipes
 
 __all__ = [
     "LightCurveError",
@@ -48,9 +47,7 @@ __all__ = [
 
 MAD_SCALE = 0.6745  # statsmodels' normalised MAD: median|x - median(x)| / 0.6745
 #: recipes of the latest read_lightcurves Datasets, by the names of their dask arrays
-_RECIPES: OrderedDict[str, LightCurveFiles] = OrderedDict()
-_RECIPES_MAX = 256
-_recipes_lock = threading.Lock()
+_RECIPES: Recipes[LightCurveFiles] = Recipes(256)
 
 
 class LightCurveError(InputError):
@@ -92,8 +89,7 @@ def files_of(lightcurves: xr.Dataset) -> LightCurveFiles | None:
         data = lightcurves[variable].data if variable in lightcurves.variables else None
         if not isinstance(data, da.Array):
             return None
-        with _recipes_lock:
-            recipes.append(_RECIPES.get(data.name))
+        recipes.append(_RECIPES.get(data.name))
     recipe = recipes[0]
     if recipe is None or recipes[1] is not recipe:
         return None
@@ -550,10 +546,5 @@ def read_lightcurves(
         attrs={"reader": reader},
     )
     recipe = LightCurveFiles(groups, reader, length, storage_options)
-    with _recipes_lock:
-        for variable in names:
-            _RECIPES[ds[variable].data.name] = recipe
-            _RECIPES.move_to_end(ds[variable].data.name)
-        while len(_RECIPES) > _RECIPES_MAX:
-            _RECIPES.popitem(last=False)
+    _RECIPES.remember([ds[variable].data.name for variable in names], recipe)
     return ds
