@@ -28,7 +28,13 @@ from cloudlab.astronet.views import batch_views, num_bins
 from cloudlab.backend import gpu_tasks
 from cloudlab.chunking import client_batches, items_per_task, task_outputs
 from cloudlab.errors import REASON, STATUS, STATUS_OK, InputError, NotFoundError
-from cloudlab.io.lightcurves import files_of, pack_groups, read_batch_checked, unpack_groups
+from cloudlab.io.lightcurves import (
+    VARIABLES,
+    files_of,
+    pack_groups,
+    read_batch_checked,
+    unpack_groups,
+)
 
 __all__ = [
     "DR24_COLUMNS",
@@ -255,11 +261,10 @@ def _file_block(packed, files, apertures, *args):
     get status ``unreadable`` and the reason, naming the file; the others go on."""
     groups = unpack_groups(packed)
     reader, length, storage_options = files
-    count = 4 if reader == "qlp-vetting" else 2
     if groups:
         arrays, errors = read_batch_checked(groups, reader, length, storage_options)
     else:  # no TCE of the batch has a light curve
-        arrays, errors = np.full((count, 1, length), np.nan), [None]
+        arrays, errors = np.full((len(VARIABLES[reader]), 1, length), np.nan), [None]
     out = _views_of(arrays[0], arrays[1], (arrays[2], arrays[3]) if apertures else None, *args)
     rows, found = args[0], args[3]
     for target, err in enumerate(errors):

@@ -33,6 +33,7 @@ from cloudlab.recipes import Recipes
 __all__ = [
     "LightCurveError",
     "LightCurveFiles",
+    "VARIABLES",
     "clean_qlp_magnitudes",
     "files_of",
     "pack_groups",
@@ -48,6 +49,12 @@ __all__ = [
 MAD_SCALE = 0.6745  # statsmodels' normalised MAD: median|x - median(x)| / 0.6745
 #: recipes of the latest read_lightcurves Datasets, by the names of their dask arrays
 _RECIPES: Recipes[LightCurveFiles] = Recipes(256)
+#: the variables each reader gives a target, in the order of :func:`read_batch`'s first axis
+VARIABLES = {
+    "qlp": ("time", "flux"),
+    "qlp-vetting": ("time", "flux", "flux_small", "flux_big"),
+    "kepler": ("time", "flux"),
+}
 
 
 class LightCurveError(InputError):
@@ -356,7 +363,7 @@ def read_batch_checked(
         its rows NaN: its files missing or unreadable, or a light curve longer than ``length``
         (refused by name, never cut short).
     """
-    arrays = np.full((4 if reader == "qlp-vetting" else 2, len(groups), length), np.nan)
+    arrays = np.full((len(VARIABLES[reader]), len(groups), length), np.nan)
     remote = any(not storage.is_local(u) for urls in groups for u in urls)
     threads = max(1, min(REMOTE_THREADS if remote else 1, len(groups)))
 
@@ -502,7 +509,7 @@ def read_lightcurves(
     :func:`cloudlab.astronet.views` reads each batch of TCEs' light curves straight from these
     files (:func:`files_of`) as long as ``time`` and ``flux`` are unchanged.
     """
-    if reader not in ("qlp", "qlp-vetting", "kepler"):
+    if reader not in VARIABLES:
         raise InputError(f"reader must be 'qlp', 'qlp-vetting' or 'kepler', got {reader!r}")
     if cadences is not None and int(cadences) < 1:
         raise InputError(f"cadences must be at least 1 (or None to read it), got {cadences}")
@@ -527,7 +534,8 @@ def read_lightcurves(
         length = max(_metadata(lambda g: _cadences(g, reader, storage_options), groups))
     else:
         length = int(cadences)
-    count = 4 if reader == "qlp-vetting" else 2
+    names = VARIABLES[reader]
+    count = len(names)
     if batch_size is None:
         batch_size = items_per_task(count * 8 * length, maximum=len(groups))
     name = "read-lightcurves-" + tokenize(groups, reader, length, batch_size, storage_options)
@@ -539,7 +547,6 @@ def read_lightcurves(
     chunks = ((count,), tuple(len(part) for part in parts), (length,))
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
     data = da.Array(graph, name, chunks, dtype=float, meta=np.empty((0, 0, 0)))
-    names = ["time", "flux", "flux_small", "flux_big"][: data.shape[0]]
     ds = xr.Dataset(
         {name: (("target", "cadence"), data[k]) for k, name in enumerate(names)},
         coords={"target": np.asarray(targets)},
