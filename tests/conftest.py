@@ -277,6 +277,32 @@ def local_client():
     client.close()
 
 
+@pytest.fixture
+def scan_threads(monkeypatch: pytest.MonkeyPatch):
+    """Arrange a local header scan (``cloudlab.fits.tables.map_files``): after its first file it
+    goes on in threads when ``waited`` (as if the reads waited on the disk), else serially; and
+    record the threads that call ``module.name`` (the per-file reader). Returns
+    ``arrange(module, name, waited) -> set of thread idents``."""
+    import threading
+
+    from cloudlab.fits import tables
+
+    def arrange(module, name: str, waited: bool) -> set[int]:
+        readers: set[int] = set()
+        read = getattr(module, name)
+
+        def recorded(*args, **kwargs):
+            readers.add(threading.get_ident())
+            return read(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, recorded)
+        monkeypatch.setattr(tables, "PROBE_FILES", 1)
+        monkeypatch.setattr(tables, "WAIT_RATIO", 0.0 if waited else float("inf"))
+        return readers
+
+    return arrange
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from cloudlab.backend import gpu_available
 

@@ -693,7 +693,7 @@ def test_open_stack_bad_file_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("waited", [False, True])
 def test_local_header_scan_in_threads_only_when_reads_wait(
-    tmp_path: Path, monkeypatch, waited: bool
+    tmp_path: Path, scan_threads, waited: bool
 ) -> None:
     """Local headers are read one after another; the rest go to threads only when the first
     ones waited on the disk longer than they computed. The stack, its keys, the files marked
@@ -704,16 +704,7 @@ def test_local_header_scan_in_threads_only_when_reads_wait(
     gone = str(tmp_path / "gone.fits")
     urls = [paths[3], paths[0], gone, *paths[4:], paths[1], paths[2]]
     order = [3, 0, 4, 5, 1, 2]
-    readers = set()
-    read_info = tables.hdu_info
-
-    def recorded(*args, **kwargs):
-        readers.add(threading.get_ident())
-        return read_info(*args, **kwargs)
-
-    monkeypatch.setattr(tables, "hdu_info", recorded)
-    monkeypatch.setattr(tables, "PROBE_FILES", 1)
-    monkeypatch.setattr(tables, "WAIT_RATIO", 0.0 if waited else float("inf"))
+    readers = scan_threads(tables, "hdu_info", waited)
     stack = cf.open_stack(urls, "SCI", keys=["TSTART", "OBJECT"], on_error="skip")
     assert (readers != {threading.get_ident()}) == waited
     assert list(stack["url"].values) == urls

@@ -119,13 +119,13 @@ def test_missing_and_corrupt_frames(sim, tmp_path):
 
 
 @pytest.mark.parametrize("waited", [False, True])
-def test_local_frames_in_threads_only_when_their_reads_wait(sim, tmp_path, monkeypatch, waited):
+def test_local_frames_in_threads_only_when_their_reads_wait(sim, tmp_path, scan_threads, waited):
     """Local frames are read one after another; the rest go to threads only when the first
     ones waited on the disk longer than they computed. The stack and the frames skipped are the
     same either way."""
     import threading
 
-    from cloudlab.fits import clear_cache, tables
+    from cloudlab.fits import clear_cache
     from cloudlab.io import tess_ffi
 
     truth, _ = sim
@@ -133,16 +133,7 @@ def test_local_frames_in_threads_only_when_their_reads_wait(sim, tmp_path, monke
     shutil.copy(truth.urls[1], broken)
     with open(broken, "r+b") as f:
         f.truncate(20000)
-    readers = set()
-    read_meta = tess_ffi._frame_meta
-
-    def recorded(*args, **kwargs):
-        readers.add(threading.get_ident())
-        return read_meta(*args, **kwargs)
-
-    monkeypatch.setattr(tess_ffi, "_frame_meta", recorded)
-    monkeypatch.setattr(tables, "PROBE_FILES", 1)
-    monkeypatch.setattr(tables, "WAIT_RATIO", 0.0 if waited else float("inf"))
+    readers = scan_threads(tess_ffi, "_frame_meta", waited)
     clear_cache()
     with pytest.warns(UserWarning, match="skipping 1 unreadable"):
         ds = open_ffis([truth.urls[2], str(broken), truth.urls[0], truth.urls[1]], on_error="skip")
